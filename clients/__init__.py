@@ -1,0 +1,1 @@
+"""Clients for RealMultiLLM: the Python library and the ``rmllm`` command."""

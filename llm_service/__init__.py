@@ -1,0 +1,1 @@
+"""The LLM service: Chat, StreamChat, TestKey and listings across many providers."""

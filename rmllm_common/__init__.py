@@ -1,0 +1,1 @@
+"""Code both services share: errors, server lifecycle, registry, logging, secrets."""

@@ -1,0 +1,59 @@
+"""Pieces the ``serve`` commands share: flags, logging set-up and the run loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from rmllm_common import logs
+from rmllm_common.server import ServerHandle
+
+S = TypeVar("S")
+log = logging.getLogger(__name__)
+
+
+def add_serve_flags(parser: argparse.ArgumentParser, default_listen: str) -> None:
+    """``--listen``, ``--data-dir`` and ``--log-level``."""
+    parser.add_argument(
+        "--listen", metavar="HOST:PORT", help=f"address to serve on (default {default_listen})"
+    )
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="state directory (default: RMLLM_DATA_DIR or XDG state)"
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: info")
+
+
+def configure_logging(flag: str | None, env: Mapping[str, str]) -> None:
+    """JSON logs at ``--log-level``, else ``RMLLM_LOG_LEVEL``, else info."""
+    logs.configure(flag or env.get("RMLLM_LOG_LEVEL") or "info")
+
+
+def run_serve(
+    settings: S,
+    listen: str,
+    grace_seconds: float,
+    build: Callable[[S], Awaitable[ServerHandle]],
+) -> int:
+    """Build the server and serve until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        handle = await build(settings)
+        host = listen.rsplit(":", 1)[0]
+        await handle.serve(f"{host}:{handle.port}", grace_seconds)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        return 1
+    return 0
+
+
+def fail(message: str) -> int:
+    """Print one line to stderr and return exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,198 @@
+"""The provider registry, loaded from ``providers.toml`` and validated at load.
+
+Both services use it: the vault to canonicalise provider names, check key formats
+and apply the custom-base-URL policy; the LLM service to pick the adapter (by
+``wire_format``), build endpoints and headers, price usage and serve
+``ListProviders``. Code branches on these fields (capabilities), never on a
+provider's name.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from rmllm_common.errors import FieldViolation, UnknownProvider
+
+WireFormat = Literal["openai", "anthropic", "gemini"]
+AuthStyle = Literal["bearer", "x-api-key", "x-goog-api-key", "none"]
+_WIRE_FORMATS = ("openai", "anthropic", "gemini")
+_AUTH_STYLES = ("bearer", "x-api-key", "x-goog-api-key", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A model the registry knows, with its context window and prices."""
+
+    id: str
+    display_name: str
+    context_window: int
+    input_price: float  # USD per 1M input tokens
+    output_price: float  # USD per 1M output tokens
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """USD for the given token counts."""
+        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """TestKey's request: ``method`` ``path``, relative to base_url or its origin."""
+
+    method: str
+    path: str
+    relative_to: Literal["base", "origin"]
+
+    def url(self, base_url: str) -> str:
+        """The probe's full URL for an endpoint."""
+        if self.relative_to == "origin":
+            parts = urlsplit(base_url)
+            return f"{parts.scheme}://{parts.netloc}{self.path}"
+        return base_url.rstrip("/") + self.path
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """One provider: how to reach it, authenticate, and what it offers."""
+
+    id: str
+    display_name: str
+    aliases: tuple[str, ...]
+    wire_format: WireFormat
+    base_url: str
+    auth: AuthStyle
+    key_prefix: str
+    requires_key: bool
+    custom_base_url: bool
+    default_model: str
+    features: frozenset[str]
+    probe: ProbeSpec
+    models_path: str
+    models: tuple[ModelSpec, ...]
+    headers: tuple[tuple[str, str], ...] = ()
+    max_tokens_field: str = "max_tokens"
+    default_max_tokens: int | None = None
+    _by_model: dict[str, ModelSpec] = field(default_factory=dict, compare=False, repr=False)
+
+    def model(self, model_id: str) -> ModelSpec | None:
+        """The registry's entry for a model id, if it has one."""
+        if not self._by_model:
+            self._by_model.update((m.id, m) for m in self.models)
+        return self._by_model.get(model_id)
+
+    def cost(self, model_id: str, input_tokens: int, output_tokens: int) -> float:
+        """USD for a completion; 0 for a model without known prices."""
+        spec = self.model(model_id)
+        return spec.cost(input_tokens, output_tokens) if spec else 0.0
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """The headers that carry the key (and the provider's fixed headers)."""
+        headers = dict(self.headers)
+        if api_key and self.auth == "bearer":
+            headers["Authorization"] = f"Bearer {api_key}"
+        elif api_key and self.auth in ("x-api-key", "x-goog-api-key"):
+            headers[self.auth] = api_key
+        return headers
+
+
+class Registry:
+    """Every provider, by canonical id and by alias."""
+
+    def __init__(self, providers: list[ProviderSpec]) -> None:
+        self.providers: dict[str, ProviderSpec] = {p.id: p for p in sorted(providers, key=lambda p: p.id)}
+        self._names: dict[str, ProviderSpec] = {}
+        for spec in self.providers.values():
+            for name in (spec.id, *spec.aliases):
+                if name in self._names:
+                    raise ValueError(f"provider name {name!r} is used twice in the registry")
+                self._names[name] = spec
+
+    def get(self, name: str) -> ProviderSpec | None:
+        """The provider for an id or alias (case-insensitive), or None."""
+        return self._names.get(name.strip().lower())
+
+    def resolve(self, name: str, field_name: str = "provider") -> ProviderSpec:
+        """The provider for an id or alias, or an UNKNOWN_PROVIDER error."""
+        spec = self.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self._names))
+            description = (
+                f"unknown provider {name[:64]!r}; use one of: {known}"
+                if name
+                else f"required; one of: {known}"
+            )
+            raise UnknownProvider(
+                f"{field_name}: {description}",
+                violations=[FieldViolation(field_name, description)],
+            )
+        return spec
+
+    def names(self) -> list[str]:
+        """Every accepted id and alias, sorted."""
+        return sorted(self._names)
+
+
+def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
+    where = f"providers.toml [providers.{pid}]"
+    wire = raw.get("wire_format")
+    if wire not in _WIRE_FORMATS:
+        raise ValueError(f"{where}: wire_format must be one of {_WIRE_FORMATS}")
+    auth = raw.get("auth")
+    if auth not in _AUTH_STYLES:
+        raise ValueError(f"{where}: auth must be one of {_AUTH_STYLES}")
+    base = str(raw["base_url"]).rstrip("/")
+    if urlsplit(base).scheme not in ("http", "https"):
+        raise ValueError(f"{where}: base_url must be http(s)")
+    probe = raw["probe"]
+    models = tuple(
+        ModelSpec(
+            id=m["id"],
+            display_name=m.get("display_name", m["id"]),
+            context_window=int(m.get("context_window", 0)),
+            input_price=float(m.get("input_price", 0.0)),
+            output_price=float(m.get("output_price", 0.0)),
+        )
+        for m in raw.get("models", [])
+    )
+    default_max = raw.get("default_max_tokens")
+    return ProviderSpec(
+        id=pid,
+        display_name=raw["display_name"],
+        aliases=tuple(raw.get("aliases", [])),
+        wire_format=wire,
+        base_url=base,
+        auth=auth,
+        key_prefix=raw.get("key_prefix", ""),
+        requires_key=bool(raw.get("requires_key", True)),
+        custom_base_url=bool(raw.get("custom_base_url", False)),
+        default_model=raw["default_model"],
+        features=frozenset(raw.get("features", [])),
+        probe=ProbeSpec(
+            method=probe.get("method", "GET"),
+            path=probe["path"],
+            relative_to=probe.get("relative_to", "base"),
+        ),
+        models_path=raw.get("models_path", ""),
+        models=models,
+        headers=tuple(sorted(raw.get("headers", {}).items())),
+        max_tokens_field=raw.get("max_tokens_field", "max_tokens"),
+        default_max_tokens=int(default_max) if default_max is not None else None,
+    )
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    """Load and validate a registry file (default: the built-in ``providers.toml``)."""
+    text = path.read_text() if path else resources.files(__package__).joinpath("providers.toml").read_text()
+    data = tomllib.loads(text)
+    return Registry([_parse(pid, raw) for pid, raw in data["providers"].items()])
+
+
+@cache
+def default_registry() -> Registry:
+    """The built-in registry, loaded once per process."""
+    return load_registry()

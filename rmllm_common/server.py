@@ -1,0 +1,206 @@
+"""What both gRPC servers share: standard services, error translation, lifecycle.
+
+``new_server`` makes a ``grpc.aio`` server with the error interceptor first in the
+chain, the standard health service (``SERVING`` for "" and each service name) and
+server reflection. ``ErrorInterceptor`` is the one place where an ``RmllmError``
+becomes a gRPC status (via ``errors.to_status``) and where an unexpected exception
+becomes a generic ``INTERNAL`` with a request id, logged with its traceback, so
+servicer methods hold no ``try`` ladders. ``run_until_signal`` starts a server,
+logs one structured line with its address, and on SIGTERM or SIGINT flips health to
+``NOT_SERVING`` and lets in-flight calls finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from rmllm_common import requestctx
+from rmllm_common.errors import Internal, RmllmError, Unimplemented, to_status
+
+log = logging.getLogger(__name__)
+
+# Methods of these services are not ours to translate or authenticate.
+STANDARD_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def is_standard_method(method: str) -> bool:
+    """Health and reflection: open to everyone, never wrapped."""
+    return method.startswith(STANDARD_SERVICE_PREFIXES)
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: RmllmError) -> None:
+    """End the call with the rich status of ``error``."""
+    status = rpc_status.to_status(to_status(error))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _unexpected(method: str, exc: BaseException) -> RmllmError:
+    if isinstance(exc, NotImplementedError):
+        return Unimplemented(f"{method} is not implemented by this server version")
+    request_id = requestctx.request_id()
+    log.error("unhandled error in %s (request %s)", method, request_id, exc_info=exc)
+    return Internal(
+        f"internal error; quote request id {request_id} to the operator",
+        metadata={"request_id": request_id},
+    )
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Sets the request id, and turns every exception into the contract's status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or is_standard_method(method):
+            return handler
+        incoming = dict(handler_call_details.invocation_metadata or ())
+        if handler.unary_unary is not None:
+            unary: Any = handler.unary_unary  # an async function under grpc.aio
+
+            async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                requestctx.begin(incoming.get(requestctx.REQUEST_ID_HEADER))
+                try:
+                    return await unary(request, context)
+                except RmllmError as exc:
+                    await abort_with(context, exc)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await abort_with(context, _unexpected(method, exc))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            streaming: Any = handler.unary_stream  # an async generator function under grpc.aio
+
+            async def stream_behavior(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                requestctx.begin(incoming.get(requestctx.REQUEST_ID_HEADER))
+                try:
+                    async for item in streaming(request, context):
+                        yield item
+                except RmllmError as exc:
+                    await abort_with(context, exc)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await abort_with(context, _unexpected(method, exc))
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream_behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def new_server(
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    *,
+    max_message_bytes: int = 8 * 1024 * 1024,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Server:
+    """A ``grpc.aio`` server with the error interceptor first and size limits set."""
+    return grpc.aio.server(
+        interceptors=[ErrorInterceptor(), *interceptors],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 1),
+            *options,
+        ],
+    )
+
+
+async def add_standard_services(server: grpc.aio.Server, service_names: Sequence[str]) -> HealthServicer:
+    """Register health (SERVING for "" and each service) and reflection."""
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", *service_names):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    return health
+
+
+def bind(server: grpc.aio.Server, listen: str) -> int:
+    """Bind ``HOST:PORT`` (port 0 picks a free one) and return the port bound."""
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"could not listen on {listen}: address in use or not available")
+    return port
+
+
+async def run_until_signal(
+    server: grpc.aio.Server,
+    health: HealthServicer,
+    *,
+    service: str,
+    address: str,
+    grace_seconds: float,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Start ``server``, serve until SIGTERM/SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    log.info("serving", extra={"service": service, "address": address, "event": "start"})
+    await stop.wait()
+    log.info("shutting down", extra={"service": service, "grace_seconds": grace_seconds, "event": "stop"})
+    await health.enter_graceful_shutdown()
+    await server.stop(grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+    log.info("stopped", extra={"service": service, "event": "stopped"})
+
+
+@dataclass
+class ServerHandle:
+    """What a service's ``build_server(settings)`` returns: a bound, unstarted server."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    service_name: str
+    on_stop: Callable[[], Awaitable[None]] | None = None
+
+    async def serve(self, address: str, grace_seconds: float) -> None:
+        """Run until SIGTERM/SIGINT, then shut down gracefully."""
+        await run_until_signal(
+            self.server,
+            self.health,
+            service=self.service_name,
+            address=address,
+            grace_seconds=grace_seconds,
+            on_stop=self.on_stop,
+        )
+
+    async def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop serving (for tests and embedding) and release resources."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+        if self.on_stop is not None:
+            await self.on_stop()

@@ -1,0 +1,75 @@
+"""The local state directory, and secrets generated into it on first run.
+
+Embedded defaults keep a fresh clone runnable with no configuration: the vault
+generates its seed, and the first service to start generates the service
+credential, as 0600 files in a 0700 directory (``RMLLM_DATA_DIR``, default
+``$XDG_STATE_HOME/realmultillm`` or ``~/.local/state/realmultillm``). A file is
+created atomically (written aside, then hard-linked into place), so two processes
+starting together agree on one value.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+SERVICE_TOKEN_FILE = "service_token"  # noqa: S105 - a file name, not a secret
+SEED_FILE = "vault_seed"
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """``RMLLM_DATA_DIR``, else the XDG state directory."""
+    if env.get("RMLLM_DATA_DIR"):
+        return Path(env["RMLLM_DATA_DIR"]).expanduser()
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "realmultillm"
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700) if needed; refuse one others can read."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def read_secret_file(path: Path) -> str:
+    """A secret file's content (stripped); refuses a file readable by others."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise PermissionError(f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")
+    return path.read_text().strip()
+
+
+def read_or_create_secret(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
+    """The secret in ``path``, creating it (0600) with ``make()`` if absent.
+
+    Returns ``(value, created)``.
+    """
+    if path.exists():
+        return read_secret_file(path), False
+    ensure_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+            created = True
+        except FileExistsError:
+            created = False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return read_secret_file(path), created
+
+
+def new_service_token() -> str:
+    """A random service credential (256 bits)."""
+    return "rms_" + secrets.token_urlsafe(32)

@@ -1,0 +1,1 @@
+"""Shared test helpers: real service subprocesses, ports, the network guard."""

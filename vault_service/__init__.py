@@ -1,0 +1,1 @@
+"""The vault service: encrypted custody of provider keys and user-token authentication."""
