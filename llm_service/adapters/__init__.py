@@ -1,0 +1,1 @@
+"""Wire-format adapters: OpenAI chat completions, Anthropic Messages, Gemini."""
