@@ -63,11 +63,15 @@ def differences(a: Path, b: Path) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed code is stale")
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help=f"output folder (default {OUT.relative_to(ROOT)})"
+    )
     args = parser.parse_args()
+    out: Path = args.out.resolve()
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
             generate(Path(tmp))
-            stale = differences(Path(tmp), OUT)
+            stale = differences(Path(tmp), out)
         if stale:
             print("generated code is stale; run: python scripts/gen_protos.py", file=sys.stderr)
             for path in stale:
@@ -75,9 +79,9 @@ def main() -> int:
             return 1
         print("generated code is up to date")
         return 0
-    shutil.rmtree(OUT / "realmultillm", ignore_errors=True)
-    generate(OUT)
-    print(f"generated {OUT.relative_to(ROOT)}")
+    shutil.rmtree(out / "realmultillm", ignore_errors=True)
+    generate(out)
+    print(f"generated {out}")
     return 0
 
 
