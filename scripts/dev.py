@@ -98,20 +98,14 @@ def port_free(address: str) -> bool:
 
 def wait_healthy(address: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     """Wait until the gRPC health service at ``address`` says SERVING."""
-    code = (
-        "import grpc,sys\n"
-        "from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g\n"
-        "ch=grpc.insecure_channel(sys.argv[1])\n"
-        "r=g.HealthStub(ch).Check(h.HealthCheckRequest(),timeout=2,wait_for_ready=True)\n"
-        "sys.exit(0 if r.status==h.HealthCheckResponse.SERVING else 1)\n"
-    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(
                 f"[dev] the service at {address} exited with status {proc.returncode}; see its log above"
             )
-        if subprocess.run([str(PY), "-c", code, address], capture_output=True, check=False).returncode == 0:
+        probe = [str(PY), "-m", "rmllm_common.healthcheck", address, "--timeout", "2"]
+        if subprocess.run(probe, capture_output=True, check=False, cwd=ROOT).returncode == 0:
             return
         time.sleep(0.2)
     sys.exit(f"[dev] the service at {address} did not become healthy in {timeout:.0f}s")
