@@ -73,3 +73,13 @@ def read_or_create_secret(path: Path, make: Callable[[], str]) -> tuple[str, boo
 def new_service_token() -> str:
     """A random service credential (256 bits)."""
     return "rms_" + secrets.token_urlsafe(32)
+
+
+def service_token(env: Mapping[str, str], data_dir: Path) -> tuple[str, bool]:
+    """The service credential: ``RMLLM_SERVICE_TOKEN``, else ``RMLLM_SERVICE_TOKEN_FILE``,
+    else the data directory's generated file. Returns ``(token, generated_now)``."""
+    if env.get("RMLLM_SERVICE_TOKEN"):
+        return env["RMLLM_SERVICE_TOKEN"].strip(), False
+    if env.get("RMLLM_SERVICE_TOKEN_FILE"):
+        return read_secret_file(Path(env["RMLLM_SERVICE_TOKEN_FILE"]).expanduser()), False
+    return read_or_create_secret(data_dir / SERVICE_TOKEN_FILE, new_service_token)
