@@ -71,7 +71,14 @@ def ensure_venv(extra: str) -> None:
 
 
 def ensure_node_packages() -> None:
-    """``npm ci`` each Node project whose lockfile changed since the last install."""
+    """Install each Node project's locked packages when its lockfile changed.
+
+    ``npm install`` rather than ``npm ci``: the registry reachable here serves only
+    the Linux builds of buf's per-platform optional packages, so the lockfile cannot
+    list the others and ``npm ci`` refuses it as out of sync. ``npm install`` still
+    installs exactly the locked versions (package.json pins them too) and checks
+    their integrity hashes.
+    """
     npm = shutil.which("npm")
     if npm is None:
         sys.exit(
@@ -85,8 +92,8 @@ def ensure_node_packages() -> None:
         want = digest(lock)
         if stamp.exists() and stamp.read_text() == want:
             continue
-        say(f"npm ci in {project.relative_to(ROOT)}")
-        run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=project)
+        say(f"npm install (locked) in {project.relative_to(ROOT)}")
+        run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=project)
         stamp.write_text(want)
 
 
