@@ -65,6 +65,7 @@ async def build_server(
         settings.service_token,
         timeout_seconds=settings.vault_timeout_seconds,
         cache_seconds=settings.credential_cache_seconds,
+        clock=clock,
     )
     http = new_http_session(settings.http_max_connections)
     policy = RetryPolicy(

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,7 @@ class VaultClient:
         *,
         timeout_seconds: float = 10.0,
         cache_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
         self._stub: Any = vault_pb2_grpc.VaultServiceStub(channel)
@@ -82,6 +84,7 @@ class VaultClient:
         self._cache_seconds = cache_seconds
         self._cache: OrderedDict[tuple[str, str], tuple[float, Credentials]] = OrderedDict()
         self._warned_credential = False
+        self._clock = clock
 
     async def close(self) -> None:
         """Close the channel (at server stop)."""
@@ -101,7 +104,7 @@ class VaultClient:
         if self._cache_seconds > 0:
             hit = self._cache.get(cache_key)
             if hit is not None:
-                if hit[0] > time.monotonic():
+                if hit[0] > self._clock():
                     return hit[1]
                 del self._cache[cache_key]
         timeout, metadata = self._call_options(deadline)
@@ -125,7 +128,7 @@ class VaultClient:
             max_tokens=settings.max_tokens if settings.HasField("max_tokens") else None,
         )
         if self._cache_seconds > 0:
-            self._cache[cache_key] = (time.monotonic() + self._cache_seconds, credentials)
+            self._cache[cache_key] = (self._clock() + self._cache_seconds, credentials)
             while len(self._cache) > CACHE_MAX_ENTRIES:
                 self._cache.popitem(last=False)
         return credentials

@@ -24,7 +24,11 @@ async def test_list_providers_is_the_registry(llm: LLMHarness) -> None:
     assert google.requires_key
     assert "streaming" in google.features
     flash = next(m for m in google.models if m.id == "gemini-2.5-flash")
-    assert (flash.context_window, flash.input_price_per_mtok, flash.output_price_per_mtok) == (1048576, 0.30, 2.50)
+    assert (flash.context_window, flash.input_price_per_mtok, flash.output_price_per_mtok) == (
+        1048576,
+        0.30,
+        2.50,
+    )
     llama = next(p for p in reply.providers if p.id == "llama")
     assert not llama.requires_key
     assert llm.vault.methods() == ["AuthenticateToken"]
@@ -81,5 +85,7 @@ async def test_list_models_errors(llm: LLMHarness) -> None:
         await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="nope"), metadata=auth())
     assert rich_error(caught.value).reason == "UNKNOWN_PROVIDER"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="openai"), metadata=auth("rmk_unknown_0000"))
+        await llm.stub.ListModels(
+            llm_pb2.ListModelsRequest(provider="openai"), metadata=auth("rmk_unknown_0000")
+        )
     assert rich_error(caught.value).reason == "TOKEN_INVALID"

@@ -214,7 +214,7 @@ async def test_adapter_stalling_past_the_deadline(llm: LLMHarness) -> None:
     await llm.adapter.closed_event.wait()  # the upstream stream was closed
     assert llm.adapter.closed == llm.adapter.opened == 1
     timeout = llm.adapter.calls[0].timeout
-    assert timeout is not None and 0 < timeout <= 0.5
+    assert timeout is not None and 0 < timeout < 0.6  # gRPC rounds the sent deadline up
 
 
 async def test_no_deadline_means_no_adapter_timeout(llm: LLMHarness) -> None:

@@ -32,10 +32,18 @@ BAD: list[tuple[str, dict[str, Any], str, list[str]]] = [
     ("unspecified role", {"messages": [msg(role=0)]}, "INVALID_REQUEST", ["messages[0].role"]),
     ("unknown role", {"messages": [msg(), msg(role=9)]}, "INVALID_REQUEST", ["messages[1].role"]),
     ("empty content", {"messages": [msg("")]}, "INVALID_REQUEST", ["messages[0].content"]),
-    ("content over 1 MiB", {"messages": [msg("x" * (MAX_CONTENT_BYTES + 1))]}, "INVALID_REQUEST",
-     ["messages[0].content"]),
-    ("multibyte content over 1 MiB", {"messages": [msg("é" * (MAX_CONTENT_BYTES // 2 + 1))]}, "INVALID_REQUEST",
-     ["messages[0].content"]),
+    (
+        "content over 1 MiB",
+        {"messages": [msg("x" * (MAX_CONTENT_BYTES + 1))]},
+        "INVALID_REQUEST",
+        ["messages[0].content"],
+    ),
+    (
+        "multibyte content over 1 MiB",
+        {"messages": [msg("é" * (MAX_CONTENT_BYTES // 2 + 1))]},
+        "INVALID_REQUEST",
+        ["messages[0].content"],
+    ),
     ("total over 4 MiB", {"messages": [msg("x" * MAX_CONTENT_BYTES)] * 5}, "INVALID_REQUEST", ["messages"]),
     ("temperature high", {"temperature": 2.01}, "INVALID_REQUEST", ["temperature"]),
     ("temperature negative", {"temperature": -0.1}, "INVALID_REQUEST", ["temperature"]),
@@ -50,8 +58,12 @@ BAD: list[tuple[str, dict[str, Any], str, list[str]]] = [
     ("model with spaces", {"model": "gpt 4"}, "INVALID_REQUEST", ["model"]),
     ("unknown provider", {"provider": "nope"}, "UNKNOWN_PROVIDER", ["provider"]),
     ("empty provider", {"provider": ""}, "UNKNOWN_PROVIDER", ["provider"]),
-    ("several at once", {"temperature": 3.0, "top_p": -1.0, "messages": [msg(role=0)]}, "INVALID_REQUEST",
-     ["messages[0].role", "temperature", "top_p"]),
+    (
+        "several at once",
+        {"temperature": 3.0, "top_p": -1.0, "messages": [msg(role=0)]},
+        "INVALID_REQUEST",
+        ["messages[0].role", "temperature", "top_p"],
+    ),
 ]
 
 
@@ -94,8 +106,9 @@ async def test_limits_are_inclusive(llm: LLMHarness) -> None:
 
 async def test_a_request_over_the_grpc_size_limit_is_refused(llm: LLMHarness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await llm.stub.Chat(_request(llm_pb2.ChatRequest, {"messages": [msg("x" * (9 * 1024 * 1024))]}),
-                            metadata=auth())
+        await llm.stub.Chat(
+            _request(llm_pb2.ChatRequest, {"messages": [msg("x" * (9 * 1024 * 1024))]}), metadata=auth()
+        )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert llm.vault.calls == []
 
@@ -115,7 +128,7 @@ messages = st.lists(
     max_tokens=st.none() | st.integers(-(2**31), 2**31 - 1),
     stop=st.lists(st.text(max_size=3), max_size=6),
 )
-def test_validator_accepts_or_explains(
+def test_validator_accepts_or_explains(  # noqa: PLR0917 - one argument per hypothesis strategy
     provider: str,
     model: str,
     messages: list[llm_pb2.ChatMessage],

@@ -92,11 +92,13 @@ class ScriptedAdapter:
     probe_calls: list[tuple[Endpoint, float | None]] = field(default_factory=list)
     models: list[ListedModel] | BaseException = field(default_factory=list)
     model_calls: list[Endpoint] = field(default_factory=list)
+    sessions: list[aiohttp.ClientSession] = field(default_factory=list)
 
     async def stream_chat(
         self, http: aiohttp.ClientSession, endpoint: Endpoint, params: ChatParams, timeout: float | None
     ) -> AsyncIterator[ChatEvent]:
         assert isinstance(http, aiohttp.ClientSession)
+        self.sessions.append(http)
         script = self.scripts[min(len(self.calls), len(self.scripts) - 1)]
         self.calls.append(StreamCall(endpoint, params, timeout))
         self.opened += 1
