@@ -68,12 +68,30 @@ class RetryPolicy:
 OpenStream = Callable[[float | None], AsyncIterator[ChatEvent]]
 
 
-async def stream_with_retries(
-    open_stream: OpenStream, policy: RetryPolicy, deadline: Deadline, provider: str
-) -> AsyncGenerator[ChatEvent, None]:
-    """The events of one successful attempt of ``open_stream(timeout)``, retried before the first."""
-    stream: AsyncIterator[ChatEvent] | None = None
-    first: ChatEvent | None = None
+async def _open(
+    open_stream: OpenStream, deadline: Deadline, provider: str
+) -> tuple[AsyncIterator[ChatEvent], ChatEvent]:
+    """One attempt: open the stream and wait for its first event (closing it on failure)."""
+    remaining = deadline.remaining()
+    if remaining is not None and remaining <= 0:
+        raise errors.DeadlineExceeded("the caller's deadline passed", provider=provider)
+    stream = open_stream(remaining)
+    try:
+        first = await anext(stream, None)
+        if first is None:
+            raise errors.UpstreamStreamTruncated(
+                "the provider's stream ended without an answer", provider=provider
+            )
+    except BaseException:
+        await _close(stream)
+        raise
+    return stream, first
+
+
+async def _open_with_retries(
+    open_stream: OpenStream, policy: RetryPolicy, deadline: Deadline, provider: str, failed: BaseException
+) -> tuple[AsyncIterator[ChatEvent], ChatEvent]:
+    """Attempts 2..N under tenacity, after the first attempt failed with ``failed``."""
 
     def log_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -97,30 +115,40 @@ async def stream_with_retries(
         before_sleep=log_retry,
         reraise=True,
     )
+    replay: BaseException | None = failed
+    async for attempt in retrying:
+        with attempt:
+            if replay is not None:  # tenacity's attempt 1 is the one already made
+                error, replay = replay, None
+                raise error
+            return await _open(open_stream, deadline, provider)
+    raise AssertionError("tenacity ended without a result or an error")  # pragma: no cover
+
+
+async def stream_with_retries(
+    open_stream: OpenStream, policy: RetryPolicy, deadline: Deadline, provider: str
+) -> AsyncGenerator[ChatEvent, None]:
+    """The events of one successful attempt of ``open_stream(timeout)``, retried before the first.
+
+    The first attempt runs without tenacity (the common case costs nothing extra);
+    a retryable failure hands over to tenacity for the attempts that remain.
+    """
     try:
-        async for attempt in retrying:
-            with attempt:
-                remaining = deadline.remaining()
-                if remaining is not None and remaining <= 0:
-                    raise errors.DeadlineExceeded("the caller's deadline passed", provider=provider)
-                stream = open_stream(remaining)
-                try:
-                    first = await anext(stream, None)
-                except BaseException:
-                    await _close(stream)
-                    stream = None
-                    raise
-                if first is None:
-                    raise errors.UpstreamStreamTruncated(
-                        "the provider's stream ended without an answer", provider=provider
-                    )
-        assert stream is not None and first is not None
-        yield first
-        async for event in stream:
-            yield event
-    finally:
-        if stream is not None:
+        try:
+            stream, first = await _open(open_stream, deadline, provider)
+        except RETRYABLE as error:
+            if policy.attempts <= 1:
+                raise
+            stream, first = await _open_with_retries(open_stream, policy, deadline, provider, error)
+        try:
+            yield first
+            async for event in stream:
+                yield event
+        finally:
             await _close(stream)
+    except errors.RmllmError as exc:
+        exc.metadata.setdefault("provider", provider)  # the contract: errors name their provider
+        raise
 
 
 async def _close(stream: AsyncIterator[ChatEvent]) -> None:

@@ -221,3 +221,9 @@ async def test_no_deadline_means_no_adapter_timeout(llm: LLMHarness) -> None:
     llm.adapter.scripts = [answer("ok")]
     await llm.stub.Chat(chat_request(), metadata=auth())
     assert llm.adapter.calls[0].timeout is None
+
+
+async def test_an_adapter_error_without_provider_gets_one(llm: LLMHarness) -> None:
+    llm.adapter.scripts = [[errors.ProviderError("no provider named")]]
+    rich = rich_error(await _chat_error(llm, provider="claude"))
+    assert (rich.reason, rich.metadata["provider"]) == ("PROVIDER_ERROR", "anthropic")

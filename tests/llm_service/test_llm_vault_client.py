@@ -61,3 +61,15 @@ async def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(llm.vault.calls) == 3
         await llm.stub.Chat(chat_request(), metadata=auth("rmk_user_0_000000"))  # evicted: asked again
         assert len(llm.vault.calls) == 4
+
+
+async def test_vault_calls_carry_the_callers_deadline_and_request_id() -> None:
+    async with llm_harness() as llm:
+        await llm.stub.Chat(chat_request(), metadata=(*auth(), ("x-request-id", "req-7")), timeout=3)
+        await llm.stub.Chat(chat_request(), metadata=auth())
+        bounded, unbounded = llm.vault.calls
+        assert bounded.remaining is not None and 0 < bounded.remaining < 3.1
+        assert bounded.request_id == bounded.metadata["x-request-id"] == "req-7"
+        # Without a caller deadline, the vault call is still bounded (RMLLM_VAULT_TIMEOUT_SECONDS).
+        assert unbounded.remaining is not None and 3.1 < unbounded.remaining < 10.1
+        assert unbounded.request_id == unbounded.metadata["x-request-id"] != "req-7"

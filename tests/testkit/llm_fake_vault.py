@@ -45,6 +45,8 @@ class VaultCall:
     user_token: str
     provider: str
     metadata: dict[str, str]
+    remaining: float | None
+    request_id: str = ""
 
 
 @dataclass
@@ -60,9 +62,11 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
     address: str = ""
     _server: grpc.aio.Server | None = None
 
-    async def _enter(self, method: str, token: str, provider: str, context: Context) -> str:
+    async def _enter(
+        self, method: str, token: str, provider: str, context: Context, request_id: str = ""
+    ) -> str:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        self.calls.append(VaultCall(method, token, provider, metadata))
+        self.calls.append(VaultCall(method, token, provider, metadata, context.time_remaining(), request_id))
         if self.stall:
             await asyncio.sleep(3600)
         if metadata.get("authorization") != f"Bearer {self.service_token}":
@@ -78,7 +82,9 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
     async def ResolveCredentials(
         self, request: vault_pb2.ResolveCredentialsRequest, context: Context
     ) -> vault_pb2.ResolveCredentialsResponse:
-        user_id = await self._enter("ResolveCredentials", request.user_token, request.provider, context)
+        user_id = await self._enter(
+            "ResolveCredentials", request.user_token, request.provider, context, request.request_id
+        )
         spec = default_registry().get(request.provider)
         if spec is None:
             await abort_with(context, errors.UnknownProvider("unknown provider"))
