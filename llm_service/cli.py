@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = LLMSettings.from_env(
             os.environ, listen=args.listen, data_dir=args.data_dir, log_level=args.log_level
         )
-    except (SettingsError, PermissionError) as exc:
+    except (SettingsError, OSError) as exc:  # OSError: an unusable data directory
         return fail(str(exc))
     logs.configure(settings.log_level)
     return serve(settings)

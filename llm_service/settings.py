@@ -61,9 +61,16 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise SettingsError(f"{name} must be 1 (on) or 0 (off), not {raw[:40]!r}")
 
 
-def check_address(name: str, value: str) -> str:
-    """``HOST:PORT`` (IPv6 in brackets) or a ``unix:`` path, else a SettingsError."""
-    if value.startswith("unix:") and len(value) > len("unix:"):
+_TARGET_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")
+
+
+def check_address(name: str, value: str, *, targets: bool = False) -> str:
+    """``HOST:PORT`` (IPv6 in brackets) or a ``unix:`` path, else a SettingsError.
+
+    With ``targets``, gRPC name-resolver targets (``dns:///vault:50052``) are accepted too.
+    """
+    schemes = _TARGET_SCHEMES if targets else ("unix:",)
+    if any(value.startswith(s) and len(value) > len(s) for s in schemes):
         return value
     match = _ADDRESS.match(value)
     if not match or int(match.group(2)) > 65535:
@@ -126,7 +133,9 @@ class LLMSettings:
         return cls(
             service_token=Secret(token),
             listen=check_address("--listen", listen or env.get("RMLLM_LLM_LISTEN") or DEFAULT_LISTEN),
-            vault_addr=check_address("RMLLM_VAULT_ADDR", env.get("RMLLM_VAULT_ADDR") or DEFAULT_VAULT_ADDR),
+            vault_addr=check_address(
+                "RMLLM_VAULT_ADDR", env.get("RMLLM_VAULT_ADDR") or DEFAULT_VAULT_ADDR, targets=True
+            ),
             allow_custom_base_url=_flag(env, "RMLLM_ALLOW_CUSTOM_BASE_URL"),
             grace_seconds=_number(env, "RMLLM_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 3600.0),
             log_level=level,

@@ -17,7 +17,9 @@ from testkit.llm_harness import (
     rich_error,
     stream_request,
 )
-from testkit.llm_scripted import answer
+from testkit.llm_scripted import answer, finished
+
+from llm_service.adapters.base import FinishReason, TextDelta
 
 
 async def test_chat_collects_what_stream_forwards(llm: LLMHarness) -> None:
@@ -192,3 +194,21 @@ async def test_unknown_token_is_unauthenticated(llm: LLMHarness) -> None:
     assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
     assert "rmk_nobody" not in error.message
     assert llm.adapter.calls == []
+
+
+@pytest.mark.parametrize("reason", list(FinishReason), ids=lambda r: r.name)
+async def test_finish_reasons_map_by_name(llm: LLMHarness, reason: FinishReason) -> None:
+    llm.adapter.scripts = [[TextDelta("x"), finished(reason=reason)]]
+    reply = await llm.stub.Chat(chat_request(), metadata=auth())
+    assert reply.finish_reason == llm_pb2.FinishReason.Value(f"FINISH_REASON_{reason.name}")
+
+
+async def test_usage_priced_by_the_requested_model_when_the_answer_names_a_snapshot(llm: LLMHarness) -> None:
+    llm.adapter.scripts = [[finished(model="gpt-4o-2024-08-06", input_tokens=1_000_000, output_tokens=0)]]
+    reply = await llm.stub.Chat(chat_request(model="gpt-4o"), metadata=auth())
+    assert reply.model == "gpt-4o-2024-08-06"
+    assert reply.content == ""
+    assert reply.usage.cost_usd == pytest.approx(2.50)
+    llm.adapter.scripts = [[finished(model="", input_tokens=10, output_tokens=0)]]
+    reply = await llm.stub.Chat(chat_request(model="unknown-model"), metadata=auth())
+    assert (reply.model, reply.usage.cost_usd, reply.usage.total_tokens) == ("unknown-model", 0.0, 10)

@@ -81,3 +81,34 @@ async def test_one_http_session_for_all_calls_closed_at_stop() -> None:
         assert not first.closed
         assert not first.trust_env
     assert first.closed
+
+
+def test_sigterm_lets_an_in_flight_stream_finish() -> None:
+    import signal
+    from pathlib import Path
+
+    from realmultillm.llm.v1 import llm_pb2_grpc
+    from testkit import procs
+    from testkit.llm_harness import ALICE
+
+    tests_dir = Path(__file__).resolve().parents[1]
+    running = procs.start(
+        ["testkit.llm_slow_server"],
+        {"PYTHONPATH": str(tests_dir), "RMLLM_SHUTDOWN_GRACE_SECONDS": "20", "RMLLM_TEST_SLOW_SECONDS": "1"},
+    )
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = llm_pb2_grpc.LLMServiceStub(channel)
+            stream = stub.StreamChat(stream_request(), metadata=auth(ALICE), timeout=30)
+            first = next(stream)
+            assert first.delta == "slow"
+            running.proc.send_signal(signal.SIGTERM)
+            rest = list(stream)
+            assert [m.WhichOneof("event") for m in rest] == ["delta", "done"]
+            assert stream.code() == grpc.StatusCode.OK
+        assert running.proc.wait(30) == 0
+    finally:
+        running.stop()
+    events = [e.get("event") for e in running.events()]
+    assert events[-3:] == ["start", "stop", "stopped"], running.logs
+    assert "Traceback" not in running.logs

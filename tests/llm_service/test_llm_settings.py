@@ -28,6 +28,15 @@ def test_defaults() -> None:
     assert settings.log_level == "info"
 
 
+@pytest.mark.parametrize(
+    "target", ["dns:///vault.internal:50052", "unix:/run/rmllm/vault.sock", "[::1]:50052"]
+)
+def test_vault_address_forms(target: str) -> None:
+    assert (
+        LLMSettings.from_env({"RMLLM_SERVICE_TOKEN": TOKEN, "RMLLM_VAULT_ADDR": target}).vault_addr == target
+    )
+
+
 def test_values_are_read() -> None:
     settings = LLMSettings.from_env(
         {
