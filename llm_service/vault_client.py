@@ -90,13 +90,15 @@ class VaultClient:
         """Close the channel (at server stop)."""
         await self._channel.close()
 
-    def _call_options(self, deadline: Deadline) -> tuple[float, tuple[tuple[str, str], ...]]:
+    def _call_options(self, deadline: Deadline) -> tuple[float, bool, tuple[tuple[str, str], ...]]:
+        """The call's timeout, whether the caller's deadline is what bounds it, and its metadata."""
         remaining = deadline.remaining()
         if remaining is not None and remaining <= 0:
             raise errors.DeadlineExceeded("the caller's deadline passed before the vault was asked")
-        timeout = self._timeout if remaining is None else min(remaining, self._timeout)
+        caller_bound = remaining is not None and remaining <= self._timeout
+        timeout = remaining if remaining is not None and caller_bound else self._timeout
         metadata = (self._authorization, (REQUEST_ID_HEADER, requestctx.request_id()))
-        return timeout, metadata
+        return timeout, caller_bound, metadata
 
     async def resolve(self, user_token: Secret, provider: str, deadline: Deadline) -> Credentials:
         """The caller's key and settings for ``provider`` (canonical id)."""
@@ -107,7 +109,7 @@ class VaultClient:
                 if hit[0] > self._clock():
                     return hit[1]
                 del self._cache[cache_key]
-        timeout, metadata = self._call_options(deadline)
+        timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.ResolveCredentialsRequest(
             user_token=user_token.reveal(), provider=provider, request_id=requestctx.request_id()
         )
@@ -116,7 +118,7 @@ class VaultClient:
                 request, timeout=timeout, metadata=metadata, wait_for_ready=False
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._translate(exc, provider, deadline, timeout) from None
+            raise self._translate(exc, provider, caller_bound, timeout) from None
         settings = reply.settings
         credentials = Credentials(
             user_id=reply.user_id,
@@ -135,18 +137,18 @@ class VaultClient:
 
     async def authenticate(self, user_token: Secret, deadline: Deadline) -> str:
         """The id of the user a token belongs to (TOKEN_INVALID when it is unknown)."""
-        timeout, metadata = self._call_options(deadline)
+        timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.AuthenticateTokenRequest(user_token=user_token.reveal())
         try:
             reply = await self._stub.AuthenticateToken(
                 request, timeout=timeout, metadata=metadata, wait_for_ready=False
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._translate(exc, None, deadline, timeout) from None
+            raise self._translate(exc, None, caller_bound, timeout) from None
         return str(reply.user_id)
 
     def _translate(  # noqa: PLR0911 - one translation table, read top to bottom
-        self, exc: grpc.aio.AioRpcError, provider: str | None, deadline: Deadline, timeout: float
+        self, exc: grpc.aio.AioRpcError, provider: str | None, caller_bound: bool, timeout: float
     ) -> errors.RmllmError:
         """The one translation of a vault status into this service's errors."""
         code = exc.code()
@@ -174,8 +176,7 @@ class VaultClient:
                 )
             return errors.InvalidRequest("the vault refused the request as invalid", provider=provider)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            remaining = deadline.remaining()
-            if remaining is not None and remaining <= timeout:
+            if caller_bound:
                 return errors.DeadlineExceeded("the caller's deadline passed while asking the vault")
             return errors.VaultUnavailable(
                 f"the vault did not answer within {timeout:g}s; try again later", retry_after=1.0

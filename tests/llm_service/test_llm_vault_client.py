@@ -73,3 +73,28 @@ async def test_vault_calls_carry_the_callers_deadline_and_request_id() -> None:
         # Without a caller deadline, the vault call is still bounded (RMLLM_VAULT_TIMEOUT_SECONDS).
         assert unbounded.remaining is not None and 3.1 < unbounded.remaining < 10.1
         assert unbounded.request_id == unbounded.metadata["x-request-id"] != "req-7"
+
+
+async def test_a_stalled_vault_is_deadline_exceeded_or_unavailable_by_whose_bound_it_was() -> None:
+    from testkit.llm_fake_vault import FakeVault
+    from testkit.llm_harness import SERVICE_TOKEN
+
+    from llm_service.deadline import Deadline
+    from llm_service.vault_client import VaultClient
+    from rmllm_common import errors
+    from rmllm_common.secret import Secret
+
+    vault = FakeVault(SERVICE_TOKEN, users={ALICE: "u-alice"}, stall=True)  # type: ignore[abstract]
+    address = await vault.start()
+    try:
+        client = VaultClient(grpc.aio.insecure_channel(address), Secret(SERVICE_TOKEN), timeout_seconds=0.3)
+        with pytest.raises(errors.VaultUnavailable):  # the vault's own bound, the caller had time left
+            await client.resolve(Secret(ALICE), "openai", Deadline.after(0.6))
+        with pytest.raises(errors.DeadlineExceeded):  # the caller's deadline
+            await client.authenticate(Secret(ALICE), Deadline.after(0.2))
+        with pytest.raises(errors.DeadlineExceeded):  # already passed: the vault is not even asked
+            await client.authenticate(Secret(ALICE), Deadline.after(0.0))
+        assert len(vault.calls) == 2
+        await client.close()
+    finally:
+        await vault.stop()
