@@ -1,7 +1,8 @@
 """Retries of transient provider failures, before the first event reaches the caller.
 
-``stream_with_retries`` opens an adapter stream and waits for its first event under
-tenacity's ``AsyncRetrying``: only ``ProviderUnavailable`` (408, 409, 5xx, 529,
+``stream_with_retries`` opens an adapter stream and waits for its first event; if
+that first attempt fails transiently, tenacity's ``AsyncRetrying`` runs the rest
+(the common, successful case pays nothing for it): only ``ProviderUnavailable`` (408, 409, 5xx, 529,
 connection failures) and ``ProviderRateLimited`` (429 with a retry delay) are
 retried, never ``ProviderQuotaExhausted`` or anything else. Waits grow
 exponentially with jitter (``base * 2**(n-1)``, capped, times a random factor in
