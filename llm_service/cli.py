@@ -1,4 +1,11 @@
-"""``rmllm-llm``: serve the LLM service."""
+"""``rmllm-llm``: serve the LLM service.
+
+``rmllm-llm serve [--listen HOST:PORT] [--data-dir DIR] [--log-level LEVEL]`` reads
+``LLMSettings`` from the flags and the environment, then runs one server process
+until SIGTERM/SIGINT (in-flight calls get ``RMLLM_SHUTDOWN_GRACE_SECONDS`` to end).
+Serving is one function of the settings (``serve``), so running several worker
+processes on one port (SO_REUSEPORT is set by the server factory) is a loop around it.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +15,35 @@ import sys
 
 from llm_service.server import build_server
 from llm_service.settings import DEFAULT_LISTEN, LLMSettings, SettingsError
-from rmllm_common.cli import add_serve_flags, configure_logging, fail, run_serve
+from rmllm_common import logs
+from rmllm_common.cli import add_serve_flags, fail, run_serve
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     top = argparse.ArgumentParser(prog="rmllm-llm", description="RealMultiLLM LLM service.")
     commands = top.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the LLMService gRPC server")
-    add_serve_flags(serve, DEFAULT_LISTEN)
+    serve_cmd = commands.add_parser("serve", help="run the LLMService gRPC server")
+    add_serve_flags(serve_cmd, DEFAULT_LISTEN)
     return top
+
+
+def serve(settings: LLMSettings) -> int:
+    """Run one server process with ``settings`` until a signal stops it."""
+    return run_serve(settings, settings.listen, settings.grace_seconds, build_server)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rmllm-llm``."""
     args = parser().parse_args(argv)
-    configure_logging(args.log_level, os.environ)
     try:
-        settings = LLMSettings.from_env(os.environ, listen=args.listen, data_dir=args.data_dir)
-    except (SettingsError, PermissionError) as exc:
+        settings = LLMSettings.from_env(
+            os.environ, listen=args.listen, data_dir=args.data_dir, log_level=args.log_level
+        )
+    except (SettingsError, OSError) as exc:  # OSError: an unusable data directory
         return fail(str(exc))
-    return run_serve(settings, settings.listen, settings.grace_seconds, build_server)
+    logs.configure(settings.log_level)
+    return serve(settings)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,111 @@
-"""The LLM service's server factory: ``build_server(settings)`` returns a bound server."""
+"""The LLM service's server factory: ``build_server(settings)`` returns a bound server.
+
+It creates the process-wide resources once (the vault channel and client, the
+aiohttp session, the rate limiters, the retry policy, the static catalog), wires
+them into the servicer, and closes them in ``ServerHandle.on_stop`` after the
+server has drained. The adapter lookup is injected (tests pass scripted adapters);
+by default it is ``llm_service.adapters.adapter_for``, looked up at call time.
+``sleep`` and ``clock`` are injectable for retry and rate-limit tests.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import time
+from typing import Any
+
+import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
+from llm_service.adapters.base import Adapter
+from llm_service.catalog import Catalog
+from llm_service.chat import AdapterLookup, ChatService
+from llm_service.deadline import Clock
+from llm_service.http import new_http_session
+from llm_service.keys import KeyTester
+from llm_service.ratelimit import RateLimiter
+from llm_service.retrying import RetryPolicy, Sleep
+from llm_service.servicer import LLMServicer
 from llm_service.settings import LLMSettings
+from llm_service.vault_client import VaultClient
+from rmllm_common.registry import ProviderSpec, Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
 
 SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # > 4 MiB of content plus framing; larger requests are refused by gRPC
+VAULT_CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
 
 
-class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
-    """The LLMService RPCs; each not yet implemented answers UNIMPLEMENTED."""
+def default_adapters(spec: ProviderSpec) -> Adapter:
+    """The wire-format adapter for ``spec`` from ``llm_service.adapters.adapter_for``."""
+    module: Any = importlib.import_module("llm_service.adapters")
+    adapter: Adapter = module.adapter_for(spec)
+    return adapter
 
 
-async def build_server(settings: LLMSettings) -> ServerHandle:
+async def build_server(
+    settings: LLMSettings,
+    *,
+    adapters: AdapterLookup | None = None,
+    registry: Registry | None = None,
+    sleep: Sleep = asyncio.sleep,
+    clock: Clock = time.monotonic,
+) -> ServerHandle:
     """An LLM server bound to ``settings.listen`` (port 0 picks a free port)."""
-    server = new_server()
-    llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(), server)  # type: ignore[abstract]
+    registry = registry or default_registry()
+    lookup = adapters or default_adapters
+    channel = grpc.aio.insecure_channel(settings.vault_addr, options=VAULT_CHANNEL_OPTIONS)
+    vault = VaultClient(
+        channel,
+        settings.service_token,
+        timeout_seconds=settings.vault_timeout_seconds,
+        cache_seconds=settings.credential_cache_seconds,
+        clock=clock,
+    )
+    http = new_http_session(settings.http_max_connections)
+    policy = RetryPolicy(
+        attempts=settings.retry_attempts,
+        base_delay=settings.retry_base_delay_seconds,
+        max_delay=settings.retry_max_delay_seconds,
+        retry_after_cap=settings.retry_after_cap_seconds,
+        sleep=sleep,
+    )
+    allow = settings.allow_custom_base_url
+    chat = ChatService(
+        registry=registry,
+        vault=vault,
+        adapters=lookup,
+        http=http,
+        limiter=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
+        policy=policy,
+        allow_custom_base_url=allow,
+    )
+    keys = KeyTester(
+        registry=registry,
+        vault=vault,
+        adapters=lookup,
+        http=http,
+        limiter=RateLimiter("TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock),
+        allow_custom_base_url=allow,
+    )
+    catalog = Catalog(registry=registry, vault=vault, adapters=lookup, http=http, allow_custom_base_url=allow)
+
+    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES)
+    llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
     health = await add_standard_services(server, [SERVICE_NAME])
-    port = bind(server, settings.listen)
-    return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME)
+
+    async def release() -> None:
+        await http.close()
+        await vault.close()
+
+    try:
+        port = bind(server, settings.listen)
+    except OSError:
+        await release()
+        raise
+    return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=release)

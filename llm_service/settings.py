@@ -1,12 +1,17 @@
 """The LLM service's typed settings, read once at start from flags and the environment.
 
 Everything the LLM service is configured with lives in ``LLMSettings``; nothing
-deeper in the code reads ``os.environ``. The LLM service never has the seed: it
-only needs the vault's address and the service credential.
+deeper in the code reads ``os.environ``. Every variable is validated here with a
+message that names it and says what is accepted. The LLM service never has the
+seed: it needs the vault's address and the service credential (``RMLLM_SERVICE_TOKEN``,
+else the shared file in the data directory, created on first run), plus the limits,
+retry and cache knobs below. A rate of 0 turns that limit off (for benchmarks).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +21,61 @@ from rmllm_common.secret import Secret
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAULT_ADDR = "127.0.0.1:50052"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_CREDENTIAL_CACHE_SECONDS = 30.0
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
 class SettingsError(ValueError):
     """A configuration problem, with a message saying how to fix it."""
+
+
+def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number from {low:g} to {high:g}, not {raw[:40]!r}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise SettingsError(f"{name} must be a number from {low:g} to {high:g}, not {raw[:40]!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
+        raise SettingsError(f"{name} must be a whole number from {low} to {high}, not {raw[:40]!r}")
+    return int(raw)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be 1 (on) or 0 (off), not {raw[:40]!r}")
+
+
+_TARGET_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")
+
+
+def check_address(name: str, value: str, *, targets: bool = False) -> str:
+    """``HOST:PORT`` (IPv6 in brackets) or a ``unix:`` path, else a SettingsError.
+
+    With ``targets``, gRPC name-resolver targets (``dns:///vault:50052``) are accepted too.
+    """
+    schemes = _TARGET_SCHEMES if targets else ("unix:",)
+    if any(value.startswith(s) and len(value) > len(s) for s in schemes):
+        return value
+    match = _ADDRESS.match(value)
+    if not match or int(match.group(2)) > 65535:
+        raise SettingsError(f"{name} must be HOST:PORT (for example 127.0.0.1:50052), not {value[:80]!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -31,6 +87,22 @@ class LLMSettings:
     vault_addr: str = DEFAULT_VAULT_ADDR
     allow_custom_base_url: bool = False
     grace_seconds: float = 10.0
+    log_level: str = "info"
+    # The vault: an upper bound per call (the caller's deadline, when shorter, wins).
+    vault_timeout_seconds: float = 10.0
+    credential_cache_seconds: float = 0.0
+    # Retries of transient provider failures (attempts include the first).
+    retry_attempts: int = 3
+    retry_base_delay_seconds: float = 0.5
+    retry_max_delay_seconds: float = 8.0
+    retry_after_cap_seconds: float = 10.0
+    # Per-user token buckets: sustained rate per minute and burst (0 = no limit).
+    chat_rate_per_minute: float = 600.0
+    chat_burst: int = 60
+    testkey_rate_per_minute: float = 60.0
+    testkey_burst: int = 10
+    # The one HTTP connection pool towards providers.
+    http_max_connections: int = 8192
 
     @classmethod
     def from_env(
@@ -39,9 +111,13 @@ class LLMSettings:
         *,
         listen: str | None = None,
         data_dir: str | None = None,
+        log_level: str | None = None,
     ) -> LLMSettings:
         """Read and validate settings; share the service credential file on first run."""
-        token = env.get("RMLLM_SERVICE_TOKEN", "")
+        level = (log_level or env.get("RMLLM_LOG_LEVEL") or "info").strip().lower()
+        if level not in LOG_LEVELS:
+            raise SettingsError(f"RMLLM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level[:20]!r}")
+        token = env.get("RMLLM_SERVICE_TOKEN", "").strip()
         if not token:
             directory = Path(data_dir).expanduser() if data_dir else state.default_data_dir(env)
             token, _ = state.read_or_create_secret(
@@ -52,10 +128,28 @@ class LLMSettings:
                 "RMLLM_SERVICE_TOKEN must be at least 32 characters; generate one with: "
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
+        if any(c.isspace() or not c.isprintable() for c in token):
+            raise SettingsError("RMLLM_SERVICE_TOKEN must not contain whitespace or control characters")
         return cls(
             service_token=Secret(token),
-            listen=listen or env.get("RMLLM_LLM_LISTEN", DEFAULT_LISTEN),
-            vault_addr=env.get("RMLLM_VAULT_ADDR", DEFAULT_VAULT_ADDR),
-            allow_custom_base_url=env.get("RMLLM_ALLOW_CUSTOM_BASE_URL", "") == "1",
-            grace_seconds=float(env.get("RMLLM_SHUTDOWN_GRACE_SECONDS", "10")),
+            listen=check_address("--listen", listen or env.get("RMLLM_LLM_LISTEN") or DEFAULT_LISTEN),
+            vault_addr=check_address(
+                "RMLLM_VAULT_ADDR", env.get("RMLLM_VAULT_ADDR") or DEFAULT_VAULT_ADDR, targets=True
+            ),
+            allow_custom_base_url=_flag(env, "RMLLM_ALLOW_CUSTOM_BASE_URL"),
+            grace_seconds=_number(env, "RMLLM_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 3600.0),
+            log_level=level,
+            vault_timeout_seconds=_number(env, "RMLLM_VAULT_TIMEOUT_SECONDS", 10.0, 0.1, 300.0),
+            credential_cache_seconds=_number(
+                env, "RMLLM_CREDENTIAL_CACHE_SECONDS", 0.0, 0.0, MAX_CREDENTIAL_CACHE_SECONDS
+            ),
+            retry_attempts=_integer(env, "RMLLM_RETRY_ATTEMPTS", 3, 1, 10),
+            retry_base_delay_seconds=_number(env, "RMLLM_RETRY_BASE_DELAY_SECONDS", 0.5, 0.0, 60.0),
+            retry_max_delay_seconds=_number(env, "RMLLM_RETRY_MAX_DELAY_SECONDS", 8.0, 0.0, 300.0),
+            retry_after_cap_seconds=_number(env, "RMLLM_RETRY_AFTER_CAP_SECONDS", 10.0, 0.0, 300.0),
+            chat_rate_per_minute=_number(env, "RMLLM_CHAT_RATE_PER_MINUTE", 600.0, 0.0, 1e9),
+            chat_burst=_integer(env, "RMLLM_CHAT_BURST", 60, 1, 1_000_000),
+            testkey_rate_per_minute=_number(env, "RMLLM_TESTKEY_RATE_PER_MINUTE", 60.0, 0.0, 1e9),
+            testkey_burst=_integer(env, "RMLLM_TESTKEY_BURST", 10, 1, 1_000_000),
+            http_max_connections=_integer(env, "RMLLM_HTTP_MAX_CONNECTIONS", 8192, 1, 1_000_000),
         )

@@ -1,0 +1,127 @@
+"""ListProviders and ListModels: the registry as protos, and live model listings.
+
+The registry is static for the life of the process, so ``ListProviders``'s
+response and each provider's registry model list are built once, at start.
+``ListModels`` asks the provider live (with the caller's stored key) when the
+registry gives it a ``models_path`` and the caller has a key (or needs none); the
+live ids are enriched with the registry's context windows and prices. Without a
+listing, without a key, or when the live call fails (logged), the answer is the
+registry's list with ``live=false``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from realmultillm.llm.v1 import llm_pb2
+
+from llm_service.adapters.base import Endpoint, ListedModel
+from llm_service.chat import AdapterLookup, credentials_for, stored_base_url
+from llm_service.deadline import Deadline
+from llm_service.vault_client import VaultClient
+from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RmllmError
+from rmllm_common.registry import ModelSpec, ProviderSpec, Registry
+from rmllm_common.secret import Secret
+
+log = logging.getLogger(__name__)
+
+
+def model_info(model: ModelSpec) -> llm_pb2.ModelInfo:
+    """The proto for a registry model."""
+    return llm_pb2.ModelInfo(
+        id=model.id,
+        display_name=model.display_name,
+        context_window=model.context_window,
+        input_price_per_mtok=model.input_price,
+        output_price_per_mtok=model.output_price,
+    )
+
+
+def provider_info(spec: ProviderSpec) -> llm_pb2.ProviderInfo:
+    """The proto for a registry provider."""
+    return llm_pb2.ProviderInfo(
+        id=spec.id,
+        aliases=spec.aliases,
+        display_name=spec.display_name,
+        wire_format=spec.wire_format,
+        default_base_url=spec.base_url,
+        default_model=spec.default_model,
+        requires_key=spec.requires_key,
+        features=sorted(spec.features),
+        models=[model_info(m) for m in spec.models],
+    )
+
+
+def merge_listed(spec: ProviderSpec, listed: list[ListedModel]) -> list[llm_pb2.ModelInfo]:
+    """Live models by id, with the registry's context window and prices where it knows them."""
+    merged: dict[str, llm_pb2.ModelInfo] = {}
+    for item in listed:
+        if not item.id or item.id in merged:
+            continue
+        known = spec.model(item.id)
+        merged[item.id] = llm_pb2.ModelInfo(
+            id=item.id,
+            display_name=item.display_name or (known.display_name if known else item.id),
+            context_window=item.context_window or (known.context_window if known else 0),
+            input_price_per_mtok=known.input_price if known else 0.0,
+            output_price_per_mtok=known.output_price if known else 0.0,
+        )
+    return [merged[key] for key in sorted(merged)]
+
+
+class Catalog:
+    """ListProviders and ListModels, minus authentication."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        vault: VaultClient,
+        adapters: AdapterLookup,
+        http: aiohttp.ClientSession,
+        allow_custom_base_url: bool,
+    ) -> None:
+        self._registry = registry
+        self._vault = vault
+        self._adapters = adapters
+        self._http = http
+        self._allow_custom = allow_custom_base_url
+        specs = list(registry.providers.values())
+        self.providers = llm_pb2.ListProvidersResponse(providers=[provider_info(s) for s in specs])
+        self._static = {
+            s.id: llm_pb2.ListModelsResponse(
+                provider=s.id, models=sorted((model_info(m) for m in s.models), key=lambda m: m.id)
+            )
+            for s in specs
+        }
+
+    async def authenticate(self, token: Secret, deadline: Deadline) -> None:
+        """Check that the caller is a known user (every RPC needs one)."""
+        await self._vault.authenticate(token, deadline)
+
+    async def list_models(
+        self, request: llm_pb2.ListModelsRequest, token: Secret, deadline: Deadline
+    ) -> llm_pb2.ListModelsResponse:
+        """Live models where possible, else the registry's."""
+        spec = self._registry.resolve(request.provider)
+        static = self._static[spec.id]
+        if not spec.models_path:
+            await self._vault.authenticate(token, deadline)
+            return static
+        try:
+            credentials = await credentials_for(self._vault, spec, token, deadline)
+        except KeyNotConfigured:
+            return static
+        endpoint = Endpoint(spec, stored_base_url(spec, credentials, self._allow_custom), credentials.api_key)
+        try:
+            listed = await self._adapters(spec).list_models(self._http, endpoint, deadline.remaining())
+        except DeadlineExceeded:
+            raise
+        except RmllmError as exc:
+            log.warning(
+                "live model listing failed; answering with the registry's list",
+                extra={"provider": spec.id, "error": repr(exc)},
+            )
+            return static
+        return llm_pb2.ListModelsResponse(provider=spec.id, models=merge_listed(spec, listed), live=True)

@@ -1,0 +1,189 @@
+"""Request validation and limits: every bad field becomes one clear INVALID_ARGUMENT.
+
+``validate_chat`` checks a Chat/StreamChat request against the documented limits
+and returns it normalised (``ChatInput``): 1 to 1,000 messages, each with a role
+and non-empty content of at most 1 MiB (UTF-8), 4 MiB in all; temperature 0 to 2,
+top_p 0 to 1, max_tokens 1 to 1,000,000; at most 4 stop sequences of 1 to 256
+characters; a model id of at most 200 printable characters without spaces. All
+violations of one request are reported together in one BadRequest (one ErrorInfo,
+INVALID_REQUEST); an unknown provider is UNKNOWN_PROVIDER on its own. The caller's
+stored settings are applied afterwards by ``ChatInput.params``. TestKey's key and
+base URL are checked by ``check_api_key`` and ``check_base_url``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from llm_service.adapters.base import ChatParams, Message, Role
+from rmllm_common.errors import FieldViolation, InvalidRequest
+from rmllm_common.registry import ProviderSpec, Registry
+
+MAX_MESSAGES = 1000
+MAX_CONTENT_BYTES = 1024 * 1024
+MAX_TOTAL_BYTES = 4 * 1024 * 1024
+MAX_STOP = 4
+MAX_STOP_CHARS = 256
+MAX_MODEL_CHARS = 200
+MAX_TOKENS = 1_000_000
+MAX_API_KEY_BYTES = 4096
+MAX_BASE_URL_CHARS = 2048
+_ROLES: dict[int, Role] = {1: "system", 2: "user", 3: "assistant"}
+
+
+def _utf8_length(text: str) -> int:
+    # A str of n code points takes at most 4n bytes: encode only when that could matter.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _printable_word(text: str) -> bool:
+    return text.isprintable() and not any(c.isspace() for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInput:
+    """A valid chat request, before the caller's stored defaults are applied."""
+
+    spec: ProviderSpec
+    model: str
+    messages: tuple[Message, ...]
+    temperature: float | None
+    max_tokens: int | None
+    top_p: float | None
+    stop: tuple[str, ...]
+
+    def params(
+        self, default_model: str = "", temperature: float | None = None, max_tokens: int | None = None
+    ) -> ChatParams:
+        """Request fields win over the caller's settings, which win over the registry's defaults."""
+        return ChatParams(
+            model=self.model or default_model or self.spec.default_model,
+            messages=self.messages,
+            temperature=self.temperature if self.temperature is not None else temperature,
+            max_tokens=self.max_tokens or max_tokens or self.spec.default_max_tokens,
+            top_p=self.top_p,
+            stop=self.stop,
+        )
+
+
+def raise_violations(violations: list[FieldViolation], provider: str | None = None) -> None:
+    """Raise one INVALID_REQUEST carrying every violation (no-op when there is none)."""
+    if not violations:
+        return
+    first = violations[0]
+    more = f" (and {len(violations) - 1} more; see the BadRequest details)" if len(violations) > 1 else ""
+    raise InvalidRequest(
+        f"{first.field}: {first.description}{more}", provider=provider, violations=violations
+    )
+
+
+def _check_messages(request: Any, bad: list[FieldViolation]) -> tuple[Message, ...]:
+    count = len(request.messages)
+    if count == 0:
+        bad.append(FieldViolation("messages", "at least one message is required"))
+        return ()
+    if count > MAX_MESSAGES:
+        bad.append(FieldViolation("messages", f"at most {MAX_MESSAGES} messages, got {count}"))
+        return ()
+    messages: list[Message] = []
+    total = 0
+    for index, message in enumerate(request.messages):
+        role = _ROLES.get(message.role)
+        if role is None:
+            bad.append(
+                FieldViolation(f"messages[{index}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT")
+            )
+        content = message.content
+        size = _utf8_length(content)
+        total += size
+        if size == 0:
+            bad.append(FieldViolation(f"messages[{index}].content", "must not be empty"))
+        elif size > MAX_CONTENT_BYTES:
+            bad.append(
+                FieldViolation(f"messages[{index}].content", f"at most {MAX_CONTENT_BYTES} bytes, got {size}")
+            )
+        if role is not None:
+            messages.append(Message(role, content))
+    if total > MAX_TOTAL_BYTES:
+        bad.append(
+            FieldViolation("messages", f"at most {MAX_TOTAL_BYTES} bytes of content in all, got {total}")
+        )
+    return tuple(messages)
+
+
+def _check_sampling(request: Any, bad: list[FieldViolation]) -> tuple[float | None, int | None, float | None]:
+    temperature = request.temperature if request.HasField("temperature") else None
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        bad.append(FieldViolation("temperature", f"must be from 0 to 2, got {temperature}"))
+    max_tokens = request.max_tokens if request.HasField("max_tokens") else None
+    if max_tokens is not None and not 1 <= max_tokens <= MAX_TOKENS:
+        bad.append(FieldViolation("max_tokens", f"must be from 1 to {MAX_TOKENS}, got {max_tokens}"))
+    top_p = request.top_p if request.HasField("top_p") else None
+    if top_p is not None and not 0.0 <= top_p <= 1.0:
+        bad.append(FieldViolation("top_p", f"must be from 0 to 1, got {top_p}"))
+    return temperature, max_tokens, top_p
+
+
+def validate_chat(request: Any, registry: Registry) -> ChatInput:
+    """Check a ChatRequest or StreamChatRequest; raise INVALID_ARGUMENT on any bad field."""
+    spec = registry.resolve(request.provider)
+    bad: list[FieldViolation] = []
+    model = request.model
+    if len(model) > MAX_MODEL_CHARS:
+        bad.append(FieldViolation("model", f"at most {MAX_MODEL_CHARS} characters, got {len(model)}"))
+    elif model and not _printable_word(model):
+        bad.append(FieldViolation("model", "must not contain whitespace or control characters"))
+    messages = _check_messages(request, bad)
+    temperature, max_tokens, top_p = _check_sampling(request, bad)
+    stop = tuple(request.stop)
+    if len(stop) > MAX_STOP:
+        bad.append(FieldViolation("stop", f"at most {MAX_STOP} stop sequences, got {len(stop)}"))
+    for index, sequence in enumerate(stop):
+        if not 1 <= len(sequence) <= MAX_STOP_CHARS:
+            bad.append(FieldViolation(f"stop[{index}]", f"must be 1 to {MAX_STOP_CHARS} characters"))
+    raise_violations(bad, spec.id)
+    return ChatInput(spec, model, messages, temperature, max_tokens, top_p, stop)
+
+
+def check_api_key(api_key: str, bad: list[FieldViolation]) -> None:
+    """An explicit TestKey key: at most 4 KiB, no whitespace or control characters.
+
+    The descriptions never quote the key.
+    """
+    if _utf8_length(api_key) > MAX_API_KEY_BYTES:
+        bad.append(FieldViolation("api_key", f"at most {MAX_API_KEY_BYTES} bytes"))
+    elif not _printable_word(api_key):
+        bad.append(FieldViolation("api_key", "must not contain whitespace or control characters"))
+
+
+def check_base_url(base_url: str, spec: ProviderSpec, allow_custom: bool, bad: list[FieldViolation]) -> str:
+    """A TestKey endpoint override under the custom-base-URL policy; returns it normalised.
+
+    Any http(s) URL is allowed with RMLLM_ALLOW_CUSTOM_BASE_URL=1 or for a provider
+    whose registry entry allows custom endpoints; otherwise only the default.
+    """
+    if not base_url:
+        return ""
+    normalised = base_url.rstrip("/")
+    if len(base_url) > MAX_BASE_URL_CHARS or not _printable_word(base_url):
+        bad.append(FieldViolation("base_url", f"must be a URL of at most {MAX_BASE_URL_CHARS} characters"))
+        return ""
+    parts = urlsplit(normalised)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        bad.append(FieldViolation("base_url", "must be an http(s) URL without query or fragment"))
+        return ""
+    if parts.username or parts.password:
+        bad.append(FieldViolation("base_url", "must not carry credentials"))
+        return ""
+    if normalised != spec.base_url and not (allow_custom or spec.custom_base_url):
+        bad.append(
+            FieldViolation(
+                "base_url",
+                f"custom endpoints for {spec.id} are disabled on this server (the default is "
+                f"{spec.base_url}); the operator can allow them with RMLLM_ALLOW_CUSTOM_BASE_URL=1",
+            )
+        )
+        return ""
+    return normalised

@@ -1,0 +1,197 @@
+"""The LLM service's client of the vault: resolve a caller's key, authenticate a token.
+
+One ``VaultClient`` per process holds one ``grpc.aio`` channel to the vault. Every
+call presents the service credential (``authorization: Bearer <service token>``),
+forwards the request id (``x-request-id``), and is bounded by the caller's
+remaining deadline (and ``vault_timeout_seconds``); it never waits for a vault that
+is down (``wait_for_ready=False``). Vault errors are translated exactly once, here,
+into ``rmllm_common.errors`` from the status code and the vault's ErrorInfo reason.
+A vault that refuses the service credential (PERMISSION_DENIED) is an operator
+mistake: it is logged once as an error naming the fix and reaches callers as
+VAULT_UNAVAILABLE, since from their side the vault cannot be used.
+Resolved credentials may be cached in memory, keyed by (sha256 of the user token,
+provider), for at most ``credential_cache_seconds`` (off by default, bounded size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
+
+from llm_service.deadline import Deadline
+from rmllm_common import errors, requestctx
+from rmllm_common.requestctx import REQUEST_ID_HEADER
+from rmllm_common.secret import Secret
+
+log = logging.getLogger(__name__)
+
+CACHE_MAX_ENTRIES = 10_000
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the vault resolved for one (user, provider): the key only as a Secret."""
+
+    user_id: str
+    provider: str
+    api_key: Secret
+    base_url: str
+    default_model: str
+    temperature: float | None
+    max_tokens: int | None
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason in the vault's status details ("" when there is none)."""
+    for key, value in error.trailing_metadata() or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return str(info.reason)
+    return ""
+
+
+class VaultClient:
+    """Calls the vault's service-only RPCs for the LLM service."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        service_token: Secret,
+        *,
+        timeout_seconds: float = 10.0,
+        cache_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._channel = channel
+        self._stub: Any = vault_pb2_grpc.VaultServiceStub(channel)
+        self._authorization = ("authorization", f"Bearer {service_token.reveal()}")
+        self._timeout = timeout_seconds
+        self._cache_seconds = cache_seconds
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Credentials]] = OrderedDict()
+        self._warned_credential = False
+        self._clock = clock
+
+    async def close(self) -> None:
+        """Close the channel (at server stop)."""
+        await self._channel.close()
+
+    def _call_options(self, deadline: Deadline) -> tuple[float, bool, tuple[tuple[str, str], ...]]:
+        """The call's timeout, whether the caller's deadline is what bounds it, and its metadata."""
+        remaining = deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            raise errors.DeadlineExceeded("the caller's deadline passed before the vault was asked")
+        caller_bound = remaining is not None and remaining <= self._timeout
+        timeout = remaining if remaining is not None and caller_bound else self._timeout
+        metadata = (self._authorization, (REQUEST_ID_HEADER, requestctx.request_id()))
+        return timeout, caller_bound, metadata
+
+    async def resolve(self, user_token: Secret, provider: str, deadline: Deadline) -> Credentials:
+        """The caller's key and settings for ``provider`` (canonical id)."""
+        cache_key = (hashlib.sha256(user_token.reveal().encode()).hexdigest(), provider)
+        if self._cache_seconds > 0:
+            hit = self._cache.get(cache_key)
+            if hit is not None:
+                if hit[0] > self._clock():
+                    return hit[1]
+                del self._cache[cache_key]
+        timeout, caller_bound, metadata = self._call_options(deadline)
+        request = vault_pb2.ResolveCredentialsRequest(
+            user_token=user_token.reveal(), provider=provider, request_id=requestctx.request_id()
+        )
+        try:
+            reply = await self._stub.ResolveCredentials(
+                request, timeout=timeout, metadata=metadata, wait_for_ready=False
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._translate(exc, provider, caller_bound, timeout) from None
+        settings = reply.settings
+        credentials = Credentials(
+            user_id=reply.user_id,
+            provider=reply.provider or provider,
+            api_key=Secret(reply.api_key),
+            base_url=reply.base_url,
+            default_model=settings.default_model,
+            temperature=settings.temperature if settings.HasField("temperature") else None,
+            max_tokens=settings.max_tokens if settings.HasField("max_tokens") else None,
+        )
+        if self._cache_seconds > 0:
+            self._cache[cache_key] = (self._clock() + self._cache_seconds, credentials)
+            while len(self._cache) > CACHE_MAX_ENTRIES:
+                self._cache.popitem(last=False)
+        return credentials
+
+    async def authenticate(self, user_token: Secret, deadline: Deadline) -> str:
+        """The id of the user a token belongs to (TOKEN_INVALID when it is unknown)."""
+        timeout, caller_bound, metadata = self._call_options(deadline)
+        request = vault_pb2.AuthenticateTokenRequest(user_token=user_token.reveal())
+        try:
+            reply = await self._stub.AuthenticateToken(
+                request, timeout=timeout, metadata=metadata, wait_for_ready=False
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._translate(exc, None, caller_bound, timeout) from None
+        return str(reply.user_id)
+
+    def _translate(  # noqa: PLR0911 - one translation table, read top to bottom
+        self, exc: grpc.aio.AioRpcError, provider: str | None, caller_bound: bool, timeout: float
+    ) -> errors.RmllmError:
+        """The one translation of a vault status into this service's errors."""
+        code = exc.code()
+        reason = _reason(exc)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return errors.TokenInvalid(
+                "unknown or revoked user token; create one with `rmllm-vault tokens create`"
+            )
+        if code == grpc.StatusCode.FAILED_PRECONDITION and reason == "KEY_NOT_CONFIGURED":
+            name = provider or "this provider"
+            return errors.KeyNotConfigured(
+                f"no active key is stored for {name}; store one with the vault's PutProviderConfig",
+                provider=provider,
+            )
+        if code == grpc.StatusCode.INTERNAL and reason == "KEY_DECRYPTION_FAILED":
+            return errors.KeyDecryptionFailed(
+                "the vault cannot decrypt the stored key (its seed is missing or changed); "
+                "ask the operator, or store the key again",
+                provider=provider,
+            )
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            if reason == "UNKNOWN_PROVIDER":
+                return errors.UnknownProvider(
+                    f"the vault does not know provider {provider!r}", provider=provider
+                )
+            return errors.InvalidRequest("the vault refused the request as invalid", provider=provider)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if caller_bound:
+                return errors.DeadlineExceeded("the caller's deadline passed while asking the vault")
+            return errors.VaultUnavailable(
+                f"the vault did not answer within {timeout:g}s; try again later", retry_after=1.0
+            )
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            if not self._warned_credential:
+                self._warned_credential = True
+                log.error(
+                    "the vault refused this LLM service's credential: set the same RMLLM_SERVICE_TOKEN "
+                    "(or share the data directory's service_token file) on both services",
+                    extra={"event": "vault_credential_rejected"},
+                )
+            return errors.VaultUnavailable(
+                "the LLM service is misconfigured: the vault refused its service credential; "
+                "ask the operator to check RMLLM_SERVICE_TOKEN on both services"
+            )
+        log.debug("vault call failed", extra={"grpc_code": code.name, "vault_reason": reason})
+        return errors.VaultUnavailable("the vault is unavailable; try again later", retry_after=1.0)

@@ -1,0 +1,91 @@
+"""ListProviders (the registry, built once) and ListModels (live, else the registry)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from realmultillm.llm.v1 import llm_pb2
+from testkit.llm_harness import ALICE_OPENAI_KEY, LLMHarness, auth, rich_error
+
+from llm_service.adapters.base import ListedModel
+from rmllm_common import errors
+from rmllm_common.registry import default_registry
+
+
+async def test_list_providers_is_the_registry(llm: LLMHarness) -> None:
+    reply = await llm.stub.ListProviders(llm_pb2.ListProvidersRequest(), metadata=auth())
+    ids = [p.id for p in reply.providers]
+    assert ids == sorted(ids) == ["anthropic", "github", "google", "grok", "llama", "openai", "openrouter"]
+    google = next(p for p in reply.providers if p.id == "google")
+    assert list(google.aliases) == ["google-ai", "gemini"]
+    assert google.wire_format == "gemini"
+    assert google.default_base_url == "https://generativelanguage.googleapis.com/v1beta"
+    assert google.default_model == "gemini-2.5-flash"
+    assert google.requires_key
+    assert "streaming" in google.features
+    flash = next(m for m in google.models if m.id == "gemini-2.5-flash")
+    assert (flash.context_window, flash.input_price_per_mtok, flash.output_price_per_mtok) == (
+        1048576,
+        0.30,
+        2.50,
+    )
+    llama = next(p for p in reply.providers if p.id == "llama")
+    assert not llama.requires_key
+    assert llm.vault.methods() == ["AuthenticateToken"]
+
+
+async def test_list_providers_needs_a_known_token(llm: LLMHarness) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.stub.ListProviders(llm_pb2.ListProvidersRequest(), metadata=auth("rmk_unknown_0000"))
+    assert rich_error(caught.value).reason == "TOKEN_INVALID"
+
+
+async def test_list_models_live_with_the_stored_key(llm: LLMHarness) -> None:
+    llm.adapter.models = [
+        ListedModel("gpt-4o"),
+        ListedModel("gpt-brand-new", display_name="Brand new", context_window=4096),
+        ListedModel("gpt-4o"),
+        ListedModel("aaa-first"),
+    ]
+    reply = await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="openai"), metadata=auth())
+    assert reply.live
+    assert reply.provider == "openai"
+    assert [m.id for m in reply.models] == ["aaa-first", "gpt-4o", "gpt-brand-new"]
+    known = reply.models[1]
+    assert (known.display_name, known.context_window, known.input_price_per_mtok) == ("GPT-4o", 128000, 2.50)
+    new = reply.models[2]
+    assert (new.display_name, new.context_window, new.input_price_per_mtok) == ("Brand new", 4096, 0.0)
+    assert llm.adapter.model_calls[0].api_key.reveal() == ALICE_OPENAI_KEY
+
+
+async def test_list_models_falls_back_to_the_registry_when_live_fails(llm: LLMHarness) -> None:
+    llm.adapter.models = errors.ProviderUnavailable("down", provider="openai")
+    reply = await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="openai"), metadata=auth())
+    assert not reply.live
+    assert [m.id for m in reply.models] == sorted(m.id for m in default_registry().resolve("openai").models)
+
+
+async def test_list_models_without_a_key_is_the_registry(llm: LLMHarness) -> None:
+    reply = await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="gemini"), metadata=auth())
+    assert (reply.provider, reply.live) == ("google", False)
+    assert "gemini-2.5-pro" in [m.id for m in reply.models]
+    assert llm.adapter.model_calls == []
+
+
+async def test_list_models_for_a_provider_without_listing(llm: LLMHarness) -> None:
+    reply = await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="github"), metadata=auth())
+    assert not reply.live
+    assert len(reply.models) == 4
+    assert llm.vault.methods() == ["AuthenticateToken"]
+    assert llm.adapter.model_calls == []
+
+
+async def test_list_models_errors(llm: LLMHarness) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="nope"), metadata=auth())
+    assert rich_error(caught.value).reason == "UNKNOWN_PROVIDER"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.stub.ListModels(
+            llm_pb2.ListModelsRequest(provider="openai"), metadata=auth("rmk_unknown_0000")
+        )
+    assert rich_error(caught.value).reason == "TOKEN_INVALID"

@@ -1,0 +1,132 @@
+"""An in-process fake of the vault's service-only RPCs, for LLM service tests.
+
+``FakeVault`` implements ResolveCredentials and AuthenticateToken over a real
+``grpc.aio`` server on a loopback port, with canned users and keys. Like the real
+vault it refuses callers without the service credential (PERMISSION_DENIED /
+SERVICE_CREDENTIAL_REQUIRED), answers unknown tokens with UNAUTHENTICATED /
+TOKEN_INVALID and missing keys with FAILED_PRECONDITION / KEY_NOT_CONFIGURED, all as
+rich statuses. It records each call (method, token, provider, metadata), and can be
+told to fail the next calls with any error or to stall, to test the LLM service's
+translation and deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
+
+from rmllm_common import errors
+from rmllm_common.registry import default_registry
+from rmllm_common.server import abort_with
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass
+class StoredKey:
+    """One user's configuration for one provider."""
+
+    api_key: str
+    base_url: str = ""
+    default_model: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass
+class VaultCall:
+    """One call the fake vault received."""
+
+    method: str
+    user_token: str
+    provider: str
+    metadata: dict[str, str]
+    remaining: float | None
+    request_id: str = ""
+
+
+@dataclass
+class FakeVault(vault_pb2_grpc.VaultServiceServicer):
+    """Canned users (token -> user id) and keys ((user id, provider) -> StoredKey)."""
+
+    service_token: str
+    users: dict[str, str] = field(default_factory=dict)
+    keys: dict[tuple[str, str], StoredKey] = field(default_factory=dict)
+    calls: list[VaultCall] = field(default_factory=list)
+    fail_with: errors.RmllmError | None = None
+    stall: bool = False
+    address: str = ""
+    _server: grpc.aio.Server | None = None
+
+    async def _enter(
+        self, method: str, token: str, provider: str, context: Context, request_id: str = ""
+    ) -> str:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        self.calls.append(VaultCall(method, token, provider, metadata, context.time_remaining(), request_id))
+        if self.stall:
+            await asyncio.sleep(3600)
+        if metadata.get("authorization") != f"Bearer {self.service_token}":
+            await abort_with(context, errors.PermissionDenied("this RPC needs the service credential"))
+        if self.fail_with is not None:
+            await abort_with(context, self.fail_with)
+        user_id = self.users.get(token)
+        if user_id is None:
+            await abort_with(context, errors.TokenInvalid("unknown token"))
+        assert user_id is not None
+        return user_id
+
+    async def ResolveCredentials(
+        self, request: vault_pb2.ResolveCredentialsRequest, context: Context
+    ) -> vault_pb2.ResolveCredentialsResponse:
+        user_id = await self._enter(
+            "ResolveCredentials", request.user_token, request.provider, context, request.request_id
+        )
+        spec = default_registry().get(request.provider)
+        if spec is None:
+            await abort_with(context, errors.UnknownProvider("unknown provider"))
+        assert spec is not None
+        stored = self.keys.get((user_id, spec.id))
+        if stored is None:
+            await abort_with(context, errors.KeyNotConfigured("no key", provider=spec.id))
+        assert stored is not None
+        settings = vault_pb2.ProviderSettings(default_model=stored.default_model)
+        if stored.temperature is not None:
+            settings.temperature = stored.temperature
+        if stored.max_tokens is not None:
+            settings.max_tokens = stored.max_tokens
+        return vault_pb2.ResolveCredentialsResponse(
+            user_id=user_id,
+            provider=spec.id,
+            api_key=stored.api_key,
+            base_url=stored.base_url,
+            settings=settings,
+            key_hint=stored.api_key[-4:],
+        )
+
+    async def AuthenticateToken(
+        self, request: vault_pb2.AuthenticateTokenRequest, context: Context
+    ) -> vault_pb2.AuthenticateTokenResponse:
+        user_id = await self._enter("AuthenticateToken", request.user_token, "", context)
+        return vault_pb2.AuthenticateTokenResponse(user_id=user_id, user_name=f"name-{user_id}")
+
+    def methods(self) -> list[str]:
+        """The methods called so far, in order."""
+        return [call.method for call in self.calls]
+
+    async def start(self) -> str:
+        """Serve on a loopback port; returns ``host:port``."""
+        self._server = grpc.aio.server()
+        vault_pb2_grpc.add_VaultServiceServicer_to_server(self, self._server)
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            await self._server.stop(None)

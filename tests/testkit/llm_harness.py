@@ -1,0 +1,150 @@
+"""An in-process LLM server wired to a fake vault and a scripted adapter, on port 0.
+
+``llm_harness()`` starts a ``FakeVault`` (users alice and bob; alice has OpenAI and
+Anthropic keys), builds the real LLM server with ``build_server`` and the scripted
+adapter injected, and opens a client channel. Retry waits go through a recording
+``sleep`` that does not sleep, so tests read the waits instead of timing them.
+``rich_error`` parses a failed call's google.rpc.Status: code, the one ErrorInfo,
+RetryInfo and BadRequest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
+
+from llm_service.server import build_server
+from llm_service.settings import LLMSettings
+from rmllm_common.server import ServerHandle
+from testkit.llm_fake_vault import FakeVault, StoredKey
+from testkit.llm_scripted import ScriptedAdapter
+
+SERVICE_TOKEN = "svc-test-credential-0123456789abcdefghijklmnop"
+ALICE = "rmk_alice_token_0123456789"
+BOB = "rmk_bob_token_0123456789"
+ALICE_OPENAI_KEY = "sk-alice-PLANTED-openai-key-7a1c"
+ALICE_ANTHROPIC_KEY = "sk-ant-alice-PLANTED-anthropic-9f2e"
+
+
+def auth(token: str = ALICE) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying a user token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+@dataclass
+class RichError:
+    """What a caller can read from a failed call."""
+
+    code: grpc.StatusCode
+    message: str
+    reasons: list[str]
+    metadata: dict[str, str]
+    retry_delay: float | None
+    violations: list[tuple[str, str]]
+
+    @property
+    def reason(self) -> str:
+        assert len(self.reasons) == 1, self.reasons
+        return self.reasons[0]
+
+
+def rich_error(error: grpc.aio.AioRpcError) -> RichError:
+    """Parse the google.rpc.Status of a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    reasons: list[str] = []
+    metadata: dict[str, str] = {}
+    retry: float | None = None
+    violations: list[tuple[str, str]] = []
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "realmultillm"
+            reasons.append(info.reason)
+            metadata = dict(info.metadata)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info_r = error_details_pb2.RetryInfo()
+            detail.Unpack(info_r)
+            retry = info_r.retry_delay.seconds + info_r.retry_delay.nanos / 1e9
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    return RichError(error.code(), error.details() or "", reasons, metadata, retry, violations)
+
+
+@dataclass
+class LLMHarness:
+    """A running LLM server, its fake vault, its scripted adapter and a client stub."""
+
+    handle: ServerHandle
+    vault: FakeVault
+    adapter: ScriptedAdapter
+    channel: grpc.aio.Channel
+    stub: Any
+    sleeps: list[float] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.handle.port}"
+
+
+def chat_request(text: str = "Hi", provider: str = "openai", **fields: Any) -> llm_pb2.ChatRequest:
+    """A minimal valid ChatRequest."""
+    return llm_pb2.ChatRequest(
+        provider=provider, messages=[llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=text)], **fields
+    )
+
+
+def stream_request(text: str = "Hi", provider: str = "openai", **fields: Any) -> llm_pb2.StreamChatRequest:
+    """A minimal valid StreamChatRequest."""
+    return llm_pb2.StreamChatRequest(
+        provider=provider, messages=[llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=text)], **fields
+    )
+
+
+@asynccontextmanager
+async def llm_harness(
+    env: Mapping[str, str] | None = None,
+    *,
+    adapter: ScriptedAdapter | None = None,
+    vault_addr: str | None = None,
+    **build: Any,
+) -> AsyncIterator[LLMHarness]:
+    """Start a fake vault and an LLM server (settings from ``env``) wired to it."""
+    vault = FakeVault(SERVICE_TOKEN, users={ALICE: "u-alice", BOB: "u-bob"})  # type: ignore[abstract]
+    vault.keys[("u-alice", "openai")] = StoredKey(ALICE_OPENAI_KEY)
+    vault.keys[("u-alice", "anthropic")] = StoredKey(ALICE_ANTHROPIC_KEY, default_model="claude-haiku-4-5")
+    address = await vault.start()
+    adapter = adapter or ScriptedAdapter()
+    sleeps: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    settings = LLMSettings.from_env(
+        {
+            "RMLLM_SERVICE_TOKEN": SERVICE_TOKEN,
+            "RMLLM_VAULT_ADDR": vault_addr or address,
+            "RMLLM_RETRY_BASE_DELAY_SECONDS": "0.5",
+            **(env or {}),
+        },
+        listen="127.0.0.1:0",
+    )
+    build.setdefault("sleep", recording_sleep)
+    handle = await build_server(settings, adapters=lambda spec: adapter, **build)
+    await handle.server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}")
+    try:
+        yield LLMHarness(handle, vault, adapter, channel, llm_pb2_grpc.LLMServiceStub(channel), sleeps)
+    finally:
+        await channel.close()
+        await handle.stop(0.5)
+        await vault.stop()
