@@ -4,7 +4,8 @@ Everything the LLM service is configured with lives in ``LLMSettings``; nothing
 deeper in the code reads ``os.environ``. Every variable is validated here with a
 message that names it and says what is accepted. The LLM service never has the
 seed: it needs the vault's address and the service credential (``RMLLM_SERVICE_TOKEN``,
-else the shared file in the data directory, created on first run), plus the limits,
+``RMLLM_SERVICE_TOKEN_FILE``, else the shared file in the data directory, created on
+first run), plus the limits,
 retry and cache knobs below. A rate of 0 turns that limit off (for benchmarks).
 """
 
@@ -117,12 +118,8 @@ class LLMSettings:
         level = (log_level or env.get("RMLLM_LOG_LEVEL") or "info").strip().lower()
         if level not in LOG_LEVELS:
             raise SettingsError(f"RMLLM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level[:20]!r}")
-        token = env.get("RMLLM_SERVICE_TOKEN", "").strip()
-        if not token:
-            directory = Path(data_dir).expanduser() if data_dir else state.default_data_dir(env)
-            token, _ = state.read_or_create_secret(
-                directory / state.SERVICE_TOKEN_FILE, state.new_service_token
-            )
+        directory = Path(data_dir).expanduser() if data_dir else state.default_data_dir(env)
+        token, _ = state.service_token(env, directory)
         if len(token) < 32:
             raise SettingsError(
                 "RMLLM_SERVICE_TOKEN must be at least 32 characters; generate one with: "
