@@ -56,8 +56,70 @@ def _unexpected(method: str, exc: BaseException) -> RmllmError:
     )
 
 
+def _begin_call(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    incoming = None
+    for key, value in context.invocation_metadata() or ():
+        if key == requestctx.REQUEST_ID_HEADER:
+            incoming = value
+            break
+    requestctx.begin(incoming)
+
+
+def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with the request id set and every exception translated."""
+    if handler.unary_unary is not None:
+        unary: Any = handler.unary_unary  # an async function under grpc.aio
+
+        async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            _begin_call(context)
+            try:
+                return await unary(request, context)
+            except RmllmError as exc:
+                await abort_with(context, exc)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await abort_with(context, _unexpected(method, exc))
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        streaming: Any = handler.unary_stream  # an async generator function under grpc.aio
+
+        async def stream_behavior(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            _begin_call(context)
+            try:
+                async for item in streaming(request, context):
+                    yield item
+            except RmllmError as exc:
+                await abort_with(context, exc)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await abort_with(context, _unexpected(method, exc))
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream_behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Sets the request id, and turns every exception into the contract's status."""
+    """Sets the request id, and turns every exception into the contract's status.
+
+    The wrapped handler of a method is built once and reused for as long as the
+    next link of the chain hands back the same handler object.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -68,49 +130,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or is_standard_method(method):
             return handler
-        incoming = dict(handler_call_details.invocation_metadata or ())
-        if handler.unary_unary is not None:
-            unary: Any = handler.unary_unary  # an async function under grpc.aio
-
-            async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                requestctx.begin(incoming.get(requestctx.REQUEST_ID_HEADER))
-                try:
-                    return await unary(request, context)
-                except RmllmError as exc:
-                    await abort_with(context, exc)
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception as exc:
-                    await abort_with(context, _unexpected(method, exc))
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_behavior,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            streaming: Any = handler.unary_stream  # an async generator function under grpc.aio
-
-            async def stream_behavior(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                requestctx.begin(incoming.get(requestctx.REQUEST_ID_HEADER))
-                try:
-                    async for item in streaming(request, context):
-                        yield item
-                except RmllmError as exc:
-                    await abort_with(context, exc)
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception as exc:
-                    await abort_with(context, _unexpected(method, exc))
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream_behavior,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 def new_server(
