@@ -65,9 +65,14 @@ def build_body(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
 
 
 def _usage(raw: dict[str, Any]) -> Usage:
+    """The usage chunk's counts; output includes reasoning tokens even where
+    ``completion_tokens`` leaves them out (xAI), as the provider's total shows."""
     prompt = int(raw.get("prompt_tokens") or 0)
     completion = int(raw.get("completion_tokens") or 0)
-    return Usage(prompt, completion, int(raw.get("total_tokens") or prompt + completion))
+    total = int(raw.get("total_tokens") or 0)
+    if total > prompt + completion:
+        completion = total - prompt
+    return Usage(prompt, completion, total or prompt + completion)
 
 
 class OpenAIAdapter(AccountCalls):
