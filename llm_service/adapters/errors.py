@@ -40,7 +40,7 @@ from rmllm_common.errors import (
 from rmllm_common.registry import ProviderSpec
 
 _MAX_MESSAGE = 300
-_MASKED = re.compile(r"\S*\*{3,}\S*")
+_MASKED = re.compile(r"[^\s*]*\*{3,}[\w\-*]*")
 _BAD_KEY = re.compile(
     r"api[ _-]?key[ _-]?(not valid|invalid|expired)|(incorrect|invalid|missing) (api[ _-]?)?key"
     r"|invalid x-api-key|bad credentials",
@@ -85,7 +85,7 @@ def redact(text: str, secret: str) -> str:
     if secret:
         text = text.replace(secret, "[redacted]")
         if len(secret) >= 8:
-            text = re.sub(re.escape(secret[:6]) + r"[^\s\"',]*", "[redacted]", text)
+            text = re.sub(re.escape(secret[:6]) + r"[\w\-*]*", "[redacted]", text)
     text = _MASKED.sub("[redacted]", text)
     if len(text) > _MAX_MESSAGE:
         text = text[: _MAX_MESSAGE - 1] + "…"
@@ -189,7 +189,7 @@ def classify(
 ) -> RmllmError:
     """The domain error for an upstream status and its parsed ``error`` object."""
     name, pid = spec.display_name, spec.id
-    message = redact(_describe(error, body), secret)
+    message = redact(_describe(error, body), secret).strip().rstrip(".")
     where = "mid-stream" if mid_stream else f"HTTP {status}"
     wait = retry_after(headers or {})
     quota_status = status in (402, 429) or (status in (400, 403) and _QUOTA.search(message))
@@ -208,19 +208,19 @@ def classify(
     if status == 429:
         wait = wait if wait is not None else _retry_info(error)
         return ProviderRateLimited(
-            f"{name} is rate limiting this key ({where}): {message}",
+            f"{name} is rate limiting this key ({where}): {message}.",
             provider=pid,
             retry_after=wait,
         )
     if status in (408, 409, 425) or status >= 500:
         return ProviderUnavailable(
-            f"{name} is unavailable or overloaded ({where}): {message}",
+            f"{name} is unavailable or overloaded ({where}): {message}.",
             provider=pid,
             retry_after=wait,
         )
     if status in (400, 404, 413, 422):
-        return InvalidRequest(f"{name} refused the request ({where}): {message}", provider=pid)
-    return ProviderError(f"{name} answered with an error ({where}): {message}", provider=pid)
+        return InvalidRequest(f"{name} refused the request ({where}): {message}.", provider=pid)
+    return ProviderError(f"{name} answered with an error ({where}): {message}.", provider=pid)
 
 
 def from_response(
@@ -243,8 +243,8 @@ def from_stream_error(spec: ProviderSpec, payload: Any, secret: str) -> RmllmErr
     body = json.dumps(payload).encode()
     if status:
         return classify(spec, status, error, body=body, secret=secret, mid_stream=True)
-    message = redact(_describe(error, body), secret)
-    return ProviderError(f"{spec.display_name} reported an error mid-stream: {message}", provider=spec.id)
+    message = redact(_describe(error, body), secret).strip().rstrip(".")
+    return ProviderError(f"{spec.display_name} reported an error mid-stream: {message}.", provider=spec.id)
 
 
 @contextmanager
