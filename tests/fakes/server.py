@@ -48,6 +48,7 @@ class RecordedRequest:
     route: str  # "chat" or "get"
     provider: str
     scenario: str = ""
+    peer: str = ""  # the client's host:port (the same for requests on one kept-alive connection)
     outcome: str = "pending"  # answered | disconnected | truncated | ended_early | stalled | hung
     disconnected: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -71,6 +72,7 @@ class RecordedRequest:
             "route": self.route,
             "provider": self.provider,
             "scenario": self.scenario,
+            "peer": self.peer,
             "outcome": self.outcome,
             "disconnected": self.disconnected,
             "finished": self.finished.is_set(),
@@ -208,6 +210,8 @@ class FakeProvider:
             provider_of(request.path, headers),
             scenario.name if scenario else "",
         )
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        record.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         if self.record:
             self.requests.append(record)
         try:
