@@ -188,7 +188,10 @@ class FakeProvider:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/_fake/"):
-            return await self._control(request)
+            try:
+                return await self._control(request)
+            except (ValueError, KeyError, TypeError) as e:
+                return web.json_response({"error": f"bad control request: {e!r}"}, status=400)
         raw = await request.read()
         route = "chat" if request.method == "POST" else "get"
         scenario = self._take(route)
