@@ -59,6 +59,8 @@ _PLACEHOLDER_MARKS: Final = (
     "replace",
     "password",
     "secret",
+    "correct-horse",
+    "correcthorse",
 )
 
 
