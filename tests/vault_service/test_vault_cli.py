@@ -13,7 +13,6 @@ from vault_service import accounts, cli, configs, migrations
 from vault_service.crypto import Keyring
 from vault_service.database import Database
 
-
 Invoke = Callable[..., tuple[int, str, str]]
 
 
@@ -46,7 +45,8 @@ def test_users_and_tokens(run: Invoke, data_dir: Path) -> None:
     assert accounts.plausible(token) and out.count(token) == 1
     db = Database(f"sqlite:///{data_dir / 'vault.sqlite3'}")
     try:
-        assert db.call(accounts.authenticate, db, token).user_name == "alice"
+        principal = db.call(accounts.authenticate, db, token)
+        assert principal is not None and principal.user_name == "alice"
 
         code, _, err = invoke("users", "create", "alice")
         assert code != 0 and "already exists" in one_line_error(err)
