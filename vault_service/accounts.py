@@ -28,6 +28,10 @@ TOKEN_PREFIX: Final = "rmk_"  # noqa: S105 - a prefix, not a secret
 OPERATOR: Final = "operator"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _TOKEN_SHAPE = re.compile(r"^rmk_[A-Za-z0-9_-]{43}$")
+_AUTHENTICATE = (
+    "SELECT u.id, u.name FROM tokens t JOIN users u ON u.id = t.user_id "
+    "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,16 +174,5 @@ def authenticate(db: Database, token: str) -> Principal | None:
     """The user a token belongs to, or None if it is unknown, revoked or disabled."""
     if not plausible(token):
         return None
-    user, model = db.tables.user, db.tables.token
-    row = (
-        model.select(user.id, user.name)
-        .join(user)
-        .where(
-            model.token_hash == token_hash(token),
-            model.revoke_time.is_null(),
-            user.disabled == False,  # noqa: E712 - SQL, not Python truthiness
-        )
-        .tuples()
-        .first()
-    )
+    row = db.execute(_AUTHENTICATE, (token_hash(token),)).fetchone()
     return Principal(row[0], row[1]) if row else None

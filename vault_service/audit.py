@@ -25,6 +25,13 @@ from vault_service.database import Database
 
 GENESIS = "0" * 64
 _BATCH = 500
+_HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+_HEAD_FOR_UPDATE = _HEAD + " FOR UPDATE"
+_INSERT = (
+    "INSERT INTO audit_events (seq, time, actor, action, provider, outcome, request_id, detail, "
+    "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ADVANCE = "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,25 +58,27 @@ def chain_hash(prev_hash: str, seq: int, when: int, event: Event) -> str:
 
 def append(db: Database, event: Event) -> int:
     """Add ``event`` to the chain; call inside the operation's write transaction."""
-    head_model = db.tables.audit_head
-    head = db.lock_for_update(head_model.select().where(head_model.id == 1)).get()
-    seq = head.seq + 1
+    head_seq, head_hash = db.execute(_HEAD_FOR_UPDATE if db.is_postgres else _HEAD).fetchone()
+    seq = int(head_seq) + 1
     when = time.time_ns() // 1000
-    digest = chain_hash(head.hash, seq, when, event)
-    db.tables.audit.insert(
-        seq=seq,
-        time=when,
-        actor=event.actor,
-        action=event.action,
-        provider=event.provider,
-        outcome=event.outcome,
-        request_id=event.request_id,
-        detail=event.detail,
-        prev_hash=head.hash,
-        hash=digest,
-    ).execute()
-    head_model.update(seq=seq, hash=digest).where(head_model.id == 1).execute()
-    return int(seq)
+    digest = chain_hash(head_hash, seq, when, event)
+    db.execute(
+        _INSERT,
+        (
+            seq,
+            when,
+            event.actor,
+            event.action,
+            event.provider,
+            event.outcome,
+            event.request_id,
+            event.detail,
+            head_hash,
+            digest,
+        ),
+    )
+    db.execute(_ADVANCE, (seq, digest))
+    return seq
 
 
 def record(db: Database, event: Event) -> int:

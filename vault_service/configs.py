@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import peewee as pw
-
 from rmllm_common.errors import KeyDecryptionFailed, KeyNotConfigured, NotFound, RmllmError, TokenInvalid
 from rmllm_common.secret import Secret
 from vault_service import accounts, audit
@@ -25,6 +23,15 @@ from vault_service.crypto import FORMAT_VERSION, DecryptionError, Keyring
 from vault_service.database import Database
 
 log = logging.getLogger(__name__)
+
+# The hot path's statements: one indexed lookup from token hash to user to config.
+_RESOLVE = (
+    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings "
+    "FROM tokens t JOIN users u ON u.id = t.user_id "
+    "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
+    "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+)
+_COUNT_USE = "UPDATE provider_configs SET usage_count = usage_count + 1, last_used_time = ? WHERE id = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,35 +224,11 @@ def delete(db: Database, user_id: str, provider: str, request_id: str) -> None:
 
 def resolve(db: Database, keyring: Keyring, token: str, provider: str, request_id: str) -> Resolved:
     """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited)."""
-    user, tok, model = db.tables.user, db.tables.token, db.tables.config
     error: RmllmError
     with db.write():
         row = None
         if accounts.plausible(token):
-            row = (
-                tok.select(
-                    user.id,
-                    model.id,
-                    model.ciphertext,
-                    model.is_active,
-                    model.key_hint,
-                    model.base_url,
-                    model.settings,
-                )
-                .join(user)
-                .join(
-                    model,
-                    on=(model.user == user.id) & (model.provider == provider),
-                    join_type=pw.JOIN.LEFT_OUTER,
-                )
-                .where(
-                    tok.token_hash == accounts.token_hash(token),
-                    tok.revoke_time.is_null(),
-                    user.disabled == False,  # noqa: E712 - SQL, not Python truthiness
-                )
-                .tuples()
-                .first()
-            )
+            row = db.execute(_RESOLVE, (provider, accounts.token_hash(token))).fetchone()
         if row is None:
             audit.append(db, audit.Event("-", "config.resolve", provider, "TOKEN_INVALID", request_id))
             error = TokenInvalid("the user token is unknown or revoked")
@@ -295,9 +278,7 @@ def resolve(db: Database, keyring: Keyring, token: str, provider: str, request_i
                         metadata={"key_id": exc.key_id},
                     )
                 else:
-                    model.update(usage_count=model.usage_count + 1, last_used_time=_now()).where(
-                        model.id == config_id
-                    ).execute()
+                    db.execute(_COUNT_USE, (_now(), config_id))
                     audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id))
                     return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint)
     raise error

@@ -185,6 +185,19 @@ class Database:
         self.is_postgres = isinstance(self.db, pw.PostgresqlDatabase)
         self.tables = define_tables(self.db)
         self._executor: ThreadPoolExecutor | None = None
+        self._statements: dict[str, str] = {}
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """Run hand-written SQL (``?`` placeholders) on the current connection.
+
+        The hot paths (authenticate, resolve, audit append) use these fixed
+        statements: building them with the query builder on every call costs more
+        CPU than executing them.
+        """
+        text = self._statements.get(sql)
+        if text is None:
+            text = self._statements[sql] = sql.replace("?", self.db.param)
+        return self.db.execute_sql(text, params)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in this thread inside a pooled connection."""
