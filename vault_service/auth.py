@@ -12,6 +12,7 @@ variable for the servicer (``current_user``).
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from enum import Enum
@@ -25,6 +26,7 @@ from rmllm_common.secret import Secret
 from rmllm_common.server import is_standard_method
 from vault_service.accounts import Principal
 
+log = logging.getLogger(__name__)
 SERVICE_NAME: Final = vault_pb2.DESCRIPTOR.services_by_name["VaultService"].full_name
 
 
@@ -111,7 +113,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
 
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            reset = _current_user.set(await self._check(access, metadata))
+            try:
+                principal = await self._check(access, metadata)
+            except (TokenInvalid, PermissionDenied) as exc:
+                log.info(
+                    "call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"}
+                )
+                raise
+            reset = _current_user.set(principal)
             try:
                 return await inner(request, context)
             finally:

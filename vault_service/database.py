@@ -7,7 +7,9 @@ parameters going to psycopg2 (``sslmode``, ``options=-csearch_path=SCHEMA``...).
 Connections come from a small pool. The peewee models are built per database
 (``Tables``), so two stores in one process never share state. ``Database.run``
 executes blocking work on a small thread pool, each call inside its own pooled
-connection, so the event loop never waits on the database. The schema itself is
+connection, so the event loop never waits on the database; a database that
+cannot be reached (or is locked past the busy timeout) becomes ``UNAVAILABLE`` /
+``DATABASE_UNAVAILABLE`` there, once. The schema itself is
 made by ``vault_service.migrations``, not by the models.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +29,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import peewee as pw
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
+from rmllm_common.errors import Unavailable
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 WORKERS = 4
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 POOL_WAIT_SECONDS = 10
@@ -209,7 +215,14 @@ class Database:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vault-db")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(self.call, fn, *args))
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(self.call, fn, *args))
+        except (pw.OperationalError, pw.InterfaceError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.error("database call failed: %s", first_line, extra={"event": "database_error"})
+            raise Unavailable(
+                "the vault database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"
+            ) from exc
 
     def write(self) -> Any:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""

@@ -1,7 +1,8 @@
 """Concurrent PutProviderConfig calls: one row per (user, provider), nothing lost.
 
-On SQLite through one in-process vault; on PostgreSQL through two vault processes
-sharing the database, as a deployment with two replicas would.
+Through one in-process vault on SQLite, and through two vault processes sharing
+the database (a SQLite file, and PostgreSQL), as a deployment with two replicas
+would.
 """
 
 from __future__ import annotations
@@ -70,17 +71,18 @@ async def hammer(stubs: list[Any], token: str, db: Database) -> None:
     assert report.rows == 2 + 50 + len(stubs) + 20 + len(PROVIDERS)  # every call audited once
 
 
-async def test_concurrent_puts_on_sqlite(vault_factory: Callable[..., Awaitable[Vault]]) -> None:
+async def test_concurrent_puts_in_one_process(vault_factory: Callable[..., Awaitable[Vault]]) -> None:
     vault = await vault_factory()
     await hammer([vault.stub], vault.make_user("alice"), vault.db)
 
 
 @pytest.fixture
-def two_vaults_on_postgres(pg_url: str, data_dir: Any) -> Iterator[tuple[list[procs.Service], Database]]:
-    db = Database(pg_url)
+def two_vaults(db_url: str, data_dir: Any) -> Iterator[tuple[list[procs.Service], Database]]:
+    """Two vault processes sharing the database at ``db_url`` (SQLite file or PostgreSQL)."""
+    db = Database(db_url)
     migrations.migrate(db)
     env = {
-        "RMLLM_DATABASE_URL": pg_url,
+        "RMLLM_DATABASE_URL": db_url,
         "RMLLM_VAULT_SEED": SEED,
         "RMLLM_SERVICE_TOKEN": SERVICE_TOKEN,
         "RMLLM_DATA_DIR": str(data_dir),
@@ -92,11 +94,10 @@ def two_vaults_on_postgres(pg_url: str, data_dir: Any) -> Iterator[tuple[list[pr
     db.close()
 
 
-@pytest.mark.postgres
-async def test_concurrent_puts_on_postgres_with_two_vault_processes(
-    two_vaults_on_postgres: tuple[list[procs.Service], Database],
+async def test_concurrent_puts_with_two_vault_processes(
+    two_vaults: tuple[list[procs.Service], Database],
 ) -> None:
-    services, db = two_vaults_on_postgres
+    services, db = two_vaults
     _, _, token = db.call(accounts.create_user, db, "alice")
     channels = [grpc.aio.insecure_channel(s.address) for s in services]
     try:

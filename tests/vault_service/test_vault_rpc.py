@@ -319,3 +319,28 @@ async def test_health_and_reflection_need_no_token(vault: Vault) -> None:
     health: Any = health_pb2_grpc.HealthStub(vault.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service="realmultillm.vault.v1.VaultService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_failing_audit_write_fails_the_call(vault: Vault, fails: Fails) -> None:
+    token = vault.make_user("alice")
+    await vault.stub.PutProviderConfig(
+        pb.PutProviderConfigRequest(provider="openai", api_key=KEY_A), metadata=md(token)
+    )
+    vault.db.call(lambda: vault.db.db.execute_sql("ALTER TABLE audit_events RENAME TO audit_events_moved"))
+    for call in (
+        vault.stub.ResolveCredentials(
+            pb.ResolveCredentialsRequest(user_token=token, provider="openai"), metadata=SERVICE
+        ),
+        vault.stub.PutProviderConfig(
+            pb.PutProviderConfigRequest(provider="openai", api_key=KEY_B), metadata=md(token)
+        ),
+        vault.stub.DeleteProviderConfig(
+            pb.DeleteProviderConfigRequest(provider="openai"), metadata=md(token)
+        ),
+    ):
+        failed = await fails(call)
+        assert (failed.code, failed.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+    config = (
+        await vault.stub.GetProviderConfig(pb.GetProviderConfigRequest(provider="openai"), metadata=md(token))
+    ).config
+    assert (config.key_hint, config.usage_count) == (KEY_A[-4:], 0)  # nothing changed, nothing decrypted
