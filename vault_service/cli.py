@@ -141,7 +141,9 @@ def _audit(db: Database) -> int:
 
 def _operate(args: argparse.Namespace) -> int:
     with_secrets = args.command == "rewrap"
-    settings = VaultSettings.from_env(os.environ, data_dir=args.data_dir, with_secrets=with_secrets)
+    settings = VaultSettings.from_env(
+        os.environ, data_dir=args.data_dir, with_secrets=with_secrets, generate_seed=False
+    )
     db = Database(settings.effective_database_url)
     try:
         migrations.migrate(db)

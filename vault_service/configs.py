@@ -223,62 +223,64 @@ def delete(db: Database, user_id: str, provider: str, request_id: str) -> None:
 
 
 def resolve(db: Database, keyring: Keyring, token: str, provider: str, request_id: str) -> Resolved:
-    """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited)."""
-    error: RmllmError
+    """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited).
+
+    A refusal is audited and committed too, then raised.
+    """
     with db.write():
-        row = None
-        if accounts.plausible(token):
-            row = db.execute(_RESOLVE, (provider, accounts.token_hash(token))).fetchone()
-        if row is None:
-            audit.append(db, audit.Event("-", "config.resolve", provider, "TOKEN_INVALID", request_id))
-            error = TokenInvalid("the user token is unknown or revoked")
-        else:
-            user_id, config_id, blob, active, hint, base_url, settings = row
-            if config_id is None or not active:
-                audit.append(
-                    db, audit.Event(user_id, "config.resolve", provider, "KEY_NOT_CONFIGURED", request_id)
-                )
-                error = KeyNotConfigured(
-                    f"no key stored for provider {provider!r}; store one with PutProviderConfig"
-                    if config_id is None
-                    else f"the configuration for provider {provider!r} is inactive; "
-                    "reactivate it with UpdateProviderConfig (is_active)",
-                    provider=provider,
-                )
-            else:
-                try:
-                    key = keyring.decrypt(bytes(blob), user_id, provider)
-                except DecryptionError as exc:
-                    log.error(
-                        "key decryption failed: %s",
-                        exc.why,
-                        extra={
-                            "key_id": exc.key_id,
-                            "provider": provider,
-                            "user_id": user_id,
-                            "event": "decrypt_failed",
-                        },
-                    )
-                    audit.append(
-                        db,
-                        audit.Event(
-                            user_id,
-                            "config.resolve",
-                            provider,
-                            "KEY_DECRYPTION_FAILED",
-                            request_id,
-                            f"key_id={exc.key_id}",
-                        ),
-                    )
-                    error = KeyDecryptionFailed(
-                        f"the stored key for provider {provider!r} cannot be decrypted "
-                        f"(key id {exc.key_id}); "
-                        "the operator must restore the seed it was stored under",
-                        provider=provider,
-                        metadata={"key_id": exc.key_id},
-                    )
-                else:
-                    db.execute(_COUNT_USE, (_now(), config_id))
-                    audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id))
-                    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint)
-    raise error
+        outcome = _resolve_in_transaction(db, keyring, token, provider, request_id)
+    if isinstance(outcome, RmllmError):
+        raise outcome
+    return outcome
+
+
+def _resolve_in_transaction(
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str
+) -> Resolved | RmllmError:
+    def refuse(actor: str, error: RmllmError, detail: str = "") -> RmllmError:
+        audit.append(db, audit.Event(actor, "config.resolve", provider, error.reason, request_id, detail))
+        return error
+
+    row = (
+        db.execute(_RESOLVE, (provider, accounts.token_hash(token))).fetchone()
+        if accounts.plausible(token)
+        else None
+    )
+    if row is None:
+        return refuse("-", TokenInvalid("the user token is unknown or revoked"))
+    user_id, config_id, blob, active, hint, base_url, settings = row
+    if config_id is None:
+        return refuse(
+            user_id,
+            KeyNotConfigured(
+                f"no key stored for provider {provider!r}; store one with PutProviderConfig",
+                provider=provider,
+            ),
+        )
+    if not active:
+        return refuse(
+            user_id,
+            KeyNotConfigured(
+                f"the configuration for provider {provider!r} is inactive; reactivate it with "
+                "UpdateProviderConfig (is_active)",
+                provider=provider,
+            ),
+        )
+    try:
+        key = keyring.decrypt(bytes(blob), user_id, provider)
+    except DecryptionError as exc:
+        log.error(
+            "key decryption failed: %s",
+            exc.why,
+            extra={"key_id": exc.key_id, "provider": provider, "user_id": user_id, "event": "decrypt_failed"},
+        )
+        error = KeyDecryptionFailed(
+            f"the stored key for provider {provider!r} cannot be decrypted (key id {exc.key_id}); "
+            "the operator must restore the seed it was stored under",
+            provider=provider,
+            metadata={"key_id": exc.key_id},
+        )
+        return refuse(user_id, error, f"key_id={exc.key_id}")
+    db.execute(_COUNT_USE, (_now(), config_id))
+    audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id))
+    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import peewee as pw
 from realmultillm.vault.v1 import vault_pb2_grpc
 
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
@@ -19,18 +20,56 @@ from vault_service.auth import SERVICE_NAME, AuthInterceptor
 from vault_service.crypto import Keyring
 from vault_service.database import Database
 from vault_service.servicer import VaultServicer
-from vault_service.settings import VaultSettings
+from vault_service.settings import SettingsError, VaultSettings
 
 log = logging.getLogger(__name__)
+
+
+def check_seed_matches(db: Database, keyring: Keyring, settings: VaultSettings) -> None:
+    """Refuse a freshly generated seed over a database that already holds keys.
+
+    That is a lost seed, not a first start: serving would answer every resolve
+    with KEY_DECRYPTION_FAILED. Keys under other unknown key ids only get an error
+    log line, since they may be waiting for ``RMLLM_VAULT_OLD_SEEDS``.
+    """
+    model = db.tables.config
+    query = model.select(model.key_id, pw.fn.COUNT(model.id)).group_by(model.key_id).tuples()
+    unknown = {
+        key_id: count for key_id, count in db.call(lambda: list(query)) if key_id not in keyring.key_ids
+    }
+    if not unknown:
+        return
+    described = ", ".join(f"{count} under key id {key_id}" for key_id, count in sorted(unknown.items()))
+    if settings.generated_seed_file is not None:
+        settings.generated_seed_file.unlink(missing_ok=True)
+        raise SettingsError(
+            f"no seed is configured and the database already holds encrypted keys ({described}); "
+            "restore the seed they were stored under (RMLLM_VAULT_SEED, RMLLM_VAULT_SEED_FILE or "
+            f"{settings.generated_seed_file}) instead of starting with a new one"
+        )
+    log.error(
+        "stored keys need seeds that are not configured: %s; add them to RMLLM_VAULT_OLD_SEEDS",
+        described,
+        extra={"key_id": ",".join(sorted(unknown)), "event": "unknown_key_ids"},
+    )
 
 
 async def build_server(settings: VaultSettings) -> ServerHandle:
     """A vault server bound to ``settings.listen`` (port 0 picks a free port)."""
     db = Database(settings.effective_database_url)
+    try:
+        return await _assemble(settings, db)
+    except BaseException:
+        await asyncio.to_thread(db.close)
+        raise
+
+
+async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
     applied = await asyncio.to_thread(migrations.migrate, db)
     if applied:
         log.info("database schema migrated", extra={"versions": ",".join(map(str, applied))})
     keyring = Keyring(settings.seed, settings.old_seeds)
+    await asyncio.to_thread(check_seed_matches, db, keyring, settings)
     log.info(
         "keyring ready",
         extra={"key_id": keyring.current.key_id, "decrypt_only_key_id": ",".join(keyring.key_ids[1:])},

@@ -41,6 +41,8 @@ class VaultSettings:
     database_url: str = ""
     allow_custom_base_url: bool = False
     grace_seconds: float = 10.0
+    # Set when this start generated the seed file (first run).
+    generated_seed_file: Path | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -55,11 +57,13 @@ class VaultSettings:
         listen: str | None = None,
         data_dir: str | None = None,
         with_secrets: bool = True,
+        generate_seed: bool = True,
     ) -> VaultSettings:
         """Read and validate settings; generate the embedded defaults on first run.
 
         ``with_secrets=False`` (operator commands that touch only users, tokens and
-        the audit log) reads neither the seed nor the service credential.
+        the audit log) reads neither the seed nor the service credential;
+        ``generate_seed=False`` (``rewrap``) refuses to run without an existing seed.
         """
         directory = state.ensure_dir(Path(data_dir).expanduser() if data_dir else state.default_data_dir(env))
         try:
@@ -75,10 +79,12 @@ class VaultSettings:
         )
         if not with_secrets:
             return base
+        seed, generated = _seed(env, directory, generate_seed)
         return cls(
             data_dir=directory,
             service_token=_service_token(env, directory),
-            seed=_seed(env, directory),
+            seed=seed,
+            generated_seed_file=generated,
             old_seeds=_old_seeds(env),
             listen=base.listen,
             database_url=base.database_url,
@@ -102,9 +108,11 @@ def _service_token(env: Mapping[str, str], directory: Path) -> Secret:
     return Secret(token)
 
 
-def _seed(env: Mapping[str, str], directory: Path) -> Secret:
+def _seed(env: Mapping[str, str], directory: Path, generate: bool) -> tuple[Secret, Path | None]:
+    """The seed, and the path of the seed file if this call generated it."""
     value = env.get("RMLLM_VAULT_SEED", "").strip()
     name = "RMLLM_VAULT_SEED"
+    generated = None
     if not value and env.get("RMLLM_VAULT_SEED_FILE"):
         path = Path(env["RMLLM_VAULT_SEED_FILE"]).expanduser()
         name = f"the seed file {path}"
@@ -115,8 +123,13 @@ def _seed(env: Mapping[str, str], directory: Path) -> Secret:
     elif not value:
         path = directory / state.SEED_FILE
         name = f"the seed file {path}"
+        if not generate and not path.exists():
+            raise SettingsError(
+                f"no seed is configured: set RMLLM_VAULT_SEED or RMLLM_VAULT_SEED_FILE, or restore {path}"
+            )
         value, created = state.read_or_create_secret(path, seed_policy.generate)
         if created:
+            generated = path
             log.warning(
                 "generated a new encryption seed; back this file up: without it no stored key can be "
                 "decrypted",
@@ -126,7 +139,7 @@ def _seed(env: Mapping[str, str], directory: Path) -> Secret:
         seed_policy.check(value, name)
     except seed_policy.WeakSeed as exc:
         raise SettingsError(str(exc)) from exc
-    return Secret(value)
+    return Secret(value), generated
 
 
 def _old_seeds(env: Mapping[str, str]) -> tuple[Secret, ...]:

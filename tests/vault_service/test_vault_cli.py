@@ -122,6 +122,7 @@ def test_rewrap_prints_counts(run: Invoke, data_dir: Path, monkeypatch: pytest.M
     ("env", "argv", "expected"),
     [
         ({"RMLLM_VAULT_SEED": "changeme"}, ["serve"], "secrets.token_urlsafe(32)"),
+        ({}, ["rewrap"], "no seed is configured"),
         ({"RMLLM_VAULT_SEED": "Qk3Lp9Zr7Xw2Vt5N"}, ["rewrap"], "too weak"),
         ({"RMLLM_DATABASE_URL": "mysql://x/y"}, ["users", "list"], "sqlite:/// or postgresql://"),
         ({"RMLLM_DATABASE_URL": "postgresql://127.0.0.1:1/x"}, ["users", "list"], "database is not usable"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import stat
 from pathlib import Path
@@ -9,8 +10,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from testkit.vault import SERVICE_TOKEN
 
-from vault_service import seed
+from rmllm_common.secret import Secret
+from vault_service import accounts, configs, migrations, seed
+from vault_service.crypto import Keyring
+from vault_service.database import Database
+from vault_service.server import build_server
 from vault_service.settings import SettingsError, VaultSettings
 
 WEAK = [
@@ -113,3 +119,34 @@ def test_operator_commands_without_secrets_do_not_create_them(data_dir: Path) ->
     assert VaultSettings.from_env({}, data_dir=str(data_dir), with_secrets=False).effective_database_url == (
         f"sqlite:///{data_dir / 'vault.sqlite3'}"
     )
+
+
+async def test_a_lost_seed_is_not_silently_replaced(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    env = {"RMLLM_SERVICE_TOKEN": SERVICE_TOKEN}
+    first = VaultSettings.from_env(env, data_dir=str(data_dir), listen="127.0.0.1:0")
+    assert first.generated_seed_file == data_dir / "vault_seed"
+    db = Database(first.effective_database_url)
+    migrations.migrate(db)
+    principal, _, _ = db.call(accounts.create_user, db, "alice")
+    keyring = Keyring(first.seed)
+    key = Secret("sk-kept-safe-0001")
+    draft = configs.Draft(
+        keyring.encrypt(key, principal.user_id, "openai"), keyring.current.key_id, "", "", configs.Settings()
+    )
+    db.call(configs.put, db, principal.user_id, "openai", draft, "r")
+    db.close()
+
+    (data_dir / "vault_seed").unlink()  # the operator lost the seed file
+    second = VaultSettings.from_env(env, data_dir=str(data_dir), listen="127.0.0.1:0")
+    with pytest.raises(SettingsError, match=f"1 under key id {keyring.current.key_id}"):
+        await build_server(second)
+    assert not (data_dir / "vault_seed").exists()  # the useless new seed is not kept
+
+    with caplog.at_level(logging.ERROR):
+        other = await build_server(dataclasses.replace(second, generated_seed_file=None))
+    await other.stop(0)
+    assert any(getattr(r, "event", "") == "unknown_key_ids" for r in caplog.records)
+    restored = await build_server(dataclasses.replace(second, seed=first.seed, generated_seed_file=None))
+    await restored.stop(0)
+    with pytest.raises(SettingsError, match="no seed is configured"):
+        VaultSettings.from_env(env, data_dir=str(data_dir), generate_seed=False)
