@@ -1,6 +1,7 @@
 """The vault's database: connection from a URL, table models, and off-loop execution.
 
-``RMLLM_DATABASE_URL`` is ``sqlite:///PATH`` (WAL journal, a busy timeout,
+``RMLLM_DATABASE_URL`` is ``sqlite:///PATH`` (``sqlite:////abs/path`` for an
+absolute one; WAL journal, synchronous commits, a busy timeout,
 ``BEGIN IMMEDIATE`` write transactions, foreign keys on) or
 ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?PARAM=VALUE...]``, the query
 parameters going to psycopg2 (``sslmode``, ``options=-csearch_path=SCHEMA``...).
@@ -46,10 +47,12 @@ def open_database(url: str) -> Any:
     """A pooled peewee database for a ``sqlite:///`` or ``postgresql://`` URL."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
-        path = unquote(parts.path)
-        if not path or path == "/":
+        # As SQLAlchemy and peewee's db_url: sqlite:///relative.db, sqlite:////absolute.db
+        path = unquote(parts.path)[1:]
+        if not path:
             raise DatabaseUrlError(
-                "RMLLM_DATABASE_URL: sqlite URLs look like sqlite:////abs/path/vault.sqlite3"
+                "RMLLM_DATABASE_URL: sqlite URLs look like sqlite:////absolute/path/vault.sqlite3 "
+                "or sqlite:///relative/path/vault.sqlite3"
             )
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Only ciphertext is inside, but the file is still nobody else's business.
@@ -64,7 +67,8 @@ def open_database(url: str) -> Any:
                 "journal_mode": "wal",
                 "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
                 "foreign_keys": 1,
-                "synchronous": "normal",
+                # FULL: a commit (a key handed out, and its audit row) survives power loss.
+                "synchronous": "full",
             },
         )
     if parts.scheme in ("postgres", "postgresql"):

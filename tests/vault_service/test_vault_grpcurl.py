@@ -80,6 +80,10 @@ def test_operator_manages_keys_with_grpcurl(served: procs.Service, data_dir: Pat
 
     got = call(address, token, "GetProviderConfig", {"provider": "openai"})
     replies.append(json.dumps(got))
+    # The one RPC that returns a key, to the holder of the service credential only.
+    service_token = (data_dir / "service_token").read_text().strip()
+    resolved = call(address, service_token, "ResolveCredentials", {"user_token": token, "provider": "openai"})
+    assert resolved["api_key"] == UPDATED_KEY and resolved["settings"]["default_model"] == "gpt-4o"
     deleted = call(address, token, "DeleteProviderConfig", {"provider": "openai"})
     assert deleted == {"provider": "openai"}
     assert call(address, token, "ListProviderConfigs", {}) == {}
@@ -101,7 +105,8 @@ def test_operator_manages_keys_with_grpcurl(served: procs.Service, data_dir: Pat
     logs = served.logs
     assert '"level": "debug"' in logs  # the secrets below were looked for in DEBUG output
     stored = b"".join(p.read_bytes() for p in data_dir.glob("vault.sqlite3*"))
-    for secret in (KEY, UPDATED_KEY, token, token.removeprefix("rmk_")):
+    assert oct((data_dir / "vault.sqlite3").stat().st_mode & 0o777) == "0o600"
+    for secret in (KEY, UPDATED_KEY, token, token.removeprefix("rmk_"), service_token):
         assert secret not in logs
         assert all(secret not in reply for reply in replies)
         assert secret.encode() not in stored
