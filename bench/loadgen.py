@@ -67,6 +67,13 @@ class Tally:
     ttfd: list[float] = field(default_factory=list)
     deltas: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    samples: list[str] = field(default_factory=list)
+
+    def fail(self, kind: str, detail: str = "") -> None:
+        """Count one failed request (and keep the first few details)."""
+        self.errors[kind] += 1
+        if len(self.samples) < 5:
+            self.samples.append(f"{kind}: {detail}"[:300])
 
     def summary(self, elapsed: float) -> dict[str, Any]:
         ok = len(self.latencies)
@@ -74,6 +81,7 @@ class Tally:
             "ok": ok,
             "errors": sum(self.errors.values()),
             "error_kinds": dict(self.errors),
+            "error_samples": self.samples,
             "elapsed_s": elapsed,
             "rps": ok / elapsed if elapsed > 0 else 0.0,
             "p50_ms": percentile(self.latencies, 50) * 1e3,
@@ -153,7 +161,7 @@ class Generator:
             try:
                 async with http.post(url, data=body, headers=headers) as resp:
                     if resp.status != 200:
-                        tally.errors[f"http_{resp.status}"] += 1
+                        tally.fail(f"http_{resp.status}")
                         await resp.read()
                         return
                     async for chunk in resp.content.iter_any():
@@ -173,10 +181,10 @@ class Generator:
                                     if first is None:
                                         first = time.perf_counter()
             except (aiohttp.ClientError, OSError) as exc:
-                tally.errors[type(exc).__name__] += 1
+                tally.fail(type(exc).__name__, str(exc))
                 return
             if not done:
-                tally.errors["no_done"] += 1
+                tally.fail("no_done")
                 return
             end = time.perf_counter()
             tally.latencies.append(end - t0)
@@ -192,7 +200,7 @@ class Generator:
         messages = [llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=PROMPT)]
         provider = job.get("provider", "openai")
         timeout = float(job.get("timeout", 60))
-        opened = job.get("_opened")
+        held: Held | None = job.get("_held")
 
         async def chat(index: int) -> None:
             stub = stubs[index % len(stubs)]
@@ -204,11 +212,11 @@ class Generator:
                     timeout=timeout,
                 )
             except grpc.aio.AioRpcError as exc:
-                tally.errors[exc.code().name] += 1
+                tally.fail(exc.code().name, f"{exc.details()} after {time.perf_counter() - t0:.2f} s")
                 return
             end = time.perf_counter()
             if not reply.content:
-                tally.errors["empty"] += 1
+                tally.fail("empty")
                 return
             tally.latencies.append(end - t0)
             tally.ttfd.append(end - t0)
@@ -232,13 +240,17 @@ class Generator:
                         deltas += 1
                         if first is None:
                             first = time.perf_counter()
-                            if opened is not None:
-                                opened()
+                            if held is not None:
+                                held.open_now += 1
+                                held.opened += 1
             except grpc.aio.AioRpcError as exc:
-                tally.errors[exc.code().name] += 1
+                tally.fail(exc.code().name, f"{exc.details()} after {time.perf_counter() - t0:.2f} s")
                 return
+            finally:
+                if held is not None and first is not None:
+                    held.open_now -= 1
             if not done:
-                tally.errors["no_done"] += 1
+                tally.fail("no_done")
                 return
             end = time.perf_counter()
             tally.latencies.append(end - t0)
@@ -248,27 +260,34 @@ class Generator:
         return chat if kind == "chat" else stream
 
     async def hold(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Open ``concurrency`` streams at once; report when all are open, then when all end."""
-        target = int(job["concurrency"])
-        count = 0
-        all_open = asyncio.Event()
-
-        def opened() -> None:
-            nonlocal count
-            count += 1
-            if count >= target:
-                all_open.set()
-
-        job = {**job, "kind": "stream", "requests": target, "_opened": opened}
+        """Open ``concurrency`` streams at once; report how many are open twice a second until all end."""
+        held = Held()
+        job = {**job, "kind": "stream", "requests": int(job["concurrency"]), "_held": held}
         started = time.perf_counter()
         task = asyncio.ensure_future(self.run(job))
-        waiter = asyncio.ensure_future(all_open.wait())
-        await asyncio.wait({task, waiter}, timeout=float(job["seconds"]), return_when=asyncio.FIRST_COMPLETED)
-        emit({"event": "open", "open": count, "after_s": time.perf_counter() - started})
-        waiter.cancel()
-        result = await task
-        result["opened"] = count
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            held.peak = max(held.peak, held.open_now)
+            emit(
+                {
+                    "event": "progress",
+                    "open_now": held.open_now,
+                    "opened": held.opened,
+                    "after_s": time.perf_counter() - started,
+                }
+            )
+        result = task.result()
+        result.update(opened=held.opened, peak_open=held.peak)
         return result
+
+
+@dataclass
+class Held:
+    """Streams of a ``hold`` job: how many have had their first delta, and how many are open now."""
+
+    opened: int = 0
+    open_now: int = 0
+    peak: int = 0
 
 
 def emit(obj: dict[str, Any]) -> None:

@@ -26,12 +26,13 @@ class Plan:
     soak_seconds: float = 200.0
     soak_concurrency: int = 64
     streams: int = 5_000
-    stream_pieces: int = 20
-    stream_delay: float = 1.0
-    streams_seconds: float = 120.0
+    stream_pieces: int = 20  # the slow fake's text events per answer ...
+    stream_delay: float = 1.5  # ... this many seconds apart: each stream stays open 30 s
+    streams_seconds: float = 150.0
     scaling_concurrency: int = 64
     scaling_rounds: int = 2
     scaling_seconds: float = 4.0
+    hops_repeat: int = 5000
 
 
 FULL = Plan("full")
@@ -43,8 +44,10 @@ QUICK = Plan(
     soak_seconds=60.0,
     streams=2_000,
     stream_pieces=10,
+    streams_seconds=90.0,
     scaling_rounds=1,
     scaling_seconds=3.0,
+    hops_repeat=2000,
 )
 SMOKE = Plan(
     "smoke",
@@ -63,5 +66,6 @@ SMOKE = Plan(
     scaling_concurrency=4,
     scaling_rounds=1,
     scaling_seconds=1.0,
+    hops_repeat=100,
 )
 PLANS = {plan.name: plan for plan in (FULL, QUICK, SMOKE)}

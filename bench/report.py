@@ -176,8 +176,56 @@ def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, 
             "streams",
         )
     )
+    peak = streams.get("peak_open")
+    out.append(
+        _verdict(
+            "streams open at the same time", peak, float(streams.get("target", 0)), "streams", at_most=False
+        )
+    )
     out.append(_verdict("memory per open stream", streams.get("kb_per_stream"), 20.0, "KB"))
     return out
+
+
+def hop_costs(results: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """CPU microseconds per Chat for each hop: measured in-process, or derived from process CPU.
+
+    The process figures are the Chat runs at concurrency 16 (or the nearest measured).
+    """
+    hops = results.get("hops")
+    if not hops:
+        return []
+    levels = sorted(results["plan_sizes"]["concurrency"], key=lambda c: abs(c - 16))
+    level = levels[0]
+    off = _cell(summary, "gateway", "chat", level) or {}
+    on = _cell(summary, "gateway_cached", "chat", level) or {}
+    llm_off = float(off.get("cpu_llm_ms") or 0) * 1e3
+    llm_on = float(on.get("cpu_llm_ms") or 0) * 1e3
+    vault_total = float(off.get("cpu_vault_ms") or 0) * 1e3
+    resolve = hops["vault_resolve_total"]
+    lookup, decrypt, token_hash = hops["vault_db_lookup"], hops["vault_decrypt"], hops["vault_token_hash"]
+    adapter, json_sse = hops["llm_adapter_call"], hops["llm_json_sse"]
+    grpc_in_out = llm_on - adapter - hops["llm_protobuf"] - hops["llm_validation"]
+    measured, derived = "in-process, measured", f"derived from process CPU at c={level}"
+    return [
+        ("LLM service, whole Chat, credentials cache on", llm_on, f"process CPU at c={level}"),
+        ("LLM service, whole Chat, cache off", llm_off, f"process CPU at c={level}"),
+        ("gRPC in and out, servicer, interceptor, event loop (LLM)", grpc_in_out, derived),
+        ("protobuf: parse ChatRequest, build and serialise ChatResponse", hops["llm_protobuf"], measured),
+        ("request validation", hops["llm_validation"], measured),
+        ("provider HTTP call (aiohttp, warm connection)", adapter - json_sse, "in-process, measured"),
+        ("JSON and SSE (request body, decode and parse the stream)", json_sse, measured),
+        ("vault round trip, LLM side (gRPC client call)", llm_off - llm_on, derived),
+        ("vault process per ResolveCredentials", vault_total, f"process CPU at c={level}"),
+        ("vault gRPC in and out, auth, thread hop", vault_total - resolve, derived),
+        ("vault database lookup (the resolve SELECT)", lookup, measured),
+        ("vault token hash (SHA-256)", token_hash, measured),
+        ("vault decryption (AES-256-GCM)", decrypt, measured),
+        (
+            "vault usage count, audit row and commit (fsync)",
+            resolve - lookup - decrypt - token_hash,
+            measured,
+        ),
+    ]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -259,12 +307,15 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], verdicts: list[di
             "",
             "## Many open streams",
             "",
-            f"{streams['target']} StreamChat calls at once against the slow fake, one LLM process: "
-            f"{streams['opened']} had their first delta after {streams['open_after_s']:.1f} s; "
-            f"{streams['completed_ok']} ended with their final message and OK, {streams['errors']} failed "
-            f"{streams['error_kinds'] or ''}. RSS {streams['rss_before_mb']:.1f} MB before, "
-            f"{streams['rss_open_mb']:.1f} MB with all open: {streams['kb_per_stream']:.1f} KB per stream "
-            f"({streams['llm_fds_open']} file descriptors open). CPU (LLM + vault) "
+            f"{streams['target']} StreamChat calls started at once against the slow fake (each answer "
+            f"lasts {streams['stream_seconds']:g} s), one LLM process (credentials cache on): "
+            f"{streams['opened']} had their first delta, at most {streams['peak_open']} were open "
+            f"at the same time ({streams['peak_after_s']:.1f} s in); "
+            f"{streams['completed_ok']} ended with their final message and OK, "
+            f"{streams['errors']} failed {streams['error_kinds'] or ''}. RSS "
+            f"{streams['rss_before_mb']:.1f} MB before, {streams['rss_at_peak_mb']:.1f} MB at the peak "
+            f"(max {streams['rss_max_mb']:.1f} MB): {streams['kb_per_stream']:.1f} KB per open stream, "
+            f"{streams['llm_fds_at_peak']} file descriptors open. CPU (LLM + vault) "
             f"{streams['cpu_ms_per_stream']:.2f} ms per stream.",
         ]
     if summary["scaling"]:
@@ -285,6 +336,19 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], verdicts: list[di
             "The vault, the fake provider and the load generator share the same cores, so the second "
             "worker competes with them; see `docs/PERFORMANCE.md`."
         )
+    costs = hop_costs(results, summary)
+    if costs:
+        lines += [
+            "",
+            "## Where the CPU of a Chat goes",
+            "",
+            "| hop | µs of CPU | how |",
+            "|---|---:|---|",
+        ]
+        lines += [f"| {name} | {value:.0f} | {how} |" for name, value, how in costs]
+        wall = results["hops"]["vault_resolve_wall_ms"]
+        lines.append("")
+        lines.append(f"A resolve takes {wall:.2f} ms of wall time in-process: its commit waits for the disk.")
     lines.append("")
     return "\n".join(lines)
 

@@ -275,23 +275,38 @@ class Session:
         }
 
     def open_streams(self) -> None:
+        """Many StreamChats at once against the slow fake, in the cache-on LLM process.
+
+        The cache keeps the vault out of the way of the burst (one resolve, not
+        thousands); every stream still crosses the LLM service. RSS and open file
+        descriptors are sampled twice a second; memory per stream is taken at the
+        moment the most streams were open.
+        """
         plan = self.plan
         assert self.gen is not None
         self.say(f"holding {plan.streams} streams open against the slow fake in one LLM process")
-        pid = self.llm.pid
+        target = self.targets["gateway_cached"]
+        pid = target.services["llm"][0]
         before = procstat.rss_bytes(pid)
-        seen: dict[str, Any] = {}
+        peak: dict[str, Any] = {"open_now": 0, "rss": before, "fds": 0, "after_s": 0.0}
+        max_rss = before
 
         def on_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "open":
-                seen.update(event)
-                seen["rss"] = procstat.rss_bytes(pid)
-                seen["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+            nonlocal max_rss
+            rss = procstat.rss_bytes(pid)
+            max_rss = max(max_rss, rss)
+            if event.get("event") == "progress" and int(event["open_now"]) > int(peak["open_now"]):
+                peak.update(
+                    open_now=int(event["open_now"]),
+                    rss=rss,
+                    fds=len(os.listdir(f"/proc/{pid}/fd")),
+                    after_s=float(event["after_s"]),
+                )
 
         cpu_before = procstat.cpu_seconds([pid, self.vault.pid])
         result = self.gen.run(
             {
-                **self.targets["gateway"].job,
+                **target.job,
                 "kind": "hold",
                 "provider": "openrouter",
                 "concurrency": plan.streams,
@@ -302,18 +317,22 @@ class Session:
             on_event,
         )
         cpu_after = procstat.cpu_seconds([pid, self.vault.pid])
-        rss_open = int(seen.get("rss", 0))
+        peak_open = int(peak["open_now"])
         self.results["streams"] = {
             "target": plan.streams,
-            "opened": int(seen.get("open", 0)),
-            "open_after_s": float(seen.get("after_s", 0.0)),
+            "stream_seconds": plan.stream_pieces * plan.stream_delay,
+            "opened": int(result["opened"]),
+            "peak_open": peak_open,
+            "peak_after_s": float(peak["after_s"]),
             "completed_ok": int(result["ok"]),
             "errors": int(result["errors"]),
             "error_kinds": result["error_kinds"],
+            "error_samples": result["error_samples"],
             "rss_before_mb": before / MB,
-            "rss_open_mb": rss_open / MB,
-            "kb_per_stream": (rss_open - before) / 1024 / plan.streams,
-            "llm_fds_open": int(seen.get("fds", 0)),
+            "rss_at_peak_mb": int(peak["rss"]) / MB,
+            "rss_max_mb": max_rss / MB,
+            "kb_per_stream": (int(peak["rss"]) - before) / 1024 / max(1, peak_open),
+            "llm_fds_at_peak": int(peak["fds"]),
             "deltas": int(result["deltas"]),
             "cpu_ms_per_stream": (cpu_after - cpu_before) * 1e3 / max(1, int(result["ok"])),
         }
@@ -351,6 +370,28 @@ class Session:
             self.stack.stop_proc(second)
             self.stack.stop_proc(first)
         self.results["scaling"] = rows
+
+    def hops(self) -> None:
+        """The in-process per-hop CPU figures (``bench.hops``), against the fast fake."""
+        assert self.fake is not None
+        self.say("timing each hop in-process (bench.hops)")
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.hops",
+                "--fake",
+                self.fake.address,
+                "--repeat",
+                str(self.plan.hops_repeat),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        self.results["hops"] = json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def environment() -> dict[str, Any]:
@@ -390,6 +431,7 @@ def run_session(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
             session.soak()
             session.open_streams()
             session.scaling()
+            session.hops()
         finally:
             session.stop()
     results.update(session.results)

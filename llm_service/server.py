@@ -34,6 +34,12 @@ from rmllm_common.server import ServerHandle, add_standard_services, bind, new_s
 
 SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # > 4 MiB of content plus framing; larger requests are refused by gRPC
+# gRPC core cancels calls that wait unrequested beyond its pending-request limit (1,000 by default);
+# a burst of new streams (thousands opened at once) must queue, not be cancelled.
+SERVER_OPTIONS = (
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
+)
 VAULT_CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -95,7 +101,7 @@ async def build_server(
     )
     catalog = Catalog(registry=registry, vault=vault, adapters=lookup, http=http, allow_custom_base_url=allow)
 
-    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES)
+    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
     health = await add_standard_services(server, [SERVICE_NAME])
 

@@ -77,12 +77,13 @@ def test_bench_phases_and_verdicts(smoke_run: tuple[Path, str]) -> None:
     results = json.loads((smoke_run[0] / "results.json").read_text())
     streams = results["streams"]
     assert streams["completed_ok"] == streams["target"] == SMOKE.streams and streams["errors"] == 0
+    assert 0 < streams["peak_open"] <= SMOKE.streams
     assert results["soak"]["requests"] == SMOKE.soak_requests and results["soak"]["errors"] == 0
     assert {row["workers"] for row in results["scaling"]} == {1, 2}
     assert all(row["errors"] == 0 for row in results["scaling"])
     assert set(results["idle_rss_mb"]) == {"llm", "llm_cached", "vault"}
     verdicts = results["targets"]
-    assert len(verdicts) == 12
+    assert len(verdicts) == 13
     assert all(isinstance(v["met"], bool) and v["value"] is not None for v in verdicts)
     markdown = (smoke_run[0] / "results.md").read_text()
     assert markdown.count("| met |") + markdown.count("| **MISSED** |") == len(verdicts)
