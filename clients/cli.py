@@ -205,6 +205,8 @@ class Cli:
 
     def chat(self) -> int:
         args = self.args
+        if args.prompt == "-" and self.stdin.isatty():
+            self.note("rmllm: type the prompt, then Ctrl-D")
         prompt = self.stdin.read() if args.prompt == "-" else args.prompt
         if not prompt.strip():
             raise UsageError("empty prompt: give one as an argument or on stdin")

@@ -192,8 +192,8 @@ function makeClients({
   /** Yields {delta} for each piece of text, then {done} once; throws RmllmError. */
   async function* streamChat(request, { timeoutMs: ms = chatTimeoutMs } = {}) {
     const call = llm.StreamChat(request, metadata(), { deadline: Date.now() + ms });
-    // The iterator below reports errors; this keeps a CANCELLED status that arrives
-    // after an early stop from becoming an unhandled 'error' event.
+    // Errors reach the caller through the iterator below; this listener only makes
+    // sure a status arriving after an early stop can never be an unhandled 'error'.
     call.on('error', () => {});
     let finished = false;
     try {

@@ -248,3 +248,28 @@ def test_login_verifies_then_writes_a_private_file(
     again = rmllm("login", "--no-verify", stdin='odd"token\\\n')
     assert again.code == 0
     assert cli_env.read_text() == 'token = "odd\\"token\\\\"\n'
+
+
+class Terminal(io.StringIO):
+    """A stdin that claims to be a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_keys_set_on_a_terminal_uses_a_hidden_prompt(
+    cli_env: Path, fake: FakeServers, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        return SECRET
+
+    monkeypatch.setattr("getpass.getpass", fake_getpass)
+    monkeypatch.setattr("sys.stdin", Terminal("not read"))
+    assert main(["keys", "set", "openai"]) == 0
+    assert prompts == ["openai API key (input hidden): "]
+    assert fake.state.keys["openai"] == SECRET
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err

@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ from testkit.fake_grpc import TOKEN, FakeServers
 
 import clients
 from clients import Client, Tls
+from clients.cli import main
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,14 @@ class Pem:
     key: bytes
 
 
-def _issue(name: str, issuer: Pem | None, *, ca: bool, usage: x509.ObjectIdentifier | None) -> Pem:
+def _issue(
+    name: str,
+    issuer: Pem | None,
+    *,
+    ca: bool,
+    usage: x509.ObjectIdentifier | None,
+    alt_names: tuple[x509.GeneralName, ...] = (),
+) -> Pem:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     if issuer is None:
@@ -49,13 +58,8 @@ def _issue(name: str, issuer: Pem | None, *, ca: bool, usage: x509.ObjectIdentif
     )
     if usage is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+    if alt_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(alt_names)), critical=False)
     cert = builder.sign(signing_key, hashes.SHA256())
     return Pem(
         cert.public_bytes(serialization.Encoding.PEM),
@@ -70,6 +74,7 @@ class Pki:
     ca: Pem
     server: Pem
     client: Pem
+    named_server: Pem  # names only rmllm.internal, not the loopback address
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +82,21 @@ def pki() -> Pki:
     ca = _issue("rmllm test CA", None, ca=True, usage=None)
     return Pki(
         ca=ca,
-        server=_issue("localhost", ca, ca=False, usage=ExtendedKeyUsageOID.SERVER_AUTH),
+        server=_issue(
+            "localhost",
+            ca,
+            ca=False,
+            usage=ExtendedKeyUsageOID.SERVER_AUTH,
+            alt_names=(x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))),
+        ),
         client=_issue("rmllm test client", ca, ca=False, usage=ExtendedKeyUsageOID.CLIENT_AUTH),
+        named_server=_issue(
+            "rmllm.internal",
+            ca,
+            ca=False,
+            usage=ExtendedKeyUsageOID.SERVER_AUTH,
+            alt_names=(x509.DNSName("rmllm.internal"),),
+        ),
     )
 
 
@@ -133,3 +151,48 @@ def test_mtls_needs_the_client_certificate(mtls_fake: FakeServers, pki: Pki) -> 
     assert "PRIVATE KEY" not in repr(mutual)
     with pytest.raises(ValueError, match="both"):
         Tls(certificate_chain=pki.client.cert)
+
+
+@pytest.fixture
+def named_fake(pki: Pki) -> Iterator[FakeServers]:
+    yield from _serve(grpc.ssl_server_credentials([(pki.named_server.key, pki.named_server.cert)]))
+
+
+def test_tls_server_name_override(named_fake: FakeServers, pki: Pki) -> None:
+    llm, vault = named_fake.llm_target, named_fake.vault_target
+    named = Tls(root_certificates=pki.ca.cert, server_name="rmllm.internal")
+    with Client(TOKEN, tls=named, llm_target=llm, vault_target=vault) as c:
+        assert c.models("openai").provider == "openai"
+    # Without the override the certificate does not name 127.0.0.1: refused.
+    unnamed = Tls(root_certificates=pki.ca.cert)
+    refused = Client(TOKEN, tls=unnamed, timeout=5, llm_target=llm, vault_target=vault)
+    with refused, pytest.raises(clients.Unavailable):
+        refused.models("openai")
+
+
+def test_cli_uses_tls_settings_from_the_environment(
+    mtls_fake: FakeServers,
+    pki: Pki,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = {"ca.pem": pki.ca.cert, "client.pem": pki.client.cert, "client.key": pki.client.key}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    monkeypatch.setenv("RMLLM_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("RMLLM_TOKEN", TOKEN)
+    monkeypatch.setenv("RMLLM_TARGET", mtls_fake.llm_target)
+    monkeypatch.setenv("RMLLM_TLS_CA", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("RMLLM_TLS_CERT", str(tmp_path / "client.pem"))
+    monkeypatch.setenv("RMLLM_TLS_KEY", str(tmp_path / "client.key"))
+    assert main(["providers"]) == 0
+    assert "anthropic" in capsys.readouterr().out
+    monkeypatch.delenv("RMLLM_TLS_KEY")
+    assert main(["providers"]) == 3
+    assert capsys.readouterr().err == (
+        "rmllm: mTLS needs both RMLLM_TLS_CERT and RMLLM_TLS_KEY (or tls_cert and tls_key)\n"
+    )
+    monkeypatch.setenv("RMLLM_TLS_KEY", str(tmp_path / "missing.key"))
+    assert main(["providers"]) == 3
+    assert "cannot read the client key" in capsys.readouterr().err

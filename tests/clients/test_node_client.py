@@ -141,3 +141,28 @@ def test_node_errors_are_typed(node_ready: str, fake: FakeServers) -> None:
     assert out["stream"]["reason"] == "KEY_NOT_CONFIGURED"  # the config is now inactive
     assert fake.state.methods().count("ListProviders") == 2
     assert list(fake.state.calls[-2][1].update_mask.paths) == ["is_active"]
+
+
+BREAK_EARLY = """
+const { makeClients } = require('./index');
+const rmllm = makeClients({ llmTarget: process.env.RMLLM_TARGET, vaultTarget: process.env.RMLLM_VAULT_TARGET,
+                            token: process.env.RMLLM_TOKEN });
+(async () => {
+  const messages = [{ role: 'ROLE_USER', content: 'x' }];
+  for await (const event of rmllm.streamChat({ provider: 'openai', messages })) {
+    console.log(JSON.stringify(event));
+    break;  // stop after the first delta: the call must be cancelled
+  }
+  await new Promise((resolve) => setTimeout(resolve, 200));  // let a late CANCELLED status arrive
+})().finally(() => rmllm.close());
+"""
+
+
+def test_node_stream_stopped_early_is_cancelled(node_ready: str, fake: FakeServers) -> None:
+    fake.store("openai", "sk-good-1234")
+    fake.state.stream_hang = True
+    result = run_node(node_ready, ["-e", BREAK_EARLY], node_env(fake))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == '{"delta":"Hel"}\n'
+    assert result.stderr == ""
+    assert fake.wait_cancelled()
