@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import getpass
 import os
 import sys
@@ -46,15 +47,26 @@ TEST_KEY_EXIT = {
 }
 
 
+SECRET_PREFIXES = ("sk-", "rmk_", "AIza", "xai-", "ghp_", "github_pat_")
+
+
+def looks_like_a_secret(word: str) -> bool:
+    """A provider argument that is really a pasted key (so it must not be echoed or sent)."""
+    return word.startswith(SECRET_PREFIXES) or len(word) > 64
+
+
 class UsageError(Exception):
     """A command line that cannot be run; exit code 2."""
 
 
 def read_secret(label: str, stdin: TextIO) -> str:
     """A hidden prompt when stdin is a terminal, else all of stdin, stripped."""
-    if stdin.isatty():
-        return getpass.getpass(f"{label} (input hidden): ").strip()
-    return stdin.read().strip()
+    try:
+        if stdin.isatty():
+            return getpass.getpass(f"{label} (input hidden): ").strip()
+        return stdin.read().strip()
+    except UnicodeDecodeError:
+        raise UsageError(f"the {label} on stdin is not valid UTF-8") from None
 
 
 def seconds(text: str) -> float:
@@ -68,36 +80,60 @@ def seconds(text: str) -> float:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
-    root = argparse.ArgumentParser(
-        prog="rmllm", description="RealMultiLLM: store provider keys, test them, and chat with any provider."
-    )
-    root.add_argument("--target", help="LLM service address (default: $RMLLM_TARGET or 127.0.0.1:50051)")
-    root.add_argument(
-        "--vault-target", help="vault address (default: $RMLLM_VAULT_TARGET or 127.0.0.1:50052)"
-    )
-    root.add_argument("--timeout", type=seconds, help="deadline of the call, in seconds")
-    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+EPILOG = """\
+environment: RMLLM_TARGET, RMLLM_VAULT_TARGET, RMLLM_TOKEN, RMLLM_CONFIG (default
+~/.config/realmultillm/config.toml, mode 0600), RMLLM_TLS_CA, RMLLM_TLS_CERT, RMLLM_TLS_KEY.
+exit codes: 0 ok, 1 other error, 2 usage, 3 local configuration, 4 token refused,
+5 no key stored, 6 key rejected, 7 invalid request, 8 rate limited, 9 unavailable,
+10 timed out, 11 server error, 130 interrupted."""
 
-    keys = commands.add_parser("keys", help="store, list and remove your provider keys")
+
+def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--target", default=default, help="LLM service address (default: $RMLLM_TARGET or 127.0.0.1:50051)"
+    )
+    parser.add_argument(
+        "--vault-target",
+        default=default,
+        help="vault address (default: $RMLLM_VAULT_TARGET or 127.0.0.1:50052)",
+    )
+    parser.add_argument("--timeout", type=seconds, default=default, help="deadline of the call, in seconds")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface; --target, --vault-target and --timeout go anywhere."""
+    root = argparse.ArgumentParser(
+        prog="rmllm",
+        description="RealMultiLLM: store provider keys, test them, and chat with any provider.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _connection_options(root, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, argparse.SUPPRESS)  # after the command: overrides, else the root's
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = functools.partial(commands.add_parser, parents=[common])
+
+    keys = add("keys", help="store, list and remove your provider keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    put = key_commands.add_parser("set", help="store a key (read from a hidden prompt or stdin, never argv)")
+    put = key_commands.add_parser(
+        "set", parents=[common], help="store a key (read from a hidden prompt or stdin, never argv)"
+    )
     put.add_argument("provider")
     put.add_argument("--base-url", help="endpoint override")
     put.add_argument("--model", help="default model for this provider")
     put.add_argument("--temperature", type=float, help="default temperature")
     put.add_argument("--max-tokens", type=int, help="default maximum tokens")
-    key_commands.add_parser("list", help="list your stored keys")
-    remove = key_commands.add_parser("rm", help="remove a stored key")
+    key_commands.add_parser("list", parents=[common], help="list your stored keys")
+    remove = key_commands.add_parser("rm", parents=[common], help="remove a stored key")
     remove.add_argument("provider")
 
-    test = commands.add_parser("test-key", help="check a key with the provider without storing it")
+    test = add("test-key", help="check a key with the provider without storing it")
     test.add_argument("provider")
     test.add_argument("--stored", action="store_true", help="test the stored key instead of reading one")
     test.add_argument("--base-url", help="endpoint override for the test")
 
-    chat = commands.add_parser("chat", help="chat with a provider, streaming the answer")
+    chat = add("chat", help="chat with a provider, streaming the answer")
     chat.add_argument("-p", "--provider", required=True)
     chat.add_argument("-m", "--model")
     chat.add_argument("--system", help="system instructions")
@@ -105,12 +141,10 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int)
     chat.add_argument("prompt", nargs="?", default="-", help="the prompt; '-' or omitted: read stdin")
 
-    commands.add_parser("providers", help="list the providers")
-    models = commands.add_parser("models", help="list the models of a provider")
+    add("providers", help="list the providers")
+    models = add("models", help="list the models of a provider")
     models.add_argument("provider")
-    login = commands.add_parser(
-        "login", help="save your token (read from a prompt or stdin) to the config file"
-    )
+    login = add("login", help="save your token (read from a prompt or stdin) to the config file")
     login.add_argument(
         "--no-verify", action="store_true", help="save without checking the token with the vault"
     )
@@ -128,6 +162,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
                 "run the command without it and paste at the prompt, or pipe it on stdin"
             )
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+    if looks_like_a_secret(getattr(args, "provider", None) or ""):
+        raise UsageError(
+            "that looks like a key or token, not a provider id: keys are never read from the command line; "
+            "run `rmllm providers` for the ids"
+        )
     return args
 
 
@@ -261,6 +300,16 @@ class Cli:
         return out.EXIT_OK
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: control characters and line breaks become single spaces."""
+    return " ".join("".join(char if char.isprintable() else " " for char in text).split())
+
+
+def fail(message: str, code: int) -> int:
+    print(f"rmllm: {one_line(message)}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rmllm``; returns the exit code."""
     provider: str | None = None
@@ -269,14 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         provider = getattr(args, "provider", None)
         return Cli(args, sys.stdin, sys.stdout, sys.stderr).run()
     except UsageError as exc:
-        print(f"rmllm: {exc}", file=sys.stderr)
-        return out.EXIT_USAGE
+        return fail(str(exc), out.EXIT_USAGE)
     except config.ConfigError as exc:
-        print(f"rmllm: {exc}", file=sys.stderr)
-        return out.EXIT_CONFIG
+        return fail(str(exc), out.EXIT_CONFIG)
     except RmllmClientError as exc:
-        print(f"rmllm: {out.describe(exc, provider)}", file=sys.stderr)
-        return out.exit_code(exc)
+        return fail(out.describe(exc, provider), out.exit_code(exc))
     except KeyboardInterrupt:
         print("\nrmllm: interrupted", file=sys.stderr)
         return out.EXIT_INTERRUPTED

@@ -18,7 +18,6 @@ command that fixes it (``chmod 600 FILE``). ``save_token`` writes it with mode 0
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import tomllib
@@ -128,13 +127,25 @@ def load(
     )
 
 
+def toml_string(value: str) -> str:
+    """``value`` as a TOML basic string: quotes, backslashes and control characters escaped."""
+    escaped = []
+    for char in value:
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            escaped.append(f"\\u{ord(char):04X}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
+
+
 def save_token(path: Path, token: str) -> None:
     """Write ``token`` into the config file (mode 0600), keeping its other settings."""
     values = read_file(path)
     values["token"] = token
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # json.dumps gives a valid TOML basic string: quotes, backslashes and controls escaped.
-    text = "".join(f"{key} = {json.dumps(values[key])}\n" for key in FILE_KEYS if key in values)
+    text = "".join(f"{key} = {toml_string(values[key])}\n" for key in FILE_KEYS if key in values)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         os.fchmod(handle.fileno(), 0o600)
