@@ -14,7 +14,7 @@ Example::
             print("store a key first: rmllm keys set openai")
 
 ``Client`` (``clients.sync``) blocks; ``AsyncClient`` (``clients.aio``) has the same
-methods as coroutines. Results are the dataclasses of ``clients.types``; failures
+methods as coroutines. Results are the dataclasses of ``clients.datatypes``; failures
 raise the typed exceptions of ``clients.errors``. The package needs only grpcio,
 grpcio-status and the generated ``realmultillm`` stubs, never the servers.
 """
@@ -22,6 +22,20 @@ grpcio-status and the generated ``realmultillm`` stubs, never the servers.
 from clients.aio import AsyncChatStream, AsyncClient
 from clients.calls import UNSET
 from clients.channels import DEFAULT_LLM_TARGET, DEFAULT_VAULT_TARGET, ClientOptions, Tls
+from clients.datatypes import (
+    ChatResult,
+    FinishReason,
+    Message,
+    ModelInfo,
+    ModelList,
+    ProviderConfig,
+    ProviderInfo,
+    ProviderSettings,
+    Role,
+    TestKeyReason,
+    TestKeyResult,
+    Usage,
+)
 from clients.errors import (
     AlreadyExists,
     Cancelled,
@@ -53,20 +67,6 @@ from clients.errors import (
     from_grpc_error,
 )
 from clients.sync import ChatStream, Client
-from clients.types import (
-    ChatResult,
-    FinishReason,
-    Message,
-    ModelInfo,
-    ModelList,
-    ProviderConfig,
-    ProviderInfo,
-    ProviderSettings,
-    Role,
-    TestKeyReason,
-    TestKeyResult,
-    Usage,
-)
 
 __all__ = [
     "DEFAULT_LLM_TARGET",

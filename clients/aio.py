@@ -40,9 +40,9 @@ from clients.channels import (
     Tls,
     aio_channel,
 )
+from clients.datatypes import ChatResult, Message, ModelList, ProviderConfig, ProviderInfo, TestKeyResult
 from clients.errors import Cancelled, UpstreamStreamTruncated, from_grpc_error
 from clients.sync import LLM, VAULT
-from clients.types import ChatResult, Message, ModelList, ProviderConfig, ProviderInfo, TestKeyResult
 
 R = TypeVar("R")
 

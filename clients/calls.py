@@ -16,7 +16,7 @@ from google.protobuf import field_mask_pb2
 from realmultillm.llm.v1 import llm_pb2
 from realmultillm.vault.v1 import vault_pb2
 
-from clients.types import Message, ProviderSettings, conversation
+from clients.datatypes import Message, ProviderSettings, conversation
 
 
 class _Unset(Enum):

@@ -32,9 +32,9 @@ from typing import TextIO
 from clients import cli_format as out
 from clients import config
 from clients.channels import DEFAULT_CHAT_TIMEOUT, DEFAULT_TIMEOUT
+from clients.datatypes import TestKeyReason
 from clients.errors import RmllmClientError
 from clients.sync import Client
-from clients.types import TestKeyReason
 
 SECRET_COMMANDS = {("keys", "set"), ("test-key", None), ("login", None)}
 

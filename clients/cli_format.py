@@ -14,7 +14,7 @@ from datetime import datetime
 
 from clients import errors
 from clients.config import ConfigError
-from clients.types import ChatResult, ModelList, ProviderConfig, ProviderInfo
+from clients.datatypes import ChatResult, ModelList, ProviderConfig, ProviderInfo
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -16,7 +16,7 @@ Example::
 Every call has a deadline (``timeout`` seconds, ``chat_timeout`` for chats; each
 method takes ``timeout=`` to override it) and raises a typed
 ``clients.errors.RmllmClientError`` on failure. Results are the dataclasses of
-``clients.types``.
+``clients.datatypes``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ from clients.channels import (
     Tls,
     sync_channel,
 )
-from clients.errors import Cancelled, UpstreamStreamTruncated, from_grpc_error
-from clients.types import (
+from clients.datatypes import (
     ChatResult,
     Message,
     ModelList,
@@ -49,6 +48,7 @@ from clients.types import (
     ProviderInfo,
     TestKeyResult,
 )
+from clients.errors import Cancelled, UpstreamStreamTruncated, from_grpc_error
 
 R = TypeVar("R")
 
