@@ -6,6 +6,7 @@ Examples::
     rmllm keys set openai                # the key is read from a hidden prompt, or stdin
     echo "$KEY" | rmllm keys set anthropic --model claude-3-5-haiku-latest
     rmllm keys list
+    rmllm keys update openai --model gpt-4o --disable
     rmllm test-key openai --stored
     rmllm chat -p openai "Write a haiku about gRPC"
     echo "Summarise this" | rmllm chat -p claude --system "Be brief"
@@ -27,7 +28,7 @@ import getpass
 import os
 import sys
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from clients import cli_format as out
 from clients import config
@@ -65,6 +66,8 @@ def read_secret(label: str, stdin: TextIO) -> str:
         if stdin.isatty():
             return getpass.getpass(f"{label} (input hidden): ").strip()
         return stdin.read().strip()
+    except EOFError:  # Ctrl-D at the prompt
+        return ""
     except UnicodeDecodeError:
         raise UsageError(f"the {label} on stdin is not valid UTF-8") from None
 
@@ -125,6 +128,19 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("--temperature", type=float, help="default temperature")
     put.add_argument("--max-tokens", type=int, help="default maximum tokens")
     key_commands.add_parser("list", parents=[common], help="list your stored keys")
+    update = key_commands.add_parser(
+        "update", parents=[common], help="change the settings of a stored key (never the key)"
+    )
+    update.add_argument("provider")
+    update.add_argument("--base-url", help="endpoint override ('' for the provider's default)")
+    update.add_argument("--model", help="default model ('' for the provider's default)")
+    update.add_argument("--temperature", type=float, help="default temperature")
+    update.add_argument("--max-tokens", type=int, help="default maximum tokens")
+    active = update.add_mutually_exclusive_group()
+    active.add_argument("--enable", dest="active", action="store_const", const=True, help="allow chats")
+    active.add_argument(
+        "--disable", dest="active", action="store_const", const=False, help="keep, but refuse chats"
+    )
     remove = key_commands.add_parser("rm", parents=[common], help="remove a stored key")
     remove.add_argument("provider")
 
@@ -215,6 +231,8 @@ class Cli:
                     self.print(out.configs_table(configs))
                 else:
                     self.note("no keys stored: add one with `rmllm keys set PROVIDER`")
+            elif args.keys_command == "update":
+                self.update(client)
             elif args.keys_command == "rm":
                 self.print(f"removed the {client.delete_config(args.provider)} key")
             else:
@@ -230,6 +248,26 @@ class Cli:
                 hint = f" ending …{stored.key_hint}" if stored.key_hint else ""
                 self.print(f"stored the {stored.provider} key{hint}")
         return out.EXIT_OK
+
+    def update(self, client: Client) -> None:
+        args = self.args
+        given = {
+            "base_url": args.base_url,
+            "default_model": args.model,
+            "temperature": args.temperature,
+            "max_tokens": args.max_tokens,
+            "is_active": args.active,
+        }
+        changes: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+        if not changes:
+            raise UsageError(
+                "nothing to change: give --model, --base-url, --temperature, --max-tokens, "
+                "--enable or --disable"
+            )
+        updated = client.update_config(args.provider, **changes)
+        state = "active" if updated.is_active else "inactive"
+        model = updated.settings.default_model or "the provider's default model"
+        self.print(f"updated the {updated.provider} settings: {state}, {model}")
 
     def test_key(self) -> int:
         args = self.args

@@ -273,3 +273,29 @@ def test_keys_set_on_a_terminal_uses_a_hidden_prompt(
     assert fake.state.keys["openai"] == SECRET
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
+
+
+def test_ctrl_d_at_the_prompt_is_no_key(
+    cli_env: Path, fake: FakeServers, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def eof(prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr("getpass.getpass", eof)
+    monkeypatch.setattr("sys.stdin", Terminal(""))
+    assert main(["test-key", "openai"]) == 2
+    assert capsys.readouterr().err.startswith("rmllm: no key given:")
+    assert fake.state.calls == []
+
+
+def test_keys_update_sends_only_the_flags_given(rmllm: Callable[..., Run], fake: FakeServers) -> None:
+    fake.store("openai", SECRET, default_model="gpt-a", temperature=0.3)
+    result = rmllm("keys", "update", "openai", "--model", "gpt-b", "--disable")
+    assert (result.code, result.out) == (0, "updated the openai settings: inactive, gpt-b\n")
+    assert list(fake.state.calls[-1][1].update_mask.paths) == ["is_active", "settings.default_model"]
+    assert fake.state.configs["openai"].settings.temperature == 0.3
+    assert rmllm("keys", "update", "openai", "--enable").out.startswith("updated the openai settings: active")
+    nothing = rmllm("keys", "update", "openai")
+    assert nothing.code == 2 and "nothing to change" in nothing.err
+    missing = rmllm("keys", "update", "claude", "--max-tokens", "5")
+    assert missing.code == 5 and "rmllm keys set anthropic" in missing.err
