@@ -15,7 +15,7 @@ Example::
 
 The same methods, arguments, results and typed errors as ``clients.sync.Client``;
 every method is a coroutine except ``stream_chat``, which returns an
-``AsyncChatStream`` at once (the RPC starts when it is first iterated).
+``AsyncChatStream`` at once (not a coroutine: no ``await``).
 """
 
 from __future__ import annotations
