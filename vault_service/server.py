@@ -1,23 +1,90 @@
-"""The vault's server factory: ``build_server(settings)`` returns a bound server."""
+"""The vault's server factory: ``build_server(settings)`` returns a bound server.
+
+It opens the database, applies pending migrations, derives the keyring from the
+seed(s), and assembles the gRPC server: the error interceptor (outermost), the
+auth interceptor, the VaultService, health and reflection. Stopping the server
+closes the database.
+"""
 
 from __future__ import annotations
 
-from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
+import asyncio
+import logging
+
+import peewee as pw
+from realmultillm.vault.v1 import vault_pb2_grpc
 
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
-from vault_service.settings import VaultSettings
+from vault_service import accounts, migrations
+from vault_service.auth import SERVICE_NAME, AuthInterceptor
+from vault_service.crypto import Keyring
+from vault_service.database import Database
+from vault_service.servicer import VaultServicer
+from vault_service.settings import SettingsError, VaultSettings
 
-SERVICE_NAME = vault_pb2.DESCRIPTOR.services_by_name["VaultService"].full_name
+log = logging.getLogger(__name__)
 
 
-class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
-    """The VaultService RPCs; each not yet implemented answers UNIMPLEMENTED."""
+def check_seed_matches(db: Database, keyring: Keyring, settings: VaultSettings) -> None:
+    """Refuse a freshly generated seed over a database that already holds keys.
+
+    That is a lost seed, not a first start: serving would answer every resolve
+    with KEY_DECRYPTION_FAILED. Keys under other unknown key ids only get an error
+    log line, since they may be waiting for ``RMLLM_VAULT_OLD_SEEDS``.
+    """
+    model = db.tables.config
+    query = model.select(model.key_id, pw.fn.COUNT(model.id)).group_by(model.key_id).tuples()
+    unknown = {
+        key_id: count for key_id, count in db.call(lambda: list(query)) if key_id not in keyring.key_ids
+    }
+    if not unknown:
+        return
+    described = ", ".join(f"{count} under key id {key_id}" for key_id, count in sorted(unknown.items()))
+    if settings.generated_seed_file is not None:
+        settings.generated_seed_file.unlink(missing_ok=True)
+        raise SettingsError(
+            f"no seed is configured and the database already holds encrypted keys ({described}); "
+            "restore the seed they were stored under (RMLLM_VAULT_SEED, RMLLM_VAULT_SEED_FILE or "
+            f"{settings.generated_seed_file}) instead of starting with a new one"
+        )
+    log.error(
+        "stored keys need seeds that are not configured: %s; add them to RMLLM_VAULT_OLD_SEEDS",
+        described,
+        extra={"key_id": ",".join(sorted(unknown)), "event": "unknown_key_ids"},
+    )
 
 
 async def build_server(settings: VaultSettings) -> ServerHandle:
     """A vault server bound to ``settings.listen`` (port 0 picks a free port)."""
-    server = new_server()
-    vault_pb2_grpc.add_VaultServiceServicer_to_server(VaultServicer(), server)  # type: ignore[abstract]
+    db = Database(settings.effective_database_url)
+    try:
+        return await _assemble(settings, db)
+    except BaseException:
+        await asyncio.to_thread(db.close)
+        raise
+
+
+async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
+    applied = await asyncio.to_thread(migrations.migrate, db)
+    if applied:
+        log.info("database schema migrated", extra={"versions": ",".join(map(str, applied))})
+    keyring = Keyring(settings.seed, settings.old_seeds)
+    await asyncio.to_thread(check_seed_matches, db, keyring, settings)
+    log.info(
+        "keyring ready",
+        extra={"key_id": keyring.current.key_id, "decrypt_only_key_id": ",".join(keyring.key_ids[1:])},
+    )
+
+    async def authenticate(token: str) -> accounts.Principal | None:
+        return await db.run(accounts.authenticate, db, token)
+
+    server = new_server([AuthInterceptor(settings.service_token, authenticate)])
+    servicer = VaultServicer(db, keyring, allow_custom_base_url=settings.allow_custom_base_url)
+    vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
     port = bind(server, settings.listen)
-    return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME)
+
+    async def close() -> None:
+        await asyncio.to_thread(db.close)
+
+    return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=close)

@@ -2,22 +2,27 @@
 
 Everything the vault is configured with lives in ``VaultSettings``; nothing deeper
 in the code reads ``os.environ``. ``from_env`` validates and fails with a message
-that says how to fix the problem.
+that says how to fix the problem. The seed comes from ``RMLLM_VAULT_SEED``, else
+the file named by ``RMLLM_VAULT_SEED_FILE``, else ``vault_seed`` in the data
+directory, which the first start generates (0600) and asks the operator to back up.
+Operator commands that need no secret (users, tokens, audit) skip loading them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmllm_common import state
 from rmllm_common.secret import Secret
+from vault_service import seed as seed_policy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
+DATABASE_FILE = "vault.sqlite3"
 
 
 class SettingsError(ValueError):
@@ -29,16 +34,20 @@ class VaultSettings:
     """Everything the vault is configured with."""
 
     data_dir: Path
-    service_token: Secret
+    service_token: Secret = field(default_factory=lambda: Secret(""))
+    seed: Secret = field(default_factory=lambda: Secret(""))
+    old_seeds: tuple[Secret, ...] = ()
     listen: str = DEFAULT_LISTEN
     database_url: str = ""
     allow_custom_base_url: bool = False
     grace_seconds: float = 10.0
+    # Set when this start generated the seed file (first run).
+    generated_seed_file: Path | None = None
 
     @property
     def effective_database_url(self) -> str:
         """``RMLLM_DATABASE_URL``, else a SQLite file in the data directory."""
-        return self.database_url or f"sqlite:///{self.data_dir / 'vault.sqlite3'}"
+        return self.database_url or f"sqlite:///{self.data_dir / DATABASE_FILE}"
 
     @classmethod
     def from_env(
@@ -47,29 +56,97 @@ class VaultSettings:
         *,
         listen: str | None = None,
         data_dir: str | None = None,
+        with_secrets: bool = True,
+        generate_seed: bool = True,
     ) -> VaultSettings:
-        """Read and validate settings; generate the embedded defaults on first run."""
+        """Read and validate settings; generate the embedded defaults on first run.
+
+        ``with_secrets=False`` (operator commands that touch only users, tokens and
+        the audit log) reads neither the seed nor the service credential;
+        ``generate_seed=False`` (``rewrap``) refuses to run without an existing seed.
+        """
         directory = state.ensure_dir(Path(data_dir).expanduser() if data_dir else state.default_data_dir(env))
-        token = env.get("RMLLM_SERVICE_TOKEN", "")
-        if not token:
-            token, created = state.read_or_create_secret(
-                directory / state.SERVICE_TOKEN_FILE, state.new_service_token
-            )
-            if created:
-                log.info(
-                    "generated the service credential",
-                    extra={"path": str(directory / state.SERVICE_TOKEN_FILE)},
-                )
-        if len(token) < 32:
-            raise SettingsError(
-                "RMLLM_SERVICE_TOKEN must be at least 32 characters; generate one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-            )
+        try:
+            grace = float(env.get("RMLLM_SHUTDOWN_GRACE_SECONDS", "10"))
+        except ValueError as exc:
+            raise SettingsError("RMLLM_SHUTDOWN_GRACE_SECONDS must be a number of seconds") from exc
+        base = cls(
+            data_dir=directory,
+            listen=listen or env.get("RMLLM_VAULT_LISTEN", DEFAULT_LISTEN),
+            database_url=env.get("RMLLM_DATABASE_URL", "").strip(),
+            allow_custom_base_url=env.get("RMLLM_ALLOW_CUSTOM_BASE_URL", "") == "1",
+            grace_seconds=grace,
+        )
+        if not with_secrets:
+            return base
+        seed, generated = _seed(env, directory, generate_seed)
         return cls(
             data_dir=directory,
-            service_token=Secret(token),
-            listen=listen or env.get("RMLLM_VAULT_LISTEN", DEFAULT_LISTEN),
-            database_url=env.get("RMLLM_DATABASE_URL", ""),
-            allow_custom_base_url=env.get("RMLLM_ALLOW_CUSTOM_BASE_URL", "") == "1",
-            grace_seconds=float(env.get("RMLLM_SHUTDOWN_GRACE_SECONDS", "10")),
+            service_token=_service_token(env, directory),
+            seed=seed,
+            generated_seed_file=generated,
+            old_seeds=_old_seeds(env),
+            listen=base.listen,
+            database_url=base.database_url,
+            allow_custom_base_url=base.allow_custom_base_url,
+            grace_seconds=base.grace_seconds,
         )
+
+
+def _service_token(env: Mapping[str, str], directory: Path) -> Secret:
+    token = env.get("RMLLM_SERVICE_TOKEN", "")
+    if not token:
+        path = directory / state.SERVICE_TOKEN_FILE
+        token, created = state.read_or_create_secret(path, state.new_service_token)
+        if created:
+            log.info("generated the service credential", extra={"path": str(path)})
+    if len(token) < 32:
+        raise SettingsError(
+            "RMLLM_SERVICE_TOKEN must be at least 32 characters; generate one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return Secret(token)
+
+
+def _seed(env: Mapping[str, str], directory: Path, generate: bool) -> tuple[Secret, Path | None]:
+    """The seed, and the path of the seed file if this call generated it."""
+    value = env.get("RMLLM_VAULT_SEED", "").strip()
+    name = "RMLLM_VAULT_SEED"
+    generated = None
+    if not value and env.get("RMLLM_VAULT_SEED_FILE"):
+        path = Path(env["RMLLM_VAULT_SEED_FILE"]).expanduser()
+        name = f"the seed file {path}"
+        try:
+            value = state.read_secret_file(path)
+        except FileNotFoundError as exc:
+            raise SettingsError(f"RMLLM_VAULT_SEED_FILE names {path}, which does not exist") from exc
+    elif not value:
+        path = directory / state.SEED_FILE
+        name = f"the seed file {path}"
+        if not generate and not path.exists():
+            raise SettingsError(
+                f"no seed is configured: set RMLLM_VAULT_SEED or RMLLM_VAULT_SEED_FILE, or restore {path}"
+            )
+        value, created = state.read_or_create_secret(path, seed_policy.generate)
+        if created:
+            generated = path
+            log.warning(
+                "generated a new encryption seed; back this file up: without it no stored key can be "
+                "decrypted",
+                extra={"path": str(path), "event": "seed_generated"},
+            )
+    try:
+        seed_policy.check(value, name)
+    except seed_policy.WeakSeed as exc:
+        raise SettingsError(str(exc)) from exc
+    return Secret(value), generated
+
+
+def _old_seeds(env: Mapping[str, str]) -> tuple[Secret, ...]:
+    olds = tuple(part.strip() for part in env.get("RMLLM_VAULT_OLD_SEEDS", "").split(",") if part.strip())
+    for index, value in enumerate(olds):
+        try:
+            seed_policy.check(value, f"RMLLM_VAULT_OLD_SEEDS[{index}]")
+        except seed_policy.WeakSeed as exc:
+            raise SettingsError(str(exc)) from exc
+    return tuple(Secret(v) for v in olds)

@@ -1,0 +1,139 @@
+"""``rmllm-vault`` operator commands: users, tokens, rewrap, audit verify, and their errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from testkit.vault import OLD_SEED, SEED
+
+from rmllm_common.secret import Secret
+from vault_service import accounts, cli, configs, migrations
+from vault_service.crypto import Keyring
+from vault_service.database import Database
+
+Invoke = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> object:
+    """``run(*argv) -> (exit code, stdout, stderr)`` with the test's data directory."""
+    monkeypatch.setenv("RMLLM_DATA_DIR", str(data_dir))
+    for name in ("RMLLM_VAULT_SEED", "RMLLM_VAULT_OLD_SEEDS", "RMLLM_DATABASE_URL", "RMLLM_SERVICE_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cli, "configure_logging", lambda flag, env: None)  # keep pytest's log capture
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+def one_line_error(err: str) -> str:
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_users_and_tokens(run: Invoke, data_dir: Path) -> None:
+    invoke = run
+    code, out, _ = invoke("users", "create", "alice")
+    assert code == 0
+    token = out.strip().splitlines()[-1]
+    assert accounts.plausible(token) and out.count(token) == 1
+    db = Database(f"sqlite:///{data_dir / 'vault.sqlite3'}")
+    try:
+        principal = db.call(accounts.authenticate, db, token)
+        assert principal is not None and principal.user_name == "alice"
+
+        code, _, err = invoke("users", "create", "alice")
+        assert code != 0 and "already exists" in one_line_error(err)
+        code, _, err = invoke("users", "create", "bad name!")
+        assert code != 0 and "user names are" in one_line_error(err)
+
+        code, out, _ = invoke("tokens", "create", "alice")
+        second = out.strip().splitlines()[-1]
+        assert code == 0 and accounts.plausible(second) and second != token
+        code, out, _ = invoke("tokens", "list", "alice")
+        ids = [line.split()[0] for line in out.splitlines()[1:]]
+        assert code == 0 and len(ids) == 2 and all(i.startswith("tok_") for i in ids)
+        assert token not in out and second not in out
+
+        code, out, _ = invoke("tokens", "revoke", ids[0])
+        assert code == 0
+        assert db.call(accounts.authenticate, db, token) is None
+        assert db.call(accounts.authenticate, db, second) is not None
+        code, out, _ = invoke("tokens", "list")
+        assert "revoked" in out.splitlines()[1] and out.splitlines()[2].endswith("active")
+        code, _, err = invoke("tokens", "revoke", "tok_nope")
+        assert code != 0 and "no token" in one_line_error(err)
+
+        code, out, _ = invoke("users", "list")
+        fields = out.splitlines()[1].split()
+        assert code == 0 and fields[0] == "alice" and fields[2:4] == ["active", "1"]
+        code, _, _ = invoke("users", "disable", "alice")
+        assert code == 0 and db.call(accounts.authenticate, db, second) is None
+        code, _, err = invoke("tokens", "create", "alice")
+        assert code != 0 and "disabled" in one_line_error(err)
+        code, _, err = invoke("users", "disable", "nobody")
+        assert code != 0 and "no user" in one_line_error(err)
+
+        code, out, _ = invoke("audit", "verify")
+        assert code == 0 and "intact" in out
+        actions = [r.action for r in db.call(lambda: list(db.tables.audit.select()))]
+        assert actions == ["user.create", "token.create", "token.create", "token.revoke", "user.disable"]
+        db.call(lambda: db.tables.audit.delete().where(db.tables.audit.seq == 2).execute())
+        code, out, err = invoke("audit", "verify")
+        assert code != 0 and "missing" in out and "tampered" in one_line_error(err)
+    finally:
+        db.close()
+    assert not (data_dir / "vault_seed").exists()  # users and tokens need no seed
+
+
+def test_rewrap_prints_counts(run: Invoke, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    invoke = run
+    db = Database(f"sqlite:///{data_dir / 'vault.sqlite3'}")
+    try:
+        migrations.migrate(db)
+        principal, _, _ = db.call(accounts.create_user, db, "alice")
+        old = Keyring(Secret(OLD_SEED))
+        for provider in ("openai", "openrouter"):
+            key = Secret("sk-or-0000" if provider == "openrouter" else "sk-0000")
+            draft = configs.Draft(
+                old.encrypt(key, principal.user_id, provider), old.current.key_id, "", "", configs.Settings()
+            )
+            db.call(configs.put, db, principal.user_id, provider, draft, "r")
+    finally:
+        db.close()
+    monkeypatch.setenv("RMLLM_VAULT_SEED", SEED)
+    code, out, err = invoke("rewrap")
+    assert code != 0 and "0 re-encrypted" in out and "2 failed" in out
+    assert "RMLLM_VAULT_OLD_SEEDS" in one_line_error(err)
+    monkeypatch.setenv("RMLLM_VAULT_OLD_SEEDS", OLD_SEED)
+    code, out, _ = invoke("rewrap")
+    assert code == 0 and "2 re-encrypted, 0 already" in out
+    code, out, _ = invoke("rewrap")
+    assert code == 0 and "0 re-encrypted, 2 already" in out
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "expected"),
+    [
+        ({"RMLLM_VAULT_SEED": "changeme"}, ["serve"], "secrets.token_urlsafe(32)"),
+        ({}, ["rewrap"], "no seed is configured"),
+        ({"RMLLM_VAULT_SEED": "Qk3Lp9Zr7Xw2Vt5N"}, ["rewrap"], "too weak"),
+        ({"RMLLM_DATABASE_URL": "mysql://x/y"}, ["users", "list"], "sqlite:/// or postgresql://"),
+        ({"RMLLM_DATABASE_URL": "postgresql://127.0.0.1:1/x"}, ["users", "list"], "database is not usable"),
+        ({"RMLLM_SERVICE_TOKEN": "short"}, ["serve"], "at least 32 characters"),
+    ],
+)
+def test_configuration_errors_are_one_line(
+    run: Invoke, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], argv: list[str], expected: str
+) -> None:
+    invoke = run
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = invoke(*argv)
+    assert code != 0 and expected in one_line_error(err)

@@ -1,0 +1,152 @@
+"""The seed policy and the settings that load it: no default, weak seeds refused, first-run file."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from testkit.vault import SERVICE_TOKEN
+
+from rmllm_common.secret import Secret
+from vault_service import accounts, configs, migrations, seed
+from vault_service.crypto import Keyring
+from vault_service.database import Database
+from vault_service.server import build_server
+from vault_service.settings import SettingsError, VaultSettings
+
+WEAK = [
+    ("", "empty"),
+    ("changeme", "well-known"),
+    ("default-seed", "well-known"),
+    ("my-example-seed-" + "Qk3Lp9Zr7Xw2Vt5Ny8Bm1Hc4", "well-known"),
+    ("Secret" + "Hk2Lp9Qz4Rt7Vw1Xy5Bc8Df0Gj6MnAaBb", "well-known"),
+    ("0123456789abcdef" * 3, "too weak"),  # 48 hex digits: 192 bits
+    ("Qk3Lp9Zr7Xw2Vt5Ny8Bm1Hc4Jd6Fg0Sa", "too weak"),  # 32 base64 characters: 192 bits
+    ("Tr0ub4dor&3-correct-horse-battery-staple!", "well-known"),
+    ("a" * 64, "not random"),
+    ("ab" * 40, "not random"),
+    ("0123456789abcdef" * 4, "not random"),  # 256 "bits" of hex, but periodic
+    ("Qk3Lp9Zr7Xw2Vt5Ny8Bm1Hc4 Jd6Fg0SaQk3Lp9Zr7Xw2", "whitespace"),
+]
+
+
+@pytest.mark.parametrize(("value", "why"), WEAK)
+def test_weak_seeds_are_refused_with_a_way_to_make_one(value: str, why: str) -> None:
+    with pytest.raises(seed.WeakSeed) as caught:
+        seed.check(value)
+    message = str(caught.value)
+    assert why in message
+    assert "secrets.token_urlsafe(32)" in message
+    assert not value or value not in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "q9Xl2mV7tR4pK8sW1zY6bN3cF5hJ0gD-aE_uLoIiQwM",  # token_urlsafe(32): 43 characters
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",  # token_hex(32)
+        "k#8Vq!2rZ@p5Lw^9xT&3mN*7bH$4cJ%6dF(0sG)e",  # 40 printable characters
+    ],
+)
+def test_strong_seeds_pass(value: str) -> None:
+    seed.check(value)
+
+
+@given(st.integers(0, 2**31))
+def test_generated_seeds_always_pass(_: int) -> None:
+    value = seed.generate()
+    assert len(value) == 43
+    seed.check(value)
+    assert seed.estimated_bits(value) >= 256
+
+
+def test_first_start_generates_a_private_seed_and_says_to_back_it_up(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        first = VaultSettings.from_env({}, data_dir=str(data_dir))
+    path = data_dir / "vault_seed"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert first.seed.reveal() == path.read_text().strip()
+    warning = next(r for r in caplog.records if getattr(r, "event", "") == "seed_generated")
+    assert getattr(warning, "path", "") == str(path) and "back" in warning.getMessage()
+    assert first.seed.reveal() not in caplog.text
+    again = VaultSettings.from_env({}, data_dir=str(data_dir))
+    assert again.seed == first.seed
+
+
+def test_seed_sources_and_refusals(data_dir: Path, tmp_path: Path) -> None:
+    strong = seed.generate()
+    from_env = VaultSettings.from_env({"RMLLM_VAULT_SEED": strong}, data_dir=str(data_dir))
+    assert from_env.seed.reveal() == strong
+    assert not (data_dir / "vault_seed").exists()
+
+    seed_file = tmp_path / "seed.txt"
+    seed_file.write_text(strong + "\n")
+    seed_file.chmod(0o600)
+    from_file = VaultSettings.from_env({"RMLLM_VAULT_SEED_FILE": str(seed_file)}, data_dir=str(data_dir))
+    assert from_file.seed.reveal() == strong
+    seed_file.chmod(0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        VaultSettings.from_env({"RMLLM_VAULT_SEED_FILE": str(seed_file)}, data_dir=str(data_dir))
+    with pytest.raises(SettingsError, match="does not exist"):
+        VaultSettings.from_env({"RMLLM_VAULT_SEED_FILE": str(tmp_path / "nope")}, data_dir=str(data_dir))
+    with pytest.raises(SettingsError, match="RMLLM_VAULT_SEED is a well-known"):
+        VaultSettings.from_env({"RMLLM_VAULT_SEED": "changeme"}, data_dir=str(data_dir))
+    with pytest.raises(SettingsError, match=r"RMLLM_VAULT_OLD_SEEDS\[1\] is too weak"):
+        VaultSettings.from_env(
+            {"RMLLM_VAULT_SEED": strong, "RMLLM_VAULT_OLD_SEEDS": f"{seed.generate()}, short1234"},
+            data_dir=str(data_dir),
+        )
+    rotated = VaultSettings.from_env(
+        {"RMLLM_VAULT_SEED": strong, "RMLLM_VAULT_OLD_SEEDS": f" {seed.generate()} ,{seed.generate()},"},
+        data_dir=str(data_dir),
+    )
+    assert len(rotated.old_seeds) == 2
+
+
+def test_operator_commands_without_secrets_do_not_create_them(data_dir: Path) -> None:
+    settings = VaultSettings.from_env(
+        {"RMLLM_DATABASE_URL": "sqlite:////x/y.db"}, data_dir=str(data_dir), with_secrets=False
+    )
+    assert settings.effective_database_url == "sqlite:////x/y.db"
+    assert not (data_dir / "vault_seed").exists() and not (data_dir / "service_token").exists()
+    assert VaultSettings.from_env({}, data_dir=str(data_dir), with_secrets=False).effective_database_url == (
+        f"sqlite:///{data_dir / 'vault.sqlite3'}"
+    )
+
+
+async def test_a_lost_seed_is_not_silently_replaced(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    env = {"RMLLM_SERVICE_TOKEN": SERVICE_TOKEN}
+    first = VaultSettings.from_env(env, data_dir=str(data_dir), listen="127.0.0.1:0")
+    assert first.generated_seed_file == data_dir / "vault_seed"
+    db = Database(first.effective_database_url)
+    migrations.migrate(db)
+    principal, _, _ = db.call(accounts.create_user, db, "alice")
+    keyring = Keyring(first.seed)
+    key = Secret("sk-kept-safe-0001")
+    draft = configs.Draft(
+        keyring.encrypt(key, principal.user_id, "openai"), keyring.current.key_id, "", "", configs.Settings()
+    )
+    db.call(configs.put, db, principal.user_id, "openai", draft, "r")
+    db.close()
+
+    (data_dir / "vault_seed").unlink()  # the operator lost the seed file
+    second = VaultSettings.from_env(env, data_dir=str(data_dir), listen="127.0.0.1:0")
+    with pytest.raises(SettingsError, match=f"1 under key id {keyring.current.key_id}"):
+        await build_server(second)
+    assert not (data_dir / "vault_seed").exists()  # the useless new seed is not kept
+
+    with caplog.at_level(logging.ERROR):
+        other = await build_server(dataclasses.replace(second, generated_seed_file=None))
+    await other.stop(0)
+    assert any(getattr(r, "event", "") == "unknown_key_ids" for r in caplog.records)
+    restored = await build_server(dataclasses.replace(second, seed=first.seed, generated_seed_file=None))
+    await restored.stop(0)
+    with pytest.raises(SettingsError, match="no seed is configured"):
+        VaultSettings.from_env(env, data_dir=str(data_dir), generate_seed=False)

@@ -1,0 +1,178 @@
+"""Users and their tokens: create, list, disable, revoke, and authenticate.
+
+A user token is ``rmk_`` followed by 43 base64url characters (256 random bits).
+It is shown once, when made; the database keeps only its SHA-256 (a fast hash is
+right for a high-entropy random token: there is nothing to brute-force), under a
+unique index, so authenticating is one indexed lookup. A token has a public id
+(``tok_…``) for listing and revoking. Revoked tokens and tokens of disabled users
+authenticate as unknown. Every token create and revoke is audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import peewee as pw
+
+from rmllm_common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
+from rmllm_common.secret import Secret
+from vault_service import audit
+from vault_service.database import Database
+
+TOKEN_PREFIX: Final = "rmk_"  # noqa: S105 - a prefix, not a secret
+OPERATOR: Final = "operator"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_TOKEN_SHAPE = re.compile(r"^rmk_[A-Za-z0-9_-]{43}$")
+_AUTHENTICATE = (
+    "SELECT u.id, u.name FROM tokens t JOIN users u ON u.id = t.user_id "
+    "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated user."""
+
+    user_id: str
+    user_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """A user, as ``users list`` shows it."""
+
+    user_id: str
+    name: str
+    disabled: bool
+    create_time: int
+    active_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token, as ``tokens list`` shows it: never the token itself."""
+
+    token_id: str
+    user_name: str
+    create_time: int
+    revoke_time: int | None
+
+
+def new_token() -> Secret:
+    """A fresh user token: the prefix and 256 random bits."""
+    return Secret(TOKEN_PREFIX + secrets.token_urlsafe(32))
+
+
+def token_hash(token: str) -> str:
+    """What the database stores for a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _now() -> int:
+    return time.time_ns() // 1000
+
+
+def _user_by_name(db: Database, name: str) -> Any:
+    user = db.tables.user.get_or_none(db.tables.user.name == name)
+    if user is None:
+        raise NotFound(f"no user named {name!r}", reason="USER_NOT_FOUND")
+    return user
+
+
+def _issue(db: Database, user: Any) -> tuple[str, Secret]:
+    token = new_token()
+    token_id = "tok_" + secrets.token_hex(6)
+    db.tables.token.insert(
+        id=token_id, user=user.id, token_hash=token_hash(token.reveal()), create_time=_now()
+    ).execute()
+    audit.append(db, audit.Event(actor=OPERATOR, action="token.create", detail=f"{user.id} {token_id}"))
+    return token_id, token
+
+
+def create_user(db: Database, name: str) -> tuple[Principal, str, Secret]:
+    """A new user and its first token: ``(principal, token_id, token)``."""
+    if not _NAME.match(name):
+        raise InvalidRequest(
+            "user names are 1 to 64 characters: letters, digits and . _ @ -, starting with a letter or digit"
+        )
+    user_id = "usr_" + secrets.token_hex(8)
+    try:
+        with db.write():
+            db.tables.user.insert(id=user_id, name=name, disabled=False, create_time=_now()).execute()
+            audit.append(db, audit.Event(actor=OPERATOR, action="user.create", detail=f"{user_id} {name}"))
+            token_id, token = _issue(db, db.tables.user.get_by_id(user_id))
+    except pw.IntegrityError as exc:
+        raise AlreadyExists(f"a user named {name!r} already exists", reason="USER_EXISTS") from exc
+    return Principal(user_id, name), token_id, token
+
+
+def list_users(db: Database) -> list[UserInfo]:
+    """Every user, by name, with its count of usable tokens."""
+    user, token = db.tables.user, db.tables.token
+    active = pw.fn.COUNT(token.id).filter(token.revoke_time.is_null())
+    query = (
+        user.select(user, active.alias("active"))
+        .join(token, pw.JOIN.LEFT_OUTER)
+        .group_by(user.id)
+        .order_by(user.name)
+    )
+    return [UserInfo(u.id, u.name, bool(u.disabled), u.create_time, int(u.active or 0)) for u in query]
+
+
+def disable_user(db: Database, name: str) -> str:
+    """Disable a user: its tokens stop working. Returns the user id."""
+    with db.write():
+        user = _user_by_name(db, name)
+        db.tables.user.update(disabled=True).where(db.tables.user.id == user.id).execute()
+        audit.append(db, audit.Event(actor=OPERATOR, action="user.disable", detail=f"{user.id} {name}"))
+    return str(user.id)
+
+
+def create_token(db: Database, name: str) -> tuple[str, Secret]:
+    """Another token for an enabled user: ``(token_id, token)``."""
+    with db.write():
+        user = _user_by_name(db, name)
+        if user.disabled:
+            raise FailedPrecondition(f"user {name!r} is disabled", reason="USER_DISABLED")
+        return _issue(db, user)
+
+
+def list_tokens(db: Database, name: str | None = None) -> list[TokenInfo]:
+    """Tokens (of one user, or all), oldest first."""
+    user, token = db.tables.user, db.tables.token
+    query = token.select(token, user.name).join(user).order_by(token.create_time, token.id)
+    if name is not None:
+        query = query.where(user.id == _user_by_name(db, name).id)
+    return [TokenInfo(t.id, t.user.name, t.create_time, t.revoke_time) for t in query]
+
+
+def revoke_token(db: Database, token_id: str) -> None:
+    """Revoke a token by id; revoking twice is a no-op that is still audited."""
+    model = db.tables.token
+    with db.write():
+        row = model.get_or_none(model.id == token_id)
+        if row is None:
+            raise NotFound(f"no token with id {token_id!r}", reason="TOKEN_NOT_FOUND")
+        if row.revoke_time is None:
+            model.update(revoke_time=_now()).where(model.id == token_id).execute()
+        audit.append(
+            db, audit.Event(actor=OPERATOR, action="token.revoke", detail=f"{row.user_id} {token_id}")
+        )
+
+
+def plausible(token: str) -> bool:
+    """Whether ``token`` has the shape of a user token (checked before any lookup)."""
+    return bool(_TOKEN_SHAPE.match(token))
+
+
+def authenticate(db: Database, token: str) -> Principal | None:
+    """The user a token belongs to, or None if it is unknown, revoked or disabled."""
+    if not plausible(token):
+        return None
+    row = db.execute(_AUTHENTICATE, (token_hash(token),)).fetchone()
+    return Principal(row[0], row[1]) if row else None

@@ -1,0 +1,139 @@
+"""The tamper-evident audit log: hash-chained rows, appended under a lock, and verified.
+
+Every audited operation calls ``append`` inside its own write transaction, so the
+operation and its audit row commit together or not at all (no unaudited decrypt).
+Rows carry who, what, which provider, the outcome and the request id, never a key
+or a token. Row ``n`` stores ``hash_n = SHA-256(hash_{n-1} ‖ canonical row n)``;
+``audit_head`` holds the last (seq, hash) and is locked for the append (``FOR
+UPDATE`` on PostgreSQL; SQLite write transactions are already exclusive), so
+concurrent vault processes extend one chain. ``verify`` recomputes the chain and
+reports a modified, inserted or deleted row, and a head that does not match the
+last row. The chain is unkeyed: it shows tampering by anyone who does not also
+rewrite every later row; keep the printed head hash elsewhere to anchor it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vault_service.database import Database
+
+GENESIS = "0" * 64
+_BATCH = 500
+_HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+_HEAD_FOR_UPDATE = _HEAD + " FOR UPDATE"
+_INSERT = (
+    "INSERT INTO audit_events (seq, time, actor, action, provider, outcome, request_id, detail, "
+    "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ADVANCE = "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What one audit row says."""
+
+    actor: str
+    action: str
+    provider: str = ""
+    outcome: str = "ok"
+    request_id: str = "-"
+    detail: str = ""
+
+
+def chain_hash(prev_hash: str, seq: int, when: int, event: Event) -> str:
+    """The hash of one row, given the previous row's hash."""
+    body = json.dumps(
+        [seq, when, event.actor, event.action, event.provider, event.outcome, event.request_id, event.detail],
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+
+
+def append(db: Database, event: Event) -> int:
+    """Add ``event`` to the chain; call inside the operation's write transaction."""
+    head_seq, head_hash = db.execute(_HEAD_FOR_UPDATE if db.is_postgres else _HEAD).fetchone()
+    seq = int(head_seq) + 1
+    when = time.time_ns() // 1000
+    digest = chain_hash(head_hash, seq, when, event)
+    db.execute(
+        _INSERT,
+        (
+            seq,
+            when,
+            event.actor,
+            event.action,
+            event.provider,
+            event.outcome,
+            event.request_id,
+            event.detail,
+            head_hash,
+            digest,
+        ),
+    )
+    db.execute(_ADVANCE, (seq, digest))
+    return seq
+
+
+def record(db: Database, event: Event) -> int:
+    """Append ``event`` in a transaction of its own (for outcomes that change nothing else)."""
+    with db.write():
+        return append(db, event)
+
+
+@dataclass
+class Report:
+    """The outcome of ``verify``."""
+
+    rows: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _rows(db: Database) -> Iterator[Any]:
+    model = db.tables.audit
+    last = 0
+    while True:
+        batch = list(model.select().where(model.seq > last).order_by(model.seq).limit(_BATCH))
+        if not batch:
+            return
+        yield from batch
+        last = batch[-1].seq
+
+
+def verify(db: Database) -> Report:
+    """Recompute the whole chain; every inconsistency becomes one line in ``problems``."""
+    report = Report()
+    prev_seq, prev_hash = 0, GENESIS
+    for row in _rows(db):
+        report.rows += 1
+        if row.seq != prev_seq + 1:
+            report.problems.append(f"rows {prev_seq + 1}..{row.seq - 1} are missing (deleted)")
+        if row.prev_hash != prev_hash:
+            report.problems.append(f"row {row.seq}: does not follow row {prev_seq} (chain broken)")
+        event = Event(row.actor, row.action, row.provider, row.outcome, row.request_id, row.detail)
+        if chain_hash(row.prev_hash, row.seq, row.time, event) != row.hash:
+            report.problems.append(f"row {row.seq}: content does not match its hash (modified)")
+        prev_seq, prev_hash = row.seq, row.hash
+    head = db.tables.audit_head.get_or_none(db.tables.audit_head.id == 1)
+    if head is None:
+        report.problems.append("the chain head is missing")
+        return report
+    report.head_seq, report.head_hash = head.seq, head.hash
+    if (head.seq, head.hash) != (prev_seq, prev_hash):
+        report.problems.append(
+            f"the chain head says row {head.seq} is last but the log ends at row {prev_seq} "
+            "(rows deleted from the end, or the head was altered)"
+        )
+    return report

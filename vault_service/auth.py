@@ -1,0 +1,133 @@
+"""Authentication of every VaultService call, in one interceptor.
+
+``AuthInterceptor`` wraps each VaultService handler (health and reflection stay
+open) with a check driven by ``POLICY``: user RPCs need ``authorization: Bearer
+<user token>``, service RPCs need the service credential, compared in constant
+time. A method missing from the table is refused (deny by default). The check runs
+inside the wrapped handler, so the error interceptor (outermost) turns its
+failures into the contract's status. The authenticated user is put in a context
+variable for the servicer (``current_user``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from enum import Enum
+from typing import Any, Final
+
+import grpc
+from realmultillm.vault.v1 import vault_pb2
+
+from rmllm_common.errors import PermissionDenied, TokenInvalid
+from rmllm_common.secret import Secret
+from rmllm_common.server import is_standard_method
+from vault_service.accounts import Principal
+
+log = logging.getLogger(__name__)
+SERVICE_NAME: Final = vault_pb2.DESCRIPTOR.services_by_name["VaultService"].full_name
+
+
+class Access(Enum):
+    """Who may call a method."""
+
+    USER = "user"
+    SERVICE = "service"
+
+
+POLICY: Final[dict[str, Access]] = {
+    f"/{SERVICE_NAME}/{name}": access
+    for name, access in (
+        ("PutProviderConfig", Access.USER),
+        ("UpdateProviderConfig", Access.USER),
+        ("GetProviderConfig", Access.USER),
+        ("ListProviderConfigs", Access.USER),
+        ("DeleteProviderConfig", Access.USER),
+        ("ResolveCredentials", Access.SERVICE),
+        ("AuthenticateToken", Access.SERVICE),
+    )
+}
+
+_current_user: ContextVar[Principal | None] = ContextVar("vault_current_user", default=None)
+
+
+def current_user() -> Principal:
+    """The user this call authenticated as (user RPCs only)."""
+    user = _current_user.get()
+    if user is None:
+        raise TokenInvalid("this call carries no authenticated user")
+    return user
+
+
+def bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """The token of ``authorization: Bearer <token>``, or TOKEN_INVALID."""
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            scheme, _, token = text.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            raise TokenInvalid("the authorization metadata must be `Bearer <token>`")
+    raise TokenInvalid("missing authorization metadata: send `authorization: Bearer <token>`")
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every VaultService call before the servicer sees it."""
+
+    def __init__(
+        self, service_token: Secret, authenticate: Callable[[str], Awaitable[Principal | None]]
+    ) -> None:
+        self._service_token = service_token.reveal().encode()
+        self._authenticate = authenticate
+
+    async def _check(self, access: Access | None, metadata: Any) -> Principal | None:
+        token = bearer(metadata)
+        if access is Access.SERVICE:
+            if not hmac.compare_digest(token.encode(), self._service_token):
+                raise PermissionDenied(
+                    "this RPC is for the LLM service only: it needs the service credential"
+                )
+            return None
+        if access is Access.USER:
+            user = await self._authenticate(token)
+            if user is None:
+                raise TokenInvalid("the token is unknown or revoked; ask the operator for a new one")
+            return user
+        raise PermissionDenied("this method is not open to any caller", reason="METHOD_NOT_ALLOWED")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or is_standard_method(method):
+            return handler
+        if handler.unary_unary is None:
+            return None  # VaultService is all unary; anything else is not served
+        inner: Any = handler.unary_unary
+        access = POLICY.get(method)
+        metadata = handler_call_details.invocation_metadata
+
+        async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                principal = await self._check(access, metadata)
+            except (TokenInvalid, PermissionDenied) as exc:
+                log.info(
+                    "call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"}
+                )
+                raise
+            reset = _current_user.set(principal)
+            try:
+                return await inner(request, context)
+            finally:
+                _current_user.reset(reset)
+
+        return grpc.unary_unary_rpc_method_handler(
+            authenticated,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

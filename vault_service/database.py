@@ -1,0 +1,244 @@
+"""The vault's database: connection from a URL, table models, and off-loop execution.
+
+``RMLLM_DATABASE_URL`` is ``sqlite:///PATH`` (``sqlite:////abs/path`` for an
+absolute one; WAL journal, synchronous commits, a busy timeout,
+``BEGIN IMMEDIATE`` write transactions, foreign keys on) or
+``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?PARAM=VALUE...]``, the query
+parameters going to psycopg2 (``sslmode``, ``options=-csearch_path=SCHEMA``...).
+Connections come from a small pool. The peewee models are built per database
+(``Tables``), so two stores in one process never share state. ``Database.run``
+executes blocking work on a small thread pool, each call inside its own pooled
+connection, so the event loop never waits on the database; a database that
+cannot be reached (or is locked past the busy timeout) becomes ``UNAVAILABLE`` /
+``DATABASE_UNAVAILABLE`` there, once. The schema itself is
+made by ``vault_service.migrations``, not by the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import peewee as pw
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+from rmllm_common.errors import Unavailable
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+WORKERS = 4
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+POOL_WAIT_SECONDS = 10
+
+
+class DatabaseUrlError(ValueError):
+    """An ``RMLLM_DATABASE_URL`` that cannot be used, with the accepted forms."""
+
+
+def open_database(url: str) -> Any:
+    """A pooled peewee database for a ``sqlite:///`` or ``postgresql://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        # As SQLAlchemy and peewee's db_url: sqlite:///relative.db, sqlite:////absolute.db
+        path = unquote(parts.path)[1:]
+        if not path:
+            raise DatabaseUrlError(
+                "RMLLM_DATABASE_URL: sqlite URLs look like sqlite:////absolute/path/vault.sqlite3 "
+                "or sqlite:///relative/path/vault.sqlite3"
+            )
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Only ciphertext is inside, but the file is still nobody else's business.
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        return PooledSqliteDatabase(
+            path,
+            max_connections=WORKERS + 4,
+            timeout=POOL_WAIT_SECONDS,
+            lock_type="IMMEDIATE",
+            check_same_thread=False,
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+                "foreign_keys": 1,
+                # FULL: a commit (a key handed out, and its audit row) survives power loss.
+                "synchronous": "full",
+            },
+        )
+    if parts.scheme in ("postgres", "postgresql"):
+        name = unquote(parts.path.lstrip("/"))
+        if not name:
+            raise DatabaseUrlError(
+                "RMLLM_DATABASE_URL: name the database: postgresql://user@host:5432/dbname"
+            )
+        params: dict[str, Any] = dict(parse_qsl(parts.query))
+        if parts.username:
+            params["user"] = unquote(parts.username)
+        if parts.password:
+            params["password"] = unquote(parts.password)
+        params["host"] = parts.hostname or "127.0.0.1"
+        params["port"] = parts.port or 5432
+        return PooledPostgresqlDatabase(
+            name, max_connections=WORKERS + 4, timeout=POOL_WAIT_SECONDS, **params
+        )
+    raise DatabaseUrlError(
+        "RMLLM_DATABASE_URL must start with sqlite:/// or postgresql:// "
+        f"(got a URL with scheme {parts.scheme!r})"
+    )
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The peewee models of one database."""
+
+    user: Any
+    token: Any
+    config: Any
+    audit: Any
+    audit_head: Any
+    migration: Any
+
+
+def define_tables(db: Any) -> Tables:
+    """Models bound to ``db``; their columns mirror the migrations' DDL."""
+
+    class Base(pw.Model):
+        class Meta:
+            database = db
+
+    class User(Base):
+        id = pw.TextField(primary_key=True)
+        name = pw.TextField(unique=True)
+        disabled = pw.BooleanField(default=False)
+        create_time = pw.BigIntegerField()
+
+        class Meta:
+            table_name = "users"
+
+    class Token(Base):
+        id = pw.TextField(primary_key=True)
+        user = pw.ForeignKeyField(User, column_name="user_id", backref="tokens")
+        token_hash = pw.TextField(unique=True)
+        create_time = pw.BigIntegerField()
+        revoke_time = pw.BigIntegerField(null=True)
+
+        class Meta:
+            table_name = "tokens"
+
+    class Config(Base):
+        id = pw.AutoField()
+        user = pw.ForeignKeyField(User, column_name="user_id", backref="configs")
+        provider = pw.TextField()
+        ciphertext = pw.BlobField()
+        key_id = pw.TextField()
+        format_version = pw.IntegerField()
+        key_hint = pw.TextField()
+        base_url = pw.TextField(default="")
+        settings = pw.TextField(default="{}")
+        is_active = pw.BooleanField(default=True)
+        create_time = pw.BigIntegerField()
+        update_time = pw.BigIntegerField()
+        last_used_time = pw.BigIntegerField(null=True)
+        usage_count = pw.BigIntegerField(default=0)
+
+        class Meta:
+            table_name = "provider_configs"
+
+    class Audit(Base):
+        seq = pw.BigIntegerField(primary_key=True)
+        time = pw.BigIntegerField()
+        actor = pw.TextField()
+        action = pw.TextField()
+        provider = pw.TextField()
+        outcome = pw.TextField()
+        request_id = pw.TextField()
+        detail = pw.TextField()
+        prev_hash = pw.TextField()
+        hash = pw.TextField()
+
+        class Meta:
+            table_name = "audit_events"
+
+    class AuditHead(Base):
+        id = pw.IntegerField(primary_key=True)
+        seq = pw.BigIntegerField()
+        hash = pw.TextField()
+
+        class Meta:
+            table_name = "audit_head"
+
+    class Migration(Base):
+        version = pw.IntegerField(primary_key=True)
+        name = pw.TextField()
+        applied_time = pw.BigIntegerField()
+
+        class Meta:
+            table_name = "schema_migrations"
+
+    return Tables(
+        user=User, token=Token, config=Config, audit=Audit, audit_head=AuditHead, migration=Migration
+    )
+
+
+class Database:
+    """One database: its pool, its models, and the threads that talk to it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.db = open_database(url)
+        self.is_postgres = isinstance(self.db, pw.PostgresqlDatabase)
+        self.tables = define_tables(self.db)
+        self._executor: ThreadPoolExecutor | None = None
+        self._statements: dict[str, str] = {}
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """Run hand-written SQL (``?`` placeholders) on the current connection.
+
+        The hot paths (authenticate, resolve, audit append) use these fixed
+        statements: building them with the query builder on every call costs more
+        CPU than executing them.
+        """
+        text = self._statements.get(sql)
+        if text is None:
+            text = self._statements[sql] = sql.replace("?", self.db.param)
+        return self.db.execute_sql(text, params)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in this thread inside a pooled connection."""
+        with self.db.connection_context():
+            return fn(*args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the database threads, off the event loop."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="vault-db")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(self.call, fn, *args))
+        except (pw.OperationalError, pw.InterfaceError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.error("database call failed: %s", first_line, extra={"event": "database_error"})
+            raise Unavailable(
+                "the vault database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"
+            ) from exc
+
+    def write(self) -> Any:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        return self.db.atomic()
+
+    def lock_for_update(self, query: Any) -> Any:
+        """``query`` with ``FOR UPDATE`` where the database has row locks."""
+        return query.for_update() if self.is_postgres else query
+
+    def close(self) -> None:
+        """Stop the threads and close every pooled connection."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self.db.close_all()
