@@ -90,7 +90,7 @@ def test_start_log_line_names_the_address(service: tuple[procs.Service, str]) ->
     assert start["level"] == "info"
 
 
-@pytest.mark.parametrize("kind", ["llm"])
+@pytest.mark.parametrize("kind", ["llm", "vault"])
 def test_workers_share_one_port_and_stop_together(kind: str, data_dir: Path) -> None:
     module, name = SERVICES[kind]
     running = procs.start(
