@@ -103,6 +103,8 @@ class OpenAIAdapter(AccountCalls):
                 if chunk.get("error"):
                     raise from_stream_error(spec, chunk, endpoint.api_key.reveal())
                 for choice in chunk.get("choices") or ():
+                    if choice.get("index", 0):  # only the first choice is the answer
+                        continue
                     delta = choice.get("delta")
                     if delta:
                         text = delta.get("content")
