@@ -1,0 +1,129 @@
+"""The account-level calls every wire format shares: probing a key, listing models.
+
+``AccountCalls`` is the base of the three adapters. ``probe_key`` runs the
+registry's probe (``spec.probe``: method, path, relative to the base URL or its
+origin) and turns the answer into a ``ProbeResult`` through the same error table
+as chat (``adapters.errors``), so a 401 here and a 401 mid-chat mean the same
+thing. A 200 whose body says the key is blocked or disabled (``*_blocked`` /
+``*_disabled`` flags) or out of credit (``limit_remaining`` of 0) is not "valid".
+``list_models`` reads ``spec.models_path`` and understands both listing shapes:
+``data[]`` (OpenAI-compatible and Anthropic: ``id``, ``display_name``/``name``,
+``context_length``) and ``models[]`` (Gemini: ``name`` without ``models/``,
+``displayName``, ``inputTokenLimit``, following ``nextPageToken``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from llm_service.adapters.base import Endpoint, ListedModel, ProbeOutcome, ProbeResult
+from llm_service.adapters.exchange import get_json
+from rmllm_common.errors import (
+    DeadlineExceeded,
+    ProviderKeyInvalid,
+    ProviderQuotaExhausted,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    RmllmError,
+    UpstreamStreamTruncated,
+)
+
+_MAX_PAGES = 20
+_OUTCOMES: tuple[tuple[type[RmllmError], ProbeOutcome], ...] = (
+    (ProviderKeyInvalid, ProbeOutcome.INVALID_KEY),
+    (ProviderQuotaExhausted, ProbeOutcome.QUOTA_EXHAUSTED),
+    (ProviderRateLimited, ProbeOutcome.RATE_LIMITED),
+    (ProviderUnavailable, ProbeOutcome.UNREACHABLE),
+    (UpstreamStreamTruncated, ProbeOutcome.UNREACHABLE),
+    (DeadlineExceeded, ProbeOutcome.UNREACHABLE),
+)
+
+
+def _flagged(payload: Any) -> str:
+    """The name of a true ``*_blocked``/``*_disabled`` flag in a probe answer, if any."""
+    if isinstance(payload, dict):
+        for name, value in payload.items():
+            if value is True and str(name).endswith(("_blocked", "_disabled")):
+                return str(name)
+    return ""
+
+
+def _out_of_credit(payload: Any) -> bool:
+    data = payload.get("data") if isinstance(payload, dict) else None
+    remaining = data.get("limit_remaining") if isinstance(data, dict) else None
+    return isinstance(remaining, int | float) and remaining <= 0
+
+
+class AccountCalls:
+    """``probe_key`` and ``list_models`` for any wire format."""
+
+    async def probe_key(
+        self, http: aiohttp.ClientSession, endpoint: Endpoint, timeout: float | None
+    ) -> ProbeResult:
+        """Run the registry's probe for the endpoint's key; never raises for HTTP outcomes."""
+        spec = endpoint.spec
+        probe = spec.probe
+        try:
+            payload = await get_json(http, endpoint, probe.method, probe.url(endpoint.base_url), timeout)
+        except RmllmError as e:
+            outcome = next((o for cls, o in _OUTCOMES if isinstance(e, cls)), ProbeOutcome.UNKNOWN)
+            return ProbeResult(outcome, e.message)
+        flag = _flagged(payload)
+        if flag:
+            return ProbeResult(
+                ProbeOutcome.INVALID_KEY,
+                f"{spec.display_name} knows the key but reports it as {flag.replace('_', ' ')}.",
+            )
+        if _out_of_credit(payload):
+            return ProbeResult(
+                ProbeOutcome.QUOTA_EXHAUSTED,
+                f"{spec.display_name} accepted the key, but it has no credit left.",
+            )
+        if not endpoint.api_key:
+            return ProbeResult(ProbeOutcome.VALID, f"{spec.display_name} is reachable and needs no key.")
+        return ProbeResult(ProbeOutcome.VALID, f"{spec.display_name} accepted the key.")
+
+    async def list_models(
+        self, http: aiohttp.ClientSession, endpoint: Endpoint, timeout: float | None
+    ) -> list[ListedModel]:
+        """The models the provider lists for this key; [] when the registry has no ``models_path``."""
+        spec = endpoint.spec
+        if not spec.models_path:
+            return []
+        url = endpoint.base_url.rstrip("/") + spec.models_path
+        models: list[ListedModel] = []
+        params: dict[str, str] | None = None
+        for _ in range(_MAX_PAGES):
+            payload = await get_json(http, endpoint, "GET", url, timeout, params=params)
+            models.extend(parse_listing(payload))
+            token = payload.get("nextPageToken") if isinstance(payload, dict) else None
+            if not token:
+                break
+            params = {"pageToken": str(token)}
+        return models
+
+
+def parse_listing(payload: Any) -> list[ListedModel]:
+    """Models from one listing page, in either shape (``data[]`` or ``models[]``)."""
+    if not isinstance(payload, dict):
+        return []
+    out: list[ListedModel] = []
+    for item in payload.get("data") or []:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            name = item.get("display_name") or item.get("name") or ""
+            window = item.get("context_length") or item.get("context_window") or 0
+            out.append(ListedModel(item["id"], str(name), int(window) if isinstance(window, int) else 0))
+    for item in payload.get("models") or []:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            model_id = item["name"].removeprefix("models/")
+            window = item.get("inputTokenLimit") or 0
+            out.append(
+                ListedModel(
+                    model_id,
+                    str(item.get("displayName") or ""),
+                    int(window) if isinstance(window, int) else 0,
+                )
+            )
+    return out

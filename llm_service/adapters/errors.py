@@ -1,0 +1,292 @@
+"""Upstream failures to ``rmllm_common.errors``, in one place for every adapter.
+
+Entry points: ``from_response`` (an HTTP status, its headers and body) and
+``from_stream_error`` (an error object that arrived as a stream event, after a
+200), both driven by the same table; ``transport_errors`` (a context manager that
+turns aiohttp connection failures and timeouts into ``ProviderUnavailable`` /
+``UpstreamStreamTruncated`` / ``DeadlineExceeded`` with ``raise ... from e``); and
+``unexpected_shapes`` (events whose JSON does not have the format's shape become
+``ProviderError``).
+Classification reads status codes, error codes and wording, never provider names:
+bad-key 400s (Gemini ``API_KEY_INVALID``, xAI "Incorrect API key") are key errors,
+quota wording (``insufficient_quota``, HTTP 402, "credit balance", a per-day quota)
+is quota exhaustion, other 429s are rate limits with the delay from Retry-After or
+Gemini's ``RetryInfo``. Every provider message is redacted (``redact``) before it
+reaches an error: the key, anything starting like it, and masked echoes such as
+``xa***56`` are removed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from rmllm_common.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ProviderError,
+    ProviderKeyInvalid,
+    ProviderQuotaExhausted,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    RmllmError,
+    UpstreamStreamTruncated,
+)
+from rmllm_common.registry import ProviderSpec
+
+_MAX_MESSAGE = 300
+_MASKED = re.compile(r"[^\s*]*\*{3,}[\w\-*]*")
+_BAD_KEY = re.compile(
+    r"api[ _-]?key[ _-]?(not valid|invalid|expired)|(incorrect|invalid|missing) (api[ _-]?)?key"
+    r"|invalid x-api-key|bad credentials",
+    re.IGNORECASE,
+)
+_QUOTA = re.compile(
+    r"insufficient[_ ]quota|credit balance|insufficient credits|(no|any) credits|billing_hard_limit"
+    r"|limit: 0\b",
+    re.IGNORECASE,
+)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+# Error "types" some formats send instead of (or besides) an HTTP status, mid-stream
+# above all: Anthropic's error.type, OpenAI's error.type/code, Gemini's error.status.
+_TYPE_STATUS = {
+    "authentication_error": 401,
+    "invalid_api_key": 401,
+    "unauthenticated": 401,
+    "permission_error": 403,
+    "permission_denied": 403,
+    "invalid_request_error": 400,
+    "invalid_argument": 400,
+    "not_found_error": 404,
+    "not_found": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "resource_exhausted": 429,
+    "insufficient_quota": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "internal": 500,
+    "unavailable": 503,
+    "overloaded_error": 529,
+    "overloaded": 529,
+    "deadline_exceeded": 504,
+    "timeout_error": 504,
+}
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` without the key, anything starting like the key, or masked echoes of it."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+        if len(secret) >= 8:
+            text = re.sub(re.escape(secret[:6]) + r"[\w\-*]*", "[redacted]", text)
+    text = _MASKED.sub("[redacted]", text)
+    if len(text) > _MAX_MESSAGE:
+        text = text[: _MAX_MESSAGE - 1] + "…"
+    return text
+
+
+def _error_object(payload: Any) -> dict[str, Any]:
+    """The ``error`` object of a body in any of the formats (a list for Gemini's arrays)."""
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    if not isinstance(payload, dict):
+        return {}
+    error = payload.get("error", payload)
+    if isinstance(error, str):  # xAI, Ollama: {"error": "text"}
+        return {"message": error, "code": payload.get("code")}
+    return error if isinstance(error, dict) else {}
+
+
+def _describe(error: Mapping[str, Any], body: bytes) -> str:
+    message = error.get("message")
+    if isinstance(message, str) and message:
+        return message
+    if isinstance(message, dict):  # some proxies nest the real error once more
+        return _describe(message, body)
+    return body[:200].decode("utf-8", "replace").strip() or "no details given"
+
+
+def _codes(error: Mapping[str, Any]) -> list[str]:
+    """Error code, type and status words, lower-cased (``insufficient_quota``, ``RESOURCE_EXHAUSTED``)."""
+    out = []
+    for name in ("type", "code", "status"):
+        value = error.get(name)
+        if isinstance(value, str) and value:
+            out.append(value.lower())
+    return out
+
+
+def _details(error: Mapping[str, Any]) -> list[dict[str, Any]]:
+    details = error.get("details")
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _retry_info(error: Mapping[str, Any]) -> float | None:
+    for detail in _details(error):
+        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            match = _DURATION.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    now = datetime.datetime.now(when.tzinfo or datetime.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _is_bad_key(error: Mapping[str, Any], message: str) -> bool:
+    reasons = {str(d.get("reason", "")) for d in _details(error)}
+    if reasons & {"API_KEY_INVALID", "API_KEY_EXPIRED"}:
+        return True
+    return bool(_BAD_KEY.search(message)) or "invalid_api_key" in _codes(error)
+
+
+def _is_quota(error: Mapping[str, Any], message: str) -> bool:
+    if "insufficient_quota" in _codes(error) or _QUOTA.search(message):
+        return True
+    for detail in _details(error):
+        for violation in detail.get("violations") or []:
+            if isinstance(violation, dict) and "PerDay" in str(violation.get("quotaId", "")):
+                return True
+    return False
+
+
+def classify(
+    spec: ProviderSpec,
+    status: int,
+    error: Mapping[str, Any],
+    *,
+    body: bytes,
+    secret: str,
+    headers: Mapping[str, str] | None = None,
+    mid_stream: bool = False,
+) -> RmllmError:
+    """The domain error for an upstream status and its parsed ``error`` object."""
+    name, pid = spec.display_name, spec.id
+    message = redact(_describe(error, body), secret).strip().rstrip(".")
+    where = "mid-stream" if mid_stream else f"HTTP {status}"
+    wait = retry_after(headers or {})
+    quota_status = status in (402, 429) or (status in (400, 403) and _QUOTA.search(message))
+    if quota_status and (status == 402 or _is_quota(error, message)):
+        return ProviderQuotaExhausted(
+            f"{name} says the account has no quota or credit left ({where}): {message}. "
+            "Add credit or raise the limit with the provider; retrying will not help.",
+            provider=pid,
+        )
+    if status in (401, 403) or (status == 400 and _is_bad_key(error, message)):
+        return ProviderKeyInvalid(
+            f"{name} rejected the key ({where}): {message}. Check it with `rmllm test-key {pid}` "
+            f"and store a working one with `rmllm keys set {pid}`.",
+            provider=pid,
+        )
+    if status == 429:
+        wait = wait if wait is not None else _retry_info(error)
+        return ProviderRateLimited(
+            f"{name} is rate limiting this key ({where}): {message}.",
+            provider=pid,
+            retry_after=wait,
+        )
+    if status in (408, 409, 425) or status >= 500:
+        return ProviderUnavailable(
+            f"{name} is unavailable or overloaded ({where}): {message}.",
+            provider=pid,
+            retry_after=wait,
+        )
+    if status in (400, 404, 413, 422):
+        return InvalidRequest(f"{name} refused the request ({where}): {message}.", provider=pid)
+    return ProviderError(f"{name} answered with an error ({where}): {message}.", provider=pid)
+
+
+def from_response(
+    spec: ProviderSpec, status: int, headers: Mapping[str, str], body: bytes, secret: str
+) -> RmllmError:
+    """The domain error for a non-2xx HTTP answer."""
+    try:
+        payload: Any = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+    return classify(spec, status, _error_object(payload), body=body, secret=secret, headers=headers)
+
+
+def from_stream_error(spec: ProviderSpec, payload: Any, secret: str) -> RmllmError:
+    """The domain error for an error object that arrived as a stream event."""
+    error = _error_object(payload)
+    status = error.get("code")
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        status = next((_TYPE_STATUS[c] for c in _codes(error) if c in _TYPE_STATUS), 0)
+    body = json.dumps(payload).encode()
+    if status:
+        return classify(spec, status, error, body=body, secret=secret, mid_stream=True)
+    message = redact(_describe(error, body), secret).strip().rstrip(".")
+    return ProviderError(f"{spec.display_name} reported an error mid-stream: {message}.", provider=spec.id)
+
+
+@contextmanager
+def transport_errors(spec: ProviderSpec, timeout: float | None, *, streaming: bool = False) -> Iterator[None]:
+    """Translate aiohttp/asyncio failures in the block; ``streaming``: the 200 already arrived."""
+    try:
+        yield
+    except TimeoutError as e:  # includes aiohttp.ServerTimeoutError
+        raise DeadlineExceeded(
+            f"{spec.display_name} did not finish within the deadline ({timeout:g}s)"
+            if timeout is not None
+            else f"{spec.display_name} timed out",
+            provider=spec.id,
+        ) from e
+    except aiohttp.ClientPayloadError as e:
+        raise UpstreamStreamTruncated(
+            f"{spec.display_name} cut the response short: {type(e).__name__}", provider=spec.id
+        ) from e
+    except aiohttp.ClientConnectionError as e:
+        if streaming:
+            raise UpstreamStreamTruncated(
+                f"{spec.display_name} closed the connection mid-stream ({type(e).__name__})",
+                provider=spec.id,
+            ) from e
+        raise ProviderUnavailable(
+            f"cannot reach {spec.display_name}: {type(e).__name__}: {e}", provider=spec.id
+        ) from e
+    except aiohttp.ClientError as e:
+        raise ProviderError(
+            f"HTTP exchange with {spec.display_name} failed: {type(e).__name__}", provider=spec.id
+        ) from e
+
+
+@contextmanager
+def unexpected_shapes(spec: ProviderSpec) -> Iterator[None]:
+    """Stream events whose JSON has the wrong shape (a string where an object belongs...)."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, ValueError) as e:
+        raise ProviderError(
+            f"{spec.display_name} sent a stream event of an unexpected shape ({type(e).__name__})",
+            provider=spec.id,
+        ) from e

@@ -1,0 +1,114 @@
+"""A pure, incremental Server-Sent Events decoder: bytes in, events out, no I/O.
+
+Modelled on openai-python's ``_streaming.py`` ``SSEDecoder`` and the WHATWG
+event-stream grammar. ``feed(chunk)`` accepts whatever bytes the network
+delivered and returns the events those bytes completed; a partial line is
+buffered until its line end arrives. CR, LF and CRLF each end a line, even a CRLF
+split across two feeds. Bytes are decoded to text only once a line is complete,
+so a UTF-8 character split across reads survives. Comment lines (starting with
+``:``) are skipped, multi-line ``data`` is joined with ``\\n``, a leading BOM is
+dropped. At end of input call ``flush()``: as the spec requires, an event not
+closed by an empty line is discarded, and ``flush`` says whether that happened
+(the stream was cut mid-event).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+_LINE_ENDS = (b"\n", b"\r")
+_BOM = "\ufeff"
+
+
+class SSEEvent(NamedTuple):
+    """One dispatched event. ``event`` is None when the stream named none (a tuple: cheap to make)."""
+
+    data: str
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Turns an event stream's bytes, fed in any split, into ``SSEEvent``\\ s."""
+
+    __slots__ = ("_buffer", "_data", "_event", "_id", "_retry", "_skip_lf", "_started")
+
+    def __init__(self) -> None:
+        self._buffer = b""  # the bytes of a line whose end has not arrived yet
+        self._skip_lf = False  # the last feed ended with CR: a leading LF is its CRLF's second half
+        self._started = False  # a BOM is dropped only from the stream's first line
+        self._event: str | None = None
+        self._data: list[str] = []
+        self._id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Consume the next bytes; return the events they completed, in order."""
+        if not chunk:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]
+                if not chunk:
+                    return []
+        if self._buffer:
+            chunk = self._buffer + chunk
+            self._buffer = b""
+        lines = chunk.splitlines(keepends=True)
+        if not lines[-1].endswith(_LINE_ENDS):
+            self._buffer = lines.pop()
+        elif chunk[-1] == 0x0D:
+            self._skip_lf = True
+        events: list[SSEEvent] = []
+        for raw in lines:
+            event = self._line(raw.rstrip(b"\r\n").decode("utf-8", "replace"))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def flush(self) -> bool:
+        """End of input: discard any unfinished event and reset; True if one was cut short."""
+        cut = bool(self._buffer) or bool(self._data) or self._event is not None
+        self._buffer = b""
+        self._skip_lf = False
+        self._event = None
+        self._data = []
+        self._retry = None
+        return cut
+
+    def _line(self, line: str) -> SSEEvent | None:
+        if not self._started:
+            self._started = True
+            if line.startswith(_BOM):
+                line = line[1:]
+        if line.startswith("data: "):  # the common case first
+            self._data.append(line[6:])
+            return None
+        if not line:
+            return self._dispatch()
+        if line[0] == ":":
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._data and self._event is None and self._retry is None:
+            return None
+        event = SSEEvent(data="\n".join(self._data), event=self._event, id=self._id, retry=self._retry)
+        self._event = None
+        self._data = []
+        self._retry = None
+        return event

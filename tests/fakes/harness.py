@@ -1,0 +1,83 @@
+"""Helpers adapter and service tests share: realistic test keys, endpoints on the fake, collecting a stream.
+
+``KEYS`` holds a fake key per provider in that provider's real format (long
+enough for redaction tests to be meaningful); ``endpoint(fake, provider)`` points
+the registry's spec at the fake; ``collect`` drains an adapter stream into its
+text, its deltas and its ``Finished`` (or the error that ended it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fakes.server import FakeProvider
+from llm_service.adapters.base import ChatEvent, ChatParams, Endpoint, Finished, Message, TextDelta
+from rmllm_common.errors import RmllmError
+from rmllm_common.registry import default_registry
+from rmllm_common.secret import Secret
+
+KEYS = {
+    "openai": "sk-proj-T3stK3yAbCdEfGhIjKlMnOpQrStUvWxYz0123456789WXYZ",
+    "anthropic": "sk-ant-api03-T3stK3yAbCdEfGhIjKlMnOpQrStUvWxYz0123456789-QRSTAA",
+    "google": "AIzaSyT3stK3yAbCdEfGhIjKlMnOpQrStUvWx",
+    "openrouter": "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",
+    "github": "github_pat_11ABCDEFG0T3stK3yAbCdEfGhIjKlMnOpQrStUvWxYz",
+    "grok": "xai-T3stK3yAbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKlMnOpQrSt56",
+    "llama": "",
+}
+PROVIDERS = tuple(sorted(default_registry().providers))
+
+
+def endpoint(fake: FakeProvider, provider: str, key: str | None = None) -> Endpoint:
+    """The registry's spec for ``provider``, its base URL moved onto the fake."""
+    spec = default_registry().providers[provider]
+    return Endpoint(
+        spec=spec, base_url=fake.base_url(provider), api_key=Secret(KEYS[provider] if key is None else key)
+    )
+
+
+def params(provider: str, **changes: object) -> ChatParams:
+    """A small chat with a system message, for ``provider``'s default model."""
+    spec = default_registry().providers[provider]
+    fields: dict[str, object] = {
+        "model": spec.default_model,
+        "messages": (
+            Message("system", "You are terse."),
+            Message("user", "Say hello."),
+            Message("assistant", "Hello."),
+            Message("user", "Again, in French."),
+        ),
+    }
+    fields.update(changes)
+    return ChatParams(**fields)  # type: ignore[arg-type]
+
+
+@dataclass
+class Collected:
+    """What a stream delivered before it ended."""
+
+    deltas: list[str] = field(default_factory=list)
+    finished: Finished | None = None
+    error: RmllmError | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.deltas)
+
+
+async def collect(stream: AsyncIterator[ChatEvent]) -> Collected:
+    """Drain ``stream``; an ``RmllmError`` ends it and is kept, not raised."""
+    out = Collected()
+    try:
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                assert out.finished is None, "a TextDelta after Finished"
+                assert event.text, "an empty TextDelta"
+                out.deltas.append(event.text)
+            else:
+                assert out.finished is None, "two Finished events"
+                out.finished = event
+    except RmllmError as e:
+        out.error = e
+    return out

@@ -1,0 +1,187 @@
+"""probe_key (TestKey's check) and list_models, for every provider, against the fake."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from fakes import FakeProvider, Scenario
+from fakes.harness import KEYS, PROVIDERS, endpoint
+from fakes.provider_errors import has_error
+
+from llm_service.adapters import adapter_for
+from llm_service.adapters.base import Endpoint, ListedModel, ProbeOutcome
+from rmllm_common import errors
+from rmllm_common.registry import default_registry
+from rmllm_common.secret import Secret
+
+PROBE_PATHS = {
+    "openai": "/v1/models",
+    "anthropic": "/v1/models",
+    "google": "/v1beta/models",
+    "openrouter": "/api/v1/key",
+    "github": "/catalog/models",
+    "grok": "/v1/api-key",
+    "llama": "/api/tags",
+}
+OUTCOMES = {
+    "bad_key": ProbeOutcome.INVALID_KEY,
+    "forbidden": ProbeOutcome.INVALID_KEY,
+    "quota": ProbeOutcome.QUOTA_EXHAUSTED,
+    "rate_limited": ProbeOutcome.RATE_LIMITED,
+    "server_error": ProbeOutcome.UNREACHABLE,
+    "unavailable": ProbeOutcome.UNREACHABLE,
+}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProvider]:
+    async with FakeProvider() as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_probe_valid_uses_the_registry_probe(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str
+) -> None:
+    ep = endpoint(fake, provider)
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+
+    assert result.outcome is ProbeOutcome.VALID
+    assert ep.spec.display_name in result.message
+    record = fake.requests[-1]
+    assert (record.method, record.path) == ("GET", PROBE_PATHS[provider])
+    assert record.api_key == KEYS[provider]
+    if ep.spec.auth == "x-api-key":
+        assert record.headers["anthropic-version"] == "2023-06-01"
+
+
+@pytest.mark.parametrize(
+    ("provider", "kind"),
+    [(p, k) for p in PROVIDERS for k in OUTCOMES if has_error(p, k)],
+)
+async def test_probe_outcomes(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str, kind: str
+) -> None:
+    ep = endpoint(fake, provider, key=KEYS[provider] or "proxy-token-abcdefghijklmnop")
+    fake.enqueue(Scenario.canned(provider, kind, route="get"))
+
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+
+    assert result.outcome is OUTCOMES[kind]
+    assert ep.api_key.reveal() not in result.message
+    assert ep.spec.display_name in result.message
+
+
+async def test_probe_unreachable_when_nothing_listens(http: aiohttp.ClientSession) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = default_registry().providers["llama"]
+    ep = endpoint_at(f"http://127.0.0.1:{port}/v1", "llama")
+    result = await adapter_for(spec).probe_key(http, ep, 5)
+    assert result.outcome is ProbeOutcome.UNREACHABLE
+    assert "cannot reach" in result.message
+
+
+async def test_probe_that_never_answers_is_unreachable(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    fake.enqueue(Scenario(hang=True))
+    ep = endpoint(fake, "openai")
+    result = await adapter_for(ep.spec).probe_key(http, ep, 0.3)
+    assert result.outcome is ProbeOutcome.UNREACHABLE
+
+
+async def test_probe_unknown_for_an_unclassifiable_answer(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    fake.enqueue(Scenario.json({"error": {"message": "I'm a teapot"}}, status=418))
+    ep = endpoint(fake, "openai")
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+    assert result.outcome is ProbeOutcome.UNKNOWN
+
+
+async def test_probe_sees_a_blocked_key_in_a_200(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    fake.enqueue(
+        Scenario.json({"redacted_api_key": "xai-...56", "api_key_blocked": True, "team_blocked": False})
+    )
+    ep = endpoint(fake, "grok")
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+    assert result.outcome is ProbeOutcome.INVALID_KEY
+    assert "api key blocked" in result.message
+
+
+async def test_probe_sees_no_credit_left_in_a_200(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    fake.enqueue(Scenario.json({"data": {"label": "sk-or-v1-0e6...a1c", "limit": 5, "limit_remaining": 0}}))
+    ep = endpoint(fake, "openrouter")
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+    assert result.outcome is ProbeOutcome.QUOTA_EXHAUSTED
+
+
+def endpoint_at(base_url: str, provider: str) -> Endpoint:
+    return Endpoint(spec=default_registry().providers[provider], base_url=base_url, api_key=Secret(""))
+
+
+@pytest.mark.parametrize("provider", ["openai", "grok", "llama", "anthropic", "openrouter"])
+async def test_list_models_data_shape(fake: FakeProvider, http: aiohttp.ClientSession, provider: str) -> None:
+    ep = endpoint(fake, provider)
+    models = await adapter_for(ep.spec).list_models(http, ep, 5)
+
+    assert [m.id for m in models] == [m.id for m in ep.spec.models]
+    record = fake.requests[-1]
+    assert (record.method, record.path) == (
+        "GET",
+        "/api/v1/models" if provider == "openrouter" else "/v1/models",
+    )
+    assert record.api_key == KEYS[provider]
+    if provider in ("anthropic", "openrouter"):  # these list display names
+        assert [m.display_name for m in models] == [m.display_name for m in ep.spec.models]
+
+
+async def test_list_models_openrouter_context_window(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    ep = endpoint(fake, "openrouter")
+    models = await adapter_for(ep.spec).list_models(http, ep, 5)
+    assert models[0] == ListedModel("openai/gpt-4o-mini", "OpenAI: GPT-4o mini", 128000)
+
+
+async def test_list_models_gemini_follows_pages(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    ep = endpoint(fake, "google")
+    models = await adapter_for(ep.spec).list_models(http, ep, 5)
+
+    assert models == [ListedModel(m.id, m.display_name, m.context_window) for m in ep.spec.models]
+    assert [r.query for r in fake.requests] == [{}, {"pageToken": "page-1"}]
+    assert all(r.path == "/v1beta/models" for r in fake.requests)
+
+
+async def test_list_models_without_a_models_path_asks_nobody(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    ep = endpoint(fake, "github")
+    assert await adapter_for(ep.spec).list_models(http, ep, 5) == []
+    assert fake.requests == []
+
+
+async def test_list_models_raises_the_mapped_error(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    fake.enqueue(Scenario.canned("anthropic", "bad_key", route="get"))
+    ep = endpoint(fake, "anthropic")
+    with pytest.raises(errors.ProviderKeyInvalid) as caught:
+        await adapter_for(ep.spec).list_models(http, ep, 5)
+    assert caught.value.provider == "anthropic"
+
+
+async def test_list_models_non_json_is_a_provider_error(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    fake.enqueue(Scenario(body=b"<html>maintenance</html>", headers={"Content-Type": "text/html"}))
+    ep = endpoint(fake, "openai")
+    with pytest.raises(errors.ProviderError):
+        await adapter_for(ep.spec).list_models(http, ep, 5)

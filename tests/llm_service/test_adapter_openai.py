@@ -1,0 +1,208 @@
+"""The OpenAI chat-completions adapter (OpenAI, OpenRouter, GitHub Models, xAI, Ollama /v1).
+
+The request each provider receives, and each trap of the format with its own test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from fakes import FakeProvider, Scenario
+from fakes.harness import KEYS, Collected, collect, endpoint, params
+
+from llm_service.adapters import adapter_for
+from llm_service.adapters.base import FinishReason, Usage
+from rmllm_common import errors
+
+OPENAI_FORMAT = ["github", "grok", "llama", "openai", "openrouter"]
+PATHS = {
+    "openai": "/v1/chat/completions",
+    "openrouter": "/api/v1/chat/completions",
+    "github": "/inference/chat/completions",
+    "grok": "/v1/chat/completions",
+    "llama": "/v1/chat/completions",
+}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProvider]:
+    async with FakeProvider() as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.mark.parametrize("provider", OPENAI_FORMAT)
+async def test_request_path_auth_and_body(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str
+) -> None:
+    ep = endpoint(fake, provider)
+    chat = params(provider, temperature=0.2, top_p=0.9, max_tokens=64, stop=("\n\n", "END"))
+
+    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, chat, 10))
+
+    assert out.error is None and out.finished is not None
+    record = fake.requests[-1]
+    assert (record.method, record.path, record.query) == ("POST", PATHS[provider], {})
+    if KEYS[provider]:
+        assert record.headers["authorization"] == f"Bearer {KEYS[provider]}"
+    else:
+        assert "authorization" not in record.headers  # Ollama: no key, no header
+    assert record.headers["content-type"] == "application/json"
+    assert record.headers["accept"] == "text/event-stream"
+    body = record.json
+    assert body["model"] == ep.spec.default_model
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Again, in French."},
+    ]
+    assert body[ep.spec.max_tokens_field] == 64
+    assert (body["temperature"], body["top_p"], body["stop"]) == (0.2, 0.9, ["\n\n", "END"])
+
+
+async def test_openai_sends_max_tokens_in_its_registry_field(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    ep = endpoint(fake, "openai")
+    await collect(adapter_for(ep.spec).stream_chat(http, ep, params("openai", max_tokens=5), 10))
+    body = fake.requests[-1].json
+    assert body["max_completion_tokens"] == 5
+    assert "max_tokens" not in body
+
+
+async def test_unset_sampling_fields_are_not_sent(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    ep = endpoint(fake, "grok")
+    await collect(adapter_for(ep.spec).stream_chat(http, ep, params("grok"), 10))
+    assert set(fake.requests[-1].json) == {"model", "messages", "stream", "stream_options"}
+
+
+async def run(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str, scenario: Scenario
+) -> Collected:
+    ep = endpoint(fake, provider)
+    fake.enqueue(scenario)
+    return await collect(adapter_for(ep.spec).stream_chat(http, ep, params(provider), 10))
+
+
+@pytest.mark.parametrize("chunks", [(), (1,), (5, 11, 3)])
+async def test_done_inside_content_is_text_not_the_end(
+    fake: FakeProvider, http: aiohttp.ClientSession, chunks: tuple[int, ...]
+) -> None:
+    out = await run(fake, http, "openai", Scenario.transcript("openai_done_in_content", chunks=chunks))
+    assert out.text.count("data: [DONE]") == 2
+    assert out.text.endswith("That ends it.")
+    assert out.finished is not None and out.finished.finish_reason is FinishReason.STOP
+
+
+async def test_openrouter_processing_comments_are_ignored_before_and_mid_stream(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    out = await run(fake, http, "openrouter", Scenario.transcript("openrouter_basic", chunks=(2,)))
+    assert "OPENROUTER" not in out.text
+    assert out.deltas == ["Two", " plus", " two", " equals", " four", "."]
+
+
+async def test_openrouter_usage_after_the_finish_chunk_keeps_stop(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    out = await run(fake, http, "openrouter", Scenario.transcript("openrouter_basic"))
+    assert out.finished is not None
+    assert out.finished.finish_reason is FinishReason.STOP  # the later finish_reason: null did not erase it
+    assert out.finished.usage == Usage(14, 6, 20)
+
+
+async def test_github_first_event_with_empty_choices(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    out = await run(fake, http, "github", Scenario.transcript("github_basic", chunks=(1,)))
+    assert out.text == "Octocat says hi!"
+    assert out.finished is not None
+    assert out.finished.model == "gpt-4o-mini-2024-07-18"  # not the first event's empty model
+    assert out.finished.response_id == "chatcmpl-BUqF7tRy2uIo9pAs3dFg6hJk1lZx"
+
+
+async def test_reasoning_deltas_are_not_answer_text_and_count_as_output(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    out = await run(fake, http, "grok", Scenario.transcript("grok_reasoning"))
+    assert out.text == "Hi there!"
+    assert out.finished is not None
+    assert out.finished.usage == Usage(15, 105, 120)  # 3 completion + 102 reasoning tokens
+
+
+async def test_error_object_mid_stream_ends_with_the_mapped_error_after_text(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    out = await run(fake, http, "openrouter", Scenario.transcript("openrouter_midstream_error"))
+    assert out.text == "Once upon a time"
+    assert isinstance(out.error, errors.ProviderUnavailable)
+    assert "Provider returned error" in out.error.message
+    assert out.error.metadata == {"provider": "openrouter"}
+
+
+async def test_synthetic_error_event_mid_stream(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    out = await run(fake, http, "openai", Scenario.stream(("a", "b", "c"), fail_after=2))
+    assert out.text == "ab"
+    assert isinstance(out.error, errors.ProviderUnavailable)
+
+
+async def test_no_usage_chunk_means_zero_usage_never_an_estimate(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    out = await run(fake, http, "llama", Scenario.transcript("ollama_no_usage"))
+    assert out.finished is not None
+    assert out.finished.usage == Usage(0, 0, 0)
+
+
+async def test_multibyte_text_split_inside_characters(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    out = await run(fake, http, "openai", Scenario.transcript("openai_multibyte_length", chunks=(1, 2, 3)))
+    assert out.text == "Hello 👋 — 你好，世界！ Café 🇫🇷 naïve 日本語🙂"  # noqa: RUF001
+    assert out.finished is not None and out.finished.finish_reason is FinishReason.LENGTH
+
+
+async def test_stream_without_done_is_truncated(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    body = (
+        b'data: {"id":"x","model":"m","choices":[{"index":0,"delta":{"content":"hi"},'
+        b'"finish_reason":"stop"}]}'
+        b"\n\n"
+    )
+    out = await run(fake, http, "openai", Scenario(body=body, headers={"Content-Type": "text/event-stream"}))
+    assert out.text == "hi"
+    assert isinstance(out.error, errors.UpstreamStreamTruncated)
+    assert "[DONE]" in out.error.message
+
+
+async def test_malformed_event_is_a_provider_error(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    body = b"data: {not json\n\ndata: [DONE]\n\n"
+    out = await run(fake, http, "openai", Scenario(body=body, headers={"Content-Type": "text/event-stream"}))
+    assert isinstance(out.error, errors.ProviderError)
+    assert out.error.reason == "PROVIDER_ERROR"
+
+
+async def test_json_error_answer_with_status_200_is_mapped(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    payload = {"error": {"message": "model is loading", "type": "server_error", "code": None}}
+    out = await run(fake, http, "llama", Scenario.json(payload))
+    assert isinstance(out.error, errors.ProviderUnavailable)
+    assert "model is loading" in out.error.message
+
+
+async def test_only_the_first_choice_is_the_answer(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    chunk = (
+        b'data: {"id":"c","model":"m","choices":[{"index":1,"delta":{"content":"other"}},'
+        b'{"index":0,"delta":{"content":"first"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+    out = await run(fake, http, "openai", Scenario(body=chunk, headers={"Content-Type": "text/event-stream"}))
+    assert out.text == "first"
+    assert out.finished is not None and out.finished.finish_reason is FinishReason.STOP
