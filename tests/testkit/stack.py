@@ -92,7 +92,7 @@ class Stack:
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 - http to the loopback fake
             f"{self.fake_origin}/_fake/{path}",
             data=data,
             method=method,
