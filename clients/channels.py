@@ -110,6 +110,10 @@ class ClientOptions:
             ("grpc.enable_retries", 1),
             ("grpc.service_config", SERVICE_CONFIG),
             ("grpc.primary_user_agent", USER_AGENT),
+            # Reconnect soon after a restarted server comes back (gRPC's default
+            # backoff grows to two minutes).
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 5_000),
         ]
         if self.tls is not None and self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
