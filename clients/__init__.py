@@ -1,1 +1,121 @@
-"""Clients for RealMultiLLM: the Python library and the ``rmllm`` command."""
+"""Clients for RealMultiLLM: the Python library (sync and asyncio) and the ``rmllm`` command.
+
+Example::
+
+    from clients import Client, KeyNotConfigured
+
+    with Client(token=os.environ["RMLLM_TOKEN"]) as client:
+        try:
+            with client.stream_chat("openai", "Write a haiku") as stream:
+                for delta in stream:
+                    print(delta, end="", flush=True)
+            print(f"\\n{stream.result.usage.total_tokens} tokens, ${stream.result.usage.cost_usd:.6f}")
+        except KeyNotConfigured:
+            print("store a key first: rmllm keys set openai")
+
+``Client`` (``clients.sync``) blocks; ``AsyncClient`` (``clients.aio``) has the same
+methods as coroutines. Results are the dataclasses of ``clients.datatypes``; failures
+raise the typed exceptions of ``clients.errors``. The package needs only grpcio,
+grpcio-status and the generated ``realmultillm`` stubs, never the servers.
+"""
+
+from clients.aio import AsyncChatStream, AsyncClient
+from clients.calls import UNSET
+from clients.channels import DEFAULT_LLM_TARGET, DEFAULT_VAULT_TARGET, ClientOptions, Tls
+from clients.datatypes import (
+    ChatResult,
+    FinishReason,
+    Message,
+    ModelInfo,
+    ModelList,
+    ProviderConfig,
+    ProviderInfo,
+    ProviderSettings,
+    Role,
+    TestKeyReason,
+    TestKeyResult,
+    Usage,
+)
+from clients.errors import (
+    AlreadyExists,
+    Cancelled,
+    ConfigNotFound,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    Internal,
+    InvalidRequest,
+    KeyDecryptionFailed,
+    KeyNotConfigured,
+    NotFound,
+    PermissionDenied,
+    ProviderError,
+    ProviderKeyInvalid,
+    ProviderQuotaExhausted,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    RateLimited,
+    ResourceExhausted,
+    RmllmClientError,
+    ServiceCredentialRequired,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    UnknownProvider,
+    UpstreamStreamTruncated,
+    VaultUnavailable,
+    from_grpc_error,
+)
+from clients.sync import ChatStream, Client
+
+__all__ = [
+    "DEFAULT_LLM_TARGET",
+    "DEFAULT_VAULT_TARGET",
+    "UNSET",
+    "AlreadyExists",
+    "AsyncChatStream",
+    "AsyncClient",
+    "Cancelled",
+    "ChatResult",
+    "ChatStream",
+    "Client",
+    "ClientOptions",
+    "ConfigNotFound",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "FieldViolation",
+    "FinishReason",
+    "Internal",
+    "InvalidRequest",
+    "KeyDecryptionFailed",
+    "KeyNotConfigured",
+    "Message",
+    "ModelInfo",
+    "ModelList",
+    "NotFound",
+    "PermissionDenied",
+    "ProviderConfig",
+    "ProviderError",
+    "ProviderInfo",
+    "ProviderKeyInvalid",
+    "ProviderQuotaExhausted",
+    "ProviderRateLimited",
+    "ProviderSettings",
+    "ProviderUnavailable",
+    "RateLimited",
+    "ResourceExhausted",
+    "RmllmClientError",
+    "Role",
+    "ServiceCredentialRequired",
+    "TestKeyReason",
+    "TestKeyResult",
+    "Tls",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "UnknownProvider",
+    "UpstreamStreamTruncated",
+    "Usage",
+    "VaultUnavailable",
+    "from_grpc_error",
+]

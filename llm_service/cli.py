@@ -1,10 +1,10 @@
 """``rmllm-llm``: serve the LLM service.
 
-``rmllm-llm serve [--listen HOST:PORT] [--data-dir DIR] [--log-level LEVEL]`` reads
+``rmllm-llm serve [--listen HOST:PORT] [--data-dir DIR] [--log-level LEVEL] [--workers N]`` reads
 ``LLMSettings`` from the flags and the environment, then runs one server process
 until SIGTERM/SIGINT (in-flight calls get ``RMLLM_SHUTDOWN_GRACE_SECONDS`` to end).
-Serving is one function of the settings (``serve``), so running several worker
-processes on one port (SO_REUSEPORT is set by the server factory) is a loop around it.
+With ``--workers N`` (default: the number of cores) it supervises N such processes
+on one port (``rmllm_common.workers``, SO_REUSEPORT).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import sys
 from llm_service.server import build_server
 from llm_service.settings import DEFAULT_LISTEN, LLMSettings, SettingsError
 from rmllm_common import logs
-from rmllm_common.cli import add_serve_flags, fail, run_serve
+from rmllm_common.cli import add_serve_flags, child_argv, fail, run_serve, worker_count
+from rmllm_common.workers import supervise
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,9 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = LLMSettings.from_env(
             os.environ, listen=args.listen, data_dir=args.data_dir, log_level=args.log_level
         )
-    except (SettingsError, OSError) as exc:  # OSError: an unusable data directory
+        workers = worker_count(args.workers, os.environ)
+    except (SettingsError, ValueError, OSError) as exc:  # OSError: an unusable data directory
         return fail(str(exc))
     logs.configure(settings.log_level)
+    if workers > 1:
+        return supervise(
+            child_argv("llm_service.cli", args), settings.listen, workers, settings.grace_seconds
+        )
     return serve(settings)
 
 

@@ -14,15 +14,14 @@ closed by an empty line is discarded, and ``flush`` says whether that happened
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _LINE_ENDS = (b"\n", b"\r")
 _BOM = "\ufeff"
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One dispatched event. ``event`` is None when the stream named none."""
+class SSEEvent(NamedTuple):
+    """One dispatched event. ``event`` is None when the stream named none (a tuple: cheap to make)."""
 
     data: str
     event: str | None = None
@@ -84,6 +83,9 @@ class SSEDecoder:
             self._started = True
             if line.startswith(_BOM):
                 line = line[1:]
+        if line.startswith("data: "):  # the common case first
+            self._data.append(line[6:])
+            return None
         if not line:
             return self._dispatch()
         if line[0] == ":":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,25 @@ def test_start_log_line_names_the_address(service: tuple[procs.Service, str]) ->
     assert start["address"] == running.address
     assert start["service"] == name
     assert start["level"] == "info"
+
+
+@pytest.mark.parametrize("kind", ["llm", "vault"])
+def test_workers_share_one_port_and_stop_together(kind: str, data_dir: Path) -> None:
+    module, name = SERVICES[kind]
+    running = procs.start(
+        [module, "serve", "--listen", "127.0.0.1:0", "--workers", "2"], {"RMLLM_DATA_DIR": str(data_dir)}
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while sum('"serving"' in line for line in running.lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        starts = [e for e in running.events() if e.get("event") == "start"]
+        assert len(starts) == 2, running.logs
+        assert {e["address"] for e in starts} == {running.address}
+        with grpc.insecure_channel(running.address) as channel:
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            assert stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == 1
+    finally:
+        code = running.stop()
+    assert code == 0, running.logs
+    assert sum(e.get("event") == "stopped" for e in running.events()) == 2, running.logs

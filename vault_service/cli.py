@@ -17,8 +17,9 @@ from collections.abc import Callable
 
 import peewee as pw
 
-from rmllm_common.cli import add_serve_flags, configure_logging, fail, run_serve
+from rmllm_common.cli import add_serve_flags, child_argv, configure_logging, fail, run_serve, worker_count
 from rmllm_common.errors import RmllmError
+from rmllm_common.workers import supervise
 from vault_service import accounts, audit, migrations, rewrap
 from vault_service.crypto import Keyring
 from vault_service.database import Database, DatabaseUrlError
@@ -165,9 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             settings = VaultSettings.from_env(os.environ, listen=args.listen, data_dir=args.data_dir)
+            workers = worker_count(args.workers, os.environ)
+            if workers > 1:
+                argv = child_argv("vault_service.cli", args)
+                return supervise(argv, settings.listen, workers, settings.grace_seconds)
             return run_serve(settings, settings.listen, settings.grace_seconds, build_server)
         return _operate(args)
-    except (SettingsError, DatabaseUrlError, migrations.SchemaTooNew, PermissionError) as exc:
+    except (SettingsError, DatabaseUrlError, migrations.SchemaTooNew, PermissionError, ValueError) as exc:
         return fail(str(exc))
     except RmllmError as exc:
         return fail(exc.message)

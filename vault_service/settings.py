@@ -94,12 +94,11 @@ class VaultSettings:
 
 
 def _service_token(env: Mapping[str, str], directory: Path) -> Secret:
-    token = env.get("RMLLM_SERVICE_TOKEN", "")
-    if not token:
-        path = directory / state.SERVICE_TOKEN_FILE
-        token, created = state.read_or_create_secret(path, state.new_service_token)
-        if created:
-            log.info("generated the service credential", extra={"path": str(path)})
+    token, created = state.service_token(env, directory)
+    if created:
+        log.info(
+            "generated the service credential", extra={"path": str(directory / state.SERVICE_TOKEN_FILE)}
+        )
     if len(token) < 32:
         raise SettingsError(
             "RMLLM_SERVICE_TOKEN must be at least 32 characters; generate one with: "

@@ -29,7 +29,7 @@ from llm_service.adapters.base import (
     TextDelta,
     Usage,
 )
-from llm_service.adapters.errors import from_stream_error
+from llm_service.adapters.errors import from_stream_error, unexpected_shapes
 from llm_service.adapters.exchange import EventStream, load_event
 from rmllm_common.errors import UpstreamStreamTruncated
 
@@ -94,40 +94,41 @@ class AnthropicAdapter(AccountCalls):
         input_tokens = output_tokens = 0
         model = params.model
         response_id = ""
-        async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
-            async for event in events:
-                if event.event == "ping" or not event.data:
-                    continue
-                payload = load_event(endpoint, event.data)
-                kind = payload.get("type")
-                if kind == "content_block_delta":
-                    delta = payload.get("delta") or {}
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        yield TextDelta(delta["text"])
-                elif kind == "message_delta":
-                    stop_reason = (payload.get("delta") or {}).get("stop_reason") or stop_reason
-                    usage = payload.get("usage") or {}
-                    if "output_tokens" in usage:
-                        output_tokens = int(usage["output_tokens"] or 0)
-                    if "input_tokens" in usage:
+        with unexpected_shapes(spec):
+            async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
+                async for event in events:
+                    if event.event == "ping" or not event.data:
+                        continue
+                    payload = load_event(endpoint, event.data)
+                    kind = payload.get("type")
+                    if kind == "content_block_delta":
+                        delta = payload.get("delta") or {}
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            yield TextDelta(delta["text"])
+                    elif kind == "message_delta":
+                        stop_reason = (payload.get("delta") or {}).get("stop_reason") or stop_reason
+                        usage = payload.get("usage") or {}
+                        if "output_tokens" in usage:
+                            output_tokens = int(usage["output_tokens"] or 0)
+                        if "input_tokens" in usage:
+                            input_tokens = _input_tokens(usage)
+                    elif kind == "message_start":
+                        message = payload.get("message") or {}
+                        response_id = message.get("id") or ""
+                        model = message.get("model") or model
+                        usage = message.get("usage") or {}
                         input_tokens = _input_tokens(usage)
-                elif kind == "message_start":
-                    message = payload.get("message") or {}
-                    response_id = message.get("id") or ""
-                    model = message.get("model") or model
-                    usage = message.get("usage") or {}
-                    input_tokens = _input_tokens(usage)
-                    output_tokens = int(usage.get("output_tokens") or 0)
-                elif kind == "message_stop":
-                    break
-                elif kind == "error" or event.event == "error":
-                    raise from_stream_error(spec, payload, endpoint.api_key.reveal())
-            else:
-                raise UpstreamStreamTruncated(
-                    f"{spec.display_name} ended the stream without message_stop"
-                    + (" in the middle of an event" if events.cut else ""),
-                    provider=spec.id,
-                )
+                        output_tokens = int(usage.get("output_tokens") or 0)
+                    elif kind == "message_stop":
+                        break
+                    elif kind == "error" or event.event == "error":
+                        raise from_stream_error(spec, payload, endpoint.api_key.reveal())
+                else:
+                    raise UpstreamStreamTruncated(
+                        f"{spec.display_name} ended the stream without message_stop"
+                        + (" in the middle of an event" if events.cut else ""),
+                        provider=spec.id,
+                    )
         yield Finished(
             STOP_REASONS.get(stop_reason, FinishReason.OTHER),
             Usage(input_tokens, output_tokens, input_tokens + output_tokens),

@@ -1,10 +1,12 @@
 """Upstream failures to ``rmllm_common.errors``, in one place for every adapter.
 
-Three entry points, all driven by the same table: ``from_response`` (an HTTP
-status, its headers and body), ``from_stream_error`` (an error object that arrived
-as a stream event, after a 200), and ``transport_errors`` (a context manager that
+Entry points: ``from_response`` (an HTTP status, its headers and body) and
+``from_stream_error`` (an error object that arrived as a stream event, after a
+200), both driven by the same table; ``transport_errors`` (a context manager that
 turns aiohttp connection failures and timeouts into ``ProviderUnavailable`` /
-``UpstreamStreamTruncated`` / ``DeadlineExceeded`` with ``raise ... from e``).
+``UpstreamStreamTruncated`` / ``DeadlineExceeded`` with ``raise ... from e``); and
+``unexpected_shapes`` (events whose JSON does not have the format's shape become
+``ProviderError``).
 Classification reads status codes, error codes and wording, never provider names:
 bad-key 400s (Gemini ``API_KEY_INVALID``, xAI "Incorrect API key") are key errors,
 quota wording (``insufficient_quota``, HTTP 402, "credit balance", a per-day quota)
@@ -275,4 +277,16 @@ def transport_errors(spec: ProviderSpec, timeout: float | None, *, streaming: bo
     except aiohttp.ClientError as e:
         raise ProviderError(
             f"HTTP exchange with {spec.display_name} failed: {type(e).__name__}", provider=spec.id
+        ) from e
+
+
+@contextmanager
+def unexpected_shapes(spec: ProviderSpec) -> Iterator[None]:
+    """Stream events whose JSON has the wrong shape (a string where an object belongs...)."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, ValueError) as e:
+        raise ProviderError(
+            f"{spec.display_name} sent a stream event of an unexpected shape ({type(e).__name__})",
+            provider=spec.id,
         ) from e

@@ -29,7 +29,7 @@ from llm_service.adapters.base import (
     TextDelta,
     Usage,
 )
-from llm_service.adapters.errors import from_stream_error
+from llm_service.adapters.errors import from_stream_error, unexpected_shapes
 from llm_service.adapters.exchange import EventStream, load_event
 from rmllm_common.errors import UpstreamStreamTruncated
 
@@ -102,32 +102,33 @@ class GeminiAdapter(AccountCalls):
         usage = Usage()
         model = params.model
         response_id = ""
-        async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
-            async for event in events:
-                if not event.data:
-                    continue
-                chunk = load_event(endpoint, event.data)
-                if chunk.get("error"):
-                    raise from_stream_error(spec, chunk, endpoint.api_key.reveal())
-                for candidate in chunk.get("candidates") or ():
-                    if candidate.get("index", 0) != 0:
+        with unexpected_shapes(spec):
+            async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
+                async for event in events:
+                    if not event.data:
                         continue
-                    for part in (candidate.get("content") or {}).get("parts") or ():
-                        text = part.get("text")
-                        if text and not part.get("thought"):
-                            yield TextDelta(text)
-                    reason = candidate.get("finishReason")
-                    if reason:
-                        finish = FINISH_REASONS.get(reason, FinishReason.OTHER)
-                feedback = chunk.get("promptFeedback")
-                if feedback and feedback.get("blockReason"):
-                    finish = FinishReason.CONTENT_FILTER
-                raw_usage = chunk.get("usageMetadata")
-                if raw_usage:
-                    usage = _usage(raw_usage)
-                if not response_id:
-                    response_id = chunk.get("responseId") or ""
-                    model = chunk.get("modelVersion") or model
+                    chunk = load_event(endpoint, event.data)
+                    if chunk.get("error"):
+                        raise from_stream_error(spec, chunk, endpoint.api_key.reveal())
+                    for candidate in chunk.get("candidates") or ():
+                        if candidate.get("index", 0) != 0:
+                            continue
+                        for part in (candidate.get("content") or {}).get("parts") or ():
+                            text = part.get("text")
+                            if text and not part.get("thought"):
+                                yield TextDelta(text)
+                        reason = candidate.get("finishReason")
+                        if reason:
+                            finish = FINISH_REASONS.get(reason, FinishReason.OTHER)
+                    feedback = chunk.get("promptFeedback")
+                    if feedback and feedback.get("blockReason"):
+                        finish = FinishReason.CONTENT_FILTER
+                    raw_usage = chunk.get("usageMetadata")
+                    if raw_usage:
+                        usage = _usage(raw_usage)
+                    if not response_id:
+                        response_id = chunk.get("responseId") or ""
+                        model = chunk.get("modelVersion") or model
         if finish is None or events.cut:
             raise UpstreamStreamTruncated(
                 f"{spec.display_name} ended the stream before a finish reason"

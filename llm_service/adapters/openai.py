@@ -30,7 +30,7 @@ from llm_service.adapters.base import (
     TextDelta,
     Usage,
 )
-from llm_service.adapters.errors import from_stream_error
+from llm_service.adapters.errors import from_stream_error, unexpected_shapes
 from llm_service.adapters.exchange import EventStream, load_event
 from rmllm_common.errors import UpstreamStreamTruncated
 
@@ -92,35 +92,38 @@ class OpenAIAdapter(AccountCalls):
         usage = Usage()
         model = params.model
         response_id = ""
-        async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
-            async for event in events:
-                data = event.data
-                if data == "[DONE]":
-                    break
-                if not data:
-                    continue
-                chunk = load_event(endpoint, data)
-                if chunk.get("error"):
-                    raise from_stream_error(spec, chunk, endpoint.api_key.reveal())
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta")
-                    if delta:
-                        text = delta.get("content")
-                        if text:
-                            yield TextDelta(text)
-                    reason = choice.get("finish_reason")
-                    if reason:
-                        finish = reason
-                raw_usage = chunk.get("usage")
-                if raw_usage:
-                    usage = _usage(raw_usage)
-                if not response_id:
-                    response_id = chunk.get("id") or ""
-                    model = chunk.get("model") or model
-            else:
-                raise UpstreamStreamTruncated(
-                    f"{spec.display_name} ended the stream without [DONE]"
-                    + (" in the middle of an event" if events.cut else ""),
-                    provider=spec.id,
-                )
+        with unexpected_shapes(spec):
+            async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
+                async for event in events:
+                    data = event.data
+                    if data == "[DONE]":
+                        break
+                    if not data:
+                        continue
+                    chunk = load_event(endpoint, data)
+                    if chunk.get("error"):
+                        raise from_stream_error(spec, chunk, endpoint.api_key.reveal())
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("index", 0):  # only the first choice is the answer
+                            continue
+                        delta = choice.get("delta")
+                        if delta:
+                            text = delta.get("content")
+                            if text:
+                                yield TextDelta(text)
+                        reason = choice.get("finish_reason")
+                        if reason:
+                            finish = reason
+                    raw_usage = chunk.get("usage")
+                    if raw_usage:
+                        usage = _usage(raw_usage)
+                    if not response_id:
+                        response_id = chunk.get("id") or ""
+                        model = chunk.get("model") or model
+                else:
+                    raise UpstreamStreamTruncated(
+                        f"{spec.display_name} ended the stream without [DONE]"
+                        + (" in the middle of an event" if events.cut else ""),
+                        provider=spec.id,
+                    )
         yield Finished(FINISH_REASONS.get(finish, FinishReason.OTHER), usage, model, response_id)

@@ -136,7 +136,7 @@ class FakeProvider:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)  # bursts of thousands of streams
         await site.start()
         self.port = self._runner.addresses[0][1]
 

@@ -201,3 +201,27 @@ def test_stream_errors_by_type_or_code() -> None:
         assert type(error) is cls, (payload, error)
         assert error.provider == "anthropic"
         assert "mid-stream" in error.message
+
+
+@pytest.mark.parametrize(
+    ("provider", "body"),
+    [
+        ("openai", b'data: {"choices":"oops"}\n\ndata: [DONE]\n\n'),
+        ("openrouter", b'data: {"choices":[{"index":0,"delta":"text"}]}\n\ndata: [DONE]\n\n'),
+        ("anthropic", b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":"x"}\n\n'),
+        (
+            "anthropic",
+            b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":"many"}}\n\n',
+        ),
+        ("google", b'data: {"candidates":{"index":0}}\r\n\r\n'),
+        ("google", b"data: [1, 2]\r\n\r\n"),
+    ],
+)
+async def test_events_of_an_unexpected_shape_are_a_provider_error(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str, body: bytes
+) -> None:
+    fake.enqueue(Scenario(body=body, headers={"Content-Type": "text/event-stream"}))
+    ep = endpoint(fake, provider)
+    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params(provider), 10))
+    assert type(out.error) is errors.ProviderError, out.error
+    assert out.error.provider == provider

@@ -196,3 +196,13 @@ async def test_json_error_answer_with_status_200_is_mapped(
     out = await run(fake, http, "llama", Scenario.json(payload))
     assert isinstance(out.error, errors.ProviderUnavailable)
     assert "model is loading" in out.error.message
+
+
+async def test_only_the_first_choice_is_the_answer(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    chunk = (
+        b'data: {"id":"c","model":"m","choices":[{"index":1,"delta":{"content":"other"}},'
+        b'{"index":0,"delta":{"content":"first"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+    out = await run(fake, http, "openai", Scenario(body=chunk, headers={"Content-Type": "text/event-stream"}))
+    assert out.text == "first"
+    assert out.finished is not None and out.finished.finish_reason is FinishReason.STOP

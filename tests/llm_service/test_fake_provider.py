@@ -98,6 +98,11 @@ async def test_process_is_driven_by_the_control_api(
         assert resp.status == 200
     async with http.get(f"{control}/requests") as resp:
         assert await resp.json() == []
+    async with http.put(f"{control}/record", json={"enabled": False}) as resp:
+        assert await resp.json() == {"record": False}
+    await collect(adapter_for(openai.spec).stream_chat(http, openai, params("openai"), 10))
+    async with http.get(f"{control}/requests") as resp:
+        assert await resp.json() == []
     async with http.post(f"{control}/scenarios", json={"no_such_field": 1}) as resp:
         assert resp.status == 400
     async with http.get(f"{control}/nothing") as resp:

@@ -61,7 +61,9 @@ class Service:
 
 def start(args: Sequence[str], env: Mapping[str, str] | None = None, *, timeout: float = 20.0) -> Service:
     """Start ``python -m <args>`` and wait for its ``serving`` log line."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # One worker process unless a test asks for more: per-process state (rate
+    # limits, caches) stays predictable and the suite stays light.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "RMLLM_WORKERS": "1", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", *args],
         stdout=subprocess.PIPE,

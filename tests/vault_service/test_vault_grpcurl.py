@@ -83,7 +83,7 @@ def test_operator_manages_keys_with_grpcurl(served: procs.Service, data_dir: Pat
     # The one RPC that returns a key, to the holder of the service credential only.
     service_token = (data_dir / "service_token").read_text().strip()
     resolved = call(address, service_token, "ResolveCredentials", {"user_token": token, "provider": "openai"})
-    assert resolved["api_key"] == UPDATED_KEY and resolved["settings"]["default_model"] == "gpt-4o"
+    assert resolved["api_key"] == UPDATED_KEY and resolved["provider"] == "openai"
     deleted = call(address, token, "DeleteProviderConfig", {"provider": "openai"})
     assert deleted == {"provider": "openai"}
     assert call(address, token, "ListProviderConfigs", {}) == {}

@@ -15,6 +15,7 @@ from testkit.vault import SEED, SERVICE_TOKEN, Failure, Vault, md
 
 from rmllm_common.secret import Secret
 from vault_service import accounts, audit
+from vault_service.auth import POLICY, Access
 
 Fails = Callable[[Awaitable[Any]], Awaitable[Failure]]
 KEY_A = "sk-alice-0123456789abcdefWXYZ"
@@ -344,3 +345,10 @@ async def test_a_failing_audit_write_fails_the_call(vault: Vault, fails: Fails) 
         await vault.stub.GetProviderConfig(pb.GetProviderConfigRequest(provider="openai"), metadata=md(token))
     ).config
     assert (config.key_hint, config.usage_count) == (KEY_A[-4:], 0)  # nothing changed, nothing decrypted
+
+
+def test_every_vault_rpc_has_an_access_rule() -> None:
+    service = pb.DESCRIPTOR.services_by_name["VaultService"]
+    assert set(POLICY) == {f"/{service.full_name}/{method.name}" for method in service.methods}
+    service_only = {name.rsplit("/", 1)[1] for name, access in POLICY.items() if access is Access.SERVICE}
+    assert service_only == {"ResolveCredentials", "AuthenticateToken"}

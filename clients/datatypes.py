@@ -1,0 +1,288 @@
+"""The typed values the client returns and accepts, and their conversion from protos.
+
+Calls return frozen dataclasses, not raw protos: ``ChatResult``, ``StreamResult``,
+``Usage``, ``ProviderConfig`` (with ``ProviderSettings``), ``TestKeyResult``,
+``ProviderInfo``, ``ModelInfo`` and ``ModelList``. Enums are ``StrEnum`` values
+with short lowercase names (``FinishReason.STOP == "stop"``,
+``TestKeyReason.INVALID_KEY == "invalid_key"``). Timestamps are timezone-aware UTC
+``datetime`` values, ``None`` when unset. A conversation is a sequence of
+``Message(role, content)``; a plain string is one user message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from google.protobuf import timestamp_pb2
+from realmultillm.llm.v1 import llm_pb2
+from realmultillm.vault.v1 import vault_pb2
+
+
+class Role(StrEnum):
+    """Who wrote a message."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class FinishReason(StrEnum):
+    """Why the model stopped."""
+
+    UNSPECIFIED = "unspecified"
+    STOP = "stop"
+    LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+    TOOL_CALLS = "tool_calls"
+    OTHER = "other"
+
+
+class TestKeyReason(StrEnum):
+    """The outcome of ``test_key``."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    UNSPECIFIED = "unspecified"
+    VALID = "valid"
+    INVALID_KEY = "invalid_key"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    RATE_LIMITED = "rate_limited"
+    UNREACHABLE = "unreachable"
+    UNKNOWN = "unknown"
+
+
+_ROLE_TO_PROTO = {
+    Role.SYSTEM: llm_pb2.ROLE_SYSTEM,
+    Role.USER: llm_pb2.ROLE_USER,
+    Role.ASSISTANT: llm_pb2.ROLE_ASSISTANT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a conversation."""
+
+    role: Role | str
+    content: str
+
+    def to_proto(self) -> llm_pb2.ChatMessage:
+        try:
+            role = _ROLE_TO_PROTO[Role(self.role)]
+        except ValueError:
+            raise ValueError(f"unknown role {self.role!r}: use system, user or assistant") from None
+        return llm_pb2.ChatMessage(role=role, content=self.content)
+
+
+def conversation(prompt: str | Sequence[Message], system: str | None = None) -> list[llm_pb2.ChatMessage]:
+    """The request's messages: an optional system message, then the prompt or messages."""
+    messages: list[Message] = [Message(Role.SYSTEM, system)] if system else []
+    if isinstance(prompt, str):
+        messages.append(Message(Role.USER, prompt))
+    else:
+        messages.extend(prompt)
+    return [message.to_proto() for message in messages]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts and cost (US dollars, from the registry's prices; 0 when unknown)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @classmethod
+    def from_proto(cls, usage: llm_pb2.Usage) -> Usage:
+        return cls(usage.input_tokens, usage.output_tokens, usage.total_tokens, usage.cost_usd)
+
+
+def _finish_reason(value: int) -> FinishReason:
+    name = llm_pb2.FinishReason.Name(value)  # type: ignore[arg-type]
+    return FinishReason(name.removeprefix("FINISH_REASON_").lower())
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """One completion: the text (the proto's ``content``) and its summary."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    model: str
+    provider: str
+    response_id: str = ""
+
+    @classmethod
+    def from_proto(cls, response: llm_pb2.ChatResponse) -> ChatResult:
+        return cls(
+            text=response.content,
+            finish_reason=_finish_reason(response.finish_reason),
+            usage=Usage.from_proto(response.usage),
+            model=response.model,
+            provider=response.provider,
+            response_id=response.response_id,
+        )
+
+    @classmethod
+    def from_stream(cls, text: str, done: llm_pb2.StreamChatDone) -> ChatResult:
+        """The result of a finished stream: the concatenated deltas and the final message."""
+        return cls(
+            text=text,
+            finish_reason=_finish_reason(done.finish_reason),
+            usage=Usage.from_proto(done.usage),
+            model=done.model,
+            provider=done.provider,
+            response_id=done.response_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TestKeyResult:
+    """What the provider said about a key."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    valid: bool
+    message: str
+    reason: TestKeyReason
+    provider: str
+    latency_ms: int
+
+    @classmethod
+    def from_proto(cls, response: llm_pb2.TestKeyResponse) -> TestKeyResult:
+        name = llm_pb2.TestKeyReason.Name(response.reason)
+        return cls(
+            valid=response.valid,
+            message=response.message,
+            reason=TestKeyReason(name.removeprefix("TEST_KEY_REASON_").lower()),
+            provider=response.provider,
+            latency_ms=response.latency_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model: id, name, context window (0: unknown) and USD prices per 1M tokens."""
+
+    id: str
+    display_name: str
+    context_window: int
+    input_price_per_mtok: float
+    output_price_per_mtok: float
+
+    @classmethod
+    def from_proto(cls, model: llm_pb2.ModelInfo) -> ModelInfo:
+        return cls(
+            model.id,
+            model.display_name,
+            model.context_window,
+            model.input_price_per_mtok,
+            model.output_price_per_mtok,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    """One provider of the registry."""
+
+    id: str
+    aliases: tuple[str, ...]
+    display_name: str
+    wire_format: str
+    default_base_url: str
+    default_model: str
+    requires_key: bool
+    features: tuple[str, ...]
+    models: tuple[ModelInfo, ...]
+
+    @classmethod
+    def from_proto(cls, info: llm_pb2.ProviderInfo) -> ProviderInfo:
+        return cls(
+            id=info.id,
+            aliases=tuple(info.aliases),
+            display_name=info.display_name,
+            wire_format=info.wire_format,
+            default_base_url=info.default_base_url,
+            default_model=info.default_model,
+            requires_key=info.requires_key,
+            features=tuple(info.features),
+            models=tuple(ModelInfo.from_proto(m) for m in info.models),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelList:
+    """The models of one provider; ``live`` when the provider listed them itself."""
+
+    provider: str
+    models: tuple[ModelInfo, ...]
+    live: bool
+
+    @classmethod
+    def from_proto(cls, response: llm_pb2.ListModelsResponse) -> ModelList:
+        return cls(response.provider, tuple(ModelInfo.from_proto(m) for m in response.models), response.live)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """Per-provider defaults for chat requests; ``None``/empty: not set."""
+
+    default_model: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+    @classmethod
+    def from_proto(cls, settings: vault_pb2.ProviderSettings) -> ProviderSettings:
+        return cls(
+            default_model=settings.default_model,
+            temperature=settings.temperature if settings.HasField("temperature") else None,
+            max_tokens=settings.max_tokens if settings.HasField("max_tokens") else None,
+        )
+
+    def to_proto(self) -> vault_pb2.ProviderSettings:
+        settings = vault_pb2.ProviderSettings(default_model=self.default_model)
+        if self.temperature is not None:
+            settings.temperature = self.temperature
+        if self.max_tokens is not None:
+            settings.max_tokens = self.max_tokens
+        return settings
+
+
+def _time(message: vault_pb2.ProviderConfig, field: str) -> datetime | None:
+    if not message.HasField(field):  # type: ignore[arg-type]
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """A stored provider configuration. It never holds the key: only its last 4 characters."""
+
+    provider: str
+    key_hint: str
+    base_url: str
+    settings: ProviderSettings
+    is_active: bool
+    create_time: datetime | None
+    update_time: datetime | None
+    last_used_time: datetime | None
+    usage_count: int
+
+    @classmethod
+    def from_proto(cls, config: vault_pb2.ProviderConfig) -> ProviderConfig:
+        return cls(
+            provider=config.provider,
+            key_hint=config.key_hint,
+            base_url=config.base_url,
+            settings=ProviderSettings.from_proto(config.settings),
+            is_active=config.is_active,
+            create_time=_time(config, "create_time"),
+            update_time=_time(config, "update_time"),
+            last_used_time=_time(config, "last_used_time"),
+            usage_count=config.usage_count,
+        )

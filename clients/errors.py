@@ -1,0 +1,309 @@
+"""Typed exceptions for the client: one hierarchy, each class carrying its gRPC code.
+
+Following google-api-core's pattern, every failed call raises an ``RmllmClientError``
+built at the client edge by ``from_grpc_error``: the class comes from the
+``google.rpc.ErrorInfo`` reason the services put in the rich status (for example
+``KEY_NOT_CONFIGURED`` -> ``KeyNotConfigured``), and an unknown or missing reason
+falls back to the class of the gRPC code (``UNAVAILABLE`` -> ``Unavailable``). Each
+error exposes ``code``, ``reason``, ``message``, ``metadata`` (``provider`` where one
+is involved), ``retry_after`` (seconds, from ``RetryInfo``) and ``field_violations``
+(from ``BadRequest``), plus the ``service`` and ``target`` the call went to::
+
+    try:
+        client.chat("openai", "hi")
+    except KeyNotConfigured as err:
+        print(f"store a key first: rmllm keys set {err.provider}")
+    except RateLimited as err:
+        time.sleep(err.retry_after or 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid request field named by the server: its path and what is wrong."""
+
+    field: str
+    description: str
+
+
+class RmllmClientError(Exception):
+    """Base of every error a RealMultiLLM call raises."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str = "UNKNOWN"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+        field_violations: tuple[FieldViolation, ...] = (),
+        service: str = "",
+        target: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if reason:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_after = retry_after
+        self.field_violations = field_violations
+        self.service = service
+        self.target = target
+
+    @property
+    def provider(self) -> str | None:
+        """The provider the error is about, when the server named one."""
+        return self.metadata.get("provider")
+
+    def __str__(self) -> str:
+        return f"{self.code.name} ({self.reason}): {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason}: {self.message!r})"
+
+
+class InvalidRequest(RmllmClientError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_REQUEST"
+
+
+class UnknownProvider(InvalidRequest):
+    reason = "UNKNOWN_PROVIDER"
+
+
+class Unauthenticated(RmllmClientError):
+    """The token is missing, unknown or revoked (TOKEN_INVALID)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "TOKEN_INVALID"
+
+
+class PermissionDenied(RmllmClientError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class ServiceCredentialRequired(PermissionDenied):
+    reason = "SERVICE_CREDENTIAL_REQUIRED"
+
+
+class NotFound(RmllmClientError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class ConfigNotFound(NotFound):
+    """No configuration is stored for that provider."""
+
+    reason = "CONFIG_NOT_FOUND"
+
+
+class AlreadyExists(RmllmClientError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(RmllmClientError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class KeyNotConfigured(FailedPrecondition):
+    """No (active) key is stored for the provider: store one first."""
+
+    reason = "KEY_NOT_CONFIGURED"
+
+
+class ProviderKeyInvalid(FailedPrecondition):
+    """The provider rejected the stored key (401/403)."""
+
+    reason = "PROVIDER_KEY_INVALID"
+
+
+class ResourceExhausted(RmllmClientError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class RateLimited(ResourceExhausted):
+    """The gateway's own per-user limit; ``retry_after`` says how long to wait."""
+
+    reason = "RATE_LIMITED"
+
+
+class ProviderRateLimited(ResourceExhausted):
+    """The provider answered 429; ``retry_after`` says how long to wait."""
+
+    reason = "PROVIDER_RATE_LIMITED"
+
+
+class ProviderQuotaExhausted(ResourceExhausted):
+    """The provider account has no quota or credit left: waiting does not help."""
+
+    reason = "PROVIDER_QUOTA_EXHAUSTED"
+
+
+class Unavailable(RmllmClientError):
+    """The service (or what it depends on) cannot be reached right now."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+class VaultUnavailable(Unavailable):
+    reason = "VAULT_UNAVAILABLE"
+
+
+class ProviderUnavailable(Unavailable):
+    reason = "PROVIDER_UNAVAILABLE"
+
+
+class UpstreamStreamTruncated(Unavailable):
+    """The provider's stream was cut short; the text received so far is incomplete."""
+
+    reason = "UPSTREAM_STREAM_TRUNCATED"
+
+
+class DeadlineExceeded(RmllmClientError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(RmllmClientError):
+    code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
+
+
+class Internal(RmllmClientError):
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+
+
+class KeyDecryptionFailed(Internal):
+    """The vault cannot decrypt the stored key (its seed is missing or changed)."""
+
+    reason = "KEY_DECRYPTION_FAILED"
+
+
+class Unimplemented(RmllmClientError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
+
+
+class ProviderError(RmllmClientError):
+    """The provider failed in a way the gateway could not classify."""
+
+    code = grpc.StatusCode.UNKNOWN
+    reason = "PROVIDER_ERROR"
+
+
+_BY_CODE: dict[grpc.StatusCode, type[RmllmClientError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        Unauthenticated,
+        PermissionDenied,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        Cancelled,
+        Internal,
+        Unimplemented,
+    )
+}
+
+_BY_REASON: dict[str, type[RmllmClientError]] = {
+    cls.reason: cls
+    for cls in (
+        InvalidRequest,
+        UnknownProvider,
+        Unauthenticated,
+        ServiceCredentialRequired,
+        ConfigNotFound,
+        KeyNotConfigured,
+        ProviderKeyInvalid,
+        RateLimited,
+        ProviderRateLimited,
+        ProviderQuotaExhausted,
+        VaultUnavailable,
+        ProviderUnavailable,
+        UpstreamStreamTruncated,
+        DeadlineExceeded,
+        KeyDecryptionFailed,
+        Internal,
+        ProviderError,
+    )
+}
+
+
+def error_class(code: grpc.StatusCode, reason: str) -> type[RmllmClientError]:
+    """The class for a status: the reason's when its code agrees, else the code's."""
+    by_reason = _BY_REASON.get(reason)
+    if by_reason is not None and by_reason.code == code:
+        return by_reason
+    return _BY_CODE.get(code, RmllmClientError)
+
+
+def _rich_status(error: Any) -> status_pb2.Status | None:
+    try:
+        status: status_pb2.Status | None = rpc_status.from_call(error)
+    except (ValueError, TypeError):  # malformed or inconsistent details: keep the plain status
+        return None
+    return status
+
+
+def from_grpc_error(error: grpc.RpcError, *, service: str = "", target: str = "") -> RmllmClientError:
+    """The typed exception for a failed call (sync ``grpc.RpcError`` or ``grpc.aio.AioRpcError``)."""
+    code_method = getattr(error, "code", None)
+    code: grpc.StatusCode = code_method() if callable(code_method) else grpc.StatusCode.UNKNOWN
+    details_method = getattr(error, "details", None)
+    message = (details_method() if callable(details_method) else None) or code.name.lower()
+    reason = ""
+    metadata: dict[str, str] = {}
+    retry_after: float | None = None
+    violations: list[FieldViolation] = []
+    status = _rich_status(error) if hasattr(error, "trailing_metadata") else None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and not reason:
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+            metadata = dict(info.metadata)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+    cls = error_class(code, reason or code.name)
+    return cls(
+        message,
+        code=code,
+        reason=reason or code.name,
+        metadata=metadata,
+        retry_after=retry_after,
+        field_violations=tuple(violations),
+        service=service,
+        target=target,
+    )
