@@ -341,12 +341,11 @@ class Session:
         plan = self.plan
         self.say("scaling: the LLM service with 1 and with 2 worker processes (Chat, cache off)")
         one = self.targets["gateway"]
-        first = self.stack.start_llm("llm-w1")
-        second = self.stack.start_llm("llm-w2", listen=first.address)
+        pair = self.stack.start_llm("llm-2-workers", workers=2)
         two = Target(
             "gateway_2_workers",
-            {**one.job, "address": first.address},
-            {"llm": [first.pid, second.pid], "vault": [self.vault.pid]},
+            {**one.job, "address": pair.address},
+            {"llm": [pair.pid], "vault": [self.vault.pid]},  # the supervisor; its workers are counted
         )
         channels = 16
         self.measure(two, "chat", plan.scaling_concurrency, requests=plan.warmup_requests, channels=channels)
@@ -367,8 +366,7 @@ class Session:
                         f"scaling {workers} worker(s): {row['rps']:.0f} Chat/s, p50 {row['p50_ms']:.2f} ms"
                     )
         finally:
-            self.stack.stop_proc(second)
-            self.stack.stop_proc(first)
+            self.stack.stop_proc(pair)
         self.results["scaling"] = rows
 
     def hops(self) -> None:

@@ -4,8 +4,9 @@ Every server is a real process started with ``python -m ...`` on ``127.0.0.1:0``
 its address comes from the ``serving`` line it prints. ``Stack`` starts the vault
 (a fresh data directory, SQLite), creates the user ``bench`` with the vault CLI,
 stores an OpenAI key whose ``base_url`` is the fake's, and starts LLM services with
-the benchmark settings (rate limits off, custom base URLs allowed). Extra LLM
-processes can join an existing port (SO_REUSEPORT) to measure scaling.
+the benchmark settings (rate limits off, custom base URLs allowed), each with
+``--workers 1`` (one process per service) unless told otherwise: ``--workers 2``
+runs the real supervisor with two processes on one port (SO_REUSEPORT).
 The file-descriptor limit is raised first, since children inherit it.
 """
 
@@ -67,8 +68,8 @@ class Proc:
                 self.proc.wait()
 
 
-def start(name: str, args: Sequence[str], env: Mapping[str, str]) -> Proc:
-    """Start ``python -m args`` and wait for its ``serving`` line."""
+def start(name: str, args: Sequence[str], env: Mapping[str, str], *, serving_lines: int = 1) -> Proc:
+    """Start ``python -m args`` and wait for ``serving_lines`` ``serving`` lines (one per worker)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", *args],
         stdout=subprocess.PIPE,
@@ -79,8 +80,10 @@ def start(name: str, args: Sequence[str], env: Mapping[str, str]) -> Proc:
     )
     started = Proc(name, proc)
     ready = threading.Event()
+    seen = 0
 
     def drain() -> None:
+        nonlocal seen
         assert proc.stdout is not None
         for line in proc.stdout:
             started.tail.append(line.rstrip("\n"))
@@ -89,7 +92,9 @@ def start(name: str, args: Sequence[str], env: Mapping[str, str]) -> Proc:
                     started.address = str(json.loads(line)["address"])
                 except (ValueError, KeyError):
                     continue
-                ready.set()
+                seen += 1
+                if seen >= serving_lines:
+                    ready.set()
         ready.set()
 
     threading.Thread(target=drain, daemon=True).start()
@@ -129,12 +134,16 @@ class Stack:
     def start_vault(self) -> Proc:
         """The vault on a fresh data directory."""
         self.vault = self._keep(
-            start("vault", ["vault_service.cli", "serve", "--listen", "127.0.0.1:0"], self.common_env)
+            start(
+                "vault",
+                ["vault_service.cli", "serve", "--listen", "127.0.0.1:0", "--workers", "1"],
+                self.common_env,
+            )
         )
         return self.vault
 
-    def start_llm(self, name: str, *, cache_seconds: float = 0.0, listen: str = "127.0.0.1:0") -> Proc:
-        """One LLM service process (rate limits off); ``listen`` may be another's address."""
+    def start_llm(self, name: str, *, cache_seconds: float = 0.0, workers: int = 1) -> Proc:
+        """An LLM service (rate limits off): one process, or a ``--workers N`` supervisor and its N."""
         assert self.vault is not None
         env = {
             **self.common_env,
@@ -142,7 +151,8 @@ class Stack:
             "RMLLM_CHAT_RATE_PER_MINUTE": "0",
             "RMLLM_CREDENTIAL_CACHE_SECONDS": f"{cache_seconds:g}",
         }
-        return self._keep(start(name, ["llm_service.cli", "serve", "--listen", listen], env))
+        args = ["llm_service.cli", "serve", "--listen", "127.0.0.1:0", "--workers", str(workers)]
+        return self._keep(start(name, args, env, serving_lines=workers))
 
     def create_user(self) -> str:
         """``rmllm-vault users create bench``; the token is the last line of stdout."""
