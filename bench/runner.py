@@ -338,21 +338,31 @@ class Session:
         }
 
     def scaling(self) -> None:
+        """Chat at one concurrency through 1 and 2 LLM workers, with the cache off and on, alternating."""
         plan = self.plan
-        self.say("scaling: the LLM service with 1 and with 2 worker processes (Chat, cache off)")
-        one = self.targets["gateway"]
-        pair = self.stack.start_llm("llm-2-workers", workers=2)
-        two = Target(
-            "gateway_2_workers",
-            {**one.job, "address": pair.address},
-            {"llm": [pair.pid], "vault": [self.vault.pid]},  # the supervisor; its workers are counted
-        )
+        self.say("scaling: the LLM service with 1 and with 2 worker processes (Chat, cache off and on)")
+        pairs = {
+            0.0: self.stack.start_llm("llm-2-workers", workers=2),
+            5.0: self.stack.start_llm("llm-2-workers-cached", workers=2, cache_seconds=5),
+        }
         channels = 16
-        self.measure(two, "chat", plan.scaling_concurrency, requests=plan.warmup_requests, channels=channels)
+        setups: list[tuple[bool, int, Target]] = []
+        for cache, name in ((0.0, "gateway"), (5.0, "gateway_cached")):
+            one = self.targets[name]
+            pair = pairs[cache]
+            two = Target(
+                f"{name}_2_workers",
+                {**one.job, "address": pair.address},
+                {"llm": [pair.pid], "vault": [self.vault.pid]},  # the supervisor; its workers are counted
+            )
+            self.measure(
+                two, "chat", plan.scaling_concurrency, requests=plan.warmup_requests, channels=channels
+            )
+            setups += [(cache > 0, 1, one), (cache > 0, 2, two)]
         rows = []
         try:
             for round_no in range(plan.scaling_rounds):
-                for workers, target in ((1, one), (2, two)):
+                for cached, workers, target in setups:
                     row = self.measure(
                         target,
                         "chat",
@@ -360,13 +370,15 @@ class Session:
                         seconds=plan.scaling_seconds,
                         channels=channels,
                     )
-                    row.update(round=round_no, workers=workers)
+                    row.update(round=round_no, workers=workers, cached=cached)
                     rows.append(row)
                     self.say(
-                        f"scaling {workers} worker(s): {row['rps']:.0f} Chat/s, p50 {row['p50_ms']:.2f} ms"
+                        f"scaling {workers} worker(s), cache {'on' if cached else 'off'}: "
+                        f"{row['rps']:.0f} Chat/s, p50 {row['p50_ms']:.2f} ms"
                     )
         finally:
-            self.stack.stop_proc(pair)
+            for pair in pairs.values():
+                self.stack.stop_proc(pair)
         self.results["scaling"] = rows
 
     def hops(self) -> None:

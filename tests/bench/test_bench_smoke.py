@@ -79,7 +79,12 @@ def test_bench_phases_and_verdicts(smoke_run: tuple[Path, str]) -> None:
     assert streams["completed_ok"] == streams["target"] == SMOKE.streams and streams["errors"] == 0
     assert 0 < streams["peak_open"] <= SMOKE.streams
     assert results["soak"]["requests"] == SMOKE.soak_requests and results["soak"]["errors"] == 0
-    assert {row["workers"] for row in results["scaling"]} == {1, 2}
+    assert {(row["workers"], row["cached"]) for row in results["scaling"]} == {
+        (1, False),
+        (2, False),
+        (1, True),
+        (2, True),
+    }
     assert all(row["errors"] == 0 for row in results["scaling"])
     assert set(results["idle_rss_mb"]) == {"llm", "llm_cached", "vault"}
     verdicts = results["targets"]
