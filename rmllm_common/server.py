@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
-from rmllm_common import requestctx
+from rmllm_common import reflection, requestctx
 from rmllm_common.errors import Internal, RmllmError, Unimplemented, to_status
 
 log = logging.getLogger(__name__)
@@ -157,14 +157,18 @@ def new_server(
 
 
 async def add_standard_services(server: grpc.aio.Server, service_names: Sequence[str]) -> HealthServicer:
-    """Register health (SERVING for "" and each service) and reflection."""
+    """Register health (SERVING for "" and each service) and reflection (with comments)."""
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *service_names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+    reflection.enable(
         server,
+        [
+            *service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name,
+        ],
     )
     return health
 

@@ -6,7 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from testkit.netguard import loopback_only
+
+# No per-example deadline: this machine is shared and noisy, and speed is the
+# benchmarks' business, never the tests'.
+settings.register_profile("rmllm", deadline=None, print_blob=True)
+settings.load_profile("rmllm")
 
 
 @pytest.fixture(autouse=True)

@@ -51,6 +51,7 @@ def test_wheel_contains_and_imports_everything(tmp_path: Path) -> None:
         "realmultillm/llm/v1/llm_pb2.pyi",
         "realmultillm/vault/v1/vault_pb2_grpc.py",
         "rmllm_common/providers.toml",
+        "realmultillm/descriptors.binpb",
         "vault_service/server.py",
         "llm_service/server.py",
         "clients/cli.py",

@@ -61,6 +61,7 @@ def test_grpcurl_list_describe_and_health(service: tuple[procs.Service, str]) ->
     described = grpcurl.run(running.address, "describe", name)
     assert described.returncode == 0, described.stderr
     assert "rpc " in described.stdout
+    assert described.stdout.count("//") >= 5, "describe should show the proto comments"
     health = grpcurl.run(running.address, "grpc.health.v1.Health/Check", data={"service": name})
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout) == {"status": "SERVING"}

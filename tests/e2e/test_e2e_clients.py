@@ -106,7 +106,7 @@ def test_four_clients_same_text_and_usage(stack: Stack, token: str, node_ready: 
     chat = json.loads(reply.stdout)
     results["grpcurl"] = (
         chat["content"],
-        [int(chat["usage"][k]) for k in ("input_tokens", "output_tokens", "total_tokens")],
+        [int(chat["usage"][k]) for k in ("inputTokens", "outputTokens", "totalTokens")],
     )
 
     expected = (want["text"], want["usage"])

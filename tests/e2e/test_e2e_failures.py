@@ -60,7 +60,9 @@ def test_truncated_stream_is_never_a_success(stack: Stack, client: Client, token
     deltas: list[str] = []
     with pytest.raises(cerr.UpstreamStreamTruncated), client.stream_chat("openai", "Hello") as stream:
         deltas.extend(stream)
-    assert "".join(deltas) == transcripts.load("openai_basic").expect["text"]
+    # What arrived is the transcript's text up to the cut (a dropped connection may
+    # also discard bytes the gateway had not read yet), and no `done`.
+    assert transcripts.load("openai_basic").expect["text"].startswith("".join(deltas))
     # grpcurl sees the same: deltas, then UNAVAILABLE, and no `done` message.
     stack.enqueue({"transcript": "openai_basic", "truncate_at": cut})
     body = {"provider": "openai", "messages": [{"role": "ROLE_USER", "content": "Hello"}]}

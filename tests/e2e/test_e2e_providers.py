@@ -61,13 +61,13 @@ def test_stream_chat_through_grpcurl(stack: Stack, client: Client, token: str, p
     assert result.returncode == 0, result.stderr
     messages = [json.loads(m) for m in _json_objects(result.stdout)]
     deltas = [m["delta"] for m in messages[:-1]]
-    done = messages[-1]["done"]  # grpcurl prints the proto field names
+    done = messages[-1]["done"]  # grpcurl prints canonical proto3 JSON (lowerCamelCase names)
     want = expected(provider)
     assert "".join(deltas) == want["text"]
     assert all(deltas)
-    assert done["finish_reason"] == f"FINISH_REASON_{want['finish_reason']}"
+    assert done["finishReason"] == f"FINISH_REASON_{want['finish_reason']}"
     usage = done["usage"]
-    assert [int(usage.get(k, 0)) for k in ("input_tokens", "output_tokens", "total_tokens")] == want["usage"]
+    assert [int(usage.get(k, 0)) for k in ("inputTokens", "outputTokens", "totalTokens")] == want["usage"]
     assert done["provider"] == provider
 
 

@@ -50,7 +50,7 @@ def test_vault_restart_mid_session(stack: Stack, token: str) -> None:
         assert [(c.provider, c.key_hint, c.settings.default_model) for c in configs] == [
             ("openai", KEYS["openai"][-4:], "gpt-4o")
         ]
-        result = client.chat("openai", "Hello")
+        result = recovered(lambda: client.chat("openai", "Hello"))  # the LLM service reconnects too
         assert result.text and result.model
         assert stack.requests()[-1]["json"]["model"] == "gpt-4o"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
 import pytest
 from fakes import FakeProvider, Scenario
@@ -14,18 +12,6 @@ from llm_service.adapters.base import ChatParams, FinishReason, Message, Usage
 from rmllm_common import errors
 
 SSE = {"Content-Type": "text/event-stream"}
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def run(

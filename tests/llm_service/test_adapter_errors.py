@@ -8,7 +8,6 @@ own error body; the error must have the right class, reason, retry delay and
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from email.utils import formatdate
 
 import aiohttp
@@ -69,18 +68,6 @@ TABLE: dict[tuple[str, str], tuple[type[errors.RmllmError], float | str | None]]
     ("llama", "not_found"): (BAD, None),
     ("llama", "overloaded"): (DOWN, 2.0),
 }
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def test_the_table_covers_every_provider() -> None:

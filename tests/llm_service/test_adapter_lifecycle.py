@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -25,18 +24,6 @@ from rmllm_common.secret import Secret
 
 FORMATS = ["openai", "anthropic", "google"]  # one provider per wire format
 SLOW = Scenario.stream(tuple(f" w{i}" for i in range(200)), delay=0.02)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.mark.parametrize("provider", FORMATS)

@@ -5,8 +5,6 @@ The request each provider receives, and each trap of the format with its own tes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
 import pytest
 from fakes import FakeProvider, Scenario
@@ -24,18 +22,6 @@ PATHS = {
     "grok": "/v1/chat/completions",
     "llama": "/v1/chat/completions",
 }
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.mark.parametrize("provider", OPENAI_FORMAT)

@@ -8,7 +8,6 @@ text, finish reason, usage, model and id (or its error after its text) each time
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -24,18 +23,6 @@ SPLITS: dict[str, tuple[int, ...]] = {
     "bytewise": (1,),
     **{f"random{seed}": tuple(random.Random(seed).randint(1, 48) for _ in range(64)) for seed in (1, 2, 3)},  # noqa: S311
 }
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def test_every_registry_provider_has_a_transcript() -> None:

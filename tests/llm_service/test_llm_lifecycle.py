@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -87,6 +88,7 @@ def test_sigterm_lets_an_in_flight_stream_finish() -> None:
     import signal
     from pathlib import Path
 
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
     from realmultillm.llm.v1 import llm_pb2_grpc
     from testkit import procs
     from testkit.llm_harness import ALICE
@@ -99,10 +101,15 @@ def test_sigterm_lets_an_in_flight_stream_finish() -> None:
     try:
         with grpc.insecure_channel(running.address) as channel:
             stub = llm_pb2_grpc.LLMServiceStub(channel)
+            health: Any = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             stream = stub.StreamChat(stream_request(), metadata=auth(ALICE), timeout=30)
             first = next(stream)
             assert first.delta == "slow"
             running.proc.send_signal(signal.SIGTERM)
+            # Health turns NOT_SERVING (load balancers stop sending) while the stream drains.
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
             rest = list(stream)
             assert [m.WhichOneof("event") for m in rest] == ["delta", "done"]
             assert stream.code() == grpc.StatusCode.OK

@@ -56,7 +56,7 @@ def test_operator_manages_keys_with_grpcurl(served: procs.Service, data_dir: Pat
 
     put = call(address, token, "PutProviderConfig", {"provider": "openai", "api_key": KEY})
     replies.append(json.dumps(put))
-    assert put["config"]["provider"] == "openai" and put["config"]["key_hint"] == KEY[-4:]
+    assert put["config"]["provider"] == "openai" and put["config"]["keyHint"] == KEY[-4:]
 
     listed = call(address, token, "ListProviderConfigs", {})
     replies.append(json.dumps(listed))
@@ -72,18 +72,21 @@ def test_operator_manages_keys_with_grpcurl(served: procs.Service, data_dir: Pat
         },
     )
     replies.append(json.dumps(updated))
-    assert updated["config"]["settings"] == {"default_model": "gpt-4o", "temperature": 0.2}
+    assert updated["config"]["settings"] == {
+        "defaultModel": "gpt-4o",
+        "temperature": 0.2,
+    }  # canonical JSON names
 
     replaced = call(address, token, "PutProviderConfig", {"provider": "openai-api", "api_key": UPDATED_KEY})
     replies.append(json.dumps(replaced))
-    assert replaced["config"]["key_hint"] == UPDATED_KEY[-4:]
+    assert replaced["config"]["keyHint"] == UPDATED_KEY[-4:]
 
     got = call(address, token, "GetProviderConfig", {"provider": "openai"})
     replies.append(json.dumps(got))
     # The one RPC that returns a key, to the holder of the service credential only.
     service_token = (data_dir / "service_token").read_text().strip()
     resolved = call(address, service_token, "ResolveCredentials", {"user_token": token, "provider": "openai"})
-    assert resolved["api_key"] == UPDATED_KEY and resolved["provider"] == "openai"
+    assert resolved["apiKey"] == UPDATED_KEY and resolved["provider"] == "openai"
     deleted = call(address, token, "DeleteProviderConfig", {"provider": "openai"})
     assert deleted == {"provider": "openai"}
     assert call(address, token, "ListProviderConfigs", {}) == {}

@@ -152,7 +152,7 @@ class ChatMessage(_message.Message):
     role: Global___Role.ValueType
     """Who wrote it; must not be ROLE_UNSPECIFIED."""
     content: _builtins.str
-    """The text, UTF-8, at most 1,048,576 bytes (1 MiB) per message."""
+    """The text, UTF-8: not empty, at most 1,048,576 bytes (1 MiB) per message."""
     def __init__(
         self,
         *,
@@ -467,7 +467,8 @@ class TestKeyRequest(_message.Message):
     """
     base_url: _builtins.str
     """Endpoint override for the test, under the same policy as a stored base_url.
-    Empty: the stored configuration's, else the provider's default.
+    Empty: the stored configuration's when testing the stored key, the provider's
+    default when testing an explicit `api_key`.
     """
     def __init__(
         self,
