@@ -25,6 +25,7 @@ FIGURES = (
     "cpu_llm_ms",
     "cpu_vault_ms",
     "cpu_fake_ms",
+    "loadgen_core_pct",
     "errors",
 )
 TARGET_CONCURRENCY_LATENCY = 1
@@ -281,8 +282,9 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], verdicts: list[di
         "## Latency, throughput and CPU",
         "",
         "| kind | c | config | p50 ms | p99 ms | added p50 ms | first delta p50 ms | added first delta ms "
-        "| req/s | deltas/s | CPU ms/req (LLM + vault) | fake CPU ms/req | RSS MB | errors |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| req/s | deltas/s | CPU ms/req (LLM + vault) | fake CPU ms/req | load gen % of a core | RSS MB "
+        "| errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in summary["cells"]:
         cpu = (
@@ -296,7 +298,8 @@ def markdown(results: dict[str, Any], summary: dict[str, Any], verdicts: list[di
             f"| {_fmt(c.get('added_p50_ms'))} | {_fmt(c['ttfd_p50_ms'])} "
             f"| {_fmt(c.get('added_ttfd_p50_ms'))} "
             f"| {_fmt(c['rps'], 0)} | {_fmt(c['deltas_per_s'], 0) if c['kind'] == 'stream' else NA} | {cpu} "
-            f"| {_fmt(c['cpu_fake_ms'], 3)} | {_fmt(c['rss_mb'], 1) if c['config'] != 'direct' else NA} "
+            f"| {_fmt(c['cpu_fake_ms'], 3)} | {_fmt(c['loadgen_core_pct'], 0)} "
+            f"| {_fmt(c['rss_mb'], 1) if c['config'] != 'direct' else NA} "
             f"| {_fmt(c['errors'], 0)} |"
         )
     soak = results.get("soak", {})

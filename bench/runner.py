@@ -184,9 +184,11 @@ class Session:
         pids = {name: list(p) for name, p in target.services.items()}
         before = {name: procstat.cpu_seconds(p) for name, p in pids.items()}
         fake_before = procstat.cpu_seconds([self.fake.pid])
+        gen_before = procstat.cpu_seconds([self.gen.pid()])
         result = self.gen.run(job)
         after = {name: procstat.cpu_seconds(p) for name, p in pids.items()}
         fake_after = procstat.cpu_seconds([self.fake.pid])
+        gen_after = procstat.cpu_seconds([self.gen.pid()])
         ok = max(1, int(result["ok"]))
         cpu = {f"cpu_{name}_ms": (after[name] - before[name]) * 1e3 / ok for name in pids}
         row = {
@@ -197,6 +199,8 @@ class Session:
             **cpu,
             "cpu_server_ms": sum(cpu.values()),
             "cpu_fake_ms": (fake_after - fake_before) * 1e3 / ok,
+            # The load generator's share of one core: near 100 % it would be the bottleneck.
+            "loadgen_core_pct": 100 * (gen_after - gen_before) / max(1e-9, float(result["elapsed_s"])),
             "rss_mb": {name: procstat.total_rss_bytes(p) / MB for name, p in pids.items()},
         }
         return row
