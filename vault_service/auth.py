@@ -1,7 +1,7 @@
 """Authentication of every VaultService call, in one interceptor.
 
-``AuthInterceptor`` wraps each VaultService handler (health and reflection stay
-open) with a check driven by ``POLICY``: user RPCs need ``authorization: Bearer
+``AuthInterceptor`` wraps each VaultService handler once (health and reflection
+stay open) with a check driven by ``POLICY``: user RPCs need ``authorization: Bearer
 <user token>``, service RPCs need the service credential, compared in constant
 time. A method missing from the table is refused (deny by default). The check runs
 inside the wrapped handler, so the error interceptor (outermost) turns its
@@ -81,6 +81,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self._service_token = service_token.reveal().encode()
         self._authenticate = authenticate
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def _check(self, access: Access | None, metadata: Any) -> Principal | None:
         token = bearer(metadata)
@@ -108,13 +109,21 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler.unary_unary is None:
             return None  # VaultService is all unary; anything else is not served
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` behind the check for ``method``; built once per method."""
         inner: Any = handler.unary_unary
         access = POLICY.get(method)
-        metadata = handler_call_details.invocation_metadata
 
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                principal = await self._check(access, metadata)
+                principal = await self._check(access, context.invocation_metadata())
             except (TokenInvalid, PermissionDenied) as exc:
                 log.info(
                     "call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"}
