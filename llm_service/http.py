@@ -4,7 +4,7 @@ Created once when the server is built and closed when it stops, so connections
 (and TLS sessions) are reused across requests: a keep-alive ``TCPConnector`` with a
 bounded pool, DNS answers cached for a few minutes, no proxy settings taken from
 the environment (``trust_env=False``: a stray ``HTTPS_PROXY`` must not capture
-keys), and no session-wide timeout (each adapter call is bounded by the caller's
+keys), no cookie jar (the session is shared by every user), and no session-wide timeout (each adapter call is bounded by the caller's
 remaining deadline instead). Responses are decompressed incrementally by aiohttp,
 which suits streamed bodies.
 """
@@ -32,4 +32,7 @@ def new_http_session(max_connections: int) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS),
         auto_decompress=True,
         raise_for_status=False,
+        # One session serves every user: a cookie one provider answer sets must
+        # never ride along on another user's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )

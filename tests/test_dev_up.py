@@ -51,7 +51,7 @@ def test_dev_up_starts_both_services_with_generated_state(tmp_path: Path) -> Non
 
     threading.Thread(target=drain, daemon=True).start()
     try:
-        assert up.wait(120), "".join(lines)
+        assert up.wait(100), "".join(lines)
         time.sleep(0.5)  # the rest of the banner
         banner = "".join(lines)
         assert llm in banner and vault in banner and "users create" in banner

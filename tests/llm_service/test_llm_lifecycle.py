@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from testkit.llm_harness import auth, chat_request, llm_harness, stream_request
@@ -81,6 +82,7 @@ async def test_one_http_session_for_all_calls_closed_at_stop() -> None:
         assert first is second
         assert not first.closed
         assert not first.trust_env
+        assert isinstance(first.cookie_jar, aiohttp.DummyCookieJar)  # shared by all users: keeps none
     assert first.closed
 
 
