@@ -4,9 +4,9 @@ Created once when the server is built and closed when it stops, so connections
 (and TLS sessions) are reused across requests: a keep-alive ``TCPConnector`` with a
 bounded pool, DNS answers cached for a few minutes, no proxy settings taken from
 the environment (``trust_env=False``: a stray ``HTTPS_PROXY`` must not capture
-keys), no cookie jar (the session is shared by every user), and no session-wide timeout (each adapter call is bounded by the caller's
-remaining deadline instead). Responses are decompressed incrementally by aiohttp,
-which suits streamed bodies.
+keys), no cookie jar (the session is shared by every user), and no session-wide
+timeout (each adapter call is bounded by the caller's remaining deadline instead).
+Responses are decompressed incrementally by aiohttp, which suits streamed bodies.
 """
 
 from __future__ import annotations
