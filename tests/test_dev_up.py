@@ -25,6 +25,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.timeout(180)
 def test_dev_up_starts_both_services_with_generated_state(tmp_path: Path) -> None:
     llm, vault = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     state = tmp_path / "state"
