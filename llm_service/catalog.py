@@ -4,9 +4,11 @@ The registry is static for the life of the process, so ``ListProviders``'s
 response and each provider's registry model list are built once, at start.
 ``ListModels`` asks the provider live (with the caller's stored key) when the
 registry gives it a ``models_path`` and the caller has a key (or needs none); the
-live ids are enriched with the registry's context windows and prices. Without a
-listing, without a key, or when the live call fails (logged), the answer is the
-registry's list with ``live=false``.
+live ids are enriched with the registry's context windows and prices. A live
+listing draws on the per-user budget it shares with TestKey (both are calls on the
+user's provider account). Without a listing, without a key, past that budget, or
+when the live call fails (logged), the answer is the registry's list with
+``live=false``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from realmultillm.llm.v1 import llm_pb2
 from llm_service.adapters.base import Endpoint, ListedModel
 from llm_service.chat import AdapterLookup, credentials_for, stored_base_url
 from llm_service.deadline import Deadline
+from llm_service.ratelimit import RateLimiter
 from llm_service.vault_client import VaultClient
-from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RmllmError
+from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RateLimited, RmllmError
 from rmllm_common.registry import ModelSpec, ProviderSpec, Registry
 from rmllm_common.secret import Secret
 
@@ -80,12 +83,14 @@ class Catalog:
         vault: VaultClient,
         adapters: AdapterLookup,
         http: aiohttp.ClientSession,
+        limiter: RateLimiter,
         allow_custom_base_url: bool,
     ) -> None:
         self._registry = registry
         self._vault = vault
         self._adapters = adapters
         self._http = http
+        self._limiter = limiter
         self._allow_custom = allow_custom_base_url
         specs = list(registry.providers.values())
         self.providers = llm_pb2.ListProvidersResponse(providers=[provider_info(s) for s in specs])
@@ -114,6 +119,12 @@ class Catalog:
         except KeyNotConfigured:
             return static
         endpoint = Endpoint(spec, stored_base_url(spec, credentials, self._allow_custom), credentials.api_key)
+        try:
+            # A live listing is a call on the user's provider account, like a TestKey
+            # probe: it draws on the same per-user budget, and past it the registry answers.
+            self._limiter.take(credentials.user_id)
+        except RateLimited:
+            return static
         try:
             listed = await self._adapters(spec).list_models(self._http, endpoint, deadline.remaining())
         except DeadlineExceeded:

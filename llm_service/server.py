@@ -95,15 +95,27 @@ async def build_server(
         policy=policy,
         allow_custom_base_url=allow,
     )
+    # TestKey probes and live model listings are calls on the user's provider
+    # account: one per-user budget for both.
+    account_calls = RateLimiter(
+        "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
+    )
     keys = KeyTester(
         registry=registry,
         vault=vault,
         adapters=lookup,
         http=http,
-        limiter=RateLimiter("TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock),
+        limiter=account_calls,
         allow_custom_base_url=allow,
     )
-    catalog = Catalog(registry=registry, vault=vault, adapters=lookup, http=http, allow_custom_base_url=allow)
+    catalog = Catalog(
+        registry=registry,
+        vault=vault,
+        adapters=lookup,
+        http=http,
+        limiter=account_calls,
+        allow_custom_base_url=allow,
+    )
 
     server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)

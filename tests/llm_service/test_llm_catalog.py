@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from realmultillm.llm.v1 import llm_pb2
-from testkit.llm_harness import ALICE_OPENAI_KEY, LLMHarness, auth, rich_error
+from testkit.llm_harness import ALICE_OPENAI_KEY, LLMHarness, auth, llm_harness, rich_error
 
 from llm_service.adapters.base import ListedModel
 from rmllm_common import errors
@@ -89,3 +89,16 @@ async def test_list_models_errors(llm: LLMHarness) -> None:
             llm_pb2.ListModelsRequest(provider="openai"), metadata=auth("rmk_unknown_0000")
         )
     assert rich_error(caught.value).reason == "TOKEN_INVALID"
+
+
+async def test_live_listings_share_the_testkey_budget_then_fall_back() -> None:
+    env = {"RMLLM_TESTKEY_RATE_PER_MINUTE": "1", "RMLLM_TESTKEY_BURST": "2"}
+    async with llm_harness(env) as llm:
+        llm.adapter.models = [ListedModel("gpt-4o")]
+        request = llm_pb2.ListModelsRequest(provider="openai")
+        first = await llm.stub.ListModels(request, metadata=auth())
+        await llm.stub.TestKey(llm_pb2.TestKeyRequest(provider="openai"), metadata=auth())
+        third = await llm.stub.ListModels(request, metadata=auth())
+    assert first.live and not third.live  # the budget of 2 went to a listing and a probe
+    assert len(llm.adapter.model_calls) == 1
+    assert [m.id for m in third.models] == sorted(m.id for m in default_registry().resolve("openai").models)

@@ -110,7 +110,8 @@ async def test_no_secret_reaches_a_caller_or_a_log(caplog: pytest.LogCaptureFixt
     adapter = LeakyAdapter()
     adapter.mode = mode
     seen: list[str] = []
-    async with llm_harness({"RMLLM_TESTKEY_BURST": "2"}, adapter=adapter) as llm:
+    # Two TestKeys and one live ListModels use the burst of 3; the next TestKey is over it.
+    async with llm_harness({"RMLLM_TESTKEY_BURST": "3"}, adapter=adapter) as llm:
         await _drive(llm, seen)
         seen += await _collect(  # over the TestKey limit
             llm.stub.TestKey(llm_pb2.TestKeyRequest(provider="openai", api_key=CANDIDATE), metadata=auth())

@@ -699,7 +699,9 @@ class ListModelsResponse(_message.Message):
     """Canonical provider id."""
     live: _builtins.bool
     """True when the list came live from the provider; false when it is the
-    registry's (no key configured, the provider has no listing, or it failed).
+    registry's (no key configured, the provider has no listing, the live call
+    failed, or the caller's per-user budget of provider calls, shared with
+    TestKey, is spent).
     """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
