@@ -23,7 +23,7 @@ from rmllm_common.workers import supervise
 from vault_service import accounts, audit, migrations, rewrap
 from vault_service.crypto import Keyring
 from vault_service.database import Database, DatabaseUrlError
-from vault_service.server import build_server
+from vault_service.server import build_server, prepare_database
 from vault_service.settings import DEFAULT_LISTEN, SettingsError, VaultSettings
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = VaultSettings.from_env(os.environ, listen=args.listen, data_dir=args.data_dir)
             workers = worker_count(args.workers, os.environ)
             if workers > 1:
+                prepare_database(settings)
                 argv = child_argv("vault_service.cli", args)
                 return supervise(argv, settings.listen, workers, settings.grace_seconds)
             return run_serve(settings, settings.listen, settings.grace_seconds, build_server)

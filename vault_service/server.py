@@ -54,6 +54,24 @@ def check_seed_matches(db: Database, keyring: Keyring, settings: VaultSettings) 
     )
 
 
+def prepare_database(settings: VaultSettings) -> None:
+    """Migrate the schema and check the seed against stored keys, then close.
+
+    ``serve --workers N`` runs this once in the supervisor before starting the
+    workers: N processes opening a fresh SQLite file together would race to switch
+    it to WAL (SQLite can answer that switch with "busy" without waiting), and only
+    the process that generated the seed can tell a first start from a lost seed.
+    """
+    db = Database(settings.effective_database_url)
+    try:
+        applied = migrations.migrate(db)
+        if applied:
+            log.info("database schema migrated", extra={"versions": ",".join(map(str, applied))})
+        check_seed_matches(db, Keyring(settings.seed, settings.old_seeds), settings)
+    finally:
+        db.close()
+
+
 async def build_server(settings: VaultSettings) -> ServerHandle:
     """A vault server bound to ``settings.listen`` (port 0 picks a free port)."""
     db = Database(settings.effective_database_url)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,8 +124,8 @@ def test_operator_commands_without_secrets_do_not_create_them(data_dir: Path) ->
     )
 
 
-async def test_a_lost_seed_is_not_silently_replaced(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    env = {"RMLLM_SERVICE_TOKEN": SERVICE_TOKEN}
+def _database_with_a_key_and_no_seed(data_dir: Path, env: dict[str, str]) -> tuple[VaultSettings, Keyring]:
+    """A first start's settings and keyring, one stored key, and then the seed file lost."""
     first = VaultSettings.from_env(env, data_dir=str(data_dir), listen="127.0.0.1:0")
     assert first.generated_seed_file == data_dir / "vault_seed"
     db = Database(first.effective_database_url)
@@ -135,8 +138,30 @@ async def test_a_lost_seed_is_not_silently_replaced(data_dir: Path, caplog: pyte
     )
     db.call(configs.put, db, principal.user_id, "openai", draft, "r")
     db.close()
-
     (data_dir / "vault_seed").unlink()  # the operator lost the seed file
+    return first, keyring
+
+
+def test_workers_supervisor_refuses_a_lost_seed_too(data_dir: Path) -> None:
+    env = {"RMLLM_SERVICE_TOKEN": SERVICE_TOKEN}
+    _, keyring = _database_with_a_key_and_no_seed(data_dir, env)
+    result = subprocess.run(
+        [sys.executable, "-m", "vault_service.cli", "serve", "--listen", "127.0.0.1:0", "--workers", "2"],
+        env={**os.environ, **env, "RMLLM_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"1 under key id {keyring.current.key_id}" in result.stderr
+    assert "serving" not in result.stderr
+    assert not (data_dir / "vault_seed").exists()
+
+
+async def test_a_lost_seed_is_not_silently_replaced(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    env = {"RMLLM_SERVICE_TOKEN": SERVICE_TOKEN}
+    first, keyring = _database_with_a_key_and_no_seed(data_dir, env)
     second = VaultSettings.from_env(env, data_dir=str(data_dir), listen="127.0.0.1:0")
     with pytest.raises(SettingsError, match=f"1 under key id {keyring.current.key_id}"):
         await build_server(second)
