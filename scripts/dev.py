@@ -70,31 +70,47 @@ def ensure_venv(extra: str) -> None:
     stamp.write_text(want)
 
 
-def ensure_node_packages() -> None:
-    """Install each Node project's locked packages when its lockfile changed.
+def ensure_node_packages() -> list[Path]:
+    """Install each Node project's locked packages with ``npm ci`` when its lockfile changed.
 
-    ``npm install`` rather than ``npm ci``: the registry reachable here serves only
-    the Linux builds of buf's per-platform optional packages, so the lockfile cannot
-    list the others and ``npm ci`` refuses it as out of sync. ``npm install`` still
-    installs exactly the locked versions (package.json pins them too) and checks
-    their integrity hashes.
+    ``npm ci`` installs exactly what the lockfile lists (checking the integrity hashes)
+    and never writes the lockfile, so a run leaves the work tree as it found it. The
+    lockfiles list every platform's build of buf (``npm ci`` skips the builds for other
+    platforms without fetching them); a lockfile missing some is refused by ``npm ci``
+    as out of sync, and ``npm install`` would add them, changing a tracked file.
+
+    The stamp (the lockfile's digest) lives in ``.venv`` rather than ``node_modules``:
+    another ``npm ci`` of the same lockfile (the README tour, the Node client's tests)
+    replaces ``node_modules`` with the same packages, and must not force a reinstall.
+    Returns the projects it installed.
     """
     npm = shutil.which("npm")
     if npm is None:
         sys.exit(
             "[dev] npm is required (buf, the Node client): install Node.js 20+ (apt-get install nodejs npm)"
         )
+    installed: list[Path] = []
     for project in NODE_PROJECTS:
         lock = project / "package-lock.json"
         if not lock.exists():
             continue
-        stamp = project / "node_modules" / ".rmllm-installed"
+        stamp = VENV / f".installed-npm-{project.name}"
         want = digest(lock)
-        if stamp.exists() and stamp.read_text() == want:
+        if (
+            stamp.exists()
+            and stamp.read_text() == want
+            and (project / "node_modules" / ".package-lock.json").exists()
+        ):
             continue
-        say(f"npm install (locked) in {project.relative_to(ROOT)}")
-        run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=project)
+        say(f"npm ci in {project.relative_to(ROOT)}")
+        run(
+            [npm, "ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=project,
+        )
+        stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(want)
+        installed.append(project)
+    return installed
 
 
 def port_free(address: str) -> bool:
@@ -182,14 +198,38 @@ Ctrl-C stops both services.""",
         stop_all()
 
 
+def work_tree_status() -> str | None:
+    """``git status --porcelain`` of the checkout, or None outside a git work tree."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    result = subprocess.run(
+        [git, "status", "--porcelain", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout if result.returncode == 0 else None
+
+
 def test(pytest_args: list[str]) -> int:
+    before = work_tree_status()
     ensure_venv("dev")
     ensure_node_packages()
     env = dict(os.environ)
     env["PATH"] = (
         f"{BIN}{os.pathsep}{ROOT / 'tools' / 'node_modules' / '.bin'}{os.pathsep}{env.get('PATH', '')}"
     )
-    return subprocess.run([str(PY), "-m", "pytest", *pytest_args], cwd=ROOT, env=env, check=False).returncode
+    code = subprocess.run([str(PY), "-m", "pytest", *pytest_args], cwd=ROOT, env=env, check=False).returncode
+    after = work_tree_status()
+    if before is not None and after != before:
+        changed = sorted(set((after or "").splitlines()) ^ set(before.splitlines()))
+        say("the run changed the work tree (it must leave it as it found it):")
+        for line in changed:
+            print(f"  {line}", flush=True)
+        return code or 1
+    return code
 
 
 def main() -> int:

@@ -1,0 +1,97 @@
+"""``dev.py test`` leaves the work tree as it found it, and installs the Node packages
+only when a lockfile changed.
+
+The install runs on a fresh copy of the tracked files (a fresh clone, as a newcomer
+has it): a lockfile that ``npm`` rewrites, or one ``npm ci`` refuses, fails here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+TRACKED = ["scripts/dev.py", ".gitignore", "tools", "clients/node"]
+
+
+def git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return result.stdout
+
+
+def fresh_clone(tmp_path: Path) -> Path:
+    """The tracked files dev.py's Node step uses, as committed in a new repository."""
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    for name in git(ROOT, "ls-files", "-z", "--", *TRACKED).split("\0"):
+        if name and (ROOT / name).exists():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "fresh clone")
+    return repo
+
+
+def load_dev(repo: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("dev_in_clone", repo / "scripts" / "dev.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(600)
+def test_node_install_leaves_a_fresh_clone_clean_and_runs_only_when_a_lockfile_changed(
+    tmp_path: Path,
+) -> None:
+    repo = fresh_clone(tmp_path)
+    dev = load_dev(repo)
+    assert dev.work_tree_status() == ""
+
+    first = dev.ensure_node_packages()
+    assert sorted(p.name for p in first) == ["node", "tools"]
+    assert (repo / "tools" / "node_modules" / ".bin" / "buf").exists()
+    assert dev.work_tree_status() == "", "installing the locked packages changed the work tree"
+
+    assert dev.ensure_node_packages() == [], "nothing changed, yet npm ran again"
+
+    # Another `npm ci` of the same lockfile (the README tour does one) keeps the install valid.
+    subprocess.run(
+        ["npm", "ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=repo / "clients" / "node",
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert dev.ensure_node_packages() == []
+
+    # A changed lockfile (here only its layout) is installed again.
+    lock = repo / "tools" / "package-lock.json"
+    lock.write_text(json.dumps(json.loads(lock.read_text()), indent=1) + "\n")
+    assert [p.name for p in dev.ensure_node_packages()] == ["tools"]
+    assert dev.work_tree_status() == " M tools/package-lock.json\n"
+
+
+def test_work_tree_status_sees_a_new_file_and_an_edit(tmp_path: Path) -> None:
+    repo = fresh_clone(tmp_path)
+    dev = load_dev(repo)
+    assert dev.work_tree_status() == ""
+    (repo / "tools" / "stray.txt").write_text("left behind\n")
+    (repo / "tools" / "package.json").write_text("{}\n")
+    assert dev.work_tree_status().splitlines() == [" M tools/package.json", "?? tools/stray.txt"]
