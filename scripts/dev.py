@@ -2,7 +2,8 @@
 """The README's two commands: set up and run both services, and run every check.
 
 ``python3 scripts/dev.py up``
-    Creates ``.venv`` (first run only), installs the project into it, and starts the
+    Creates ``.venv`` (first run only), installs the project's runtime (and grpcurl,
+    which the banner uses) into it, and starts the
     vault (127.0.0.1:50052) and then the LLM service (127.0.0.1:50051) on the
     embedded defaults: a SQLite database and a generated seed and service token, in
     the 0600 state directory ``.rmllm/`` (override with ``RMLLM_DATA_DIR``). It
@@ -54,20 +55,30 @@ def digest(*paths: Path) -> str:
     return h.hexdigest()
 
 
+# The extra each command installs: `up` the runtime and grpcurl (its banner and the
+# README tour use it), never the dev tools; `test` the dev tools, which include grpcurl.
+UP_EXTRA, TEST_EXTRA = "grpcurl", "dev"
+# The extras each install includes: after `test`, `up` installs nothing.
+INCLUDES = {UP_EXTRA: {UP_EXTRA}, TEST_EXTRA: {TEST_EXTRA, UP_EXTRA}}
+
+
 def ensure_venv(extra: str) -> None:
-    """Create .venv and install the project (editable) when pyproject.toml changed."""
+    """Create .venv and install the project (editable) with ``extra`` when pyproject.toml changed.
+
+    An install of ``dev`` also serves ``up`` (it includes grpcurl), so ``up`` after
+    ``test`` installs nothing.
+    """
     if not PY.exists():
         say(f"creating {VENV.relative_to(ROOT)}")
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-        run([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    stamp = VENV / f".installed-{extra or 'base'}"
     want = digest(ROOT / "pyproject.toml")
-    if stamp.exists() and stamp.read_text() == want:
-        return
-    spec = f".[{extra}]" if extra else "."
-    say(f"installing {spec} into {VENV.relative_to(ROOT)}")
-    run([str(PY), "-m", "pip", "install", "-q", "-e", spec], cwd=ROOT)
-    stamp.write_text(want)
+    for have, includes in INCLUDES.items():
+        stamp = VENV / f".installed-{have}"
+        if extra in includes and stamp.exists() and stamp.read_text() == want:
+            return
+    say(f"installing .[{extra}] into {VENV.relative_to(ROOT)}")
+    run([str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f".[{extra}]"], cwd=ROOT)
+    (VENV / f".installed-{extra}").write_text(want)
 
 
 def ensure_node_packages() -> list[Path]:
@@ -127,6 +138,9 @@ def wait_healthy(address: str, proc: subprocess.Popen[bytes], timeout: float = 3
             sys.exit(
                 f"[dev] the service at {address} exited with status {proc.returncode}; see its log above"
             )
+        if port_free(address):  # not listening yet: no need to start a probe process
+            time.sleep(0.1)
+            continue
         probe = [str(PY), "-m", "rmllm_common.healthcheck", address, "--timeout", "2"]
         if subprocess.run(probe, capture_output=True, check=False, cwd=ROOT).returncode == 0:
             return
@@ -134,8 +148,65 @@ def wait_healthy(address: str, proc: subprocess.Popen[bytes], timeout: float = 3
     sys.exit(f"[dev] the service at {address} did not become healthy in {timeout:.0f}s")
 
 
+# What the services make of RMLLM_ALLOW_CUSTOM_BASE_URL, read by their own settings code.
+_CUSTOM_BASE_URL_PROBE = """
+import os
+from llm_service.settings import LLMSettings
+from vault_service.settings import VaultSettings
+llm = LLMSettings.from_env(os.environ).allow_custom_base_url
+vault = VaultSettings.from_env(os.environ, with_secrets=False).allow_custom_base_url
+print(int(llm), int(vault))
+"""
+
+
+def custom_base_urls(env: dict[str, str]) -> str:
+    """The banner's line on custom base URLs, as the running services' settings have it."""
+    probe = subprocess.run(
+        [str(PY), "-c", _CUSTOM_BASE_URL_PROBE],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    answer = probe.stdout.split()
+    if probe.returncode != 0 or len(answer) != 2:
+        return "unknown (could not read the settings)"
+    llm, vault = (flag == "1" for flag in answer)
+    if llm and vault:
+        return "allowed (RMLLM_ALLOW_CUSTOM_BASE_URL): a config's base_url may point anywhere"
+    if llm != vault:
+        which = "the LLM service" if llm else "the vault"
+        return f"allowed by {which} only: set RMLLM_ALLOW_CUSTOM_BASE_URL=1 for both"
+    return (
+        "not allowed: only llama's base_url may be set. For the README tour's fake\n"
+        "                    provider, start with: RMLLM_ALLOW_CUSTOM_BASE_URL=1 python3 scripts/dev.py up"
+    )
+
+
+def banner(args: argparse.Namespace, env: dict[str, str]) -> str:
+    """What ``up`` prints once both services are healthy; the steps in it are tested."""
+    data_dir = env["RMLLM_DATA_DIR"]
+    return f"""
+RealMultiLLM is up.
+  LLM service       {args.llm_listen}   (realmultillm.llm.v1.LLMService)
+  vault             {args.vault_listen}   (realmultillm.vault.v1.VaultService)
+  state             {data_dir}  (seed, service token, SQLite database: back it up)
+  custom base URLs  {custom_base_urls(env)}
+
+Next, in another terminal:
+  export RMLLM_DATA_DIR={data_dir}
+  TOKEN=$(.venv/bin/rmllm-vault users create alice | tail -n 1)
+  .venv/bin/grpcurl -plaintext {args.llm_listen} list
+  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" {args.llm_listen} \\
+      realmultillm.llm.v1.LLMService/ListProviders
+  RMLLM_TOKEN=$TOKEN .venv/bin/rmllm keys set openai      # then: .venv/bin/rmllm chat -p openai "Hello"
+
+The README's tour ("Try it") continues from here. Ctrl-C stops both services."""
+
+
 def up(args: argparse.Namespace) -> int:
-    ensure_venv("dev")
+    ensure_venv(UP_EXTRA)
     env = dict(os.environ)
     env.setdefault("RMLLM_DATA_DIR", str(ROOT / ".rmllm"))
     for address in (args.vault_listen, args.llm_listen):
@@ -144,6 +215,9 @@ def up(args: argparse.Namespace) -> int:
                 f"[dev] {address} is in use: stop what listens there, or pass --vault-listen/--llm-listen"
             )
     env.setdefault("RMLLM_VAULT_ADDR", args.vault_listen)
+    # One process per service (not one per core): quicker to start, and the in-memory
+    # rate limits are exact. RMLLM_WORKERS still overrides it.
+    env.setdefault("RMLLM_WORKERS", "1")
     procs: list[subprocess.Popen[bytes]] = []
 
     def stop_all(*_: object) -> None:
@@ -169,25 +243,7 @@ def up(args: argparse.Namespace) -> int:
             subprocess.Popen([str(BIN / "rmllm-llm"), "serve", "--listen", args.llm_listen], env=env)
         )
         wait_healthy(args.llm_listen, procs[1])
-        data_dir = env["RMLLM_DATA_DIR"]
-        print(
-            f"""
-RealMultiLLM is up.
-  LLM service  {args.llm_listen}   (realmultillm.llm.v1.LLMService)
-  vault        {args.vault_listen}   (realmultillm.vault.v1.VaultService)
-  state        {data_dir}  (seed, service token, SQLite database: back it up)
-
-Next, in another terminal:
-  export RMLLM_DATA_DIR={data_dir}
-  TOKEN=$(.venv/bin/rmllm-vault users create alice | tail -n 1)
-  .venv/bin/grpcurl -plaintext {args.llm_listen} list
-  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" {args.llm_listen} \\
-      realmultillm.llm.v1.LLMService/ListProviders
-  RMLLM_TOKEN=$TOKEN .venv/bin/rmllm keys set openai      # then: .venv/bin/rmllm chat -p openai "Hello"
-
-Ctrl-C stops both services.""",
-            flush=True,
-        )
+        print(banner(args, env), flush=True)
         while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)
         say("a service exited; stopping the other")
@@ -215,7 +271,7 @@ def work_tree_status() -> str | None:
 
 def test(pytest_args: list[str]) -> int:
     before = work_tree_status()
-    ensure_venv("dev")
+    ensure_venv(TEST_EXTRA)
     ensure_node_packages()
     env = dict(os.environ)
     env["PATH"] = (
@@ -239,14 +295,21 @@ def main() -> int:
     up_parser.add_argument("--llm-listen", default="127.0.0.1:50051", metavar="HOST:PORT")
     up_parser.add_argument("--vault-listen", default="127.0.0.1:50052", metavar="HOST:PORT")
     commands.add_parser(
-        "test", help="install the dev tools and run the whole test suite (extra args go to pytest)"
+        "test",
+        help="install the dev tools and run the whole test suite (extra args go to pytest)",
+        usage="%(prog)s [PYTEST ARGS...]",
+        description="Install the dev tools (the dev extras, buf, the Node client's packages) when they "
+        "changed, run the whole test suite with pytest, and check that the run left the work tree "
+        "as it found it.",
+        epilog="Every other argument goes to pytest, e.g. `dev.py test -k vault -x`, "
+        "`dev.py test tests/clients -q`; `dev.py test -- --help` shows pytest's own options.",
     )
     args, rest = parser.parse_known_args()
     if args.command == "up":
         if rest:
             parser.error(f"unknown arguments: {' '.join(rest)}")
         return up(args)
-    return test(rest)
+    return test(rest[1:] if rest[:1] == ["--"] else rest)
 
 
 if __name__ == "__main__":

