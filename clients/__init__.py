@@ -63,6 +63,7 @@ from clients.errors import (
     Unimplemented,
     UnknownProvider,
     UpstreamStreamTruncated,
+    UserDisabled,
     VaultUnavailable,
     from_grpc_error,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "UnknownProvider",
     "UpstreamStreamTruncated",
     "Usage",
+    "UserDisabled",
     "VaultUnavailable",
     "from_grpc_error",
 ]

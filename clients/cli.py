@@ -329,7 +329,7 @@ class Cli:
         if not token:
             raise UsageError("no token given: paste the token from `rmllm-vault users create`")
         if not self.args.no_verify:
-            self.settings = dataclasses.replace(self.settings, token=token)
+            self.settings = dataclasses.replace(self.settings, token=token, credential_from="login")
             with self.client() as client:
                 client.list_configs()
         path = self.settings.path or config.config_path(os.environ)
@@ -351,16 +351,25 @@ def fail(message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rmllm``; returns the exit code."""
     provider: str | None = None
+    cli: Cli | None = None
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
         provider = getattr(args, "provider", None)
-        return Cli(args, sys.stdin, sys.stdout, sys.stderr).run()
+        cli = Cli(args, sys.stdin, sys.stdout, sys.stderr)
+        return cli.run()
     except UsageError as exc:
         return fail(str(exc), out.EXIT_USAGE)
     except config.ConfigError as exc:
         return fail(str(exc), out.EXIT_CONFIG)
     except RmllmClientError as exc:
-        return fail(out.describe(exc, provider), out.exit_code(exc))
+        settings = cli.settings if cli is not None else None
+        line = out.describe(
+            exc,
+            provider,
+            credential_from=settings.credential_from if settings else "",
+            path=str(settings.path) if settings and settings.path else "",
+        )
+        return fail(line, out.exit_code(exc))
     except KeyboardInterrupt:
         print("\nrmllm: interrupted", file=sys.stderr)
         return out.EXIT_INTERRUPTED

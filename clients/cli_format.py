@@ -61,14 +61,31 @@ def _wait(error: errors.RmllmClientError) -> str:
     return f"retry in {max(1, math.ceil(error.retry_after))}s"
 
 
-def describe(error: errors.RmllmClientError, provider: str | None = None) -> str:  # noqa: PLR0911, PLR0912
-    """One line saying what went wrong and how to fix it."""
+def _token_hint(credential_from: str, path: str) -> str:
+    """What to do about a refused token, given where it came from (nothing for a pasted one)."""
+    if credential_from == "RMLLM_TOKEN":
+        return "; the token is the one in RMLLM_TOKEN: set it to a valid token"
+    if credential_from == "file":
+        return f"; the token is the one saved in {path}: save a valid one with `rmllm login`"
+    return ""
+
+
+def describe(  # noqa: PLR0911, PLR0912
+    error: errors.RmllmClientError, provider: str | None = None, *, credential_from: str = "", path: str = ""
+) -> str:
+    """One line saying what went wrong and how to fix it.
+
+    ``credential_from`` (``CliSettings.credential_from``) and ``path`` (the config file) say
+    where a refused token came from, so that the hint names the right place.
+    """
     p = error.provider or provider or "that provider"
     where = f"the {error.service or 'service'} at {error.target}" if error.target else "the service"
     if isinstance(error, errors.KeyNotConfigured | errors.ConfigNotFound):
         return f"no {p} key stored: run `rmllm keys set {p}`"
+    if isinstance(error, errors.UserDisabled):
+        return f"the token was refused: {error.message}"
     if isinstance(error, errors.Unauthenticated):
-        return "the token was refused: set RMLLM_TOKEN or run `rmllm login`"
+        return f"the token was refused: {error.message}{_token_hint(credential_from, path)}"
     if isinstance(error, errors.PermissionDenied):
         return f"permission denied by {where}: {error.message}"
     if isinstance(error, errors.ProviderKeyInvalid):
@@ -86,6 +103,8 @@ def describe(error: errors.RmllmClientError, provider: str | None = None) -> str
         return f"rate limited ({error.message}): {_wait(error)}"
     if isinstance(error, errors.VaultUnavailable):
         return f"{where} cannot reach the vault: is it running? {DEV_UP}"
+    if isinstance(error, errors.ProviderUnavailable) and error.metadata.get("cause") == "dns":
+        return f"{p} cannot be reached: {error.message}"  # a name that does not resolve: waiting rarely helps
     if isinstance(error, errors.ProviderUnavailable):
         return f"{p} is unavailable right now ({error.message}): try again later"
     if isinstance(error, errors.UpstreamStreamTruncated):

@@ -94,6 +94,12 @@ class Unauthenticated(RmllmClientError):
     reason = "TOKEN_INVALID"
 
 
+class UserDisabled(Unauthenticated):
+    """The token is real, but the operator disabled its user (USER_DISABLED)."""
+
+    reason = "USER_DISABLED"
+
+
 class PermissionDenied(RmllmClientError):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
@@ -237,6 +243,7 @@ _BY_REASON: dict[str, type[RmllmClientError]] = {
         InvalidRequest,
         UnknownProvider,
         Unauthenticated,
+        UserDisabled,
         ServiceCredentialRequired,
         ConfigNotFound,
         KeyNotConfigured,

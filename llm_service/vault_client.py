@@ -153,6 +153,10 @@ class VaultClient:
         """The one translation of a vault status into this service's errors."""
         code = exc.code()
         reason = _reason(exc)
+        if code == grpc.StatusCode.UNAUTHENTICATED and reason == "USER_DISABLED":
+            return errors.UserDisabled(
+                "this token's user is disabled; ask the operator to enable it (rmllm-vault users enable)"
+            )
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return errors.TokenInvalid(
                 "unknown or revoked user token; create one with `rmllm-vault tokens create`"

@@ -78,6 +78,13 @@ class TokenInvalid(RmllmError):
     reason = "TOKEN_INVALID"
 
 
+class UserDisabled(TokenInvalid):
+    """A valid, unrevoked token whose user the operator disabled (``rmllm-vault users enable``
+    undoes it). Distinct from TOKEN_INVALID: the holder already knows the token is real."""
+
+    reason = "USER_DISABLED"
+
+
 class PermissionDenied(RmllmError):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "SERVICE_CREDENTIAL_REQUIRED"

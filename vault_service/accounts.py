@@ -1,11 +1,12 @@
-"""Users and their tokens: create, list, disable, revoke, and authenticate.
+"""Users and their tokens: create, list, disable, enable, delete, revoke, and authenticate.
 
 A user token is ``rmk_`` followed by 43 base64url characters (256 random bits).
 It is shown once, when made; the database keeps only its SHA-256 (a fast hash is
 right for a high-entropy random token: there is nothing to brute-force), under a
 unique index, so authenticating is one indexed lookup. A token has a public id
-(``tok_…``) for listing and revoking. Revoked tokens and tokens of disabled users
-authenticate as unknown. Every token create and revoke is audited.
+(``tok_…``) for listing and revoking. Revoked tokens authenticate as unknown; the
+tokens of a disabled user as USER_DISABLED (their holder knows they are real).
+Every user and token change is audited.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Final
 
 import peewee as pw
 
-from rmllm_common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
+from rmllm_common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound, UserDisabled
 from rmllm_common.secret import Secret
 from vault_service import audit
 from vault_service.database import Database
@@ -29,8 +30,11 @@ OPERATOR: Final = "operator"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _TOKEN_SHAPE = re.compile(r"^rmk_[A-Za-z0-9_-]{43}$")
 _AUTHENTICATE = (
-    "SELECT u.id, u.name FROM tokens t JOIN users u ON u.id = t.user_id "
-    "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+    "SELECT u.id, u.name, u.disabled FROM tokens t JOIN users u ON u.id = t.user_id "
+    "WHERE t.token_hash = ? AND t.revoke_time IS NULL"
+)
+USER_DISABLED_MESSAGE: Final = (
+    "the token's user is disabled; ask the operator to enable it (rmllm-vault users enable NAME)"
 )
 
 
@@ -133,6 +137,44 @@ def disable_user(db: Database, name: str) -> str:
     return str(user.id)
 
 
+def enable_user(db: Database, name: str) -> str:
+    """Enable a disabled user again: its unrevoked tokens work again. Returns the user id."""
+    with db.write():
+        user = _user_by_name(db, name)
+        db.tables.user.update(disabled=False).where(db.tables.user.id == user.id).execute()
+        audit.append(db, audit.Event(actor=OPERATOR, action="user.enable", detail=f"{user.id} {name}"))
+    return str(user.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """What ``delete_user`` removed."""
+
+    user_id: str
+    configs: int
+    tokens: int
+
+
+def delete_user(db: Database, name: str) -> Deleted:
+    """Delete a user with its provider configs (their encrypted keys) and tokens, in one
+    audited transaction. The audit rows about the user stay: the chain keeps its history."""
+    tables = db.tables
+    with db.write():
+        user = _user_by_name(db, name)
+        configs = tables.config.delete().where(tables.config.user == user.id).execute()
+        tokens = tables.token.delete().where(tables.token.user == user.id).execute()
+        tables.user.delete().where(tables.user.id == user.id).execute()
+        audit.append(
+            db,
+            audit.Event(
+                actor=OPERATOR,
+                action="user.delete",
+                detail=f"{user.id} {name} configs={configs} tokens={tokens}",
+            ),
+        )
+    return Deleted(str(user.id), int(configs), int(tokens))
+
+
 def create_token(db: Database, name: str) -> tuple[str, Secret]:
     """Another token for an enabled user: ``(token_id, token)``."""
     with db.write():
@@ -171,8 +213,13 @@ def plausible(token: str) -> bool:
 
 
 def authenticate(db: Database, token: str) -> Principal | None:
-    """The user a token belongs to, or None if it is unknown, revoked or disabled."""
+    """The user a token belongs to, or None if it is unknown or revoked; a token of a
+    disabled user raises ``UserDisabled``."""
     if not plausible(token):
         return None
     row = db.execute(_AUTHENTICATE, (token_hash(token),)).fetchone()
-    return Principal(row[0], row[1]) if row else None
+    if row is None:
+        return None
+    if row[2]:
+        raise UserDisabled(USER_DISABLED_MESSAGE)
+    return Principal(row[0], row[1])

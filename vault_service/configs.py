@@ -16,7 +16,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rmllm_common.errors import KeyDecryptionFailed, KeyNotConfigured, NotFound, RmllmError, TokenInvalid
+from rmllm_common.errors import (
+    KeyDecryptionFailed,
+    KeyNotConfigured,
+    NotFound,
+    RmllmError,
+    TokenInvalid,
+    UserDisabled,
+)
 from rmllm_common.secret import Secret
 from vault_service import accounts, audit
 from vault_service.crypto import FORMAT_VERSION, DecryptionError, Keyring
@@ -26,10 +33,10 @@ log = logging.getLogger(__name__)
 
 # The hot path's statements: one indexed lookup from token hash to user to config.
 _RESOLVE = (
-    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings "
+    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, u.disabled "
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
-    "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+    "WHERE t.token_hash = ? AND t.revoke_time IS NULL"
 )
 _COUNT_USE = "UPDATE provider_configs SET usage_count = usage_count + 1, last_used_time = ? WHERE id = ?"
 
@@ -248,7 +255,9 @@ def _resolve_in_transaction(
     )
     if row is None:
         return refuse("-", TokenInvalid("the user token is unknown or revoked"))
-    user_id, config_id, blob, active, hint, base_url, settings = row
+    user_id, config_id, blob, active, hint, base_url, settings, disabled = row
+    if disabled:
+        return refuse(user_id, UserDisabled(accounts.USER_DISABLED_MESSAGE))
     if config_id is None:
         return refuse(
             user_id,

@@ -9,9 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 from testkit.fake_grpc import TOKEN, FakeServers
 
+import clients
+import clients.errors
 from clients.cli import main
 from rmllm_common import errors
 
@@ -138,34 +141,120 @@ def test_chat_stream_cut_short_keeps_the_text_and_fails(rmllm: Callable[..., Run
     assert result.err == "rmllm: the openai answer was cut short before it finished: try again\n"
 
 
-@pytest.mark.parametrize(
-    ("error", "code", "message"),
-    [
-        (
-            errors.KeyNotConfigured("x", provider="openai"),
-            5,
-            "no openai key stored: run `rmllm keys set openai`",
-        ),
-        (errors.ProviderKeyInvalid("401", provider="openai"), 6, "`rmllm keys set openai`"),
-        (errors.RateLimited("60 a minute", retry_after=2.2), 8, "retry in 3s"),
-        (errors.ProviderRateLimited("429", provider="openai", retry_after=30), 8, "openai is rate limiting"),
-        (errors.ProviderQuotaExhausted("none", provider="openai"), 8, "no quota or credit left"),
-        (
-            errors.VaultUnavailable("down"),
-            9,
-            "cannot reach the vault: is it running? (`python3 scripts/dev.py up`)",
-        ),
-        (errors.ProviderUnavailable("503", provider="openai"), 9, "openai is unavailable right now"),
-        (errors.DeadlineExceeded("late"), 10, "--timeout"),
-        (errors.KeyDecryptionFailed("seed", provider="openai"), 11, "ask the operator"),
-        (errors.UnknownProvider("x"), 7, "unknown provider 'openai': see `rmllm providers`"),
-        (errors.Internal("request id r-9"), 11, "failed: request id r-9"),
-        (errors.ProviderError("weird"), 1, "UNKNOWN (PROVIDER_ERROR): weird"),
-    ],
-)
-def test_chat_errors_are_one_line_with_a_fix(
-    rmllm: Callable[..., Run], fake: FakeServers, error: errors.RmllmError, code: int, message: str
+class Cancelled(errors.RmllmError):
+    code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
+
+
+class DataLoss(errors.RmllmError):
+    code = grpc.StatusCode.DATA_LOSS
+    reason = "DATA_LOSS"
+
+
+# Every client error class -> a server error that becomes it, the exit code, and what
+# the line says. The server's message is shown wherever the CLI has nothing better.
+CLI_LINES: dict[type[clients.RmllmClientError], tuple[errors.RmllmError, int, str]] = {
+    clients.InvalidRequest: (
+        errors.invalid("temperature", "must be 0 to 2"),
+        7,
+        "temperature: must be 0 to 2",
+    ),
+    clients.UnknownProvider: (
+        errors.UnknownProvider("x"),
+        7,
+        "unknown provider 'openai': see `rmllm providers`",
+    ),
+    clients.Unauthenticated: (
+        errors.TokenInvalid("the token is unknown or revoked"),
+        4,
+        "the token was refused: the token is unknown or revoked; the token is the one in RMLLM_TOKEN",
+    ),
+    clients.UserDisabled: (
+        errors.UserDisabled("the token's user is disabled; ask the operator"),
+        4,
+        "the token was refused: the token's user is disabled; ask the operator\n",
+    ),
+    clients.PermissionDenied: (
+        errors.PermissionDenied("not this model", reason="MODEL_NOT_ALLOWED"),
+        4,
+        "permission denied by the LLM service at",
+    ),
+    clients.ServiceCredentialRequired: (errors.PermissionDenied("service only"), 4, ": service only"),
+    clients.NotFound: (errors.NotFound("no such user", reason="USER_NOT_FOUND"), 5, "no such user"),
+    clients.ConfigNotFound: (errors.NotFound("none"), 5, "no openai key stored: run `rmllm keys set openai`"),
+    clients.AlreadyExists: (errors.AlreadyExists("twice"), 1, "ALREADY_EXISTS (ALREADY_EXISTS): twice"),
+    clients.FailedPrecondition: (
+        errors.FailedPrecondition("inactive", reason="CONFIG_INACTIVE"),
+        1,
+        "FAILED_PRECONDITION (CONFIG_INACTIVE): inactive",
+    ),
+    clients.KeyNotConfigured: (
+        errors.KeyNotConfigured("x", provider="openai"),
+        5,
+        "no openai key stored: run `rmllm keys set openai`",
+    ),
+    clients.ProviderKeyInvalid: (
+        errors.ProviderKeyInvalid("401", provider="openai"),
+        6,
+        "`rmllm keys set openai`",
+    ),
+    clients.ResourceExhausted: (errors.ResourceExhausted("too big", reason="TOO_BIG"), 8, "(too big)"),
+    clients.RateLimited: (errors.RateLimited("60 a minute", retry_after=2.2), 8, "retry in 3s"),
+    clients.ProviderRateLimited: (
+        errors.ProviderRateLimited("429", provider="openai", retry_after=30),
+        8,
+        "openai is rate limiting this key: retry in 30s",
+    ),
+    clients.ProviderQuotaExhausted: (
+        errors.ProviderQuotaExhausted("none", provider="openai"),
+        8,
+        "no quota or credit left",
+    ),
+    clients.Unavailable: (errors.Unavailable("x", reason="SOMETHING_NEW"), 9, "cannot reach the LLM service"),
+    clients.VaultUnavailable: (
+        errors.VaultUnavailable("down"),
+        9,
+        "cannot reach the vault: is it running? (`python3 scripts/dev.py up`)",
+    ),
+    clients.ProviderUnavailable: (
+        errors.ProviderUnavailable("503", provider="openai"),
+        9,
+        "openai is unavailable right now (503): try again later",
+    ),
+    clients.UpstreamStreamTruncated: (
+        errors.UpstreamStreamTruncated("cut", provider="openai"),
+        9,
+        "cut short",
+    ),
+    clients.DeadlineExceeded: (errors.DeadlineExceeded("late"), 10, "--timeout"),
+    clients.Cancelled: (Cancelled("stopped"), 1, "CANCELLED (CANCELLED): stopped"),
+    clients.Internal: (errors.Internal("request id r-9"), 11, "failed: request id r-9"),
+    clients.KeyDecryptionFailed: (
+        errors.KeyDecryptionFailed("seed", provider="openai"),
+        11,
+        "ask the operator",
+    ),
+    clients.Unimplemented: (errors.Unimplemented("later"), 1, "does not support this call"),
+    clients.ProviderError: (errors.ProviderError("weird"), 1, "UNKNOWN (PROVIDER_ERROR): weird"),
+    clients.RmllmClientError: (DataLoss("lost"), 1, "DATA_LOSS (DATA_LOSS): lost"),
+}
+
+
+def test_the_table_covers_every_client_error_class() -> None:
+    classes = {
+        cls
+        for cls in vars(clients.errors).values()
+        if isinstance(cls, type) and issubclass(cls, clients.RmllmClientError)
+    }
+    assert classes == set(CLI_LINES), "add the new error class to CLI_LINES"
+
+
+@pytest.mark.parametrize("cls", list(CLI_LINES), ids=lambda cls: cls.__name__)
+def test_each_error_class_is_one_line_with_its_exit_code(
+    rmllm: Callable[..., Run], fake: FakeServers, cls: type[clients.RmllmClientError]
 ) -> None:
+    error, code, message = CLI_LINES[cls]
+    assert clients.errors.error_class(error.code, error.reason) is cls
     fake.state.fail("StreamChat", error)
     result = rmllm("chat", "-p", "openai", "hi")
     assert result.code == code
@@ -174,12 +263,52 @@ def test_chat_errors_are_one_line_with_a_fix(
     assert result.out == ""
 
 
+def test_a_name_that_does_not_resolve_is_not_worth_waiting_for(
+    rmllm: Callable[..., Run], fake: FakeServers
+) -> None:
+    dns = errors.ProviderUnavailable(
+        "the name 'api.opanai.com' of the OpenAI endpoint does not resolve",
+        provider="openai",
+        metadata={"cause": "dns", "host": "api.opanai.com"},
+    )
+    fake.state.fail("StreamChat", dns)
+    result = rmllm("chat", "-p", "openai", "hi")
+    assert result.code == 9
+    assert result.err == (
+        "rmllm: openai cannot be reached: the name 'api.opanai.com' of the OpenAI endpoint does not resolve\n"
+    )
+
+
 def test_refused_token(rmllm: Callable[..., Run], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RMLLM_TOKEN", "rmk_wrong_token")
     result = rmllm("keys", "list")
     assert result.code == 4
-    assert result.err == "rmllm: the token was refused: set RMLLM_TOKEN or run `rmllm login`\n"
+    assert result.err == (
+        "rmllm: the token was refused: missing or unknown token; "
+        "the token is the one in RMLLM_TOKEN: set it to a valid token\n"
+    )
     assert "rmk_wrong_token" not in result.err
+
+
+def test_a_refused_token_from_the_file_or_login_gets_its_own_hint(
+    rmllm: Callable[..., Run], cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RMLLM_TOKEN")
+    cli_env.parent.mkdir()
+    cli_env.write_text('token = "rmk_stale"\n')
+    cli_env.chmod(0o600)
+    stale = rmllm("keys", "list")
+    assert (stale.code, stale.err) == (
+        4,
+        "rmllm: the token was refused: missing or unknown token; "
+        f"the token is the one saved in {cli_env}: save a valid one with `rmllm login`\n",
+    )
+    # Inside `rmllm login` the pasted token is the only one in play: no hint about others.
+    pasted = rmllm("login", stdin="rmk_pasted_wrong\n")
+    assert (pasted.code, pasted.err) == (4, "rmllm: the token was refused: missing or unknown token\n")
+    monkeypatch.setenv("RMLLM_TOKEN", TOKEN)  # set, and right: login still judges the pasted one
+    pasted = rmllm("login", stdin="rmk_pasted_wrong\n")
+    assert (pasted.code, pasted.err) == (4, "rmllm: the token was refused: missing or unknown token\n")
 
 
 def test_unreachable_service_names_its_address(rmllm: Callable[..., Run]) -> None:

@@ -19,6 +19,7 @@ CASES: list[tuple[errors.RmllmError, type[RmllmClientError]]] = [
     (errors.InvalidRequest("bad"), clients.InvalidRequest),
     (errors.UnknownProvider("who?"), clients.UnknownProvider),
     (errors.TokenInvalid("no"), clients.Unauthenticated),
+    (errors.UserDisabled("disabled"), clients.UserDisabled),
     (errors.PermissionDenied("service only"), clients.ServiceCredentialRequired),
     (errors.NotFound("none"), clients.ConfigNotFound),
     (errors.KeyNotConfigured("none", provider="openai"), clients.KeyNotConfigured),

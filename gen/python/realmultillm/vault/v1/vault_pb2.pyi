@@ -10,7 +10,8 @@ obtains a decrypted key per request through the service-only RPCs.
 Authentication: every RPC needs the `authorization: Bearer <token>` metadata.
 For the user-facing RPCs the token is a user token (`rmk_...`, created with
 `rmllm-vault users create` or `rmllm-vault tokens create`); a missing, unknown or
-revoked token is UNAUTHENTICATED / TOKEN_INVALID. For the service-only RPCs the
+revoked token is UNAUTHENTICATED / TOKEN_INVALID, and a token of a disabled user
+UNAUTHENTICATED / USER_DISABLED. For the service-only RPCs the
 token is the service credential (`RMLLM_SERVICE_TOKEN`); any other token is
 PERMISSION_DENIED / SERVICE_CREDENTIAL_REQUIRED.
 
