@@ -196,6 +196,7 @@ RealMultiLLM is up.
 
 Next, in another terminal:
   export RMLLM_DATA_DIR={data_dir}
+  export RMLLM_TARGET={args.llm_listen} RMLLM_VAULT_TARGET={args.vault_listen}
   TOKEN=$(.venv/bin/rmllm-vault users create alice | tail -n 1)
   .venv/bin/grpcurl -plaintext {args.llm_listen} list
   .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" {args.llm_listen} \\
