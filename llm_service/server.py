@@ -77,7 +77,9 @@ async def build_server(
         cache_seconds=settings.credential_cache_seconds,
         clock=clock,
     )
-    http = new_http_session(settings.http_max_connections)
+    http = new_http_session(
+        settings.http_max_connections, policy=settings.endpoint_policy, limits=settings.upstream
+    )
     policy = RetryPolicy(
         attempts=settings.retry_attempts,
         base_delay=settings.retry_base_delay_seconds,
