@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from fakes.harness import KEYS, collect, params
+from fakes.harness import KEYS, Collected, collect, params
 from fakes.hostile import HostileProvider
 
 from llm_service.adapters import adapter_for
@@ -62,7 +62,7 @@ def endpoint(base_url: str, provider: str = "openai") -> Endpoint:
 
 async def chat(
     http: aiohttp.ClientSession, base_url: str, provider: str = "openai", timeout: float | None = None
-):  # type: ignore[no-untyped-def]
+) -> Collected:
     spec = default_registry().providers[provider]
     async with asyncio.timeout(GUARD):
         return await collect(
