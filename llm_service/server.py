@@ -120,7 +120,8 @@ async def build_server(
     )
 
     server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
-    llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
+    servicer = LLMServicer(chat, keys, catalog, clock, max_answer_chars=settings.chat_max_answer_chars)
+    llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
 
     async def release() -> None:
