@@ -101,11 +101,12 @@ async def test_an_undecodable_request_is_invalid_argument(payload: bytes, method
         path = f"/realmultillm.llm.v1.LLMService/{method}"
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             if method == "StreamChat":
-                call = llm.channel.unary_stream(path)
-                async for _ in call(payload, metadata=auth(), timeout=10):
+                stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = llm.channel.unary_stream(path)
+                async for _ in stream(payload, metadata=auth(), timeout=10):
                     pass
             else:
-                await llm.channel.unary_unary(path)(payload, metadata=auth(), timeout=10)
+                unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = llm.channel.unary_unary(path)
+                await unary(payload, metadata=auth(), timeout=10)
     rich = rich_error(caught.value)
     assert rich.code is grpc.StatusCode.INVALID_ARGUMENT
     assert rich.reason == "MALFORMED_REQUEST"

@@ -16,7 +16,9 @@ async def test_an_undecodable_request_is_invalid_argument(
     vault: Vault, fails: Callable[[Awaitable[Any]], Awaitable[Failure]], payload: bytes, method: str
 ) -> None:
     token = vault.make_user("mallory")
-    call = vault.channel.unary_unary(f"/realmultillm.vault.v1.VaultService/{method}")
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = vault.channel.unary_unary(
+        f"/realmultillm.vault.v1.VaultService/{method}"
+    )
     failed = await fails(call(payload, metadata=md(token), timeout=10))
     assert failed.code is grpc.StatusCode.INVALID_ARGUMENT
     assert failed.reason == "MALFORMED_REQUEST"
