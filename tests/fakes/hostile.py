@@ -14,8 +14,8 @@ Gemini chat paths, and the probe/listing GETs). The behaviours:
   (and a GET answered with such JSON);
 * ``nested-error``: a 400 whose body is JSON nested 20,000 deep;
 * ``redirect``: a 307 (method and body kept) to ``redirect_to`` on another origin;
-* ``echo-key``: a 401 whose message echoes the request's key without its first
-  three characters (``sk-``), as an unwary proxy does;
+* ``echo-key``: a 401 (or ``echo_status``) whose message echoes the request's key
+  without its first three characters (``sk-``), as an unwary proxy does;
 * ``stall``: a 200 with headers, then nothing, with the connection kept open;
 * ``silent``: accepts the request and never answers.
 
@@ -79,6 +79,7 @@ class HostileProvider:
     port: int = 0
     slow_interval: float = 0.05
     redirect_to: str = "http://127.0.0.1:9"  # another origin (set it to a recording server)
+    echo_status: int = 401  # the status of echo-key's answer (503: a retryable one)
     requests: list[HostileRequest] = field(default_factory=list)
     open_streams: int = 0
     _runner: web.AppRunner | None = None
@@ -142,7 +143,7 @@ class HostileProvider:
         if behaviour == "echo-key":
             message = f"Incorrect API key provided: {record.api_key[3:]}. Find your key in your account."
             error = {"message": message, "type": "invalid_request_error"}
-            return web.json_response({"error": error}, status=401)
+            return web.json_response({"error": error}, status=self.echo_status)
         if behaviour == "nested-error" or (behaviour == "nested-json" and request.method == "GET"):
             status = 400 if behaviour == "nested-error" else 200
             return web.Response(status=status, body=_nested(), content_type="application/json")

@@ -3,6 +3,8 @@ without a caller deadline, undecodable requests, hostile answers through the who
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import pytest
 from fakes.hostile import HostileProvider
@@ -12,6 +14,7 @@ from testkit.llm_scripted import ScriptedAdapter, answer
 
 from llm_service.http import UpstreamLimits, new_http_session, request_timeout
 
+KEY = "sk-live-0123456789abcdefghijklmnop"
 HOSTILE_ENV = {
     "RMLLM_ALLOWED_ENDPOINT_NETWORKS": "127.0.0.0/8",
     "RMLLM_ALLOW_CUSTOM_BASE_URL": "1",
@@ -52,7 +55,7 @@ async def test_a_per_request_timeout_carries_every_bound() -> None:
 
 
 def _user(llm_vault: object, base_url: str) -> None:
-    llm_vault.keys[("u-alice", "openai")] = StoredKey("sk-live-0123456789abcdefghijklmnop", base_url=base_url)  # type: ignore[attr-defined]
+    llm_vault.keys[("u-alice", "openai")] = StoredKey(KEY, base_url=base_url)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -112,3 +115,22 @@ async def test_an_undecodable_request_is_invalid_argument(payload: bytes, method
     assert rich.reason == "MALFORMED_REQUEST"
     assert "Error" not in rich.message  # no Python exception class names
     assert llm.vault.methods() == []  # refused before anything else
+
+
+async def test_a_key_echoed_without_its_prefix_reaches_neither_the_status_nor_the_debug_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = KEY
+    caplog.set_level(logging.DEBUG)
+    env = {**HOSTILE_ENV, "RMLLM_RETRY_ATTEMPTS": "3", "RMLLM_LOG_LEVEL": "debug"}
+    async with HostileProvider(echo_status=503) as hostile, llm_harness(env, real_adapters=True) as llm:
+        _user(llm.vault, hostile.base_url("echo-key"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.stub.Chat(chat_request(), metadata=auth(), timeout=30)
+        assert len(hostile.requests) == 3  # retried: the retry log lines were written
+    rich = rich_error(caught.value)
+    assert rich.reason == "PROVIDER_UNAVAILABLE"
+    assert "[redacted]" in rich.message
+    assert "retrying provider call" in caplog.text
+    for text in (rich.message, caplog.text, repr(caught.value)):
+        assert not any(key[i : i + 8] in text for i in range(len(key) - 7)), text
