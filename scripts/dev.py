@@ -148,39 +148,52 @@ def wait_healthy(address: str, proc: subprocess.Popen[bytes], timeout: float = 3
     sys.exit(f"[dev] the service at {address} did not become healthy in {timeout:.0f}s")
 
 
-# What the services make of RMLLM_ALLOW_CUSTOM_BASE_URL, read by their own settings code.
-_CUSTOM_BASE_URL_PROBE = """
+# What the services make of RMLLM_ALLOW_CUSTOM_BASE_URL and RMLLM_ALLOWED_ENDPOINT_NETWORKS,
+# read by their own settings code (which also validates them).
+_ENDPOINTS_PROBE = """
 import os
+from llm_service.netpolicy import DEFAULT_ALLOWED_ENDPOINT_NETWORKS
 from llm_service.settings import LLMSettings
 from vault_service.settings import VaultSettings
 llm = LLMSettings.from_env(os.environ).allow_custom_base_url
 vault = VaultSettings.from_env(os.environ, with_secrets=False).allow_custom_base_url
-print(int(llm), int(vault))
+networks = os.environ.get("RMLLM_ALLOWED_ENDPOINT_NETWORKS", "").strip() or DEFAULT_ALLOWED_ENDPOINT_NETWORKS
+print(int(llm), int(vault), networks)
 """
+_INDENT = " " * 20
+TOUR_UP = (
+    "RMLLM_ALLOW_CUSTOM_BASE_URL=1 RMLLM_ALLOWED_ENDPOINT_NETWORKS=127.0.0.1:8089 python3 scripts/dev.py up"
+)
 
 
-def custom_base_urls(env: dict[str, str]) -> str:
-    """The banner's line on custom base URLs, as the running services' settings have it."""
+def endpoint_lines(env: dict[str, str]) -> str:
+    """The banner's lines on custom base URLs and private endpoints, as the services read them."""
     probe = subprocess.run(
-        [str(PY), "-c", _CUSTOM_BASE_URL_PROBE],
+        [str(PY), "-c", _ENDPOINTS_PROBE],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
     )
-    answer = probe.stdout.split()
-    if probe.returncode != 0 or len(answer) != 2:
-        return "unknown (could not read the settings)"
-    llm, vault = (flag == "1" for flag in answer)
+    answer = probe.stdout.strip().split(maxsplit=2)
+    if probe.returncode != 0 or len(answer) != 3:
+        return "  custom base URLs  unknown (could not read the settings)"
+    llm, vault = (flag == "1" for flag in answer[:2])
     if llm and vault:
-        return "allowed (RMLLM_ALLOW_CUSTOM_BASE_URL): a config's base_url may point anywhere"
-    if llm != vault:
+        custom = "allowed (RMLLM_ALLOW_CUSTOM_BASE_URL): a config's base_url may point anywhere"
+    elif llm != vault:
         which = "the LLM service" if llm else "the vault"
-        return f"allowed by {which} only: set RMLLM_ALLOW_CUSTOM_BASE_URL=1 for both"
+        custom = f"allowed by {which} only: set RMLLM_ALLOW_CUSTOM_BASE_URL=1 for both"
+    else:
+        custom = (
+            f"not allowed: only llama's base_url may be set. For the README tour's fake\n"
+            f"{_INDENT}provider, start with: {TOUR_UP}"
+        )
     return (
-        "not allowed: only llama's base_url may be set. For the README tour's fake\n"
-        "                    provider, start with: RMLLM_ALLOW_CUSTOM_BASE_URL=1 python3 scripts/dev.py up"
+        f"  custom base URLs  {custom}\n"
+        f"  private endpoints {answer[2]}  (RMLLM_ALLOWED_ENDPOINT_NETWORKS: the non-public\n"
+        f"{_INDENT}addresses provider connections may reach)"
     )
 
 
@@ -192,7 +205,7 @@ RealMultiLLM is up.
   LLM service       {args.llm_listen}   (realmultillm.llm.v1.LLMService)
   vault             {args.vault_listen}   (realmultillm.vault.v1.VaultService)
   state             {data_dir}  (seed, service token, SQLite database: back it up)
-  custom base URLs  {custom_base_urls(env)}
+{endpoint_lines(env)}
 
 Next, in another terminal:
   export RMLLM_DATA_DIR={data_dir}

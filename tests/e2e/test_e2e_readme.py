@@ -63,12 +63,14 @@ def banner_steps(banner: str) -> str:
 class DevUp:
     """``python3 scripts/dev.py up`` on free ports, its output collected as it comes."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, fake_port: int) -> None:
         self.llm, self.vault = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         env = {**os.environ, "RMLLM_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
         for name in ("RMLLM_VAULT_SEED", "RMLLM_SERVICE_TOKEN", "RMLLM_DATABASE_URL", "RMLLM_WORKERS"):
             env.pop(name, None)
-        env["RMLLM_ALLOW_CUSTOM_BASE_URL"] = "1"  # as the README's tour starts it
+        # As the README's tour starts it.
+        env["RMLLM_ALLOW_CUSTOM_BASE_URL"] = "1"
+        env["RMLLM_ALLOWED_ENDPOINT_NETWORKS"] = f"127.0.0.1:{fake_port}"
         self.proc = subprocess.Popen(
             [sys.executable, "scripts/dev.py", "up", "--llm-listen", self.llm, "--vault-listen", self.vault],
             cwd=ROOT,
@@ -120,7 +122,8 @@ def shell(script: str, env: dict[str, str], stdin: str = "") -> subprocess.Compl
 @pytest.mark.timeout(900)
 def test_banner_steps_then_the_tour_twice_against_one_up(tmp_path: Path) -> None:
     data_dir = tmp_path / "state"
-    up = DevUp(data_dir)
+    fake_port = free_port()
+    up = DevUp(data_dir, fake_port)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     for name in ("RMLLM_TOKEN", "RMLLM_TARGET", "RMLLM_VAULT_TARGET", "RMLLM_DATA_DIR"):
         env.pop(name, None)
@@ -128,6 +131,7 @@ def test_banner_steps_then_the_tour_twice_against_one_up(tmp_path: Path) -> None
     try:
         assert up.ready.wait(240), up.output
         assert "custom base URLs  allowed" in up.output, up.output
+        assert f"private endpoints 127.0.0.1:{fake_port}  (" in up.output, up.output
 
         # The banner's steps, as printed: they create alice and store an openai key (stdin).
         steps = banner_steps(up.output)
@@ -137,7 +141,6 @@ def test_banner_steps_then_the_tour_twice_against_one_up(tmp_path: Path) -> None
         assert "realmultillm.llm.v1.LLMService/ListProviders" not in banner.stderr
         assert '"providers"' in banner.stdout and "stored the openai key" in banner.stdout
 
-        fake_port = free_port()
         script = readme_script(up.llm, up.vault, fake_port, data_dir)
         for attempt in ("first", "second"):
             tour = shell(script, env)

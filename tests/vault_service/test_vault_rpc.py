@@ -354,7 +354,7 @@ def test_every_vault_rpc_has_an_access_rule() -> None:
     service = pb.DESCRIPTOR.services_by_name["VaultService"]
     assert set(POLICY) == {f"/{service.full_name}/{method.name}" for method in service.methods}
     service_only = {name.rsplit("/", 1)[1] for name, access in POLICY.items() if access is Access.SERVICE}
-    assert service_only == {"ResolveCredentials", "AuthenticateToken"}
+    assert service_only == {"ResolveCredentials", "AuthenticateToken", "ReportUsage", "WatchInvalidations"}
 
 
 async def test_service_rpcs_tell_a_disabled_user_apart_and_audit_it(vault: Vault, fails: Fails) -> None:
