@@ -10,7 +10,7 @@ Examples::
     rmllm test-key openai --stored
     rmllm chat -p openai "Write a haiku about gRPC"
     echo "Summarise this" | rmllm chat -p claude --system "Be brief"
-    rmllm providers; rmllm models google
+    rmllm providers; rmllm models google; rmllm models -p google
 
 Keys and tokens are never taken from the command line (where ``ps`` and shell
 history would keep them): a hidden prompt when stdin is a terminal, else stdin.
@@ -149,17 +149,38 @@ def parser() -> argparse.ArgumentParser:
     test.add_argument("--stored", action="store_true", help="test the stored key instead of reading one")
     test.add_argument("--base-url", help="endpoint override for the test")
 
-    chat = add("chat", help="chat with a provider, streaming the answer")
-    chat.add_argument("-p", "--provider", required=True)
-    chat.add_argument("-m", "--model")
+    chat = add(
+        "chat",
+        help="chat with a provider, streaming the answer",
+        description="Send a prompt to a provider and stream the answer, then a summary line "
+        "(tokens, cost, finish reason) on stderr. The prompt comes from the argument, else stdin.",
+        epilog="examples: rmllm chat -p openai 'Write a haiku'; "
+        "echo 'Summarise this' | rmllm chat -p claude. "
+        "`rmllm providers` lists the provider ids and aliases, `rmllm models PROVIDER` the models.",
+    )
+    chat.add_argument(
+        "-p",
+        "--provider",
+        required=True,
+        help="provider id or alias, e.g. openai, claude (see `rmllm providers`)",
+    )
+    chat.add_argument(
+        "-m",
+        "--model",
+        help="model id (see `rmllm models PROVIDER`); default: the default model stored with your key, "
+        "else the provider's",
+    )
     chat.add_argument("--system", help="system instructions")
-    chat.add_argument("--temperature", type=float)
-    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float, help="sampling temperature (the provider's range)")
+    chat.add_argument("--max-tokens", type=int, help="the longest answer, in tokens")
     chat.add_argument("prompt", nargs="?", default="-", help="the prompt; '-' or omitted: read stdin")
 
     add("providers", help="list the providers")
     models = add("models", help="list the models of a provider")
-    models.add_argument("provider")
+    models.add_argument("provider", nargs="?", help="provider id or alias (see `rmllm providers`)")
+    models.add_argument(
+        "-p", "--provider", dest="provider_flag", metavar="PROVIDER", help="the same, as in `rmllm chat -p`"
+    )
     login = add("login", help="save your token (read from a prompt or stdin) to the config file")
     login.add_argument(
         "--no-verify", action="store_true", help="save without checking the token with the vault"
@@ -170,6 +191,13 @@ def parser() -> argparse.ArgumentParser:
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse, refusing extra words on secret-reading commands without echoing them."""
     args, extra = parser().parse_known_args(argv)
+    if args.command == "models":
+        given = {name for name in (args.provider, args.provider_flag) if name}
+        if len(given) != 1:
+            raise UsageError(
+                "name one provider: `rmllm models openai` or `rmllm models -p openai` (see `rmllm providers`)"
+            )
+        args.provider = given.pop()
     if extra:
         command = (args.command, getattr(args, "keys_command", None))
         if command in SECRET_COMMANDS:

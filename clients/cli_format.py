@@ -165,7 +165,7 @@ def providers_table(providers: Sequence[ProviderInfo]) -> str:
         ]
         for p in providers
     ]
-    return table(["PROVIDER", "NAME", "ALIASES", "DEFAULT MODEL", "KEY", "MODELS"], rows)
+    return table(["PROVIDER", "NAME", "ALIASES", "DEFAULT MODEL", "NEEDS KEY", "MODELS"], rows)
 
 
 def _price(value: float) -> str:

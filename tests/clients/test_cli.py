@@ -327,7 +327,7 @@ def test_unreachable_service_names_its_address(rmllm: Callable[..., Run]) -> Non
 def test_providers_and_models_tables(rmllm: Callable[..., Run]) -> None:
     providers = rmllm("providers")
     lines = providers.out.splitlines()
-    assert lines[0].split() == ["PROVIDER", "NAME", "ALIASES", "DEFAULT", "MODEL", "KEY", "MODELS"]
+    assert lines[0].split() == ["PROVIDER", "NAME", "ALIASES", "DEFAULT", "MODEL", "NEEDS", "KEY", "MODELS"]
     assert [line.split()[0] for line in lines[1:]] == ["anthropic", "llama", "openai"]
     models = rmllm("models", "claude")
     assert models.out.splitlines()[1].split() == [
@@ -338,6 +338,11 @@ def test_providers_and_models_tables(rmllm: Callable[..., Run]) -> None:
         "0.6",
     ]
     assert models.err == "1 anthropic models, from the registry (no live listing)\n"
+    assert rmllm("models", "-p", "claude").out == models.out  # as `rmllm chat -p`
+    assert rmllm("models", "--provider", "claude").out == models.out
+    for wrong in (("models",), ("models", "claude", "-p", "openai")):
+        refused = rmllm(*wrong)
+        assert refused.code == 2 and "name one provider" in refused.err
     unknown = rmllm("models", "nope")
     assert unknown.code == 7 and "unknown provider 'nope'" in unknown.err
 
@@ -428,3 +433,14 @@ def test_keys_update_sends_only_the_flags_given(rmllm: Callable[..., Run], fake:
     assert nothing.code == 2 and "nothing to change" in nothing.err
     missing = rmllm("keys", "update", "claude", "--max-tokens", "5")
     assert missing.code == 5 and "rmllm keys set anthropic" in missing.err
+
+
+def test_chat_help_explains_provider_and_model(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Send a prompt to a provider and stream the answer" in text
+    assert (
+        "-p PROVIDER, --provider PROVIDER provider id or alias" in text and "(see `rmllm providers`)" in text
+    )
+    assert "-m MODEL, --model MODEL model id (see `rmllm models PROVIDER`)" in text
