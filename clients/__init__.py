@@ -9,7 +9,7 @@ Example::
             with client.stream_chat("openai", "Write a haiku") as stream:
                 for delta in stream:
                     print(delta, end="", flush=True)
-            print(f"\\n{stream.result.usage.total_tokens} tokens, ${stream.result.usage.cost_usd:.6f}")
+            print(f"\\n{stream.result.usage}")  # 12 in / 34 out tokens · $0.000022
         except KeyNotConfigured:
             print("store a key first: rmllm keys set openai")
 
@@ -35,6 +35,7 @@ from clients.datatypes import (
     TestKeyReason,
     TestKeyResult,
     Usage,
+    format_usd,
 )
 from clients.errors import (
     AlreadyExists,
@@ -119,5 +120,6 @@ __all__ = [
     "Usage",
     "UserDisabled",
     "VaultUnavailable",
+    "format_usd",
     "from_grpc_error",
 ]

@@ -189,7 +189,4 @@ def models_table(models: ModelList) -> str:
 def summary(result: ChatResult) -> str:
     """``[openai gpt-4o-mini · 12 in / 34 out tokens · $0.000022 · stop]``."""
     usage = result.usage
-    return (
-        f"[{result.provider} {result.model} · {usage.input_tokens} in / {usage.output_tokens} out tokens"
-        f" · ${usage.cost_usd:.6f} · {result.finish_reason.value}]"
-    )
+    return f"[{result.provider} {result.model} · {usage} · {result.finish_reason.value}]"

@@ -25,6 +25,9 @@ _WIRE_FORMATS = ("openai", "anthropic", "gemini")
 _AUTH_STYLES = ("bearer", "x-api-key", "x-goog-api-key", "none")
 
 
+COST_QUANTUM = 1e-10  # USD: costs are rounded to this, far below any price's precision
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """A model the registry knows, with its context window and prices."""
@@ -36,8 +39,9 @@ class ModelSpec:
     output_price: float  # USD per 1M output tokens
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
-        """USD for the given token counts."""
-        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1_000_000
+        """USD for the given token counts, rounded to ``COST_QUANTUM`` (1e-10 USD) so that
+        binary float noise (``5.0999999999999995e-06``) never reaches a caller."""
+        return round((input_tokens * self.input_price + output_tokens * self.output_price) / 1_000_000, 10)
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,4 +238,21 @@ function makeClients({
   };
 }
 
-module.exports = { makeClients, fromGrpcError, RmllmError, SERVICE_CONFIG, DEFAULT_LLM_TARGET, DEFAULT_VAULT_TARGET };
+/**
+ * A cost in US dollars as people read it: fixed notation, at most 10 decimals (the
+ * server rounds costs to 1e-10 USD), at least 2: formatUsd(5.1e-6) === '$0.0000051'.
+ */
+function formatUsd(value) {
+  const [whole, fraction = ''] = (Number(value) || 0).toFixed(10).replace(/0+$/, '').split('.');
+  return `$${whole}.${fraction.padEnd(2, '0')}`;
+}
+
+module.exports = {
+  makeClients,
+  fromGrpcError,
+  formatUsd,
+  RmllmError,
+  SERVICE_CONFIG,
+  DEFAULT_LLM_TARGET,
+  DEFAULT_VAULT_TARGET,
+};

@@ -67,7 +67,13 @@ def test_example_stores_tests_and_streams(node_ready: str, fake: FakeServers) ->
     assert json.loads(line) == {
         "text": "Hello world",
         "finish_reason": "FINISH_REASON_STOP",
-        "usage": {"input_tokens": 12, "output_tokens": 34, "total_tokens": 46, "cost_usd": 0.000022},
+        "usage": {
+            "input_tokens": 12,
+            "output_tokens": 34,
+            "total_tokens": 46,
+            "cost_usd": 0.000022,
+            "cost": "$0.000022",
+        },
         "model": "claude-3-5-haiku-latest",
         "provider": "anthropic",
     }
@@ -166,3 +172,19 @@ def test_node_stream_stopped_early_is_cancelled(node_ready: str, fake: FakeServe
     assert result.stdout == '{"delta":"Hel"}\n'
     assert result.stderr == ""
     assert fake.wait_cancelled()
+
+
+def test_node_format_usd_matches_the_python_client(node_ready: str) -> None:
+    from clients import format_usd
+
+    values = [5.1e-06, 5.0999999999999995e-06, 0.0, 0.5, 12.345, 1e-10, 0.000022, 3.0, 123456.789]
+    script = (
+        "const { formatUsd } = require('./index');"
+        f"process.stdout.write(JSON.stringify({values!r}.map(formatUsd)));"
+    )
+    result = subprocess.run(
+        [node_ready, "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [format_usd(value) for value in values]
+    assert json.loads(result.stdout)[:2] == ["$0.0000051", "$0.0000051"]
