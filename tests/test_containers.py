@@ -102,3 +102,24 @@ def test_readme_documents_every_variable() -> None:
     variables = set(re.findall(r'"(RMLLM_[A-Z0-9_]+)"', source_text()))
     missing = sorted(v for v in variables if v not in readme)
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+def test_the_vault_waits_for_postgres_when_its_profile_is_on() -> None:
+    services = COMPOSE["services"]
+    database = services["postgres"]
+    assert database["profiles"] == ["postgres"] and "healthcheck" in database
+    # The header's PostgreSQL URL names the postgres service, so the vault must wait for it,
+    # and only when the profile is active (required: false, Compose v2.20+).
+    header = (ROOT / "docker-compose.yml").read_text().split("\nname:", 1)[0]
+    url = re.search(r"RMLLM_DATABASE_URL=(postgresql://\S+)", header)
+    assert url is not None and "@postgres:5432/" in url.group(1)
+    assert services["vault"]["depends_on"]["postgres"] == {"condition": "service_healthy", "required": False}
+    assert "postgres" not in services["llm"].get("depends_on", {}), "the LLM service never talks to postgres"
+
+
+def test_compose_v2_is_stated_where_the_file_needs_it() -> None:
+    assert COMPOSE["name"], "the file uses the top-level name:, which Compose v1 rejects"
+    header = (ROOT / "docker-compose.yml").read_text().split("\nname:", 1)[0]
+    readme = (ROOT / "README.md").read_text()
+    for text in (header, readme):
+        assert "Compose v2.20" in text and "docker-compose" in text
