@@ -9,6 +9,7 @@ Examples::
     rmllm keys update openai --model gpt-4o --disable
     rmllm test-key openai --stored
     rmllm chat -p openai "Write a haiku about gRPC"
+    rmllm chat -p openai                 # on a terminal: a conversation (/reset, /exit, Ctrl-D)
     echo "Summarise this" | rmllm chat -p claude --system "Be brief"
     rmllm providers; rmllm models google; rmllm models -p google
 
@@ -33,6 +34,7 @@ from typing import Any, TextIO
 from clients import cli_format as out
 from clients import config
 from clients.channels import DEFAULT_CHAT_TIMEOUT, DEFAULT_TIMEOUT
+from clients.cli_chat import ChatOptions, Conversation, stream_answer
 from clients.datatypes import TestKeyReason
 from clients.errors import RmllmClientError
 from clients.sync import Client
@@ -153,7 +155,9 @@ def parser() -> argparse.ArgumentParser:
         "chat",
         help="chat with a provider, streaming the answer",
         description="Send a prompt to a provider and stream the answer, then a summary line "
-        "(tokens, cost, finish reason) on stderr. The prompt comes from the argument, else stdin.",
+        "(tokens, cost, finish reason) on stderr. The prompt comes from the argument, else stdin; "
+        "with neither, on a terminal, a conversation starts: each line is a turn, the history is "
+        "kept, /reset forgets it, /exit or Ctrl-D ends it.",
         epilog="examples: rmllm chat -p openai 'Write a haiku'; "
         "echo 'Summarise this' | rmllm chat -p claude. "
         "`rmllm providers` lists the provider ids and aliases, `rmllm models PROVIDER` the models.",
@@ -310,34 +314,30 @@ class Cli:
 
     def chat(self) -> int:
         args = self.args
+        options = ChatOptions(args.provider, args.model, args.system, args.temperature, args.max_tokens)
         if args.prompt == "-" and self.stdin.isatty():
-            self.note("rmllm: type the prompt, then Ctrl-D")
+            with self.client() as client:
+                return Conversation(
+                    client, options, self.stdin, self.stdout, self.stderr, self.describe
+                ).run()
         prompt = self.stdin.read() if args.prompt == "-" else args.prompt
         if not prompt.strip():
             raise UsageError("empty prompt: give one as an argument or on stdin")
         with self.client() as client:
-            stream = client.stream_chat(
-                args.provider,
-                prompt,
-                model=args.model,
-                system=args.system,
-                temperature=args.temperature,
-                max_tokens=args.max_tokens,
+            answer = stream_answer(client, options, prompt, self.stdout, self.stderr)
+        return out.EXIT_OK if answer is not None else out.EXIT_INTERRUPTED
+
+    def describe(self, error: RmllmClientError) -> str:
+        """The one line for ``error``, its hint knowing where the token came from."""
+        settings = self.settings
+        return one_line(
+            out.describe(
+                error,
+                getattr(self.args, "provider", None),
+                credential_from=settings.credential_from,
+                path=str(settings.path) if settings.path else "",
             )
-            try:
-                for delta in stream:
-                    self.stdout.write(delta)
-                    self.stdout.flush()
-            except KeyboardInterrupt:
-                stream.cancel()
-                self.note("rmllm: interrupted: the chat was cancelled")
-                return out.EXIT_INTERRUPTED
-            finally:
-                if stream.text and not stream.text.endswith("\n"):
-                    self.stdout.write("\n")
-                self.stdout.flush()
-            self.note(out.summary(stream.result))
-        return out.EXIT_OK
+        )
 
     def providers(self) -> int:
         with self.client() as client:
@@ -390,13 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         return fail(str(exc), out.EXIT_CONFIG)
     except RmllmClientError as exc:
-        settings = cli.settings if cli is not None else None
-        line = out.describe(
-            exc,
-            provider,
-            credential_from=settings.credential_from if settings else "",
-            path=str(settings.path) if settings and settings.path else "",
-        )
+        line = cli.describe(exc) if cli is not None else out.describe(exc, provider)
         return fail(line, out.exit_code(exc))
     except KeyboardInterrupt:
         print("\nrmllm: interrupted", file=sys.stderr)

@@ -11,7 +11,8 @@
 
 ``python3 scripts/dev.py test [PYTEST ARGS]``
     Creates ``.venv`` with the dev tools, installs the pinned tools that are not
-    Python packages (buf from the npm registry, the Node client's packages), and runs
+    Python packages (buf from the npm registry, the Node client's packages; tmux from
+    the distribution when it is missing), and runs
     the whole suite with pytest: unit, service, end-to-end, and the repository
     checks (ruff, mypy, buf lint, buf breaking, stale generated code).
 
@@ -122,6 +123,30 @@ def ensure_node_packages() -> list[Path]:
         stamp.write_text(want)
         installed.append(project)
     return installed
+
+
+def ensure_tmux() -> None:
+    """tmux, for the terminal tests of ``rmllm chat`` (tests/clients/test_cli_tmux.py).
+
+    When it is missing and apt-get can run (as root), the distribution's package is
+    installed: its version is the one the distribution pins. Otherwise those tests
+    skip, saying why.
+    """
+    if shutil.which("tmux"):
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        say("tmux is missing and apt-get cannot install it here (root needed): the terminal tests will skip")
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "-q", "--no-install-recommends", "tmux"]
+    say("installing tmux from the distribution (apt-get)")
+    for step in ([], [apt, "update", "-q"]):  # the package lists may be missing or stale
+        if step:
+            subprocess.run(step, env=env, capture_output=True, check=False)
+        if subprocess.run(install, env=env, capture_output=True, check=False).returncode == 0:
+            return
+    say("apt-get could not install tmux: the terminal tests will skip")
 
 
 def port_free(address: str) -> bool:
@@ -287,6 +312,7 @@ def test(pytest_args: list[str]) -> int:
     before = work_tree_status()
     ensure_venv(TEST_EXTRA)
     ensure_node_packages()
+    ensure_tmux()
     env = dict(os.environ)
     env["PATH"] = (
         f"{BIN}{os.pathsep}{ROOT / 'tools' / 'node_modules' / '.bin'}{os.pathsep}{env.get('PATH', '')}"

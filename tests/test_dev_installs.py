@@ -144,3 +144,38 @@ def test_dev_test_help_says_extra_arguments_go_to_pytest() -> None:
     text = " ".join(shown.stdout.split())
     assert text.startswith("usage: dev.py test [PYTEST ARGS...]")
     assert "Every other argument goes to pytest" in text and "`dev.py test -- --help`" in text
+
+
+def test_tmux_is_installed_from_the_distribution_when_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stand-in apt-get on an otherwise empty PATH: its first install fails (stale package
+    lists), so dev.py updates them and installs again, which provides tmux."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "apt.log"
+    apt = bin_dir / "apt-get"
+    apt.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        f'if [ "$1" = update ]; then : > {tmp_path}/updated; exit 0; fi\n'
+        f"[ -f {tmp_path}/updated ] || exit 100\n"
+        f"printf '#!/bin/sh\\n' > {bin_dir}/tmux && /bin/chmod +x {bin_dir}/tmux\n"
+    )
+    apt.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    dev = load_dev(ROOT)
+    monkeypatch.setattr(dev.os, "geteuid", lambda: 0)
+    dev.ensure_tmux()
+    assert (bin_dir / "tmux").exists()
+    assert log.read_text().splitlines() == [
+        "install -y -q --no-install-recommends tmux",
+        "update -q",
+        "install -y -q --no-install-recommends tmux",
+    ]
+    dev.ensure_tmux()  # present now: nothing runs
+    assert len(log.read_text().splitlines()) == 3
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    dev.ensure_tmux()  # no tmux, no apt-get: the tests will skip, and it says so
+    assert "the terminal tests will skip" in capsys.readouterr().out

@@ -444,3 +444,49 @@ def test_chat_help_explains_provider_and_model(capsys: pytest.CaptureFixture[str
         "-p PROVIDER, --provider PROVIDER provider id or alias" in text and "(see `rmllm providers`)" in text
     )
     assert "-m MODEL, --model MODEL model id (see `rmllm models PROVIDER`)" in text
+
+
+def test_chat_without_a_prompt_on_a_terminal_is_a_conversation(
+    rmllm: Callable[..., Run],
+    fake: FakeServers,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.store("openai", SECRET)
+    fake.state.fail("StreamChat", errors.RateLimited("60 a minute", retry_after=1))
+    typed = "lost turn\none\n\n/what\ntwo\n/reset\nthree\n"  # then Ctrl-D (end of input)
+    monkeypatch.setattr("sys.stdin", Terminal(typed))
+    code = main(["chat", "-p", "openai", "--system", "be brief"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.out == "> > Hello world\n> > > Hello world\n> > Hello world\n> \n"
+    notes = captured.err.splitlines()
+    assert (
+        notes[0]
+        == "rmllm: a conversation with openai: /reset forgets the conversation, /exit or Ctrl-D ends it"
+    )
+    assert notes[1].startswith("rmllm: rate limited (60 a minute)")  # the failed turn is not kept
+    assert "unknown command '/what'" in notes[3]
+    assert "forgotten" in notes[5]
+    sent = [
+        [(m.role, m.content) for m in request.messages]
+        for method, request, _ in fake.state.calls
+        if method == "StreamChat"
+    ]
+    system, user, assistant = 1, 2, 3
+    assert sent == [
+        [(system, "be brief"), (user, "lost turn")],
+        [(system, "be brief"), (user, "one")],
+        [(system, "be brief"), (user, "one"), (assistant, "Hello world"), (user, "two")],
+        [(system, "be brief"), (user, "three")],  # after /reset
+    ]
+
+
+def test_a_conversation_ends_with_exit(
+    fake: FakeServers, cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.store("openai", SECRET)
+    monkeypatch.setattr("sys.stdin", Terminal("hi\n/exit\nnever sent\n"))
+    assert main(["chat", "-p", "openai"]) == 0
+    assert [method for method, _, _ in fake.state.calls].count("StreamChat") == 1
+    assert capsys.readouterr().out == "> Hello world\n> "
