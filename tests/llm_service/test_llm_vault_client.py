@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from realmultillm.llm.v1 import llm_pb2
 from testkit.llm_fake_vault import StoredKey
 from testkit.llm_harness import ALICE, BOB, auth, chat_request, llm_harness, rich_error
 
 from llm_service import vault_client
+from rmllm_common import errors
 
 
 class Clock:
@@ -98,3 +100,23 @@ async def test_a_stalled_vault_is_deadline_exceeded_or_unavailable_by_whose_boun
         await client.close()
     finally:
         await vault.stop()
+
+
+async def test_a_disabled_users_token_is_user_disabled_not_unknown() -> None:
+    async with llm_harness() as llm:
+        llm.vault.fail_with = errors.UserDisabled("the token's user is disabled")
+        for call in (
+            llm.stub.Chat(chat_request(), metadata=auth()),
+            llm.stub.TestKey(
+                llm_pb2.TestKeyRequest(provider="openai", api_key="sk-test-0123456789abcdef"), metadata=auth()
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            rich = rich_error(caught.value)
+            assert (rich.code, rich.reason) == (grpc.StatusCode.UNAUTHENTICATED, "USER_DISABLED")
+            assert "rmllm-vault users enable" in caught.value.details()
+        llm.vault.fail_with = errors.TokenInvalid("unknown token")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.stub.Chat(chat_request(), metadata=auth())
+        assert rich_error(caught.value).reason == "TOKEN_INVALID"
