@@ -115,7 +115,7 @@ async def test_a_disabled_users_token_is_user_disabled_not_unknown() -> None:
                 await call
             rich = rich_error(caught.value)
             assert (rich.code, rich.reason) == (grpc.StatusCode.UNAUTHENTICATED, "USER_DISABLED")
-            assert "rmllm-vault users enable" in caught.value.details()
+            assert "rmllm-vault users enable" in (caught.value.details() or "")
         llm.vault.fail_with = errors.TokenInvalid("unknown token")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await llm.stub.Chat(chat_request(), metadata=auth())
