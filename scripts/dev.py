@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -63,22 +64,50 @@ UP_EXTRA, TEST_EXTRA = "grpcurl", "dev"
 INCLUDES = {UP_EXTRA: {UP_EXTRA}, TEST_EXTRA: {TEST_EXTRA, UP_EXTRA}}
 
 
+def has_pip(python: Path | str) -> bool:
+    """Whether ``python`` can run pip."""
+    probe = [str(python), "-m", "pip", "--version"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def outer_pip_can_target() -> bool:
+    """Whether this interpreter's pip can install into another environment (``--python``, pip 22.3+)."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "--version"], capture_output=True, text=True, check=False
+    )
+    version = re.match(r"pip (\d+)\.(\d+)", probe.stdout)
+    return bool(probe.returncode == 0 and version and (int(version[1]), int(version[2])) >= (22, 3))
+
+
+def pip() -> list[str]:
+    """The pip that installs into .venv: its own, else this interpreter's pointed at it."""
+    if has_pip(PY):
+        return [str(PY), "-m", "pip"]
+    return [sys.executable, "-m", "pip", "--python", str(PY)]
+
+
 def ensure_venv(extra: str) -> None:
     """Create .venv and install the project (editable) with ``extra`` when pyproject.toml changed.
 
+    The environment is created without pip when this interpreter's pip can install
+    into it (``pip --python``): seeding pip into a new environment is most of a cold
+    ``up``'s first seconds. ``test`` adds pip to it (the tests build wheels with it).
     An install of ``dev`` also serves ``up`` (it includes grpcurl), so ``up`` after
     ``test`` installs nothing.
     """
     if not PY.exists():
         say(f"creating {VENV.relative_to(ROOT)}")
-        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+        venv.EnvBuilder(with_pip=not outer_pip_can_target(), clear=True).create(VENV)
+    if extra == TEST_EXTRA and not has_pip(PY):
+        say(f"adding pip to {VENV.relative_to(ROOT)}")
+        run([str(PY), "-m", "ensurepip", "-q"])
     want = digest(ROOT / "pyproject.toml")
     for have, includes in INCLUDES.items():
         stamp = VENV / f".installed-{have}"
         if extra in includes and stamp.exists() and stamp.read_text() == want:
             return
     say(f"installing .[{extra}] into {VENV.relative_to(ROOT)}")
-    run([str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f".[{extra}]"], cwd=ROOT)
+    run([*pip(), "install", "-q", "--disable-pip-version-check", "-e", f".[{extra}]"], cwd=ROOT)
     (VENV / f".installed-{extra}").write_text(want)
 
 
