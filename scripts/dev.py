@@ -86,6 +86,13 @@ def pip() -> list[str]:
     return [sys.executable, "-m", "pip", "--python", str(PY)]
 
 
+def ensure_pip() -> None:
+    """pip inside .venv (an ``up`` may have made it without): the tests build wheels with it."""
+    if not has_pip(PY):
+        say(f"adding pip to {VENV.relative_to(ROOT)}")
+        run([str(PY), "-m", "ensurepip"], stdout=subprocess.DEVNULL)
+
+
 def ensure_venv(extra: str) -> None:
     """Create .venv and install the project (editable) with ``extra`` when pyproject.toml changed.
 
@@ -98,9 +105,8 @@ def ensure_venv(extra: str) -> None:
     if not PY.exists():
         say(f"creating {VENV.relative_to(ROOT)}")
         venv.EnvBuilder(with_pip=not outer_pip_can_target(), clear=True).create(VENV)
-    if extra == TEST_EXTRA and not has_pip(PY):
-        say(f"adding pip to {VENV.relative_to(ROOT)}")
-        run([str(PY), "-m", "ensurepip", "-q"])
+    if extra == TEST_EXTRA:
+        ensure_pip()
     want = digest(ROOT / "pyproject.toml")
     for have, includes in INCLUDES.items():
         stamp = VENV / f".installed-{have}"

@@ -179,3 +179,29 @@ def test_tmux_is_installed_from_the_distribution_when_missing(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     dev.ensure_tmux()  # no tmux, no apt-get: the tests will skip, and it says so
     assert "the terminal tests will skip" in capsys.readouterr().out
+
+
+def test_a_venv_without_pip_is_installed_into_by_this_interpreters_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import venv
+
+    target = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(target)
+    dev = load_dev(ROOT)
+    monkeypatch.setattr(dev, "PY", target / "bin" / "python")
+    assert not dev.has_pip(dev.PY) and dev.has_pip(sys.executable)
+    assert dev.outer_pip_can_target()
+    command = dev.pip()
+    assert command[-2:] == ["--python", str(dev.PY)]
+    listed = subprocess.run(
+        [*command, "list", "--format=json", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert "realmultillm" not in {p["name"] for p in json.loads(listed.stdout)}  # it looked at the new venv
+    dev.ensure_pip()  # what `test` does before installing the dev tools
+    assert dev.has_pip(dev.PY) and dev.pip() == [str(dev.PY), "-m", "pip"]
