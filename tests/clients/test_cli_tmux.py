@@ -135,7 +135,12 @@ def test_ctrl_c_stops_an_answer_and_the_conversation_goes_on_until_exit(
     fake.state.stream_hang = False
     terminal.type("again")
     terminal.wait_for(SUMMARY)
+    # Ctrl-C at the prompt drops the line typed so far, and the conversation goes on.
+    terminal.tmux("send-keys", "-t", "t", "-l", "never sent")
+    terminal.wait_for("> never sent")
+    terminal.key("C-c")
     terminal.type("/exit")
     terminal.wait_for("EXIT=0")
-    # The cancelled turn is not part of the history.
+    # The cancelled turn is not part of the history; the dropped line was never sent.
     assert sent(fake)[-1] == [(SYSTEM, "be brief"), (USER, "again")]
+    assert len(sent(fake)) == 2
