@@ -38,8 +38,9 @@ from realmultillm.llm.v1 import llm_pb2
 from llm_service.adapters.base import Endpoint, Finished, FinishReason, TextDelta, Usage
 from llm_service.adapters.exchange import load_event
 from llm_service.adapters.openai import OpenAIAdapter, build_body
-from llm_service.chat import PreparedChat, chat_response
+from llm_service.chat import PreparedChat
 from llm_service.http import new_http_session
+from llm_service.servicer import chat_response
 from llm_service.sse import SSEDecoder
 from llm_service.validation import validate_chat
 from rmllm_common.registry import default_registry

@@ -20,8 +20,9 @@ from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service.adapters.base import Adapter
 from llm_service.catalog import Catalog
-from llm_service.chat import AdapterLookup, ChatService
+from llm_service.chat import ChatService
 from llm_service.deadline import Clock
+from llm_service.endpoints import AdapterLookup, EndpointResolver
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
 from llm_service.ratelimit import RateLimiter
@@ -85,37 +86,23 @@ async def build_server(
         retry_after_cap=settings.retry_after_cap_seconds,
         sleep=sleep,
     )
-    allow = settings.allow_custom_base_url
+    endpoints = EndpointResolver(
+        vault=vault, adapters=lookup, allow_custom_base_url=settings.allow_custom_base_url
+    )
     chat = ChatService(
         registry=registry,
-        vault=vault,
-        adapters=lookup,
+        endpoints=endpoints,
         http=http,
         limiter=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
         policy=policy,
-        allow_custom_base_url=allow,
     )
     # TestKey probes and live model listings are calls on the user's provider
     # account: one per-user budget for both.
     account_calls = RateLimiter(
         "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
     )
-    keys = KeyTester(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
-    catalog = Catalog(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
+    keys = KeyTester(registry=registry, endpoints=endpoints, http=http, limiter=account_calls)
+    catalog = Catalog(registry=registry, endpoints=endpoints, http=http, limiter=account_calls)
 
     server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)

@@ -1,11 +1,12 @@
 """The LLMService servicer: proto framing around the chat, key and catalog services.
 
 Each method reads the caller's bearer token and deadline, delegates, and frames
-the answer; errors are raised as ``rmllm_common.errors`` and become statuses in the
-server's error interceptor (no ``try`` ladders here). StreamChat forwards the
-shared event stream as deltas and one final ``done``, and closes it (and with it
-the upstream HTTP response) whatever way the call ends; Chat collects the same
-stream. A stream that ends without its final event is never a success.
+the answer, pricing a completion's usage from the registry. Errors are raised as
+``rmllm_common.errors`` and become statuses in the server's error interceptor (no
+``try`` ladders here). StreamChat forwards the shared event stream as deltas and
+one final ``done``, and closes it (and with it the upstream HTTP response)
+whatever way the call ends; Chat collects the same stream. A stream that ends
+without its final event is never a success.
 """
 
 from __future__ import annotations
@@ -20,12 +21,49 @@ from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 from llm_service.adapters.base import Finished, TextDelta
 from llm_service.auth import bearer_token
 from llm_service.catalog import Catalog
-from llm_service.chat import ChatService, chat_response, done_message
+from llm_service.chat import ChatService, PreparedChat
 from llm_service.deadline import Clock, Deadline
 from llm_service.keys import KeyTester
 from rmllm_common.errors import UpstreamStreamTruncated
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def usage_of(prepared: PreparedChat, finished: Finished) -> llm_pb2.Usage:
+    """Token counts and their price (by the answering model, else the requested one)."""
+    spec, usage = prepared.spec, finished.usage
+    priced = finished.model if spec.model(finished.model) is not None else prepared.params.model
+    return llm_pb2.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
+        cost_usd=spec.cost(priced, usage.input_tokens, usage.output_tokens),
+    )
+
+
+def done_message(prepared: PreparedChat, finished: Finished) -> llm_pb2.StreamChatResponse:
+    """StreamChat's last message."""
+    return llm_pb2.StreamChatResponse(
+        done=llm_pb2.StreamChatDone(
+            finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
+            usage=usage_of(prepared, finished),
+            model=finished.model or prepared.params.model,
+            provider=prepared.spec.id,
+            response_id=finished.response_id,
+        )
+    )
+
+
+def chat_response(prepared: PreparedChat, content: str, finished: Finished) -> llm_pb2.ChatResponse:
+    """Chat's answer."""
+    return llm_pb2.ChatResponse(
+        content=content,
+        finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
+        usage=usage_of(prepared, finished),
+        model=finished.model or prepared.params.model,
+        provider=prepared.spec.id,
+        response_id=finished.response_id,
+    )
 
 
 def _truncated(provider: str) -> UpstreamStreamTruncated:

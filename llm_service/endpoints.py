@@ -1,0 +1,107 @@
+"""Endpoint resolution: who the caller is, and where and with which key to call for them.
+
+``EndpointResolver`` is the one place the LLM service turns a caller's token and a
+provider into an ``Account``: the user id, the wire-format adapter, the
+``Endpoint`` (base URL and key) and the caller's stored chat defaults. It asks the
+vault (bounded by the caller's deadline), answers keyless credentials for a
+provider that needs no key, and applies this server's custom-base-URL policy to a
+stored or an explicit (TestKey) endpoint override. Chat, TestKey and ListModels
+are given one resolver instead of each holding the vault, the adapter lookup and
+the policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llm_service.adapters.base import Adapter, Endpoint
+from llm_service.deadline import Deadline
+from llm_service.validation import check_base_url
+from llm_service.vault_client import Credentials, VaultClient
+from rmllm_common.errors import FailedPrecondition, FieldViolation, KeyNotConfigured
+from rmllm_common.registry import ProviderSpec
+from rmllm_common.secret import Secret
+
+AdapterLookup = Callable[[ProviderSpec], Adapter]
+_NO_KEY = Secret("")
+
+
+def stored_base_url(spec: ProviderSpec, credentials: Credentials, allow_custom: bool) -> str:
+    """The endpoint to call: the stored override if this server's policy allows it."""
+    base_url = credentials.base_url.rstrip("/")
+    if not base_url or base_url == spec.base_url:
+        return spec.base_url
+    if not (allow_custom or spec.custom_base_url):
+        raise FailedPrecondition(
+            f"the stored configuration for {spec.id} points at a custom endpoint, which this server "
+            "does not allow; remove its base_url, or ask the operator for RMLLM_ALLOW_CUSTOM_BASE_URL=1",
+            provider=spec.id,
+        )
+    return base_url
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """The caller's way into one provider: who, the adapter, where and with which key."""
+
+    user_id: str
+    adapter: Adapter
+    endpoint: Endpoint
+    credentials: Credentials
+
+    @property
+    def spec(self) -> ProviderSpec:
+        """The provider's registry entry."""
+        return self.endpoint.spec
+
+
+class EndpointResolver:
+    """Resolves callers' endpoints and keys through the vault, under one base-URL policy."""
+
+    def __init__(self, *, vault: VaultClient, adapters: AdapterLookup, allow_custom_base_url: bool) -> None:
+        self._vault = vault
+        self._adapters = adapters
+        self._allow_custom = allow_custom_base_url
+
+    def adapter(self, spec: ProviderSpec) -> Adapter:
+        """The wire-format adapter for ``spec``."""
+        return self._adapters(spec)
+
+    async def authenticate(self, token: Secret, deadline: Deadline) -> str:
+        """The id of the user the token belongs to (TOKEN_INVALID otherwise)."""
+        return await self._vault.authenticate(token, deadline)
+
+    async def credentials(self, spec: ProviderSpec, token: Secret, deadline: Deadline) -> Credentials:
+        """The caller's stored credentials for ``spec``; keyless ones for a provider needing no key."""
+        try:
+            return await self._vault.resolve(token, spec.id, deadline)
+        except KeyNotConfigured:
+            if spec.requires_key:
+                raise
+        user_id = await self._vault.authenticate(token, deadline)
+        return Credentials(user_id, spec.id, _NO_KEY, "", "", None, None)
+
+    async def stored(
+        self, spec: ProviderSpec, token: Secret, deadline: Deadline, *, base_url: str = ""
+    ) -> Account:
+        """The caller's stored key and endpoint (``base_url``, already checked, overrides it)."""
+        credentials = await self.credentials(spec, token, deadline)
+        url = base_url or stored_base_url(spec, credentials, self._allow_custom)
+        return Account(
+            credentials.user_id, self.adapter(spec), Endpoint(spec, url, credentials.api_key), credentials
+        )
+
+    async def explicit(
+        self, spec: ProviderSpec, api_key: Secret, base_url: str, token: Secret, deadline: Deadline
+    ) -> Account:
+        """A caller-given key (and checked ``base_url``, "" for the default) for a known user."""
+        user_id = await self.authenticate(token, deadline)
+        credentials = Credentials(user_id, spec.id, api_key, base_url, "", None, None)
+        return Account(
+            user_id, self.adapter(spec), Endpoint(spec, base_url or spec.base_url, api_key), credentials
+        )
+
+    def check_override(self, spec: ProviderSpec, base_url: str, bad: list[FieldViolation]) -> str:
+        """A request's endpoint override under this server's policy, normalised ("" if none or bad)."""
+        return check_base_url(base_url, spec, self._allow_custom, bad)
