@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 
-import aiohttp
 from realmultillm.llm.v1 import llm_pb2
 
 from llm_service.adapters.base import ListedModel
@@ -23,7 +22,7 @@ from llm_service.deadline import Deadline
 from llm_service.endpoints import EndpointResolver
 from llm_service.ratelimit import RateLimiter
 from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RateLimited, RmllmError
-from rmllm_common.registry import ModelSpec, ProviderSpec, Registry
+from rmllm_common.registry import ModelSpec, ProviderSpec
 from rmllm_common.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -75,19 +74,10 @@ def merge_listed(spec: ProviderSpec, listed: list[ListedModel]) -> list[llm_pb2.
 class Catalog:
     """ListProviders and ListModels, minus authentication."""
 
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        endpoints: EndpointResolver,
-        http: aiohttp.ClientSession,
-        limiter: RateLimiter,
-    ) -> None:
-        self._registry = registry
+    def __init__(self, endpoints: EndpointResolver, limiter: RateLimiter) -> None:
         self._endpoints = endpoints
-        self._http = http
         self._limiter = limiter
-        specs = list(registry.providers.values())
+        specs = list(endpoints.registry.providers.values())
         self.providers = llm_pb2.ListProvidersResponse(providers=[provider_info(s) for s in specs])
         self._static = {
             s.id: llm_pb2.ListModelsResponse(
@@ -104,7 +94,7 @@ class Catalog:
         self, request: llm_pb2.ListModelsRequest, token: Secret, deadline: Deadline
     ) -> llm_pb2.ListModelsResponse:
         """Live models where possible, else the registry's."""
-        spec = self._registry.resolve(request.provider)
+        spec = self._endpoints.provider(request.provider)
         static = self._static[spec.id]
         if not spec.models_path:
             await self._endpoints.authenticate(token, deadline)
@@ -120,7 +110,7 @@ class Catalog:
         except RateLimited:
             return static
         try:
-            listed = await account.adapter.list_models(self._http, account.endpoint, deadline.remaining())
+            listed = await account.list_models(deadline.remaining())
         except DeadlineExceeded:
             raise
         except RmllmError as exc:

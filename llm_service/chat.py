@@ -15,15 +15,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
-from llm_service.adapters.base import Adapter, ChatEvent, ChatParams, Endpoint
+from llm_service.adapters.base import ChatEvent, ChatParams
 from llm_service.deadline import Deadline
-from llm_service.endpoints import EndpointResolver
+from llm_service.endpoints import Account, EndpointResolver
 from llm_service.ratelimit import RateLimiter
 from llm_service.retrying import RetryPolicy, stream_with_retries
 from llm_service.validation import validate_chat
-from rmllm_common.registry import ProviderSpec, Registry
+from rmllm_common.registry import ProviderSpec
 from rmllm_common.secret import Secret
 
 
@@ -31,44 +29,37 @@ from rmllm_common.secret import Secret
 class PreparedChat:
     """Everything one completion needs, resolved once before the first provider call."""
 
-    spec: ProviderSpec
-    adapter: Adapter
-    endpoint: Endpoint
+    account: Account
     params: ChatParams
+
+    @property
+    def spec(self) -> ProviderSpec:
+        """The provider's registry entry."""
+        return self.account.spec
 
 
 class ChatService:
     """Chat and StreamChat, minus the proto framing."""
 
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        endpoints: EndpointResolver,
-        http: aiohttp.ClientSession,
-        limiter: RateLimiter,
-        policy: RetryPolicy,
-    ) -> None:
-        self._registry = registry
+    def __init__(self, endpoints: EndpointResolver, limiter: RateLimiter, policy: RetryPolicy) -> None:
         self._endpoints = endpoints
-        self._http = http
         self._limiter = limiter
         self._policy = policy
 
     async def prepare(self, request: Any, token: Secret, deadline: Deadline) -> PreparedChat:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
-        chat = validate_chat(request, self._registry)
+        chat = validate_chat(request, self._endpoints.registry)
         account = await self._endpoints.stored(chat.spec, token, deadline)
         self._limiter.take(account.user_id)
         stored = account.credentials
         params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
-        return PreparedChat(chat.spec, account.adapter, account.endpoint, params)
+        return PreparedChat(account, params)
 
     def events(self, prepared: PreparedChat, deadline: Deadline) -> AsyncGenerator[ChatEvent, None]:
         """The completion's events, retried before the first one (close it when done)."""
-        adapter, http, endpoint, params = prepared.adapter, self._http, prepared.endpoint, prepared.params
+        account, params = prepared.account, prepared.params
 
         def open_stream(timeout: float | None) -> AsyncIterator[ChatEvent]:
-            return adapter.stream_chat(http, endpoint, params, timeout)
+            return account.stream_chat(params, timeout)
 
         return stream_with_retries(open_stream, self._policy, deadline, prepared.spec.id)

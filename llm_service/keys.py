@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 from realmultillm.llm.v1 import llm_pb2
 
 from llm_service.adapters.base import ProbeOutcome
@@ -21,24 +20,14 @@ from llm_service.endpoints import EndpointResolver
 from llm_service.ratelimit import RateLimiter
 from llm_service.validation import check_api_key, raise_violations
 from rmllm_common.errors import FieldViolation
-from rmllm_common.registry import Registry
 from rmllm_common.secret import Secret
 
 
 class KeyTester:
     """The TestKey RPC, minus the proto framing."""
 
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        endpoints: EndpointResolver,
-        http: aiohttp.ClientSession,
-        limiter: RateLimiter,
-    ) -> None:
-        self._registry = registry
+    def __init__(self, endpoints: EndpointResolver, limiter: RateLimiter) -> None:
         self._endpoints = endpoints
-        self._http = http
         self._limiter = limiter
 
     async def test(
@@ -46,7 +35,7 @@ class KeyTester:
     ) -> llm_pb2.TestKeyResponse:
         """Probe the explicit or stored key and say what the provider thought of it."""
         api_key = Secret(request.api_key)
-        spec = self._registry.resolve(request.provider)
+        spec = self._endpoints.provider(request.provider)
         bad: list[FieldViolation] = []
         if api_key:
             check_api_key(api_key.reveal(), bad)
@@ -58,7 +47,7 @@ class KeyTester:
             account = await self._endpoints.stored(spec, token, deadline, base_url=base_url)
         self._limiter.take(account.user_id)
         started = time.perf_counter()
-        result = await account.adapter.probe_key(self._http, account.endpoint, deadline.remaining())
+        result = await account.probe_key(deadline.remaining())
         latency_ms = int((time.perf_counter() - started) * 1000)
         return llm_pb2.TestKeyResponse(
             valid=result.outcome is ProbeOutcome.VALID,

@@ -87,22 +87,24 @@ async def build_server(
         sleep=sleep,
     )
     endpoints = EndpointResolver(
-        vault=vault, adapters=lookup, allow_custom_base_url=settings.allow_custom_base_url
+        registry=registry,
+        vault=vault,
+        adapters=lookup,
+        http=http,
+        allow_custom_base_url=settings.allow_custom_base_url,
     )
     chat = ChatService(
-        registry=registry,
-        endpoints=endpoints,
-        http=http,
-        limiter=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
-        policy=policy,
+        endpoints,
+        RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
+        policy,
     )
     # TestKey probes and live model listings are calls on the user's provider
     # account: one per-user budget for both.
     account_calls = RateLimiter(
         "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
     )
-    keys = KeyTester(registry=registry, endpoints=endpoints, http=http, limiter=account_calls)
-    catalog = Catalog(registry=registry, endpoints=endpoints, http=http, limiter=account_calls)
+    keys = KeyTester(endpoints, account_calls)
+    catalog = Catalog(endpoints, account_calls)
 
     server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)

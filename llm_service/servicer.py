@@ -18,21 +18,22 @@ from typing import Any
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
-from llm_service.adapters.base import Finished, TextDelta
+from llm_service.adapters.base import ChatParams, Finished, TextDelta
 from llm_service.auth import bearer_token
 from llm_service.catalog import Catalog
-from llm_service.chat import ChatService, PreparedChat
+from llm_service.chat import ChatService
 from llm_service.deadline import Clock, Deadline
 from llm_service.keys import KeyTester
 from rmllm_common.errors import UpstreamStreamTruncated
+from rmllm_common.registry import ProviderSpec
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def usage_of(prepared: PreparedChat, finished: Finished) -> llm_pb2.Usage:
+def usage_of(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_pb2.Usage:
     """Token counts and their price (by the answering model, else the requested one)."""
-    spec, usage = prepared.spec, finished.usage
-    priced = finished.model if spec.model(finished.model) is not None else prepared.params.model
+    usage = finished.usage
+    priced = finished.model if spec.model(finished.model) is not None else params.model
     return llm_pb2.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -41,27 +42,29 @@ def usage_of(prepared: PreparedChat, finished: Finished) -> llm_pb2.Usage:
     )
 
 
-def done_message(prepared: PreparedChat, finished: Finished) -> llm_pb2.StreamChatResponse:
+def done_message(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_pb2.StreamChatResponse:
     """StreamChat's last message."""
     return llm_pb2.StreamChatResponse(
         done=llm_pb2.StreamChatDone(
             finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
-            usage=usage_of(prepared, finished),
-            model=finished.model or prepared.params.model,
-            provider=prepared.spec.id,
+            usage=usage_of(spec, params, finished),
+            model=finished.model or params.model,
+            provider=spec.id,
             response_id=finished.response_id,
         )
     )
 
 
-def chat_response(prepared: PreparedChat, content: str, finished: Finished) -> llm_pb2.ChatResponse:
+def chat_response(
+    spec: ProviderSpec, params: ChatParams, content: str, finished: Finished
+) -> llm_pb2.ChatResponse:
     """Chat's answer."""
     return llm_pb2.ChatResponse(
         content=content,
         finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
-        usage=usage_of(prepared, finished),
-        model=finished.model or prepared.params.model,
-        provider=prepared.spec.id,
+        usage=usage_of(spec, params, finished),
+        model=finished.model or params.model,
+        provider=spec.id,
         response_id=finished.response_id,
     )
 
@@ -91,7 +94,7 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
                 if type(event) is TextDelta:
                     parts.append(event.text)
                 elif isinstance(event, Finished):
-                    return chat_response(prepared, "".join(parts), event)
+                    return chat_response(prepared.spec, prepared.params, "".join(parts), event)
         raise _truncated(prepared.spec.id)
 
     async def StreamChat(
@@ -105,7 +108,7 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
                     if event.text:
                         yield llm_pb2.StreamChatResponse(delta=event.text)
                 elif isinstance(event, Finished):
-                    yield done_message(prepared, event)
+                    yield done_message(prepared.spec, prepared.params, event)
                     return
         raise _truncated(prepared.spec.id)
 
