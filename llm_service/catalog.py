@@ -72,7 +72,7 @@ def merge_listed(spec: ProviderSpec, listed: list[ListedModel]) -> list[llm_pb2.
 
 
 class Catalog:
-    """ListProviders and ListModels, minus authentication."""
+    """ListProviders and ListModels, minus the proto framing."""
 
     def __init__(self, endpoints: EndpointResolver, limiter: RateLimiter) -> None:
         self._endpoints = endpoints
@@ -85,10 +85,6 @@ class Catalog:
             )
             for s in specs
         }
-
-    async def authenticate(self, token: Secret, deadline: Deadline) -> None:
-        """Check that the caller is a known user (every RPC needs one)."""
-        await self._endpoints.authenticate(token, deadline)
 
     async def list_models(
         self, request: llm_pb2.ListModelsRequest, token: Secret, deadline: Deadline

@@ -19,6 +19,7 @@ import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service.adapters.base import Adapter
+from llm_service.auth import AuthInterceptor
 from llm_service.catalog import Catalog
 from llm_service.chat import ChatService
 from llm_service.deadline import Clock
@@ -106,7 +107,9 @@ async def build_server(
     keys = KeyTester(endpoints, account_calls)
     catalog = Catalog(endpoints, account_calls)
 
-    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
+    server = new_server(
+        [AuthInterceptor(vault, clock)], max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS
+    )
     llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
     health = await add_standard_services(server, [SERVICE_NAME])
 

@@ -1,6 +1,7 @@
 """The LLMService servicer: proto framing around the chat, key and catalog services.
 
-Each method reads the caller's bearer token and deadline, delegates, and frames
+Each method takes the caller's token (admitted by ``auth.AuthInterceptor``) and
+deadline, delegates, and frames
 the answer, pricing a completion's usage from the registry. Errors are raised as
 ``rmllm_common.errors`` and become statuses in the server's error interceptor (no
 ``try`` ladders here). StreamChat forwards the shared event stream as deltas and
@@ -19,7 +20,7 @@ import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service.adapters.base import ChatParams, Finished, TextDelta
-from llm_service.auth import bearer_token
+from llm_service.auth import current_token
 from llm_service.catalog import Catalog
 from llm_service.chat import ChatService
 from llm_service.deadline import Clock, Deadline
@@ -87,7 +88,7 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
 
     async def Chat(self, request: llm_pb2.ChatRequest, context: Context) -> llm_pb2.ChatResponse:
         deadline = self._deadline(context)
-        prepared = await self._chat.prepare(request, bearer_token(context), deadline)
+        prepared = await self._chat.prepare(request, current_token(), deadline)
         parts: list[str] = []
         async with aclosing(self._chat.events(prepared, deadline)) as events:
             async for event in events:
@@ -101,7 +102,7 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         self, request: llm_pb2.StreamChatRequest, context: Context
     ) -> AsyncIterator[llm_pb2.StreamChatResponse]:
         deadline = self._deadline(context)
-        prepared = await self._chat.prepare(request, bearer_token(context), deadline)
+        prepared = await self._chat.prepare(request, current_token(), deadline)
         async with aclosing(self._chat.events(prepared, deadline)) as events:
             async for event in events:
                 if type(event) is TextDelta:
@@ -113,15 +114,14 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         raise _truncated(prepared.spec.id)
 
     async def TestKey(self, request: llm_pb2.TestKeyRequest, context: Context) -> llm_pb2.TestKeyResponse:
-        return await self._keys.test(request, bearer_token(context), self._deadline(context))
+        return await self._keys.test(request, current_token(), self._deadline(context))
 
     async def ListProviders(
         self, request: llm_pb2.ListProvidersRequest, context: Context
     ) -> llm_pb2.ListProvidersResponse:
-        await self._catalog.authenticate(bearer_token(context), self._deadline(context))
-        return self._catalog.providers
+        return self._catalog.providers  # the auth interceptor has had the vault check the token
 
     async def ListModels(
         self, request: llm_pb2.ListModelsRequest, context: Context
     ) -> llm_pb2.ListModelsResponse:
-        return await self._catalog.list_models(request, bearer_token(context), self._deadline(context))
+        return await self._catalog.list_models(request, current_token(), self._deadline(context))
