@@ -32,7 +32,7 @@ from realmultillm.llm.v1 import llm_pb2
 from llm_service.deadline import Clock, Deadline
 from llm_service.vault_client import VaultClient
 from rmllm_common.bearer import user_token
-from rmllm_common.errors import PermissionDenied, RmllmError, TokenInvalid
+from rmllm_common.errors import MethodNotAllowed, RmllmError, TokenInvalid
 from rmllm_common.secret import Secret
 from rmllm_common.server import is_standard_method
 
@@ -85,7 +85,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             access = POLICY.get(method)
             if access is None:
-                raise PermissionDenied("this method is not open to any caller", reason="METHOD_NOT_ALLOWED")
+                raise MethodNotAllowed("this method is not open to any caller")
             token = user_token(context.invocation_metadata())
             if access is Access.USER:
                 await self._vault.authenticate(token, Deadline.after(context.time_remaining(), self._clock))

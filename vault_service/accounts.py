@@ -138,7 +138,7 @@ def create_token(db: Database, name: str) -> tuple[str, Secret]:
     with db.write():
         user = _user_by_name(db, name)
         if user.disabled:
-            raise FailedPrecondition(f"user {name!r} is disabled", reason="USER_DISABLED")
+            raise FailedPrecondition(f"user {name!r} is disabled")
         return _issue(db, user)
 
 

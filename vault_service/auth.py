@@ -22,7 +22,7 @@ import grpc
 from realmultillm.vault.v1 import vault_pb2
 
 from rmllm_common.bearer import bearer_token
-from rmllm_common.errors import PermissionDenied, TokenInvalid
+from rmllm_common.errors import MethodNotAllowed, PermissionDenied, TokenInvalid
 from rmllm_common.secret import Secret
 from rmllm_common.server import is_standard_method
 from vault_service.accounts import Principal
@@ -89,7 +89,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if user is None:
                 raise TokenInvalid("the token is unknown or revoked; ask the operator for a new one")
             return user
-        raise PermissionDenied("this method is not open to any caller", reason="METHOD_NOT_ALLOWED")
+        raise MethodNotAllowed("this method is not open to any caller")
 
     async def intercept_service(
         self,
