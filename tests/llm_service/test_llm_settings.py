@@ -98,14 +98,11 @@ def test_service_token_file_is_created_private(data_dir: Path) -> None:
     assert LLMSettings.from_env({}, data_dir=str(data_dir)).service_token == first.service_token
 
 
-def test_cli_refuses_bad_settings(capsys: pytest.CaptureFixture[str], data_dir: Path) -> None:
-    import os
-
-    os.environ["RMLLM_RETRY_ATTEMPTS"] = "99"
-    try:
-        assert main(["serve", "--data-dir", str(data_dir)]) == 2
-    finally:
-        del os.environ["RMLLM_RETRY_ATTEMPTS"]
+def test_cli_refuses_bad_settings(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RMLLM_RETRY_ATTEMPTS", "99")
+    assert main(["serve", "--data-dir", str(data_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: RMLLM_RETRY_ATTEMPTS")
 
