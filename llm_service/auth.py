@@ -21,7 +21,7 @@ variable for the servicer (``current_token``); each call runs in its own task.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
@@ -34,7 +34,7 @@ from llm_service.vault_client import VaultClient
 from rmllm_common.bearer import user_token
 from rmllm_common.errors import MethodNotAllowed, RmllmError, TokenInvalid
 from rmllm_common.secret import Secret
-from rmllm_common.server import is_standard_method
+from rmllm_common.server import MethodInterceptor
 
 log = logging.getLogger(__name__)
 SERVICE_NAME: Final = llm_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name
@@ -73,13 +73,13 @@ def current_token() -> Secret:
     return token
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(MethodInterceptor):
     """Admits every LLMService call by ``POLICY`` before the servicer sees it."""
 
     def __init__(self, vault: VaultClient, clock: Clock) -> None:
+        super().__init__()
         self._vault = vault
         self._clock = clock
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def _admit(self, method: str, context: Context) -> None:
         try:
@@ -94,24 +94,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise
         _current_token.set(token)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or is_standard_method(method):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        if wrapped is not None:
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, method: str, handler: Handler) -> Handler | None:
+    def wrap(self, method: str, handler: Handler) -> Handler | None:
         """``handler`` behind the admission check for ``method``; built once per method."""
         admit = self._admit
         if handler.unary_unary is not None:
