@@ -66,14 +66,19 @@ def _begin_call(context: grpc.aio.ServicerContext[Any, Any]) -> None:
 
 
 def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with the request id set and every exception translated."""
-    if handler.unary_unary is not None:
-        unary: Any = handler.unary_unary  # an async function under grpc.aio
+    """``handler`` with the request id set and every exception translated, whatever its kind.
 
-        async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    A unary-response handler (unary-unary, stream-unary) is awaited; a
+    streaming-response one (unary-stream, stream-stream) is an async generator
+    whose messages are forwarded. The first argument is the request or the
+    request iterator; it is passed through untouched either way.
+    """
+
+    def unary_response(inner: Any) -> Any:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _begin_call(context)
             try:
-                return await unary(request, context)
+                return await inner(request, context)
             except RmllmError as exc:
                 await abort_with(context, exc)
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -81,20 +86,13 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
             except Exception as exc:
                 await abort_with(context, _unexpected(method, exc))
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        streaming: Any = handler.unary_stream  # an async generator function under grpc.aio
+        return behavior
 
-        async def stream_behavior(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+    def stream_response(inner: Any) -> Any:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             _begin_call(context)
             try:
-                async for item in streaming(request, context):
+                async for item in inner(request, context):
                     yield item
             except RmllmError as exc:
                 await abort_with(context, exc)
@@ -103,11 +101,20 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
             except Exception as exc:
                 await abort_with(context, _unexpected(method, exc))
 
-        return grpc.unary_stream_rpc_method_handler(
-            stream_behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return behavior
+
+    serializers: Any = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **serializers)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **serializers)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **serializers)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **serializers)
     return handler
 
 
