@@ -41,6 +41,8 @@ class VaultSettings:
     database_url: str = ""
     allow_custom_base_url: bool = False
     grace_seconds: float = 10.0
+    # Raw usage records older than this are deleted (the daily rollups are kept).
+    usage_retention_days: float = 90.0
     # Set when this start generated the seed file (first run).
     generated_seed_file: Path | None = None
 
@@ -70,12 +72,23 @@ class VaultSettings:
             grace = float(env.get("RMLLM_SHUTDOWN_GRACE_SECONDS", "10"))
         except ValueError as exc:
             raise SettingsError("RMLLM_SHUTDOWN_GRACE_SECONDS must be a number of seconds") from exc
+        try:
+            retention = float(env.get("RMLLM_USAGE_RETENTION_DAYS", "90"))
+        except ValueError as exc:
+            raise SettingsError(
+                "RMLLM_USAGE_RETENTION_DAYS must be a number of days from 1 to 36500"
+            ) from exc
+        if not 1 <= retention <= 36_500:
+            # At least a day: ingestion is idempotent on the raw rows, and a retried batch
+            # can arrive minutes after the first attempt.
+            raise SettingsError("RMLLM_USAGE_RETENTION_DAYS must be a number of days from 1 to 36500")
         base = cls(
             data_dir=directory,
             listen=listen or env.get("RMLLM_VAULT_LISTEN", DEFAULT_LISTEN),
             database_url=env.get("RMLLM_DATABASE_URL", "").strip(),
             allow_custom_base_url=env.get("RMLLM_ALLOW_CUSTOM_BASE_URL", "") == "1",
             grace_seconds=grace,
+            usage_retention_days=retention,
         )
         if not with_secrets:
             return base
@@ -90,6 +103,7 @@ class VaultSettings:
             database_url=base.database_url,
             allow_custom_base_url=base.allow_custom_base_url,
             grace_seconds=base.grace_seconds,
+            usage_retention_days=base.usage_retention_days,
         )
 
 
