@@ -2,8 +2,9 @@
 
 ``ChatService.prepare`` validates the request, asks the vault for the caller's key
 and settings (bounded by the caller's deadline), applies the custom-base-URL
-policy, takes a token from the caller's rate-limit bucket, and picks the adapter by
-the provider's wire format. ``ChatService.events`` then yields the adapter's
+policy, takes a token from the caller's rate-limit bucket, enforces the caller's
+model policy and budgets (``limits``), and picks the adapter by the provider's
+wire format. ``ChatService.events`` then yields the adapter's
 normalised events (``TextDelta``\\ s, then one ``Finished``) with transient failures
 retried before the first event (see ``retrying``). StreamChat forwards these
 events; Chat collects them. ``done`` turns the final event into the proto summary,
@@ -19,10 +20,12 @@ from typing import Any
 import aiohttp
 from realmultillm.llm.v1 import llm_pb2
 
+from llm_service import accounting
 from llm_service.adapters.base import Adapter, ChatEvent, ChatParams, Endpoint, Finished
 from llm_service.deadline import Deadline
 from llm_service.ratelimit import RateLimiter
 from llm_service.retrying import RetryPolicy, stream_with_retries
+from llm_service.usage import UsageReporter
 from llm_service.validation import validate_chat
 from llm_service.vault_client import Credentials, VaultClient
 from rmllm_common.errors import FailedPrecondition, KeyNotConfigured
@@ -42,8 +45,8 @@ async def credentials_for(
     except KeyNotConfigured:
         if spec.requires_key:
             raise
-    user_id = await vault.authenticate(token, deadline)
-    return Credentials(user_id, spec.id, _NO_KEY, "", "", None, None)
+    who = await vault.identify(token, deadline)
+    return Credentials(who.user_id, spec.id, _NO_KEY, "", "", None, None, who.token_id, who.limits)
 
 
 def stored_base_url(spec: ProviderSpec, credentials: Credentials, allow_custom: bool) -> str:
@@ -58,6 +61,21 @@ def stored_base_url(spec: ProviderSpec, credentials: Credentials, allow_custom: 
             provider=spec.id,
         )
     return base_url
+
+
+def enforce(credentials: Credentials, provider: str, model: str, usage: UsageReporter | None) -> None:
+    """The caller's model policy and budgets, checked before the provider is called."""
+    limits = credentials.limits
+    if not limits.budgets and not limits.user_policy and not limits.token_policy:
+        return
+    pending = None
+    if usage is not None:
+        reporter = usage
+
+        def pending(scope: str) -> float:
+            return reporter.pending(credentials.user_id, credentials.token_id, scope)
+
+    limits.check(provider, model, pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +101,9 @@ class ChatService:
         limiter: RateLimiter,
         policy: RetryPolicy,
         allow_custom_base_url: bool,
+        usage: UsageReporter | None = None,
     ) -> None:
+        self._usage = usage
         self._registry = registry
         self._vault = vault
         self._adapters = adapters
@@ -96,10 +116,13 @@ class ChatService:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
         chat = validate_chat(request, self._registry)
         spec = chat.spec
+        accounting.note_target(spec.id)
         credentials = await credentials_for(self._vault, spec, token, deadline)
         base_url = stored_base_url(spec, credentials, self._allow_custom)
-        self._limiter.take(credentials.user_id)
         params = chat.params(credentials.default_model, credentials.temperature, credentials.max_tokens)
+        accounting.note_target(spec.id, params.model)
+        enforce(credentials, spec.id, params.model, self._usage)
+        self._limiter.take(credentials.user_id)
         return PreparedChat(spec, self._adapters(spec), Endpoint(spec, base_url, credentials.api_key), params)
 
     def events(self, prepared: PreparedChat, deadline: Deadline) -> AsyncGenerator[ChatEvent, None]:
@@ -116,12 +139,14 @@ def usage_of(prepared: PreparedChat, finished: Finished) -> llm_pb2.Usage:
     """Token counts and their price (by the answering model, else the requested one)."""
     spec, usage = prepared.spec, finished.usage
     priced = finished.model if spec.model(finished.model) is not None else prepared.params.model
-    return llm_pb2.Usage(
+    result = llm_pb2.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
         cost_usd=spec.cost(priced, usage.input_tokens, usage.output_tokens),
     )
+    accounting.note_usage(result, finished.model, getattr(usage, "usage_reported", None))
+    return result
 
 
 def done_message(prepared: PreparedChat, finished: Finished) -> llm_pb2.StreamChatResponse:

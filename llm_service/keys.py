@@ -15,6 +15,7 @@ import time
 import aiohttp
 from realmultillm.llm.v1 import llm_pb2
 
+from llm_service import accounting
 from llm_service.adapters.base import Endpoint, ProbeOutcome
 from llm_service.chat import AdapterLookup, credentials_for, stored_base_url
 from llm_service.deadline import Deadline
@@ -52,6 +53,7 @@ class KeyTester:
         """Probe the explicit or stored key and say what the provider thought of it."""
         api_key = Secret(request.api_key)
         spec = self._registry.resolve(request.provider)
+        accounting.note_target(spec.id)
         bad: list[FieldViolation] = []
         if api_key:
             check_api_key(api_key.reveal(), bad)

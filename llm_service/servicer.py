@@ -5,7 +5,9 @@ the answer; errors are raised as ``rmllm_common.errors`` and become statuses in 
 server's error interceptor (no ``try`` ladders here). StreamChat forwards the
 shared event stream as deltas and one final ``done``, and closes it (and with it
 the upstream HTTP response) whatever way the call ends; Chat collects the same
-stream. A stream that ends without its final event is never a success.
+stream. A stream that ends without its final event is never a success. Every
+Chat, StreamChat, TestKey and live ListModels call is accounted: one usage
+record per call, whatever its outcome (``accounting.recorded``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Any
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
+from llm_service.accounting import note_first_token, recorded
 from llm_service.adapters.base import Finished, TextDelta
 from llm_service.auth import bearer_token
 from llm_service.catalog import Catalog
 from llm_service.chat import ChatService, chat_response, done_message
 from llm_service.deadline import Clock, Deadline
 from llm_service.keys import KeyTester
+from llm_service.usage import UsageReporter
 from rmllm_common.errors import UpstreamStreamTruncated
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -35,7 +39,15 @@ def _truncated(provider: str) -> UpstreamStreamTruncated:
 class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
     """Chat, StreamChat, TestKey, ListProviders and ListModels."""
 
-    def __init__(self, chat: ChatService, keys: KeyTester, catalog: Catalog, clock: Clock) -> None:
+    def __init__(
+        self,
+        chat: ChatService,
+        keys: KeyTester,
+        catalog: Catalog,
+        clock: Clock,
+        usage: UsageReporter | None = None,
+    ) -> None:
+        self._usage = usage
         self._chat = chat
         self._keys = keys
         self._catalog = catalog
@@ -46,41 +58,50 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
 
     async def Chat(self, request: llm_pb2.ChatRequest, context: Context) -> llm_pb2.ChatResponse:
         deadline = self._deadline(context)
-        prepared = await self._chat.prepare(request, bearer_token(context), deadline)
-        parts: list[str] = []
-        async with aclosing(self._chat.events(prepared, deadline)) as events:
-            async for event in events:
-                if type(event) is TextDelta:
-                    parts.append(event.text)
-                elif isinstance(event, Finished):
-                    return chat_response(prepared, "".join(parts), event)
-        raise _truncated(prepared.spec.id)
+        with recorded(self._usage, "Chat", False, deadline) as call:
+            prepared = await self._chat.prepare(request, bearer_token(context), deadline)
+            parts: list[str] = []
+            async with aclosing(self._chat.events(prepared, deadline)) as events:
+                async for event in events:
+                    if type(event) is TextDelta:
+                        if call.first_token is None:
+                            note_first_token()
+                        parts.append(event.text)
+                    elif isinstance(event, Finished):
+                        return chat_response(prepared, "".join(parts), event)
+            raise _truncated(prepared.spec.id)
 
     async def StreamChat(
         self, request: llm_pb2.StreamChatRequest, context: Context
     ) -> AsyncIterator[llm_pb2.StreamChatResponse]:
         deadline = self._deadline(context)
-        prepared = await self._chat.prepare(request, bearer_token(context), deadline)
-        async with aclosing(self._chat.events(prepared, deadline)) as events:
-            async for event in events:
-                if type(event) is TextDelta:
-                    if event.text:
-                        yield llm_pb2.StreamChatResponse(delta=event.text)
-                elif isinstance(event, Finished):
-                    yield done_message(prepared, event)
-                    return
-        raise _truncated(prepared.spec.id)
+        with recorded(self._usage, "StreamChat", True, deadline) as call:
+            prepared = await self._chat.prepare(request, bearer_token(context), deadline)
+            async with aclosing(self._chat.events(prepared, deadline)) as events:
+                async for event in events:
+                    if type(event) is TextDelta:
+                        if event.text:
+                            if call.first_token is None:
+                                note_first_token()
+                            yield llm_pb2.StreamChatResponse(delta=event.text)
+                    elif isinstance(event, Finished):
+                        yield done_message(prepared, event)
+                        return
+            raise _truncated(prepared.spec.id)
 
     async def TestKey(self, request: llm_pb2.TestKeyRequest, context: Context) -> llm_pb2.TestKeyResponse:
-        return await self._keys.test(request, bearer_token(context), self._deadline(context))
+        deadline = self._deadline(context)
+        with recorded(self._usage, "TestKey", False, deadline):
+            return await self._keys.test(request, bearer_token(context), deadline)
 
     async def ListProviders(
         self, request: llm_pb2.ListProvidersRequest, context: Context
     ) -> llm_pb2.ListProvidersResponse:
-        await self._catalog.authenticate(bearer_token(context), self._deadline(context))
-        return self._catalog.providers
+        return await self._catalog.providers_for(bearer_token(context), self._deadline(context))
 
     async def ListModels(
         self, request: llm_pb2.ListModelsRequest, context: Context
     ) -> llm_pb2.ListModelsResponse:
-        return await self._catalog.list_models(request, bearer_token(context), self._deadline(context))
+        deadline = self._deadline(context)
+        with recorded(self._usage, "ListModels", False, deadline, needs_provider_call=True):
+            return await self._catalog.list_models(request, bearer_token(context), deadline)
