@@ -5,9 +5,11 @@ the answer; errors are raised as ``rmllm_common.errors`` and become statuses in 
 server's error interceptor (no ``try`` ladders here). StreamChat forwards the
 shared event stream as deltas and one final ``done``, and closes it (and with it
 the upstream HTTP response) whatever way the call ends; Chat collects the same
-stream. A stream that ends without its final event is never a success. Every
-Chat, StreamChat, TestKey and live ListModels call is accounted: one usage
-record per call, whatever its outcome (``accounting.recorded``).
+stream, at most ``max_answer_chars`` characters of it (past that the upstream is
+closed and the call ends with UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends
+without its final event is never a success. Every Chat, StreamChat, TestKey and
+live ListModels call is accounted: one usage record per call, whatever its
+outcome (``accounting.recorded``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from llm_service.chat import ChatService, chat_response, done_message
 from llm_service.deadline import Clock, Deadline
 from llm_service.keys import KeyTester
 from llm_service.usage import UsageReporter
-from rmllm_common.errors import UpstreamStreamTruncated
+from rmllm_common.errors import UpstreamResponseTooLarge, UpstreamStreamTruncated
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -46,12 +48,15 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         catalog: Catalog,
         clock: Clock,
         usage: UsageReporter | None = None,
+        *,
+        max_answer_chars: int = 2_000_000,
     ) -> None:
         self._usage = usage
         self._chat = chat
         self._keys = keys
         self._catalog = catalog
         self._clock = clock
+        self._max_answer_chars = max_answer_chars
 
     def _deadline(self, context: Context) -> Deadline:
         return Deadline.after(context.time_remaining(), self._clock)
@@ -61,11 +66,20 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         with recorded(self._usage, "Chat", False, deadline) as call:
             prepared = await self._chat.prepare(request, bearer_token(context), deadline)
             parts: list[str] = []
+            size, limit = 0, self._max_answer_chars
             async with aclosing(self._chat.events(prepared, deadline)) as events:
                 async for event in events:
                     if type(event) is TextDelta:
                         if call.first_token is None:
                             note_first_token()
+                        size += len(event.text)
+                        if size > limit:  # leaving the block closes the upstream response
+                            parts.clear()
+                            raise UpstreamResponseTooLarge(
+                                f"the answer is longer than this server's limit for Chat ({limit} "
+                                "characters); use StreamChat for long answers",
+                                provider=prepared.spec.id,
+                            )
                         parts.append(event.text)
                     elif isinstance(event, Finished):
                         return chat_response(prepared, "".join(parts), event)

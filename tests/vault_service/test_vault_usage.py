@@ -378,3 +378,14 @@ def test_prune_keeps_the_rollups(database: Any) -> None:
     assert left == ["new"]
     total = db.call(ledger.summary, db, principal.user_id, now - 20 * 86_400_000_000, now + 1)
     assert total.totals.calls == 2 and total.totals.cost_usd == pytest.approx(0.75)
+
+
+async def test_an_undecodable_report_message_is_malformed(ledger_vault: Vault, fails: Fails) -> None:
+    chan: Any = ledger_vault.channel  # raw bytes: no stub types
+
+    async def garbage() -> AsyncIterator[bytes]:
+        yield b"\x0a\xff\xff\xff"  # field 1, length far past the end
+
+    call = chan.stream_unary("/realmultillm.vault.v1.VaultService/ReportUsage")(garbage(), metadata=SERVICE)
+    failed = await fails(call)
+    assert (failed.code, failed.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
