@@ -38,6 +38,7 @@ from clients.datatypes import (
 )
 from clients.errors import (
     AlreadyExists,
+    BudgetExceeded,
     Cancelled,
     ConfigNotFound,
     DeadlineExceeded,
@@ -47,6 +48,7 @@ from clients.errors import (
     InvalidRequest,
     KeyDecryptionFailed,
     KeyNotConfigured,
+    ModelNotAllowed,
     NotFound,
     PermissionDenied,
     ProviderError,
@@ -67,6 +69,7 @@ from clients.errors import (
     from_grpc_error,
 )
 from clients.sync import ChatStream, Client
+from clients.usage import UsageGroup, UsagePage, UsageRecord, UsageSummary, UsageTotals
 
 __all__ = [
     "DEFAULT_LLM_TARGET",
@@ -75,6 +78,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncChatStream",
     "AsyncClient",
+    "BudgetExceeded",
     "Cancelled",
     "ChatResult",
     "ChatStream",
@@ -92,6 +96,7 @@ __all__ = [
     "Message",
     "ModelInfo",
     "ModelList",
+    "ModelNotAllowed",
     "NotFound",
     "PermissionDenied",
     "ProviderConfig",
@@ -116,6 +121,11 @@ __all__ = [
     "UnknownProvider",
     "UpstreamStreamTruncated",
     "Usage",
+    "UsageGroup",
+    "UsagePage",
+    "UsageRecord",
+    "UsageSummary",
+    "UsageTotals",
     "VaultUnavailable",
     "from_grpc_error",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -29,7 +30,7 @@ import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from clients import calls
+from clients import calls, usage
 from clients.calls import UNSET, Maybe
 from clients.channels import (
     DEFAULT_CHAT_TIMEOUT,
@@ -43,6 +44,7 @@ from clients.channels import (
 from clients.datatypes import ChatResult, Message, ModelList, ProviderConfig, ProviderInfo, TestKeyResult
 from clients.errors import Cancelled, UpstreamStreamTruncated, from_grpc_error
 from clients.sync import LLM, VAULT
+from clients.usage import UsagePage, UsageSummary
 
 R = TypeVar("R")
 
@@ -339,3 +341,35 @@ class AsyncClient:
         request = vault_pb2.DeleteProviderConfigRequest(provider=provider)
         response = await self._call(self._vault.DeleteProviderConfig, request, timeout, vault=True)
         return response.provider
+
+    # The caller's own usage (vault)
+
+    async def usage_summary(
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        provider: str = "",
+        timeout: float | None = None,
+    ) -> UsageSummary:
+        """Totals, and usage by UTC day, provider and model, over ``[since, until)`` (default: now)."""
+        request = usage.summary_request(since, until, provider)
+        return UsageSummary.from_proto(
+            await self._call(self._vault.GetUsageSummary, request, timeout, vault=True)
+        )
+
+    async def usage_records(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        provider: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> UsagePage:
+        """One page of the caller's usage records, newest first (pass ``next_page_token`` on)."""
+        request = usage.records_request(since, until, provider, page_size, page_token)
+        return UsagePage.from_proto(
+            await self._call(self._vault.ListUsageRecords, request, timeout, vault=True)
+        )

@@ -103,6 +103,12 @@ class ServiceCredentialRequired(PermissionDenied):
     reason = "SERVICE_CREDENTIAL_REQUIRED"
 
 
+class ModelNotAllowed(PermissionDenied):
+    """The caller's model policy does not allow this provider and model."""
+
+    reason = "MODEL_NOT_ALLOWED"
+
+
 class NotFound(RmllmClientError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "NOT_FOUND"
@@ -151,6 +157,12 @@ class ProviderRateLimited(ResourceExhausted):
     """The provider answered 429; ``retry_after`` says how long to wait."""
 
     reason = "PROVIDER_RATE_LIMITED"
+
+
+class BudgetExceeded(ResourceExhausted):
+    """The user's or token's spend budget is used up; ``metadata`` has the budget, spend and reset time."""
+
+    reason = "BUDGET_EXCEEDED"
 
 
 class ProviderQuotaExhausted(ResourceExhausted):
@@ -238,11 +250,13 @@ _BY_REASON: dict[str, type[RmllmClientError]] = {
         UnknownProvider,
         Unauthenticated,
         ServiceCredentialRequired,
+        ModelNotAllowed,
         ConfigNotFound,
         KeyNotConfigured,
         ProviderKeyInvalid,
         RateLimited,
         ProviderRateLimited,
+        BudgetExceeded,
         ProviderQuotaExhausted,
         VaultUnavailable,
         ProviderUnavailable,
