@@ -12,7 +12,6 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from clients.cli_format import table
 from clients.usage import UsageGroup, UsageSummary, UsageTotals
 
 BAR_WIDTH = 40
@@ -37,7 +36,9 @@ def since(text: str, now: datetime) -> datetime:
 
 
 def _cost(value: float) -> str:
-    return f"${value:.4f}" if value < 100 else f"${value:,.2f}"
+    if value >= 100:
+        return f"${value:,.2f}"
+    return f"${value:.4f}" if value >= 0.01 or value == 0 else f"${value:.6f}"
 
 
 def _numbers(t: UsageTotals) -> list[str]:
@@ -69,7 +70,17 @@ def usage_table(summary: UsageSummary, by: str) -> str:
         keys = [[g.day] for g in groups]
     rows = [key + _numbers(g.totals) for key, g in zip(keys, groups, strict=True)]
     rows.append(["TOTAL"] + [""] * (len(headers) - 1) + _numbers(summary.totals))
-    return table(headers + _NUMBER_HEADERS, rows)
+    names = headers + _NUMBER_HEADERS
+    widths = [max(len(cell) for cell in column) for column in zip(names, *rows, strict=True)]
+    key_count = len(headers)
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < key_count else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join(line(r) for r in [names, *rows])
 
 
 def _bar(fraction: float) -> str:

@@ -59,6 +59,7 @@ class CallRecord:
     retries: int = 0
 
 
+DEADLINE_SLACK_SECONDS = 0.05
 _current: ContextVar[CallRecord | None] = ContextVar("rmllm_usage_record", default=None)
 
 
@@ -132,8 +133,10 @@ def _outcome(error: BaseException | None, deadline: Deadline) -> tuple[str, str]
     if isinstance(error, RmllmError):
         return error.code.name, error.reason
     if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        # gRPC cancels the handler when the caller's deadline passes; our Deadline was
+        # taken a moment after gRPC's, so it is a few milliseconds behind.
         remaining = deadline.remaining()
-        if remaining is not None and remaining <= 0:
+        if remaining is not None and remaining <= DEADLINE_SLACK_SECONDS:
             return "DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"
         return "CANCELLED", ""
     if isinstance(error, grpc.aio.AbortError):

@@ -88,8 +88,8 @@ class CallerLimits:
                     metadata={
                         "scope": budget.scope,
                         "period": budget.period,
-                        "budget_usd": f"{budget.limit_usd:.6f}",
-                        "spent_usd": f"{spent:.6f}",
+                        "budget_usd": f"{budget.limit_usd:.10g}",
+                        "spent_usd": f"{spent:.10g}",
                         "reset_time": reset,
                     },
                     retry_after=math.ceil(wait),

@@ -76,7 +76,7 @@ def _row(group: Group, by: str) -> list[str | int | float]:
         t.cache_read_input_tokens,
         t.cache_creation_input_tokens,
         t.reasoning_tokens,
-        round(t.cost_usd, 6),
+        t.cost_usd,
     ]
 
 
@@ -90,12 +90,12 @@ def render(groups: Sequence[Group], by: str, fmt: str) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(headers)
-        writer.writerows(rows)
+        writer.writerows([*row[:-1], f"{row[-1]:.6f}"] for row in rows)
         return out.getvalue().rstrip("\n")
     total = [sum(float(r[i]) for r in rows) for i in range(len(_KEYS[by]), len(headers))]
-    shown = [[str(c) if not isinstance(c, float) else f"{c:.4f}" for c in row] for row in rows]
+    shown = [[str(c) if not isinstance(c, float) else f"{c:.6f}" for c in row] for row in rows]
     keys_blank = ["TOTAL", *([""] * (len(_KEYS[by]) - 1))]
-    shown.append(keys_blank + [f"{v:.0f}" for v in total[:-1]] + [f"{total[-1]:.4f}"])
+    shown.append(keys_blank + [f"{v:.0f}" for v in total[:-1]] + [f"{total[-1]:.6f}"])
     widths = [max(len(h), *(len(r[i]) for r in shown)) for i, h in enumerate(headers)]
     numeric = len(_KEYS[by])
 

@@ -197,7 +197,7 @@ async def test_budgets_and_policies_are_enforced_before_the_provider() -> None:
             await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)
         spent = rich_error(caught.value)
         assert (spent.code, spent.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED")
-        assert spent.metadata["budget_usd"] == "1.000000" and spent.metadata["spent_usd"] == "1.000000"
+        assert spent.metadata["budget_usd"] == "1" and spent.metadata["spent_usd"] == "1"
         assert spent.metadata["scope"] == "token" and spent.metadata["period"] == "daily"
         assert spent.metadata["reset_time"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset))
         assert spent.retry_delay is not None and 3500 <= spent.retry_delay <= 3600

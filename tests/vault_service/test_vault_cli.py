@@ -215,7 +215,7 @@ def test_budgets_policies_and_the_usage_report(run: Invoke, data_dir: Path) -> N
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:3] == ["PROVIDER", "CALLS", "FAILED"]
     assert lines[1].split()[:3] == ["anthropic", "1", "0"] and lines[2].split()[:3] == ["openai", "2", "1"]
-    assert lines[-1].split()[:3] == ["TOTAL", "3", "1"] and lines[-1].endswith("0.7500")
+    assert lines[-1].split()[:3] == ["TOTAL", "3", "1"] and lines[-1].endswith("0.750000")
     code, out, _ = invoke("usage", "report", "--by", "user", "--format", "json", "--since", "1d")
     assert json.loads(out) == [
         {
