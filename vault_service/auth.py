@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar, Token
 from enum import Enum
 from typing import Any, Final
@@ -22,9 +22,10 @@ from typing import Any, Final
 import grpc
 from realmultillm.vault.v1 import vault_pb2
 
-from rmllm_common.errors import PermissionDenied, TokenInvalid
+from rmllm_common.bearer import bearer_token
+from rmllm_common.errors import MethodNotAllowed, PermissionDenied, TokenInvalid
 from rmllm_common.secret import Secret
-from rmllm_common.server import is_standard_method
+from rmllm_common.server import MethodInterceptor
 from vault_service.accounts import Principal
 
 log = logging.getLogger(__name__)
@@ -66,30 +67,18 @@ def current_user() -> Principal:
     return user
 
 
-def bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The token of ``authorization: Bearer <token>``, or TOKEN_INVALID."""
-    for key, value in metadata or ():
-        if key.lower() == "authorization":
-            text = value.decode("latin-1") if isinstance(value, bytes) else value
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            raise TokenInvalid("the authorization metadata must be `Bearer <token>`")
-    raise TokenInvalid("missing authorization metadata: send `authorization: Bearer <token>`")
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(MethodInterceptor):
     """Authenticates every VaultService call before the servicer sees it."""
 
     def __init__(
         self, service_token: Secret, authenticate: Callable[[str], Awaitable[Principal | None]]
     ) -> None:
+        super().__init__()
         self._service_token = service_token.reveal().encode()
         self._authenticate = authenticate
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def _check(self, access: Access | None, metadata: Any) -> Principal | None:
-        token = bearer(metadata)
+        token = bearer_token(metadata).reveal()
         if access is Access.SERVICE:
             if not hmac.compare_digest(token.encode(), self._service_token):
                 raise PermissionDenied(
@@ -101,23 +90,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if user is None:
                 raise TokenInvalid("the token is unknown or revoked; ask the operator for a new one")
             return user
-        raise PermissionDenied("this method is not open to any caller", reason="METHOD_NOT_ALLOWED")
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or is_standard_method(method):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        raise MethodNotAllowed("this method is not open to any caller")
 
     async def _enter(self, method: str, access: Access | None, context: Any) -> Token[Principal | None]:
         """Check the call's credentials; set the caller for the servicer (reset it after)."""
@@ -128,7 +101,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise
         return _current_user.set(principal)
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """``handler`` behind the check for ``method``, whatever its kind; built once per method.
 
         Unary-response kinds (unary-unary, stream-unary) await the inner handler;
