@@ -247,3 +247,23 @@ async def test_unreported_spend_of_this_replica_counts_against_the_budget() -> N
             await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)
         assert rich_error(caught.value).reason == "BUDGET_EXCEEDED"
         assert len(llm.adapter.calls) == 3
+
+
+async def test_credentials_with_a_budget_are_never_served_from_the_cache() -> None:
+    cached = {**FAST, "RMLLM_CREDENTIAL_CACHE_SECONDS": "30"}
+    async with llm_harness(cached) as llm:
+        for _ in range(3):
+            await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)
+        assert llm.vault.methods().count("ResolveCredentials") == 1  # no budget: cached
+    async with llm_harness(cached) as llm:
+        budget = vault_pb2.BudgetStatus(
+            scope=vault_pb2.LIMIT_SCOPE_USER,
+            period=vault_pb2.BUDGET_PERIOD_DAILY,
+            limit_usd=5.0,
+            reset_time=timestamp_pb2.Timestamp(seconds=int(time.time()) + 60),
+        )
+        llm.vault.limits["u-alice"] = {"budgets": [budget]}
+        for _ in range(3):
+            await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)
+        # Each call asks the vault: the spend it compares is always the vault's latest.
+        assert llm.vault.methods().count("ResolveCredentials") == 3
