@@ -83,10 +83,13 @@ def run_serve(
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
+    finally:
+        logs.flush()
     return 0
 
 
 def fail(message: str) -> int:
-    """Print one line to stderr and return exit status 2."""
+    """Print one line to stderr (after any queued log lines) and return exit status 2."""
+    logs.flush()
     print(f"error: {message}", file=sys.stderr)
     return 2
