@@ -10,6 +10,7 @@ on one port (``rmllm_common.workers``, SO_REUSEPORT).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = LLMSettings.from_env(
             os.environ, listen=args.listen, data_dir=args.data_dir, log_level=args.log_level
         )
+        settings = dataclasses.replace(settings, reuse_port=args.shared_port)
         workers = worker_count(args.workers, os.environ)
     except (SettingsError, ValueError, OSError) as exc:  # OSError: an unusable data directory
         return fail(str(exc))

@@ -117,7 +117,9 @@ async def build_server(
         allow_custom_base_url=allow,
     )
 
-    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
+    server = new_server(
+        max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS, reuse_port=settings.reuse_port
+    )
     llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
     health = await add_standard_services(server, [SERVICE_NAME])
 

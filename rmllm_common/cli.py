@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from rmllm_common import logs
 from rmllm_common.server import ServerHandle
-from rmllm_common.workers import default_workers
+from rmllm_common.workers import SHARED_PORT_FLAG, default_workers
 
 S = TypeVar("S")
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def add_serve_flags(parser: argparse.ArgumentParser, default_listen: str) -> Non
         metavar="N",
         help="server processes sharing the port (SO_REUSEPORT); default RMLLM_WORKERS, else one per core",
     )
+    # Set by the supervisor on its own workers only: they alone share the port.
+    parser.add_argument(SHARED_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
 
 
 def worker_count(flag: int | None, env: Mapping[str, str]) -> int:

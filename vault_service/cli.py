@@ -9,6 +9,7 @@ print the new token once, as the last line of stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             settings = VaultSettings.from_env(os.environ, listen=args.listen, data_dir=args.data_dir)
+            settings = dataclasses.replace(settings, reuse_port=args.shared_port)
             workers = worker_count(args.workers, os.environ)
             if workers > 1:
                 prepare_database(settings)

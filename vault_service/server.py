@@ -96,7 +96,9 @@ async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
     async def authenticate(token: str) -> accounts.Principal | None:
         return await db.run(accounts.authenticate, db, token)
 
-    server = new_server([AuthInterceptor(settings.service_token, authenticate)])
+    server = new_server(
+        [AuthInterceptor(settings.service_token, authenticate)], reuse_port=settings.reuse_port
+    )
     servicer = VaultServicer(db, keyring, allow_custom_base_url=settings.allow_custom_base_url)
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])

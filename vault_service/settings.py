@@ -41,6 +41,8 @@ class VaultSettings:
     database_url: str = ""
     allow_custom_base_url: bool = False
     grace_seconds: float = 10.0
+    # SO_REUSEPORT: only for a worker of ``serve --workers N`` (the hidden --shared-port).
+    reuse_port: bool = False
     # Set when this start generated the seed file (first run).
     generated_seed_file: Path | None = None
 
