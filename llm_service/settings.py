@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rmllm_common import state
+from rmllm_common import randomsecret, state
 from rmllm_common.secret import Secret
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -121,14 +121,10 @@ class LLMSettings:
         if level not in LOG_LEVELS:
             raise SettingsError(f"RMLLM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level[:20]!r}")
         directory = Path(data_dir).expanduser() if data_dir else state.default_data_dir(env)
-        token, _ = state.service_token(env, directory)
-        if len(token) < 32:
-            raise SettingsError(
-                "RMLLM_SERVICE_TOKEN must be at least 32 characters; generate one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-            )
-        if any(c.isspace() or not c.isprintable() for c in token):
-            raise SettingsError("RMLLM_SERVICE_TOKEN must not contain whitespace or control characters")
+        try:
+            token, _ = state.service_token(env, directory)  # refuses a weak one (the seed's rule)
+        except randomsecret.WeakSecret as exc:
+            raise SettingsError(str(exc)) from None
         return cls(
             service_token=Secret(token),
             listen=check_address("--listen", listen or env.get("RMLLM_LLM_LISTEN") or DEFAULT_LISTEN),

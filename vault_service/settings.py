@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rmllm_common import state
+from rmllm_common import randomsecret, state
 from rmllm_common.secret import Secret
 from vault_service import seed as seed_policy
 
@@ -96,15 +96,13 @@ class VaultSettings:
 
 
 def _service_token(env: Mapping[str, str], directory: Path) -> Secret:
-    token, created = state.service_token(env, directory)
+    try:
+        token, created = state.service_token(env, directory)
+    except randomsecret.WeakSecret as exc:
+        raise SettingsError(str(exc)) from None
     if created:
         log.info(
             "generated the service credential", extra={"path": str(directory / state.SERVICE_TOKEN_FILE)}
-        )
-    if len(token) < 32:
-        raise SettingsError(
-            "RMLLM_SERVICE_TOKEN must be at least 32 characters; generate one with: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     return Secret(token)
 
@@ -147,7 +145,7 @@ def _old_seeds(env: Mapping[str, str]) -> tuple[Secret, ...]:
     olds = tuple(part.strip() for part in env.get("RMLLM_VAULT_OLD_SEEDS", "").split(",") if part.strip())
     for index, value in enumerate(olds):
         try:
-            seed_policy.check(value, f"RMLLM_VAULT_OLD_SEEDS[{index}]")
+            seed_policy.check_legacy(value, f"RMLLM_VAULT_OLD_SEEDS[{index}]")
         except seed_policy.WeakSeed as exc:
             raise SettingsError(str(exc)) from exc
     return tuple(Secret(v) for v in olds)
