@@ -47,6 +47,10 @@ POLICY: Final[dict[str, Access]] = {
         ("DeleteProviderConfig", Access.USER),
         ("ResolveCredentials", Access.SERVICE),
         ("AuthenticateToken", Access.SERVICE),
+        ("GetUsageSummary", Access.USER),
+        ("ListUsageRecords", Access.USER),
+        ("ReportUsage", Access.SERVICE),
+        ("WatchInvalidations", Access.SERVICE),
     )
 }
 
