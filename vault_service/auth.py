@@ -98,7 +98,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if access is Access.USER:
             user = await self._authenticate(token)
             if user is None:
-                raise TokenInvalid("the token is unknown or revoked; ask the operator for a new one")
+                raise TokenInvalid("the token is unknown, revoked or expired; ask the operator for a new one")
             return user
         raise PermissionDenied("this method is not open to any caller", reason="METHOD_NOT_ALLOWED")
 

@@ -30,6 +30,7 @@ _RESOLVE = (
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+    " AND (t.expire_time IS NULL OR t.expire_time > ?)"
 )
 _COUNT_USE = "UPDATE provider_configs SET usage_count = usage_count + 1, last_used_time = ? WHERE id = ?"
 
@@ -242,12 +243,12 @@ def _resolve_in_transaction(
         return error
 
     row = (
-        db.execute(_RESOLVE, (provider, accounts.token_hash(token))).fetchone()
+        db.execute(_RESOLVE, (provider, accounts.token_hash(token), _now())).fetchone()
         if accounts.plausible(token)
         else None
     )
     if row is None:
-        return refuse("-", TokenInvalid("the user token is unknown or revoked"))
+        return refuse("-", TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE))
     user_id, config_id, blob, active, hint, base_url, settings = row
     if config_id is None:
         return refuse(

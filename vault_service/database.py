@@ -127,6 +127,7 @@ def define_tables(db: Any) -> Tables:
         token_hash = pw.TextField(unique=True)
         create_time = pw.BigIntegerField()
         revoke_time = pw.BigIntegerField(null=True)
+        expire_time = pw.BigIntegerField(null=True)
 
         class Meta:
             table_name = "tokens"

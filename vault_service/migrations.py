@@ -85,6 +85,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '" + "0" * 64 + "')",
         ),
     ),
+    Migration(
+        3,
+        "optional token expiry",
+        ("ALTER TABLE tokens ADD COLUMN expire_time BIGINT",),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

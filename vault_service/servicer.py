@@ -139,7 +139,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     ) -> vault_pb2.AuthenticateTokenResponse:
         user = await self._db.run(accounts.authenticate, self._db, request.user_token)
         if user is None:
-            raise TokenInvalid("the user token is unknown or revoked")
+            raise TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
         return vault_pb2.AuthenticateTokenResponse(user_id=user.user_id, user_name=user.user_name)
 
     # The second wave's ledger and invalidation RPCs (CONTRACT §8) are declared in the
