@@ -6,7 +6,8 @@ stay open) with a check driven by ``POLICY``: user RPCs need ``authorization: Be
 time. A method missing from the table is refused (deny by default). The check runs
 inside the wrapped handler, so the error interceptor (outermost) turns its
 failures into the contract's status. The authenticated user is put in a context
-variable for the servicer (``current_user``).
+variable for the servicer (``current_user``). Failed user authentications go to
+the ``AuthGuard`` (limited per peer and token prefix, audited as counts).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any, Final
 import grpc
 from realmultillm.vault.v1 import vault_pb2
 
-from rmllm_common.errors import PermissionDenied, TokenInvalid
+from rmllm_common.errors import PermissionDenied, RateLimited, TokenInvalid
 from rmllm_common.secret import Secret
 from rmllm_common.server import is_standard_method
 from vault_service.accounts import Principal
+from vault_service.authguard import AuthGuard
 
 log = logging.getLogger(__name__)
 SERVICE_NAME: Final = vault_pb2.DESCRIPTOR.services_by_name["VaultService"].full_name
@@ -81,14 +83,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every VaultService call before the servicer sees it."""
 
     def __init__(
-        self, service_token: Secret, authenticate: Callable[[str], Awaitable[Principal | None]]
+        self,
+        service_token: Secret,
+        authenticate: Callable[[str], Awaitable[Principal | None]],
+        guard: AuthGuard | None = None,
     ) -> None:
         self._service_token = service_token.reveal().encode()
         self._authenticate = authenticate
+        self._guard = guard
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
-    async def _check(self, access: Access | None, metadata: Any) -> Principal | None:
-        token = bearer(metadata)
+    async def _check(self, access: Access | None, metadata: Any, peer: str) -> Principal | None:
+        try:
+            token = bearer(metadata)
+        except TokenInvalid:
+            if access is Access.USER and self._guard is not None:
+                self._guard.failed("auth.user", "", peer)
+            raise
         if access is Access.SERVICE:
             if not hmac.compare_digest(token.encode(), self._service_token):
                 raise PermissionDenied(
@@ -96,8 +107,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 )
             return None
         if access is Access.USER:
+            if self._guard is not None:
+                self._guard.check("auth.user", token, peer)
             user = await self._authenticate(token)
             if user is None:
+                if self._guard is not None:
+                    self._guard.failed("auth.user", token, peer)
                 raise TokenInvalid("the token is unknown, revoked or expired; ask the operator for a new one")
             return user
         raise PermissionDenied("this method is not open to any caller", reason="METHOD_NOT_ALLOWED")
@@ -127,8 +142,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                principal = await self._check(access, context.invocation_metadata())
-            except (TokenInvalid, PermissionDenied) as exc:
+                principal = await self._check(access, context.invocation_metadata(), context.peer())
+            except (TokenInvalid, PermissionDenied, RateLimited) as exc:
                 log.info(
                     "call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"}
                 )

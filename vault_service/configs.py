@@ -226,7 +226,9 @@ def delete(db: Database, user_id: str, provider: str, request_id: str) -> None:
 def resolve(db: Database, keyring: Keyring, token: str, provider: str, request_id: str) -> Resolved:
     """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited).
 
-    A refusal is audited and committed too, then raised.
+    A known user's refusal is audited and committed too, then raised. An unknown
+    token is raised without a row of its own: the caller counts it
+    (``vault_service.authguard``), so junk tokens cannot force a write each.
     """
     with db.write():
         outcome = _resolve_in_transaction(db, keyring, token, provider, request_id)
@@ -248,7 +250,8 @@ def _resolve_in_transaction(
         else None
     )
     if row is None:
-        return refuse("-", TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE))
+        # Not audited row by row: vault_service.authguard counts these (one row per interval).
+        return TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
     user_id, config_id, blob, active, hint, base_url, settings = row
     if config_id is None:
         return refuse(

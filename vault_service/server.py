@@ -17,6 +17,7 @@ from realmultillm.vault.v1 import vault_pb2_grpc
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
 from vault_service import accounts, migrations
 from vault_service.auth import SERVICE_NAME, AuthInterceptor
+from vault_service.authguard import AuthGuard
 from vault_service.crypto import Keyring
 from vault_service.database import Database
 from vault_service.servicer import VaultServicer
@@ -96,15 +97,21 @@ async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
     async def authenticate(token: str) -> accounts.Principal | None:
         return await db.run(accounts.authenticate, db, token)
 
+    guard = AuthGuard(db, settings.auth_limits)
     server = new_server(
-        [AuthInterceptor(settings.service_token, authenticate)], reuse_port=settings.reuse_port
+        [AuthInterceptor(settings.service_token, authenticate, guard)], reuse_port=settings.reuse_port
     )
-    servicer = VaultServicer(db, keyring, allow_custom_base_url=settings.allow_custom_base_url)
+    servicer = VaultServicer(db, keyring, allow_custom_base_url=settings.allow_custom_base_url, guard=guard)
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
     port = bind(server, settings.listen)
 
+    guard.start()
+
     async def close() -> None:
-        await asyncio.to_thread(db.close)
+        try:
+            await guard.stop()  # the last counts of failed authentications reach the audit log
+        finally:
+            await asyncio.to_thread(db.close)
 
     return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=close)

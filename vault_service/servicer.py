@@ -10,8 +10,8 @@ translates. No response of a user RPC contains a key.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -21,10 +21,12 @@ from rmllm_common import requestctx
 from rmllm_common.errors import TokenInvalid, Unimplemented, invalid
 from vault_service import accounts, configs, validation
 from vault_service.auth import current_user
+from vault_service.authguard import AuthGuard
 from vault_service.crypto import Keyring
 from vault_service.database import Database
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -58,10 +60,27 @@ def to_proto(record: configs.Record) -> vault_pb2.ProviderConfig:
 class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     """The seven VaultService RPCs over one database and keyring."""
 
-    def __init__(self, db: Database, keyring: Keyring, *, allow_custom_base_url: bool) -> None:
+    def __init__(
+        self, db: Database, keyring: Keyring, *, allow_custom_base_url: bool, guard: AuthGuard | None = None
+    ) -> None:
         self._db = db
         self._keyring = keyring
         self._allow_custom = allow_custom_base_url
+        self._guard = guard
+
+    async def _with_user_token(self, action: str, token: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, behind the failed-authentication limit of ``token``'s prefix.
+
+        An unknown token is counted (one audit row per interval), then re-raised.
+        """
+        if self._guard is None:
+            return await call()
+        self._guard.check(action, token)
+        try:
+            return await call()
+        except TokenInvalid:
+            self._guard.failed(action, token)
+            raise
 
     async def PutProviderConfig(
         self, request: vault_pb2.PutProviderConfigRequest, context: Context
@@ -117,13 +136,17 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             raise invalid("request_id", "at most 128 characters: letters, digits and . _ : -")
         if not request.user_token:
             raise TokenInvalid("user_token is empty: pass the caller's token (without `Bearer `)")
-        resolved = await self._db.run(
-            configs.resolve,
-            self._db,
-            self._keyring,
+        resolved = await self._with_user_token(
+            "config.resolve",
             request.user_token,
-            spec.id,
-            request.request_id or requestctx.request_id(),
+            lambda: self._db.run(
+                configs.resolve,
+                self._db,
+                self._keyring,
+                request.user_token,
+                spec.id,
+                request.request_id or requestctx.request_id(),
+            ),
         )
         return vault_pb2.ResolveCredentialsResponse(
             user_id=resolved.user_id,
@@ -137,10 +160,16 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     async def AuthenticateToken(
         self, request: vault_pb2.AuthenticateTokenRequest, context: Context
     ) -> vault_pb2.AuthenticateTokenResponse:
-        user = await self._db.run(accounts.authenticate, self._db, request.user_token)
+        user = await self._with_user_token(
+            "auth.token", request.user_token, lambda: self._authenticate(request.user_token)
+        )
+        return vault_pb2.AuthenticateTokenResponse(user_id=user.user_id, user_name=user.user_name)
+
+    async def _authenticate(self, token: str) -> accounts.Principal:
+        user = await self._db.run(accounts.authenticate, self._db, token)
         if user is None:
             raise TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
-        return vault_pb2.AuthenticateTokenResponse(user_id=user.user_id, user_name=user.user_name)
+        return user
 
     # The second wave's ledger and invalidation RPCs (CONTRACT §8) are declared in the
     # contract ahead of their implementations, which land with the usage ledger (#10)

@@ -10,13 +10,16 @@ Operator commands that need no secret (users, tokens, audit) skip loading them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmllm_common import randomsecret, state
 from rmllm_common.secret import Secret
+from vault_service import authguard
 from vault_service import seed as seed_policy
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class VaultSettings:
     grace_seconds: float = 10.0
     # SO_REUSEPORT: only for a worker of ``serve --workers N`` (the hidden --shared-port).
     reuse_port: bool = False
+    # Failed authentications: budgets per peer and per token prefix, and the audit interval.
+    auth_limits: authguard.Limits = field(default_factory=authguard.Limits)
     # Set when this start generated the seed file (first run).
     generated_seed_file: Path | None = None
 
@@ -78,21 +83,48 @@ class VaultSettings:
             database_url=env.get("RMLLM_DATABASE_URL", "").strip(),
             allow_custom_base_url=env.get("RMLLM_ALLOW_CUSTOM_BASE_URL", "") == "1",
             grace_seconds=grace,
+            auth_limits=_auth_limits(env),
         )
         if not with_secrets:
             return base
         seed, generated = _seed(env, directory, generate_seed)
-        return cls(
-            data_dir=directory,
+        return dataclasses.replace(
+            base,
             service_token=_service_token(env, directory),
             seed=seed,
             generated_seed_file=generated,
             old_seeds=_old_seeds(env),
-            listen=base.listen,
-            database_url=base.database_url,
-            allow_custom_base_url=base.allow_custom_base_url,
-            grace_seconds=base.grace_seconds,
         )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be a number from {low:g} to {high:g}, not {raw[:20]!r}")
+    return value
+
+
+def _auth_limits(env: Mapping[str, str]) -> authguard.Limits:
+    default = authguard.Limits()
+    return authguard.Limits(
+        peer_per_minute=_number(
+            env, "RMLLM_VAULT_AUTH_FAILURES_PER_MINUTE", default.peer_per_minute, 0, 1_000_000
+        ),
+        peer_burst=int(_number(env, "RMLLM_VAULT_AUTH_FAILURE_BURST", default.peer_burst, 1, 1_000_000)),
+        prefix_per_minute=_number(
+            env, "RMLLM_VAULT_TOKEN_FAILURES_PER_MINUTE", default.prefix_per_minute, 0, 1_000_000
+        ),
+        prefix_burst=int(_number(env, "RMLLM_VAULT_TOKEN_FAILURE_BURST", default.prefix_burst, 1, 1_000_000)),
+        audit_interval_seconds=_number(
+            env, "RMLLM_VAULT_AUTH_AUDIT_INTERVAL_SECONDS", default.audit_interval_seconds, 1, 86_400
+        ),
+    )
 
 
 def _service_token(env: Mapping[str, str], directory: Path) -> Secret:

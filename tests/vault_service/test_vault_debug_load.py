@@ -117,6 +117,9 @@ def _run(tmp_path: Path, data_dir: Path, calls: int) -> None:
         "RMLLM_VAULT_SEED": SEED,
         "RMLLM_SERVICE_TOKEN": SERVICE_TOKEN,
         "RMLLM_DATA_DIR": str(data_dir),
+        # Every call comes from one peer: the per-peer limit on failed authentications
+        # (tests/vault_service/test_vault_authguard.py) would refuse half of them.
+        "RMLLM_VAULT_AUTH_FAILURES_PER_MINUTE": "0",
     }
     service = procs.start(
         ["vault_service.cli", "serve", "--listen", "127.0.0.1:0", "--log-level", "debug"], env
