@@ -32,11 +32,18 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (mode 0700) if needed; refuse one others can read."""
+    """Create ``path`` (mode 0700) if needed; refuse one that other users can reach.
+
+    An existing directory is never chmodded behind the operator's back (it may be
+    shared on purpose, or the wrong one): a ``PermissionError`` says what to run.
+    """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        os.chmod(path, 0o700)
+        raise PermissionError(
+            f"the data directory {path} is open to other users (mode {mode:o}); it holds the seed, the "
+            f"service credential and the database: run: chmod 700 {path}"
+        )
     return path
 
 
