@@ -58,7 +58,7 @@ def test_expiry_from_the_cli_is_listed_and_enforced(
     monkeypatch.setenv("RMLLM_DATA_DIR", str(data_dir))
     for name in ("RMLLM_VAULT_SEED", "RMLLM_DATABASE_URL", "RMLLM_SERVICE_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(cli, "configure_logging", lambda flag, env: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda level: None)
 
     def invoke(*argv: str) -> tuple[int, str, str]:
         code = cli.main(list(argv))
