@@ -86,6 +86,8 @@ def describe(  # noqa: PLR0911, PLR0912
         return f"the token was refused: {error.message}"
     if isinstance(error, errors.Unauthenticated):
         return f"the token was refused: {error.message}{_token_hint(credential_from, path)}"
+    if isinstance(error, errors.ModelNotAllowed):
+        return f"not allowed: {error.message}"
     if isinstance(error, errors.PermissionDenied):
         return f"permission denied by {where}: {error.message}"
     if isinstance(error, errors.ProviderKeyInvalid):
@@ -99,10 +101,16 @@ def describe(  # noqa: PLR0911, PLR0912
         return f"the {p} account has no quota or credit left: add credit, or `rmllm keys set {p}` another key"
     if isinstance(error, errors.ProviderRateLimited):
         return f"{p} is rate limiting this key: {_wait(error)}"
+    if isinstance(error, errors.UpstreamResponseTooLarge):
+        return f"the {p} answer passed this gateway's size limit: {error.message}"
+    if isinstance(error, errors.BudgetExceeded):
+        return f"over budget: {error.message}; see `rmllm usage`"
     if isinstance(error, errors.ResourceExhausted):
         return f"rate limited ({error.message}): {_wait(error)}"
     if isinstance(error, errors.VaultUnavailable):
         return f"{where} cannot reach the vault: is it running? {DEV_UP}"
+    if isinstance(error, errors.DatabaseUnavailable):
+        return f"{where} cannot use its database right now: {error.message}"
     if isinstance(error, errors.ProviderUnavailable) and error.metadata.get("cause") == "dns":
         return f"{p} cannot be reached: {error.message}"  # a name that does not resolve: waiting rarely helps
     if isinstance(error, errors.ProviderUnavailable):

@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from rmllm_common import logs
 from rmllm_common.server import ServerHandle
-from rmllm_common.workers import default_workers
+from rmllm_common.workers import SHARED_PORT_FLAG
 
 S = TypeVar("S")
 log = logging.getLogger(__name__)
@@ -32,22 +32,8 @@ def add_serve_flags(parser: argparse.ArgumentParser, default_listen: str) -> Non
         metavar="N",
         help="server processes sharing the port (SO_REUSEPORT); default RMLLM_WORKERS, else one per core",
     )
-
-
-def worker_count(flag: int | None, env: Mapping[str, str]) -> int:
-    """``--workers``, else ``RMLLM_WORKERS``, else the number of cores; at least 1."""
-    raw = flag if flag is not None else env.get("RMLLM_WORKERS", "").strip()
-    if raw in ("", None):
-        return default_workers()
-    try:
-        count = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"RMLLM_WORKERS must be a whole number from 1 to 256, not {str(raw)[:20]!r}"
-        ) from None
-    if not 1 <= count <= 256:
-        raise ValueError(f"--workers / RMLLM_WORKERS must be from 1 to 256, not {count}")
-    return count
+    # Set by the supervisor on its own workers only: they alone share the port.
+    parser.add_argument(SHARED_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
 
 
 def child_argv(module: str, args: argparse.Namespace) -> list[str]:
@@ -58,11 +44,6 @@ def child_argv(module: str, args: argparse.Namespace) -> list[str]:
     if args.log_level:
         argv += ["--log-level", args.log_level]
     return argv
-
-
-def configure_logging(flag: str | None, env: Mapping[str, str]) -> None:
-    """JSON logs at ``--log-level``, else ``RMLLM_LOG_LEVEL``, else info."""
-    logs.configure(flag or env.get("RMLLM_LOG_LEVEL") or "info")
 
 
 def run_serve(
@@ -83,10 +64,13 @@ def run_serve(
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
+    finally:
+        logs.flush()
     return 0
 
 
 def fail(message: str) -> int:
-    """Print one line to stderr and return exit status 2."""
+    """Print one line to stderr (after any queued log lines) and return exit status 2."""
+    logs.flush()
     print(f"error: {message}", file=sys.stderr)
     return 2

@@ -7,6 +7,11 @@ unique index, so authenticating is one indexed lookup. A token has a public id
 (``tok_…``) for listing and revoking. Revoked tokens authenticate as unknown; the
 tokens of a disabled user as USER_DISABLED (their holder knows they are real).
 Every user and token change is audited.
+
+A token may carry an expiry (``tokens create NAME --expires-in 90d``): past it, the
+token authenticates as unknown, exactly like a revoked one (``TOKEN_INVALID``).
+The check is part of the authenticating query, so an expired token costs no more
+than an unknown one. ``parse_duration`` reads the ``--expires-in`` forms.
 """
 
 from __future__ import annotations
@@ -15,27 +20,32 @@ import hashlib
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import peewee as pw
 
+from rmllm_common import bearer
 from rmllm_common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound, UserDisabled
 from rmllm_common.secret import Secret
 from vault_service import audit
 from vault_service.database import Database
 
-TOKEN_PREFIX: Final = "rmk_"  # noqa: S105 - a prefix, not a secret
+TOKEN_PREFIX: Final = bearer.USER_TOKEN_PREFIX
 OPERATOR: Final = "operator"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_TOKEN_SHAPE = re.compile(r"^rmk_[A-Za-z0-9_-]{43}$")
 _AUTHENTICATE = (
-    "SELECT u.id, u.name, u.disabled FROM tokens t JOIN users u ON u.id = t.user_id "
+    "SELECT u.id, u.name, t.id, u.disabled FROM tokens t JOIN users u ON u.id = t.user_id "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL"
+    " AND (t.expire_time IS NULL OR t.expire_time > ?)"
 )
 USER_DISABLED_MESSAGE: Final = (
     "the token's user is disabled; ask the operator to enable it (rmllm-vault users enable NAME)"
 )
+UNKNOWN_TOKEN_MESSAGE: Final = "the user token is unknown, revoked or expired"  # noqa: S105
+_DURATION = re.compile(r"^([1-9][0-9]{0,6})([smhdw])$")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_EXPIRY_SECONDS: Final = 10 * 366 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,8 @@ class Principal:
 
     user_id: str
     user_name: str
+    # Which of the user's tokens authenticated (not part of the user's identity).
+    token_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +77,16 @@ class TokenInfo:
     user_name: str
     create_time: int
     revoke_time: int | None
+    expire_time: int | None = None
+
+    def expired(self, now: int) -> bool:
+        """Whether the token's expiry (if any) has passed at ``now`` (microseconds)."""
+        return self.expire_time is not None and self.expire_time <= now
 
 
 def new_token() -> Secret:
     """A fresh user token: the prefix and 256 random bits."""
-    return Secret(TOKEN_PREFIX + secrets.token_urlsafe(32))
+    return bearer.new_user_token()
 
 
 def token_hash(token: str) -> str:
@@ -81,6 +98,20 @@ def _now() -> int:
     return time.time_ns() // 1000
 
 
+def parse_duration(text: str) -> int:
+    """Seconds in ``90d``, ``12h``, ``30m``, ``2w`` or ``3600s`` (at most ten years)."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise InvalidRequest(
+            "--expires-in takes a whole number and a unit s, m, h, d or w (for example 90d), "
+            f"not {text[:20]!r}"
+        )
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_EXPIRY_SECONDS:
+        raise InvalidRequest("--expires-in is at most ten years (3660d)")
+    return seconds
+
+
 def _user_by_name(db: Database, name: str) -> Any:
     user = db.tables.user.get_or_none(db.tables.user.name == name)
     if user is None:
@@ -88,18 +119,28 @@ def _user_by_name(db: Database, name: str) -> Any:
     return user
 
 
-def _issue(db: Database, user: Any) -> tuple[str, Secret]:
+def _issue(db: Database, user: Any, expires_in: int | None = None) -> tuple[str, Secret]:
     token = new_token()
     token_id = "tok_" + secrets.token_hex(6)
+    now = _now()
+    expire_time = None if expires_in is None else now + expires_in * 1_000_000
     db.tables.token.insert(
-        id=token_id, user=user.id, token_hash=token_hash(token.reveal()), create_time=_now()
+        id=token_id,
+        user=user.id,
+        token_hash=token_hash(token.reveal()),
+        create_time=now,
+        expire_time=expire_time,
     ).execute()
-    audit.append(db, audit.Event(actor=OPERATOR, action="token.create", detail=f"{user.id} {token_id}"))
+    detail = f"{user.id} {token_id}" + ("" if expire_time is None else f" expire_time={expire_time}")
+    audit.append(db, audit.Event(actor=OPERATOR, action="token.create", detail=detail))
     return token_id, token
 
 
-def create_user(db: Database, name: str) -> tuple[Principal, str, Secret]:
-    """A new user and its first token: ``(principal, token_id, token)``."""
+def create_user(db: Database, name: str, expires_in: int | None = None) -> tuple[Principal, str, Secret]:
+    """A new user and its first token: ``(principal, token_id, token)``.
+
+    ``expires_in`` (seconds) gives the token an expiry; None: it never expires.
+    """
     if not _NAME.match(name):
         raise InvalidRequest(
             "user names are 1 to 64 characters: letters, digits and . _ @ -, starting with a letter or digit"
@@ -109,16 +150,17 @@ def create_user(db: Database, name: str) -> tuple[Principal, str, Secret]:
         with db.write():
             db.tables.user.insert(id=user_id, name=name, disabled=False, create_time=_now()).execute()
             audit.append(db, audit.Event(actor=OPERATOR, action="user.create", detail=f"{user_id} {name}"))
-            token_id, token = _issue(db, db.tables.user.get_by_id(user_id))
+            token_id, token = _issue(db, db.tables.user.get_by_id(user_id), expires_in)
     except pw.IntegrityError as exc:
         raise AlreadyExists(f"a user named {name!r} already exists", reason="USER_EXISTS") from exc
-    return Principal(user_id, name), token_id, token
+    return Principal(user_id, name, token_id), token_id, token
 
 
 def list_users(db: Database) -> list[UserInfo]:
     """Every user, by name, with its count of usable tokens."""
     user, token = db.tables.user, db.tables.token
-    active = pw.fn.COUNT(token.id).filter(token.revoke_time.is_null())
+    usable = token.revoke_time.is_null() & (token.expire_time.is_null() | (token.expire_time > _now()))
+    active = pw.fn.COUNT(token.id).filter(usable)
     query = (
         user.select(user, active.alias("active"))
         .join(token, pw.JOIN.LEFT_OUTER)
@@ -156,12 +198,14 @@ class Deleted:
 
 
 def delete_user(db: Database, name: str) -> Deleted:
-    """Delete a user with its provider configs (their encrypted keys) and tokens, in one
-    audited transaction. The audit rows about the user stay: the chain keeps its history."""
+    """Delete a user with its provider configs (their encrypted keys), tokens, budgets and
+    model policy, in one audited transaction. The audit rows and the usage ledger about
+    the user stay: they are history."""
     tables = db.tables
     with db.write():
         user = _user_by_name(db, name)
         configs = tables.config.delete().where(tables.config.user == user.id).execute()
+        tables.usage_limits.delete().where(tables.usage_limits.user_id == user.id).execute()
         tokens = tables.token.delete().where(tables.token.user == user.id).execute()
         tables.user.delete().where(tables.user.id == user.id).execute()
         audit.append(
@@ -175,13 +219,13 @@ def delete_user(db: Database, name: str) -> Deleted:
     return Deleted(str(user.id), int(configs), int(tokens))
 
 
-def create_token(db: Database, name: str) -> tuple[str, Secret]:
-    """Another token for an enabled user: ``(token_id, token)``."""
+def create_token(db: Database, name: str, expires_in: int | None = None) -> tuple[str, Secret]:
+    """Another token for an enabled user: ``(token_id, token)``, expiring after ``expires_in`` s."""
     with db.write():
         user = _user_by_name(db, name)
         if user.disabled:
-            raise FailedPrecondition(f"user {name!r} is disabled", reason="USER_DISABLED")
-        return _issue(db, user)
+            raise FailedPrecondition(f"user {name!r} is disabled")
+        return _issue(db, user, expires_in)
 
 
 def list_tokens(db: Database, name: str | None = None) -> list[TokenInfo]:
@@ -190,7 +234,7 @@ def list_tokens(db: Database, name: str | None = None) -> list[TokenInfo]:
     query = token.select(token, user.name).join(user).order_by(token.create_time, token.id)
     if name is not None:
         query = query.where(user.id == _user_by_name(db, name).id)
-    return [TokenInfo(t.id, t.user.name, t.create_time, t.revoke_time) for t in query]
+    return [TokenInfo(t.id, t.user.name, t.create_time, t.revoke_time, t.expire_time) for t in query]
 
 
 def revoke_token(db: Database, token_id: str) -> None:
@@ -209,17 +253,17 @@ def revoke_token(db: Database, token_id: str) -> None:
 
 def plausible(token: str) -> bool:
     """Whether ``token`` has the shape of a user token (checked before any lookup)."""
-    return bool(_TOKEN_SHAPE.match(token))
+    return bearer.is_user_token(token)
 
 
 def authenticate(db: Database, token: str) -> Principal | None:
-    """The user a token belongs to, or None if it is unknown or revoked; a token of a
-    disabled user raises ``UserDisabled``."""
+    """The user a token belongs to, or None if it is unknown, revoked or expired; a token
+    of a disabled user raises ``UserDisabled``."""
     if not plausible(token):
         return None
-    row = db.execute(_AUTHENTICATE, (token_hash(token),)).fetchone()
+    row = db.execute(_AUTHENTICATE, (token_hash(token), _now())).fetchone()
     if row is None:
         return None
-    if row[2]:
+    if row[3]:
         raise UserDisabled(USER_DISABLED_MESSAGE)
-    return Principal(row[0], row[1])
+    return Principal(row[0], row[1], row[2])

@@ -141,14 +141,11 @@ def test_chat_stream_cut_short_keeps_the_text_and_fails(rmllm: Callable[..., Run
     assert result.err == "rmllm: the openai answer was cut short before it finished: try again\n"
 
 
-class Cancelled(errors.RmllmError):
-    code = grpc.StatusCode.CANCELLED
-    reason = "CANCELLED"
-
-
-class DataLoss(errors.RmllmError):
-    code = grpc.StatusCode.DATA_LOSS
-    reason = "DATA_LOSS"
+def with_code(code: grpc.StatusCode, message: str) -> errors.RmllmError:
+    """A server error with a code no server class has (no subclass: other tests list them all)."""
+    error = errors.RmllmError(message, reason=code.name)
+    error.code = code
+    return error
 
 
 # Every client error class -> a server error that becomes it, the exit code, and what
@@ -174,10 +171,28 @@ CLI_LINES: dict[type[clients.RmllmClientError], tuple[errors.RmllmError, int, st
         4,
         "the token was refused: the token's user is disabled; ask the operator\n",
     ),
+    clients.MalformedRequest: (errors.MalformedRequest("undecodable"), 7, "invalid request: undecodable"),
     clients.PermissionDenied: (
-        errors.PermissionDenied("not this model", reason="MODEL_NOT_ALLOWED"),
+        errors.PermissionDenied("not for you", reason="SOMETHING_NEW"),
         4,
         "permission denied by the LLM service at",
+    ),
+    clients.MethodNotAllowed: (errors.MethodNotAllowed("open to no caller"), 4, ": open to no caller"),
+    clients.ModelNotAllowed: (
+        errors.ModelNotAllowed("gpt-4o is not allowed", provider="openai"),
+        4,
+        "not allowed: gpt-4o is not allowed",
+    ),
+    clients.BudgetExceeded: (errors.BudgetExceeded("the daily budget is used up"), 8, "see `rmllm usage`"),
+    clients.UpstreamResponseTooLarge: (
+        errors.UpstreamResponseTooLarge("over 2000000 characters", provider="openai"),
+        8,
+        "the openai answer passed this gateway's size limit: over 2000000 characters",
+    ),
+    clients.DatabaseUnavailable: (
+        errors.DatabaseUnavailable("locked"),
+        9,
+        "cannot use its database right now: locked",
     ),
     clients.ServiceCredentialRequired: (errors.PermissionDenied("service only"), 4, ": service only"),
     clients.NotFound: (errors.NotFound("no such user", reason="USER_NOT_FOUND"), 5, "no such user"),
@@ -227,7 +242,7 @@ CLI_LINES: dict[type[clients.RmllmClientError], tuple[errors.RmllmError, int, st
         "cut short",
     ),
     clients.DeadlineExceeded: (errors.DeadlineExceeded("late"), 10, "--timeout"),
-    clients.Cancelled: (Cancelled("stopped"), 1, "CANCELLED (CANCELLED): stopped"),
+    clients.Cancelled: (with_code(grpc.StatusCode.CANCELLED, "stopped"), 1, "CANCELLED (CANCELLED): stopped"),
     clients.Internal: (errors.Internal("request id r-9"), 11, "failed: request id r-9"),
     clients.KeyDecryptionFailed: (
         errors.KeyDecryptionFailed("seed", provider="openai"),
@@ -236,7 +251,11 @@ CLI_LINES: dict[type[clients.RmllmClientError], tuple[errors.RmllmError, int, st
     ),
     clients.Unimplemented: (errors.Unimplemented("later"), 1, "does not support this call"),
     clients.ProviderError: (errors.ProviderError("weird"), 1, "UNKNOWN (PROVIDER_ERROR): weird"),
-    clients.RmllmClientError: (DataLoss("lost"), 1, "DATA_LOSS (DATA_LOSS): lost"),
+    clients.RmllmClientError: (
+        with_code(grpc.StatusCode.DATA_LOSS, "lost"),
+        1,
+        "DATA_LOSS (DATA_LOSS): lost",
+    ),
 }
 
 
