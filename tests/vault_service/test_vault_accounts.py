@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from rmllm_common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound, UserDisabled
-from vault_service import accounts, audit
+from vault_service import accounts, audit, limits
 from vault_service.database import Database
 
 
@@ -96,8 +98,13 @@ def test_enable_and_delete(database: Database) -> None:
                 update_time=now,
             ).execute()
         )
+    # A budget and a model policy reference the user: they go with it.
+    target = database.call(limits.user_target, database, "bob")
+    database.call(functools.partial(limits.set_budget, daily=5.0, monthly=None), database, target)
+    database.call(functools.partial(limits.set_policy, allow="openai/*", deny=None), database, target)
     deleted = database.call(accounts.delete_user, database, "bob")
     assert (deleted.user_id, deleted.configs, deleted.tokens) == (bob.user_id, 2, 2)
+    assert database.call(lambda: tables.usage_limits.select().count()) == 0
     assert database.call(accounts.authenticate, database, bob_token.reveal()) is None
     assert database.call(lambda: tables.config.select().where(tables.config.user == bob.user_id).count()) == 0
     assert [u.name for u in database.call(accounts.list_users, database)] == ["alice"]
