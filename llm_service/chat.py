@@ -4,7 +4,7 @@
 and settings (bounded by the caller's deadline), applies the custom-base-URL
 policy, takes a token from the caller's rate-limit bucket, and picks the adapter by
 the provider's wire format. ``ChatService.events`` then yields the adapter's
-normalised events (``TextDelta``\\ s, then one ``Finished``) with transient failures
+normalised events (text, reasoning and tool-call deltas, then one ``Finished``) with transient failures
 retried before the first event (see ``retrying``). StreamChat forwards these
 events; Chat collects them. ``done`` turns the final event into the proto summary,
 pricing the usage from the registry.
@@ -21,6 +21,7 @@ from realmultillm.llm.v1 import llm_pb2
 
 from llm_service.adapters.base import Adapter, ChatEvent, ChatParams, Endpoint, Finished
 from llm_service.deadline import Deadline
+from llm_service.features import FeatureLimits
 from llm_service.ratelimit import RateLimiter
 from llm_service.retrying import RetryPolicy, stream_with_retries
 from llm_service.validation import validate_chat
@@ -83,8 +84,10 @@ class ChatService:
         limiter: RateLimiter,
         policy: RetryPolicy,
         allow_custom_base_url: bool,
+        limits: FeatureLimits | None = None,
     ) -> None:
         self._registry = registry
+        self._limits = limits or FeatureLimits()
         self._vault = vault
         self._adapters = adapters
         self._http = http
@@ -94,7 +97,7 @@ class ChatService:
 
     async def prepare(self, request: Any, token: Secret, deadline: Deadline) -> PreparedChat:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
-        chat = validate_chat(request, self._registry)
+        chat = validate_chat(request, self._registry, self._limits)
         spec = chat.spec
         credentials = await credentials_for(self._vault, spec, token, deadline)
         base_url = stored_base_url(spec, credentials, self._allow_custom)
@@ -113,15 +116,31 @@ class ChatService:
 
 
 def usage_of(prepared: PreparedChat, finished: Finished) -> llm_pb2.Usage:
-    """Token counts and their price (by the answering model, else the requested one)."""
+    """Token counts and their price (by the answering model, else the requested one),
+    cache reads and writes at the registry's cache prices."""
     spec, usage = prepared.spec, finished.usage
     priced = finished.model if spec.model(finished.model) is not None else prepared.params.model
     return llm_pb2.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
-        cost_usd=spec.cost(priced, usage.input_tokens, usage.output_tokens),
+        cost_usd=spec.cost(
+            priced,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_input_tokens,
+        ),
+        cache_read_input_tokens=usage.cache_read_input_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        usage_reported=usage.reported,
     )
+
+
+def tool_calls_of(finished: Finished) -> list[llm_pb2.ToolCall]:
+    """The answer's assembled tool calls, in index order."""
+    return [llm_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in finished.tool_calls]
 
 
 def done_message(prepared: PreparedChat, finished: Finished) -> llm_pb2.StreamChatResponse:
@@ -133,6 +152,9 @@ def done_message(prepared: PreparedChat, finished: Finished) -> llm_pb2.StreamCh
             model=finished.model or prepared.params.model,
             provider=prepared.spec.id,
             response_id=finished.response_id,
+            tool_calls=tool_calls_of(finished),
+            reasoning=finished.reasoning,
+            provider_state=finished.provider_state,
         )
     )
 
@@ -146,4 +168,7 @@ def chat_response(prepared: PreparedChat, content: str, finished: Finished) -> l
         model=finished.model or prepared.params.model,
         provider=prepared.spec.id,
         response_id=finished.response_id,
+        tool_calls=tool_calls_of(finished),
+        reasoning=finished.reasoning,
+        provider_state=finished.provider_state,
     )

@@ -22,6 +22,7 @@ from llm_service.adapters.base import Adapter
 from llm_service.catalog import Catalog
 from llm_service.chat import AdapterLookup, ChatService
 from llm_service.deadline import Clock
+from llm_service.features import FeatureLimits
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
 from llm_service.ratelimit import RateLimiter
@@ -33,7 +34,10 @@ from rmllm_common.registry import ProviderSpec, Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
 
 SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # > 4 MiB of content plus framing; larger requests are refused by gRPC
+# gRPC's floor; the receive limit is twice RMLLM_MAX_REQUEST_BYTES, so a request
+# between the two gets validation's clear INVALID_ARGUMENT rather than a bare
+# RESOURCE_EXHAUSTED from gRPC.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # gRPC core cancels calls that wait unrequested beyond its pending-request limit (1,000 by default);
 # a burst of new streams (thousands opened at once) must queue, not be cancelled.
 SERVER_OPTIONS = (
@@ -86,6 +90,7 @@ async def build_server(
         sleep=sleep,
     )
     allow = settings.allow_custom_base_url
+    limits = FeatureLimits(settings.max_request_bytes, settings.max_image_bytes, settings.max_document_bytes)
     chat = ChatService(
         registry=registry,
         vault=vault,
@@ -94,6 +99,7 @@ async def build_server(
         limiter=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
         policy=policy,
         allow_custom_base_url=allow,
+        limits=limits,
     )
     # TestKey probes and live model listings are calls on the user's provider
     # account: one per-user budget for both.
@@ -117,7 +123,9 @@ async def build_server(
         allow_custom_base_url=allow,
     )
 
-    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
+    server = new_server(
+        max_message_bytes=max(MAX_MESSAGE_BYTES, limits.grpc_receive_bytes), options=SERVER_OPTIONS
+    )
     llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
     health = await add_standard_services(server, [SERVICE_NAME])
 

@@ -3,7 +3,8 @@
 Each method reads the caller's bearer token and deadline, delegates, and frames
 the answer; errors are raised as ``rmllm_common.errors`` and become statuses in the
 server's error interceptor (no ``try`` ladders here). StreamChat forwards the
-shared event stream as deltas and one final ``done``, and closes it (and with it
+shared event stream as text, reasoning and tool-call deltas in the order they
+came and one final ``done`` (carrying the assembled tool calls), and closes it (and with it
 the upstream HTTP response) whatever way the call ends; Chat collects the same
 stream. A stream that ends without its final event is never a success.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
-from llm_service.adapters.base import Finished, TextDelta
+from llm_service.adapters.base import Finished, ReasoningDelta, TextDelta, ToolCallDelta
 from llm_service.auth import bearer_token
 from llm_service.catalog import Catalog
 from llm_service.chat import ChatService, chat_response, done_message
@@ -66,6 +67,15 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
                 if type(event) is TextDelta:
                     if event.text:
                         yield llm_pb2.StreamChatResponse(delta=event.text)
+                elif type(event) is ToolCallDelta:
+                    yield llm_pb2.StreamChatResponse(
+                        tool_call_delta=llm_pb2.ToolCallDelta(
+                            index=event.index, id=event.id, name=event.name, arguments_delta=event.arguments
+                        )
+                    )
+                elif type(event) is ReasoningDelta:
+                    if event.text:
+                        yield llm_pb2.StreamChatResponse(reasoning_delta=event.text)
                 elif isinstance(event, Finished):
                     yield done_message(prepared, event)
                     return

@@ -24,6 +24,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAULT_ADDR = "127.0.0.1:50052"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_CREDENTIAL_CACHE_SECONDS = 30.0
+MIB = 1024 * 1024
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
@@ -104,6 +105,10 @@ class LLMSettings:
     testkey_burst: int = 10
     # The one HTTP connection pool towards providers.
     http_max_connections: int = 8192
+    # Request size limits (images and documents travel inline).
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 5 * 1024 * 1024
+    max_document_bytes: int = 16 * 1024 * 1024
 
     @classmethod
     def from_env(
@@ -149,4 +154,7 @@ class LLMSettings:
             testkey_rate_per_minute=_number(env, "RMLLM_TESTKEY_RATE_PER_MINUTE", 60.0, 0.0, 1e9),
             testkey_burst=_integer(env, "RMLLM_TESTKEY_BURST", 10, 1, 1_000_000),
             http_max_connections=_integer(env, "RMLLM_HTTP_MAX_CONNECTIONS", 8192, 1, 1_000_000),
+            max_request_bytes=_integer(env, "RMLLM_MAX_REQUEST_BYTES", 32 * MIB, 4 * MIB + 65536, 512 * MIB),
+            max_image_bytes=_integer(env, "RMLLM_MAX_IMAGE_BYTES", 5 * MIB, 1024, 256 * MIB),
+            max_document_bytes=_integer(env, "RMLLM_MAX_DOCUMENT_BYTES", 16 * MIB, 1024, 256 * MIB),
         )
