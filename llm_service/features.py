@@ -13,8 +13,6 @@ decides. Size limits come from ``FeatureLimits`` (the service's settings).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from llm_service.adapters.base import (
     ToolCall,
     ToolChoice,
     ToolSpec,
+    data_url,
 )
 from rmllm_common.errors import CapabilityUnsupported, FieldViolation
 from rmllm_common.registry import ModelSpec, ProviderSpec
@@ -50,7 +49,6 @@ MAX_BUDGET_TOKENS = 1_000_000
 _EFFORTS: dict[int, Effort] = {1: "low", 2: "medium", 3: "high"}
 _MODES = {1: "auto", 2: "none", 3: "required"}
 _FORMATS = {0: "text", 1: "text", 2: "json_object", 3: "json_schema"}
-_DATA_URL = re.compile(r"^data:([a-z]+/[a-z0-9.+-]+);base64,(.*)$", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +91,6 @@ def _object_schema(schema: dict[str, Any], path: str, bad: list[FieldViolation])
         bad.append(
             FieldViolation(path, f'must be an object schema ("type": "object"), got {schema.get("type")!r}')
         )
-
-
-def data_url(url: str) -> tuple[str, bytes] | None:
-    """The MIME type and bytes of a base64 ``data:`` URL (None: not one, or not decodable)."""
-    match = _DATA_URL.match(url)
-    if not match:
-        return None
-    try:
-        return match.group(1).lower(), base64.b64decode(match.group(2), validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 def _image(image: Any, path: str, limits: FeatureLimits, bad: list[FieldViolation]) -> ImagePart | None:

@@ -30,7 +30,10 @@ been yielded.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -44,6 +47,20 @@ Role = Literal["system", "user", "assistant", "tool"]
 ToolChoiceMode = Literal["auto", "none", "required"]
 ResponseFormatType = Literal["text", "json_object", "json_schema"]
 Effort = Literal["low", "medium", "high"]
+
+
+_DATA_URL = re.compile(r"^data:([a-z]+/[a-z0-9.+-]+);base64,(.*)$", re.DOTALL | re.IGNORECASE)
+
+
+def data_url(url: str) -> tuple[str, bytes] | None:
+    """The MIME type and bytes of a base64 ``data:`` URL (None: not one, or not decodable)."""
+    match = _DATA_URL.match(url)
+    if not match:
+        return None
+    try:
+        return match.group(1).lower(), base64.b64decode(match.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +77,12 @@ class ImagePart:
     url: str = ""
     data: bytes = b""
     mime_type: str = ""
+
+    def inline(self) -> tuple[str, bytes] | None:
+        """The MIME type and bytes, when given as bytes or as a base64 ``data:`` URL."""
+        if self.data:
+            return self.mime_type, self.data
+        return data_url(self.url) if self.url.startswith("data:") else None
 
 
 @dataclass(frozen=True, slots=True)
