@@ -81,7 +81,9 @@ async def build_server(
         cache_seconds=settings.credential_cache_seconds,
         clock=clock,
     )
-    http = new_http_session(settings.http_max_connections)
+    http = new_http_session(
+        settings.http_max_connections, policy=settings.endpoint_policy, limits=settings.upstream
+    )
     policy = RetryPolicy(
         attempts=settings.retry_attempts,
         base_delay=settings.retry_base_delay_seconds,
@@ -126,7 +128,8 @@ async def build_server(
     server = new_server(
         max_message_bytes=max(MAX_MESSAGE_BYTES, limits.grpc_receive_bytes), options=SERVER_OPTIONS
     )
-    llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
+    servicer = LLMServicer(chat, keys, catalog, clock, max_answer_chars=settings.chat_max_answer_chars)
+    llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
 
     async def release() -> None:
