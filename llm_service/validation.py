@@ -141,7 +141,7 @@ def _check_messages(request: Any, bad: list[FieldViolation], limits: FeatureLimi
         parts = check_parts(message, where, role or "", limits, bad)
         calls = check_tool_calls(message, where, role or "", seen_calls, bad)
         call_id, state = check_message_extras(message, where, role or "", seen_calls, bad)
-        if size == 0 and not parts and not calls:
+        if size == 0 and not message.parts and not message.tool_calls:
             bad.append(FieldViolation(f"{where}.content", "must not be empty"))
         elif size > MAX_CONTENT_BYTES:
             bad.append(FieldViolation(f"{where}.content", f"at most {MAX_CONTENT_BYTES} bytes, got {size}"))
