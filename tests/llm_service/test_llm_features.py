@@ -23,6 +23,7 @@ from testkit.llm_scripted import finished
 
 from llm_service.adapters.base import (
     NOT_REPORTED,
+    ChatEvent,
     Finished,
     FinishReason,
     ReasoningDelta,
@@ -36,7 +37,7 @@ from llm_service.features import FeatureLimits
 USER, ASSISTANT, TOOL = llm_pb2.ROLE_USER, llm_pb2.ROLE_ASSISTANT, llm_pb2.ROLE_TOOL
 STATE = b'{"v":1,"format":"openai"}'
 CALLS = (ToolCall("call_a", "get_weather", '{"city": "Paris"}'), ToolCall("call_b", "get_time", "{}"))
-SCRIPT = [
+SCRIPT: list[ChatEvent] = [
     ReasoningDelta("Two "),
     ReasoningDelta("tools."),
     TextDelta("Checking."),
@@ -149,7 +150,11 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
         {"tools": [WEATHER], "tool_choice": llm_pb2.ToolChoice(name="nope")},
         ["tool_choice.name"],
     ),
-    ("tool_choice required without tools", {"tool_choice": llm_pb2.ToolChoice(mode=3)}, ["tool_choice.mode"]),
+    (
+        "tool_choice required without tools",
+        {"tool_choice": llm_pb2.ToolChoice(mode=llm_pb2.TOOL_CHOICE_MODE_REQUIRED)},
+        ["tool_choice.mode"],
+    ),
     (
         "tool result answering no earlier call",
         {
@@ -233,7 +238,11 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     (
         "response schema not an object",
-        {"response_format": llm_pb2.ResponseFormat(type=3, name="r", schema=schema(type="array"))},
+        {
+            "response_format": llm_pb2.ResponseFormat(
+                type=llm_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, name="r", schema=schema(type="array")
+            )
+        },
         ["response_format.schema"],
     ),
     (
@@ -286,7 +295,11 @@ REFUSALS: list[tuple[str, str, dict[str, Any], str]] = [
     (
         "github",
         "mistral-ai/mistral-small-2503",
-        {"response_format": llm_pb2.ResponseFormat(type=3, schema=schema(type="object"))},
+        {
+            "response_format": llm_pb2.ResponseFormat(
+                type=llm_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, schema=schema(type="object")
+            )
+        },
         "response_format",
     ),
     (
@@ -346,7 +359,9 @@ async def test_a_model_missing_from_the_registry_passes_through(llm: LLMHarness)
         model="gpt-9-unlisted",
         tools=[WEATHER],
         parallel_tool_calls=True,
-        response_format=llm_pb2.ResponseFormat(type=3, schema=schema(type="object")),
+        response_format=llm_pb2.ResponseFormat(
+            type=llm_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, schema=schema(type="object")
+        ),
         reasoning=llm_pb2.ReasoningOptions(effort=llm_pb2.REASONING_EFFORT_HIGH, include_reasoning=True),
         messages=[_msg(parts=[_image()])],
     )
