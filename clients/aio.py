@@ -40,7 +40,18 @@ from clients.channels import (
     Tls,
     aio_channel,
 )
-from clients.datatypes import ChatResult, Message, ModelList, ProviderConfig, ProviderInfo, TestKeyResult
+from clients.datatypes import (
+    ChatResult,
+    Message,
+    ModelList,
+    ProviderConfig,
+    ProviderInfo,
+    Reasoning,
+    ResponseFormat,
+    TestKeyResult,
+    Tool,
+    ToolChoiceArg,
+)
 from clients.errors import Cancelled, UpstreamStreamTruncated, from_grpc_error
 from clients.sync import LLM, VAULT
 
@@ -62,6 +73,7 @@ class AsyncChatStream:
         self._target = target
         self._responses: AsyncIterator[llm_pb2.StreamChatResponse] = call.__aiter__()
         self._pieces: list[str] = []
+        self._reasoning: list[str] = []
         self._result: ChatResult | None = None
         self._cancelled = False
 
@@ -78,10 +90,23 @@ class AsyncChatStream:
         return self
 
     async def __anext__(self) -> str:
+        while True:
+            response = await self._next_response()
+            kind = response.WhichOneof("event")
+            if kind == "done":
+                self._result = ChatResult.from_stream(self.text, response.done)
+                raise StopAsyncIteration
+            if kind == "delta":
+                self._pieces.append(response.delta)
+                return response.delta
+            if kind == "reasoning_delta":
+                self._reasoning.append(response.reasoning_delta)  # tool-call pieces come whole in result
+
+    async def _next_response(self) -> llm_pb2.StreamChatResponse:
         if self._result is not None or self._cancelled:
             raise StopAsyncIteration
         try:
-            response = await self._responses.__anext__()
+            return await self._responses.__anext__()
         except StopAsyncIteration:
             raise UpstreamStreamTruncated(
                 "the stream ended without its final message", service=LLM, target=self._target
@@ -94,11 +119,11 @@ class AsyncChatStream:
             if self._cancelled:  # cancel() from another task while this one was reading
                 raise StopAsyncIteration from None
             raise
-        if response.WhichOneof("event") == "done":
-            self._result = ChatResult.from_stream(self.text, response.done)
-            raise StopAsyncIteration
-        self._pieces.append(response.delta)
-        return response.delta
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning text received so far (with ``Reasoning(include=True)``)."""
+        return "".join(self._reasoning)
 
     @property
     def result(self) -> ChatResult:
@@ -202,6 +227,11 @@ class AsyncClient:
         max_tokens: int | None = None,
         top_p: float | None = None,
         stop: Sequence[str] = (),
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        tool_choice: ToolChoiceArg | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: ResponseFormat | None = None,
+        reasoning: Reasoning | None = None,
         timeout: float | None = None,
     ) -> ChatResult:
         """One completion. ``prompt`` is a user message or a list of ``Message``."""
@@ -214,6 +244,11 @@ class AsyncClient:
             max_tokens=max_tokens,
             top_p=top_p,
             stop=stop,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            response_format=response_format,
+            reasoning=reasoning,
         )
         response = await self._call(
             self._llm.Chat, request, timeout or self.options.chat_timeout, vault=False
@@ -231,6 +266,11 @@ class AsyncClient:
         max_tokens: int | None = None,
         top_p: float | None = None,
         stop: Sequence[str] = (),
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        tool_choice: ToolChoiceArg | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: ResponseFormat | None = None,
+        reasoning: Reasoning | None = None,
         timeout: float | None = None,
     ) -> AsyncChatStream:
         """The completion as an ``AsyncChatStream`` of text deltas, then ``.result``."""
@@ -244,6 +284,11 @@ class AsyncClient:
                 max_tokens=max_tokens,
                 top_p=top_p,
                 stop=stop,
+                tools=tools,
+                tool_choice=tool_choice,
+                parallel_tool_calls=parallel_tool_calls,
+                response_format=response_format,
+                reasoning=reasoning,
             )
         )
         call = self._llm.StreamChat(

@@ -8,15 +8,24 @@ leaves it unset, which clears it; leaving an argument out leaves the field alone
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Literal, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from google.protobuf import field_mask_pb2
 from realmultillm.llm.v1 import llm_pb2
 from realmultillm.vault.v1 import vault_pb2
 
-from clients.datatypes import Message, ProviderSettings, conversation
+from clients.datatypes import (
+    Message,
+    ProviderSettings,
+    Reasoning,
+    ResponseFormat,
+    Tool,
+    ToolChoiceArg,
+    apply_features,
+    conversation,
+)
 
 
 class _Unset(Enum):
@@ -40,6 +49,11 @@ def chat_request(
     max_tokens: int | None = None,
     top_p: float | None = None,
     stop: Sequence[str] = (),
+    tools: Sequence[Tool | Callable[..., Any]] = (),
+    tool_choice: ToolChoiceArg | None = None,
+    parallel_tool_calls: bool | None = None,
+    response_format: ResponseFormat | None = None,
+    reasoning: Reasoning | None = None,
 ) -> llm_pb2.ChatRequest:
     """A Chat request; unset optional values are left unset (the server's defaults apply)."""
     request = llm_pb2.ChatRequest(
@@ -51,7 +65,14 @@ def chat_request(
         request.max_tokens = max_tokens
     if top_p is not None:
         request.top_p = top_p
-    return request
+    return apply_features(
+        request,
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel_tool_calls,
+        response_format=response_format,
+        reasoning=reasoning,
+    )
 
 
 def stream_request(chat: llm_pb2.ChatRequest) -> llm_pb2.StreamChatRequest:

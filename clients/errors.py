@@ -136,6 +136,13 @@ class ProviderKeyInvalid(FailedPrecondition):
     reason = "PROVIDER_KEY_INVALID"
 
 
+class CapabilityUnsupported(FailedPrecondition):
+    """The chosen model lacks a feature the request needs (``metadata`` names the
+    ``field`` and the ``model``): pick a model whose capabilities include it."""
+
+    reason = "CAPABILITY_UNSUPPORTED"
+
+
 class ResourceExhausted(RmllmClientError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
@@ -241,6 +248,7 @@ _BY_REASON: dict[str, type[RmllmClientError]] = {
         ConfigNotFound,
         KeyNotConfigured,
         ProviderKeyInvalid,
+        CapabilityUnsupported,
         RateLimited,
         ProviderRateLimited,
         ProviderQuotaExhausted,

@@ -46,7 +46,11 @@ from clients.datatypes import (
     ModelList,
     ProviderConfig,
     ProviderInfo,
+    Reasoning,
+    ResponseFormat,
     TestKeyResult,
+    Tool,
+    ToolChoiceArg,
 )
 from clients.errors import Cancelled, UpstreamStreamTruncated, from_grpc_error
 
@@ -70,6 +74,7 @@ class ChatStream:
         self._call = call
         self._target = target
         self._pieces: list[str] = []
+        self._reasoning: list[str] = []
         self._result: ChatResult | None = None
         self._cancelled = False
 
@@ -86,23 +91,33 @@ class ChatStream:
         return self
 
     def __next__(self) -> str:
-        if self._result is not None or self._cancelled:
-            raise StopIteration
-        try:
-            response: llm_pb2.StreamChatResponse = next(self._call)
-        except StopIteration:
-            raise UpstreamStreamTruncated(
-                "the stream ended without its final message", service=LLM, target=self._target
-            ) from None
-        except grpc.RpcError as exc:
-            if self._cancelled:
-                raise StopIteration from None
-            raise from_grpc_error(exc, service=LLM, target=self._target) from exc
-        if response.WhichOneof("event") == "done":
-            self._result = ChatResult.from_stream(self.text, response.done)
-            raise StopIteration
-        self._pieces.append(response.delta)
-        return response.delta
+        while True:
+            if self._result is not None or self._cancelled:
+                raise StopIteration
+            try:
+                response: llm_pb2.StreamChatResponse = next(self._call)
+            except StopIteration:
+                raise UpstreamStreamTruncated(
+                    "the stream ended without its final message", service=LLM, target=self._target
+                ) from None
+            except grpc.RpcError as exc:
+                if self._cancelled:
+                    raise StopIteration from None
+                raise from_grpc_error(exc, service=LLM, target=self._target) from exc
+            kind = response.WhichOneof("event")
+            if kind == "done":
+                self._result = ChatResult.from_stream(self.text, response.done)
+                raise StopIteration
+            if kind == "delta":
+                self._pieces.append(response.delta)
+                return response.delta
+            if kind == "reasoning_delta":
+                self._reasoning.append(response.reasoning_delta)  # tool-call pieces come whole in result
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning text received so far (with ``Reasoning(include=True)``)."""
+        return "".join(self._reasoning)
 
     @property
     def result(self) -> ChatResult:
@@ -196,6 +211,11 @@ class Client:
         max_tokens: int | None = None,
         top_p: float | None = None,
         stop: Sequence[str] = (),
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        tool_choice: ToolChoiceArg | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: ResponseFormat | None = None,
+        reasoning: Reasoning | None = None,
         timeout: float | None = None,
     ) -> ChatResult:
         """One completion. ``prompt`` is a user message or a list of ``Message``."""
@@ -208,6 +228,11 @@ class Client:
             max_tokens=max_tokens,
             top_p=top_p,
             stop=stop,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            response_format=response_format,
+            reasoning=reasoning,
         )
         response = self._call(self._llm.Chat, request, timeout or self.options.chat_timeout, vault=False)
         return ChatResult.from_proto(response)
@@ -223,6 +248,11 @@ class Client:
         max_tokens: int | None = None,
         top_p: float | None = None,
         stop: Sequence[str] = (),
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        tool_choice: ToolChoiceArg | None = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: ResponseFormat | None = None,
+        reasoning: Reasoning | None = None,
         timeout: float | None = None,
     ) -> ChatStream:
         """The completion as a ``ChatStream`` of text deltas, then ``.result``."""
@@ -236,6 +266,11 @@ class Client:
                 max_tokens=max_tokens,
                 top_p=top_p,
                 stop=stop,
+                tools=tools,
+                tool_choice=tool_choice,
+                parallel_tool_calls=parallel_tool_calls,
+                response_format=response_format,
+                reasoning=reasoning,
             )
         )
         call = self._llm.StreamChat(
