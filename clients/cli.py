@@ -9,6 +9,8 @@ Examples::
     rmllm keys update openai --model gpt-4o --disable
     rmllm test-key openai --stored
     rmllm chat -p openai "Write a haiku about gRPC"
+    rmllm chat -p google --image chart.png --pdf report.pdf "Do these agree?"
+    rmllm chat -p openai --tool weather.json --json-schema answer.json --reasoning high "..."
     echo "Summarise this" | rmllm chat -p claude --system "Be brief"
     rmllm providers; rmllm models google
 
@@ -30,9 +32,10 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from clients import cli_chat, config
 from clients import cli_format as out
-from clients import config
 from clients.channels import DEFAULT_CHAT_TIMEOUT, DEFAULT_TIMEOUT
+from clients.cli_chat import UsageError
 from clients.datatypes import TestKeyReason
 from clients.errors import RmllmClientError
 from clients.sync import Client
@@ -54,10 +57,6 @@ SECRET_PREFIXES = ("sk-", "rmk_", "AIza", "xai-", "ghp_", "github_pat_")
 def looks_like_a_secret(word: str) -> bool:
     """A provider argument that is really a pasted key (so it must not be echoed or sent)."""
     return word.startswith(SECRET_PREFIXES) or len(word) > 64
-
-
-class UsageError(Exception):
-    """A command line that cannot be run; exit code 2."""
 
 
 def read_secret(label: str, stdin: TextIO) -> str:
@@ -155,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system instructions")
     chat.add_argument("--temperature", type=float)
     chat.add_argument("--max-tokens", type=int)
+    cli_chat.add_flags(chat)
     chat.add_argument("prompt", nargs="?", default="-", help="the prompt; '-' or omitted: read stdin")
 
     add("providers", help="list the providers")
@@ -287,14 +287,16 @@ class Cli:
         prompt = self.stdin.read() if args.prompt == "-" else args.prompt
         if not prompt.strip():
             raise UsageError("empty prompt: give one as an argument or on stdin")
+        messages, options = cli_chat.chat_options(args, prompt)
         with self.client() as client:
             stream = client.stream_chat(
                 args.provider,
-                prompt,
+                messages,
                 model=args.model,
                 system=args.system,
                 temperature=args.temperature,
                 max_tokens=args.max_tokens,
+                **options,
             )
             try:
                 for delta in stream:
@@ -308,7 +310,12 @@ class Cli:
                 if stream.text and not stream.text.endswith("\n"):
                     self.stdout.write("\n")
                 self.stdout.flush()
-            self.note(out.summary(stream.result))
+            result = stream.result
+            if result.tool_calls:
+                self.print(cli_chat.tool_calls_json(result.tool_calls))
+            if result.reasoning and args.show_reasoning:
+                self.note(cli_chat.dimmed(result.reasoning, self.stderr.isatty()))
+            self.note(out.summary(result))
         return out.EXIT_OK
 
     def providers(self) -> int:
