@@ -386,6 +386,13 @@ def _check_model(spec: ProviderSpec, model: ModelSpec, params: ChatParams) -> No
 
 
 def _check_reasoning_style(spec: ProviderSpec, params: ChatParams) -> None:
+    if params.parallel_tool_calls is False and params.tools and not spec.parallel_tool_switch:
+        raise _refuse(
+            spec,
+            params.model,
+            "parallel_tool_calls",
+            f"{spec.display_name} cannot turn parallel tool calls off",
+        )
     reasoning = params.reasoning
     if (
         reasoning is not None

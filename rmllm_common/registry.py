@@ -105,6 +105,7 @@ class ProviderSpec:
     reasoning_request: ReasoningRequest = "reasoning_effort"  # openai format: how effort is sent
     reasoning_fields: tuple[str, ...] = ()  # openai format: stream delta fields holding reasoning text
     image_urls: bool = True  # whether the provider fetches http(s) image URLs itself
+    parallel_tool_switch: bool = True  # whether parallel tool calls can be turned off
     _by_model: dict[str, ModelSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def model(self, model_id: str) -> ModelSpec | None:
@@ -214,6 +215,7 @@ def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
         reasoning_request=reasoning_request,
         reasoning_fields=tuple(raw.get("reasoning_fields", [])),
         image_urls=bool(raw.get("image_urls", True)),
+        parallel_tool_switch=bool(raw.get("parallel_tool_switch", True)),
     )
 
 

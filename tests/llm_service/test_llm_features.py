@@ -273,6 +273,13 @@ async def test_bad_feature_input(
 
 
 REFUSALS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("google", "gemini-2.5-flash", {"tools": [WEATHER], "parallel_tool_calls": False}, "parallel_tool_calls"),
+    (
+        "google",
+        "gemini-2.5-flash",
+        {"messages": [_msg(parts=[_image(url="https://example.com/a.png")])]},
+        "messages[0].parts[0].image.url",
+    ),
     ("github", "meta/llama-3.3-70b-instruct", {"tools": [WEATHER]}, "tools"),
     ("openai", "o4-mini", {"tools": [WEATHER], "parallel_tool_calls": True}, "parallel_tool_calls"),
     ("llama", "llama3.2", {"messages": [_msg(parts=[_image()])]}, "messages[0].parts[0].image"),
