@@ -22,7 +22,9 @@ functions, ``tool_choice``, ``parallel_tool_calls``, ``response_format``
 provider takes it (``reasoning_effort``, or OpenRouter's ``reasoning`` object).
 Streamed ``delta.tool_calls`` fragments are keyed by the provider's ``index``
 (a new ``id`` at a used index starts a new call, for providers that number every
-call 0) and renumbered 0..n-1 by ``assembly.Answer``.
+call 0) and renumbered 0..n-1 by ``assembly.Answer``. ``delta.reasoning_details``
+(OpenRouter's reasoning blocks with their signatures) is gathered into
+``provider_state`` and sent back on the assistant message to the same provider.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 import aiohttp
 
 from llm_service.adapters.account import AccountCalls
-from llm_service.adapters.assembly import Answer
+from llm_service.adapters.assembly import Answer, decode_state, encode_state
 from llm_service.adapters.base import (
     NOT_REPORTED,
     ChatEvent,
@@ -87,11 +89,22 @@ def _content(message: Message) -> str | list[dict[str, Any]]:
     return out
 
 
-def message_body(message: Message) -> dict[str, Any]:
-    """One message in chat-completions form."""
+def message_body(message: Message, provider: str = "", index: int = 0) -> dict[str, Any]:
+    """One message in chat-completions form; an assistant message carries back the
+    ``reasoning_details`` its provider (OpenRouter) streamed, when sent to that provider."""
     if message.role == "tool":
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.text()}
-    if message.role == "assistant" and message.tool_calls:
+    if message.role == "assistant":
+        body = _assistant_body(message)
+        state = decode_state(message.provider_state, "openai", f"messages[{index}].provider_state")
+        if state.get("provider") == provider and state.get("reasoning_details"):
+            body["reasoning_details"] = state["reasoning_details"]
+        return body
+    return {"role": message.role, "content": _content(message)}
+
+
+def _assistant_body(message: Message) -> dict[str, Any]:
+    if message.tool_calls:
         return {
             "role": "assistant",
             "content": message.text() or None,
@@ -158,7 +171,7 @@ def build_body(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
     spec = endpoint.spec
     body: dict[str, Any] = {
         "model": params.model,
-        "messages": [message_body(m) for m in params.messages],
+        "messages": [message_body(m, spec.id, i) for i, m in enumerate(params.messages)],
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -196,11 +209,32 @@ def _usage(raw: dict[str, Any]) -> Usage:
 
 
 class _Calls:
-    """Maps the provider's tool-call indices to calls of the answer."""
+    """Maps the provider's tool-call indices to calls of the answer, and gathers the
+    ``reasoning_details`` pieces (by type and index: text, summary and data concatenate)."""
 
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.current: dict[int, tuple[int, str]] = {}  # provider index -> (answer key, id)
+        self.details: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def add_details(self, pieces: list[Any]) -> None:
+        for piece in pieces:
+            if not isinstance(piece, dict):
+                continue
+            key = (str(piece.get("type", "")), int(piece.get("index") or 0))
+            known = self.details.get(key)
+            if known is None:
+                self.details[key] = dict(piece)
+                continue
+            for name, value in piece.items():
+                if name in ("text", "summary", "data") and isinstance(value, str):
+                    known[name] = (known.get(name) or "") + value
+                elif value is not None:
+                    known[name] = value
+
+    def state(self, provider: str) -> bytes:
+        details = [self.details[k] for k in sorted(self.details, key=lambda k: (k[1], k[0]))]
+        return encode_state("openai", provider=provider, reasoning_details=details) if details else b""
 
     def feed(self, fragment: dict[str, Any]) -> ChatEvent | None:
         index = int(fragment.get("index") or 0)
@@ -228,6 +262,9 @@ class _Calls:
             event = self.feed(fragment)
             if event is not None:
                 events.append(event)
+        details = delta.get("reasoning_details")
+        if isinstance(details, list):
+            self.add_details(details)
         return events
 
 
@@ -291,4 +328,5 @@ class OpenAIAdapter(AccountCalls):
             response_id,
             answer.tool_calls(),
             answer.reasoning,
+            calls.state(spec.id),
         )
