@@ -8,7 +8,9 @@ comments (OpenRouter's ``: OPENROUTER PROCESSING``) are skipped by the decoder;
 chunks with empty ``choices`` (GitHub Models' first event, the usage chunk) carry
 no text; a later ``finish_reason: null`` never erases an earlier reason
 (OpenRouter sends its usage chunk after the finish chunk); reasoning deltas are not
-answer text (they are reasoning, in the registry's ``reasoning_fields``); an
+answer text (they are reasoning, in the registry's ``reasoning_fields``); a
+``refusal`` delta (structured outputs) is delivered as text with finish
+CONTENT_FILTER; an
 ``{"error": ...}`` event ends the stream with the mapped error. Usage is the
 provider's usage chunk (``prompt_tokens_details.cached_tokens`` as cache reads,
 ``completion_tokens_details.reasoning_tokens`` as reasoning); a stream without
@@ -216,6 +218,7 @@ class _Calls:
         self.answer = answer
         self.current: dict[int, tuple[int, str]] = {}  # provider index -> (answer key, id)
         self.details: dict[tuple[str, int], dict[str, Any]] = {}
+        self.refused = False
 
     def add_details(self, pieces: list[Any]) -> None:
         for piece in pieces:
@@ -258,6 +261,10 @@ class _Calls:
         text = delta.get("content")
         if text:
             events.append(TextDelta(text))
+        refusal = delta.get("refusal")
+        if refusal:  # a structured-output refusal: the text the caller reads, never dropped
+            self.refused = True
+            events.append(TextDelta(refusal))
         for fragment in delta.get("tool_calls") or ():
             event = self.feed(fragment)
             if event is not None:
@@ -322,7 +329,7 @@ class OpenAIAdapter(AccountCalls):
                         provider=spec.id,
                     )
         yield Finished(
-            FINISH_REASONS.get(finish, FinishReason.OTHER),
+            FinishReason.CONTENT_FILTER if calls.refused else FINISH_REASONS.get(finish, FinishReason.OTHER),
             usage,
             model,
             response_id,

@@ -285,3 +285,23 @@ models = [ {{ id = "m", {row} }} ]
     )
     with pytest.raises(ValueError, match=says):
         load_registry(path)
+
+
+async def test_openai_refusal_is_text_with_content_filter(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    chunks = [
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "refusal": ""}}]},
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"refusal": "I can't help "}}]},
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"refusal": "with that."}}]},
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    ep = endpoint(fake, "openai")
+    fake.enqueue(Scenario(body=body, headers=SSE))
+    params = ChatParams(
+        "gpt-4o-mini", (Message("user", "x"),), response_format=ResponseFormat("json_schema", "a", SCHEMA)
+    )
+    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params, 10))
+    assert out.text == "I can't help with that."
+    assert out.finished is not None and out.finished.finish_reason is FinishReason.CONTENT_FILTER
