@@ -27,9 +27,9 @@ from llm_service.adapters.base import (
     ToolChoice,
     ToolSpec,
 )
+from llm_service.capabilities import check_capabilities
 from llm_service.features import (
     FeatureLimits,
-    check_capabilities,
     check_message_extras,
     check_parts,
     check_reasoning,
