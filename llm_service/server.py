@@ -19,9 +19,11 @@ import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service.adapters.base import Adapter
+from llm_service.auth import AuthInterceptor
 from llm_service.catalog import Catalog
-from llm_service.chat import AdapterLookup, ChatService
+from llm_service.chat import ChatService
 from llm_service.deadline import Clock
+from llm_service.endpoints import AdapterLookup, EndpointResolver
 from llm_service.features import FeatureLimits
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
@@ -34,10 +36,7 @@ from rmllm_common.registry import ProviderSpec, Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
 
 SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name
-# gRPC's floor; the receive limit is twice RMLLM_MAX_REQUEST_BYTES, so a request
-# between the two gets validation's clear INVALID_ARGUMENT rather than a bare
-# RESOURCE_EXHAUSTED from gRPC.
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # > 4 MiB of content plus framing; larger requests are refused by gRPC
 # gRPC core cancels calls that wait unrequested beyond its pending-request limit (1,000 by default);
 # a burst of new streams (thousands opened at once) must queue, not be cancelled.
 SERVER_OPTIONS = (
@@ -91,42 +90,32 @@ async def build_server(
         retry_after_cap=settings.retry_after_cap_seconds,
         sleep=sleep,
     )
-    allow = settings.allow_custom_base_url
-    limits = FeatureLimits(settings.max_request_bytes, settings.max_image_bytes, settings.max_document_bytes)
-    chat = ChatService(
+    endpoints = EndpointResolver(
         registry=registry,
         vault=vault,
         adapters=lookup,
         http=http,
-        limiter=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
-        policy=policy,
-        allow_custom_base_url=allow,
-        limits=limits,
+        allow_custom_base_url=settings.allow_custom_base_url,
+    )
+    limits = FeatureLimits(settings.max_request_bytes, settings.max_image_bytes, settings.max_document_bytes)
+    chat = ChatService(
+        endpoints,
+        RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
+        policy,
+        limits,
     )
     # TestKey probes and live model listings are calls on the user's provider
     # account: one per-user budget for both.
     account_calls = RateLimiter(
         "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
     )
-    keys = KeyTester(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
-    catalog = Catalog(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
+    keys = KeyTester(endpoints, account_calls)
+    catalog = Catalog(endpoints, account_calls)
 
     server = new_server(
-        max_message_bytes=max(MAX_MESSAGE_BYTES, limits.grpc_receive_bytes), options=SERVER_OPTIONS
+        [AuthInterceptor(vault, clock)],
+        max_message_bytes=max(MAX_MESSAGE_BYTES, limits.grpc_receive_bytes),
+        options=SERVER_OPTIONS,
     )
     servicer = LLMServicer(chat, keys, catalog, clock, max_answer_chars=settings.chat_max_answer_chars)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)

@@ -15,17 +15,13 @@ base URL are checked by ``check_api_key`` and ``check_base_url``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llm_service.adapters.base import (
     ChatParams,
     Message,
-    Reasoning,
-    ResponseFormat,
     Role,
-    ToolChoice,
-    ToolSpec,
 )
 from llm_service.capabilities import check_capabilities
 from llm_service.features import (
@@ -63,20 +59,14 @@ def _printable_word(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ChatInput:
-    """A valid chat request, before the caller's stored defaults are applied."""
+    """A valid chat request: its provider, and its parameters as the caller sent them.
+
+    In ``request`` the fields the caller left unset are still unset (model "",
+    temperature and max_tokens None); ``params`` fills them, once, for the adapter.
+    """
 
     spec: ProviderSpec
-    model: str
-    messages: tuple[Message, ...]
-    temperature: float | None
-    max_tokens: int | None
-    top_p: float | None
-    stop: tuple[str, ...]
-    tools: tuple[ToolSpec, ...] = ()
-    tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
-    reasoning: Reasoning | None = None
+    request: ChatParams
 
     def params(
         self, default_model: str = "", temperature: float | None = None, max_tokens: int | None = None
@@ -84,20 +74,14 @@ class ChatInput:
         """Request fields win over the caller's settings, which win over the registry's defaults.
 
         Raises ``CapabilityUnsupported`` when the chosen model lacks a feature the
-        request needs (see ``features.check_capabilities``).
+        request needs (see ``llm_service.capabilities``).
         """
-        params = ChatParams(
-            model=self.model or default_model or self.spec.default_model,
-            messages=self.messages,
-            temperature=self.temperature if self.temperature is not None else temperature,
-            max_tokens=self.max_tokens or max_tokens or self.spec.default_max_tokens,
-            top_p=self.top_p,
-            stop=self.stop,
-            tools=self.tools,
-            tool_choice=self.tool_choice,
-            parallel_tool_calls=self.parallel_tool_calls,
-            response_format=self.response_format,
-            reasoning=self.reasoning,
+        request = self.request
+        params = replace(
+            request,
+            model=request.model or default_model or self.spec.default_model,
+            temperature=request.temperature if request.temperature is not None else temperature,
+            max_tokens=request.max_tokens or max_tokens or self.spec.default_max_tokens,
         )
         check_capabilities(self.spec, params)
         return params
@@ -204,17 +188,19 @@ def validate_chat(request: Any, registry: Registry, limits: FeatureLimits | None
     raise_violations(bad, spec.id)
     return ChatInput(
         spec,
-        model,
-        messages,
-        temperature,
-        max_tokens,
-        top_p,
-        stop,
-        tools,
-        tool_choice,
-        parallel,
-        response_format,
-        reasoning,
+        ChatParams(
+            model,
+            messages,
+            temperature,
+            max_tokens,
+            top_p,
+            stop,
+            tools,
+            tool_choice,
+            parallel,
+            response_format,
+            reasoning,
+        ),
     )
 
 

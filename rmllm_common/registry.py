@@ -28,6 +28,8 @@ _EFFORTS = ("low", "medium", "high")
 AuthStyle = Literal["bearer", "x-api-key", "x-goog-api-key", "none"]
 _WIRE_FORMATS = ("openai", "anthropic", "gemini")
 _AUTH_STYLES = ("bearer", "x-api-key", "x-goog-api-key", "none")
+# Wire formats whose API refuses a request without max_tokens.
+_NEEDS_MAX_TOKENS = ("anthropic",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,8 @@ def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
     probe = raw["probe"]
     models = tuple(_parse_model(where, m) for m in raw.get("models", []))
     default_max = raw.get("default_max_tokens")
+    if wire in _NEEDS_MAX_TOKENS and default_max is None:
+        raise ValueError(f"{where}: the {wire} API requires max_tokens, so set default_max_tokens")
     reasoning_request = raw.get("reasoning_request", "reasoning_effort")
     if reasoning_request not in _REASONING_REQUESTS:
         raise ValueError(f"{where}: reasoning_request must be one of {_REASONING_REQUESTS}")

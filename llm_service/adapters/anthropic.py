@@ -1,9 +1,9 @@
 """The Anthropic Messages wire format.
 
 ``POST {base_url}/messages`` with the registry's headers (``anthropic-version``)
-and ``x-api-key``. System messages go in the top-level ``system``; ``max_tokens``
-is always sent (the request's, else ``spec.default_max_tokens``), since the API
-requires it. Stream events: ``message_start`` (id, model, input tokens),
+and ``x-api-key``. System messages go in the top-level ``system``. The API requires
+``max_tokens``; the registry must give this format a ``default_max_tokens``, so the
+resolved parameters always carry one. Stream events: ``message_start`` (id, model, input tokens),
 ``content_block_start`` (a ``tool_use`` block starts a call: its ``input: {}`` is
 a placeholder and never part of the arguments; ``thinking`` and
 ``redacted_thinking`` blocks are kept for ``provider_state``),
@@ -58,7 +58,6 @@ from llm_service.adapters.errors import from_stream_error, unexpected_shapes
 from llm_service.adapters.exchange import EventStream, load_event
 from rmllm_common.errors import UpstreamStreamTruncated
 
-FALLBACK_MAX_TOKENS = 4096  # the API requires max_tokens; used only if the registry gives none
 STOP_REASONS = {
     "end_turn": FinishReason.STOP,
     "stop_sequence": FinishReason.STOP,
@@ -178,21 +177,17 @@ def _tools(params: ChatParams, json_tool: dict[str, Any] | None, body: dict[str,
 
 def build_body(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
     """The JSON request body for a chat."""
-    spec = endpoint.spec
     system = [m.text() for m in params.messages if m.role == "system"]
-    max_tokens = params.max_tokens
-    if max_tokens is None:
-        max_tokens = spec.default_max_tokens or FALLBACK_MAX_TOKENS
+    max_tokens = params.max_tokens  # always set: the registry gives this format a default
     reasoning = params.reasoning
     budget = reasoning.budget(THINKING_BUDGETS) if reasoning is not None else 0
-    if budget and max_tokens <= budget:
+    if budget and max_tokens is not None and max_tokens <= budget:
         max_tokens += budget  # the budget counts within max_tokens; keep the answer's share
-    body: dict[str, Any] = {
-        "model": params.model,
-        "max_tokens": max_tokens,
-        "messages": _messages(params),
-        "stream": True,
-    }
+    body: dict[str, Any] = {"model": params.model}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    body["messages"] = _messages(params)
+    body["stream"] = True
     if system:
         body["system"] = "\n\n".join(system)
     if params.temperature is not None:

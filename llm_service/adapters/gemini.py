@@ -179,12 +179,11 @@ def _tools(params: ChatParams, body: dict[str, Any]) -> None:
 
 
 def _generation_config(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
-    max_tokens = params.max_tokens if params.max_tokens is not None else endpoint.spec.default_max_tokens
     config: dict[str, Any] = {}
     if params.temperature is not None:
         config["temperature"] = params.temperature
-    if max_tokens is not None:
-        config["maxOutputTokens"] = max_tokens
+    if params.max_tokens is not None:
+        config["maxOutputTokens"] = params.max_tokens
     if params.top_p is not None:
         config["topP"] = params.top_p
     if params.stop:
