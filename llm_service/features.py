@@ -195,19 +195,22 @@ def check_parts(
 def check_tool_calls(
     message: Any, where: str, role: str, seen: dict[str, str], bad: list[FieldViolation]
 ) -> tuple[ToolCall, ...]:
-    """An assistant message's tool calls; their ids are added to ``seen`` (id -> name)."""
+    """An assistant message's tool calls, their ids unique within the message (a
+    provider may reuse ids across turns); the ids are added to ``seen`` (id -> name)."""
     if not message.tool_calls:
         return ()
     if role != "assistant":
         bad.append(FieldViolation(f"{where}.tool_calls", "only assistant messages carry tool calls"))
         return ()
     calls: list[ToolCall] = []
+    ids: set[str] = set()
     for index, call in enumerate(message.tool_calls):
         path = f"{where}.tool_calls[{index}]"
         if not call.id or len(call.id) > MAX_TOOL_CALL_ID_CHARS:
             bad.append(FieldViolation(f"{path}.id", f"must be 1 to {MAX_TOOL_CALL_ID_CHARS} characters"))
-        elif call.id in seen:
-            bad.append(FieldViolation(f"{path}.id", f"the id {call.id[:64]!r} is used by an earlier call"))
+        elif call.id in ids:
+            bad.append(FieldViolation(f"{path}.id", f"the id {call.id[:64]!r} is used twice in this message"))
+        ids.add(call.id)
         if not TOOL_NAME.match(call.name):
             bad.append(FieldViolation(f"{path}.name", "must match ^[A-Za-z0-9_-]{1,64}$"))
         arguments = call.arguments

@@ -6,7 +6,8 @@ comes back as a ``ToolCallDelta`` with the index normalised to 0..n-1 in the ord
 the calls started, and the same fragments are concatenated into the final
 ``ToolCall``\\ s, so ``Finished.tool_calls[i].arguments`` is exactly the
 concatenation of the deltas of call i. Reasoning text is collected the same way
-(and yielded only when the caller asked for it).
+(and yielded only when the caller asked for it). ``stable_call_id`` names a call
+the provider sent without an id.
 
 ``provider_state`` is the gateway's own opaque bytes: compact JSON
 ``{"v": 1, "format": <wire format>, ...}`` holding what the provider needs back
@@ -18,6 +19,7 @@ another provider), and raises ``InvalidRequest`` for bytes it did not write.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -84,6 +86,12 @@ class Answer:
     def call_count(self) -> int:
         """How many calls have started."""
         return len(self._calls)
+
+
+def stable_call_id(response_id: str, index: int, name: str, arguments: str = "") -> str:
+    """An id for a call the provider gave none: the same answer always gets the same ids."""
+    digest = hashlib.sha256(f"{response_id}\x00{index}\x00{name}\x00{arguments}".encode()).hexdigest()
+    return f"call_{digest[:24]}"
 
 
 def encode_state(wire_format: str, **content: Any) -> bytes:

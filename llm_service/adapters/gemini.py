@@ -30,7 +30,6 @@ AUTO/NONE/ANY (``allowedFunctionNames`` for one named tool), JSON output as
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from urllib.parse import quote
 import aiohttp
 
 from llm_service.adapters.account import AccountCalls
-from llm_service.adapters.assembly import Answer, decode_state, encode_state
+from llm_service.adapters.assembly import Answer, decode_state, encode_state, stable_call_id
 from llm_service.adapters.base import (
     NOT_REPORTED,
     ChatEvent,
@@ -232,12 +231,6 @@ def _usage(raw: dict[str, Any]) -> Usage:
     )
 
 
-def call_id(response_id: str, index: int, name: str, arguments: str) -> str:
-    """A stable id for a call Gemini gave none: the same answer always gets the same ids."""
-    digest = hashlib.sha256(f"{response_id}\x00{index}\x00{name}\x00{arguments}".encode()).hexdigest()
-    return f"call_{digest[:24]}"
-
-
 @dataclass
 class _Reading:
     """What one stream has told so far."""
@@ -282,7 +275,7 @@ class _Reading:
             name = call.get("name") or ""
             arguments = json.dumps(call.get("args") or {}, ensure_ascii=False, separators=(",", ":"))
             given = call.get("id") or ""
-            identifier = given or call_id(self.response_id, self.answer.call_count, name, arguments)
+            identifier = given or stable_call_id(self.response_id, self.answer.call_count, name, arguments)
             if given:
                 self.native_ids.append(given)
             if signature:

@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 
 from llm_service.adapters.account import AccountCalls
-from llm_service.adapters.assembly import Answer, decode_state, encode_state
+from llm_service.adapters.assembly import Answer, decode_state, encode_state, stable_call_id
 from llm_service.adapters.base import (
     NOT_REPORTED,
     ChatEvent,
@@ -218,6 +218,7 @@ class _Calls:
         self.current: dict[int, tuple[int, str]] = {}  # provider index -> (answer key, id)
         self.details: dict[tuple[str, int], dict[str, Any]] = {}
         self.refused = False
+        self.response_id = ""
 
     def add_details(self, pieces: list[Any]) -> None:
         for piece in pieces:
@@ -247,7 +248,9 @@ class _Calls:
         if known is None or (call_id and call_id != known[1]):
             key = self.answer.call_count
             self.current[index] = (key, call_id)
-            return self.answer.start_call(key, call_id, function.get("name") or "", arguments)
+            name = function.get("name") or ""
+            given = call_id or stable_call_id(self.response_id, key, name)
+            return self.answer.start_call(key, given, name, arguments)
         return self.answer.add_arguments(known[0], arguments)
 
     def delta_events(self, delta: dict[str, Any], reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
@@ -305,6 +308,9 @@ class OpenAIAdapter(AccountCalls):
                     chunk = load_event(endpoint, data)
                     if chunk.get("error"):
                         raise from_stream_error(spec, chunk, endpoint.api_key.reveal())
+                    if not response_id:
+                        response_id = calls.response_id = chunk.get("id") or ""
+                        model = chunk.get("model") or model
                     for choice in chunk.get("choices") or ():
                         if choice.get("index", 0):  # only the first choice is the answer
                             continue
@@ -318,9 +324,6 @@ class OpenAIAdapter(AccountCalls):
                     raw_usage = chunk.get("usage")
                     if raw_usage:
                         usage = _usage(raw_usage)
-                    if not response_id:
-                        response_id = chunk.get("id") or ""
-                        model = chunk.get("model") or model
                 else:
                     raise UpstreamStreamTruncated(
                         f"{spec.display_name} ended the stream without [DONE]"

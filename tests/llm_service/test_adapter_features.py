@@ -305,3 +305,37 @@ async def test_openai_refusal_is_text_with_content_filter(
     out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params, 10))
     assert out.text == "I can't help with that."
     assert out.finished is not None and out.finished.finish_reason is FinishReason.CONTENT_FILTER
+
+
+async def test_openai_call_without_an_id_gets_a_stable_one(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    chunks = [
+        {
+            "id": "cmpl-7",
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {"index": 0, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                        ]
+                    },
+                }
+            ],
+        },
+        {"id": "cmpl-7", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    ep = endpoint(fake, "llama")
+    ids = []
+    for _ in range(2):
+        fake.enqueue(Scenario(body=body, headers=SSE))
+        out = await collect(
+            adapter_for(ep.spec).stream_chat(http, ep, ChatParams("llama3.2", (Message("user", "x"),)), 10)
+        )
+        assert out.finished is not None
+        ids.append(out.finished.tool_calls[0].id)
+    assert ids[0] == ids[1] and ids[0].startswith("call_")
+    assert out.tool_deltas[0].id == ids[0]

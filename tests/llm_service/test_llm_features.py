@@ -174,6 +174,11 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("tool message without id", {"messages": [_msg(TOOL, "12C")]}, ["messages[0].tool_call_id"]),
     ("tool calls on a user message", {"messages": [_msg(tool_calls=[CALL])]}, ["messages[0].tool_calls"]),
     (
+        "one id twice in one answer",
+        {"messages": [_msg(), _msg(ASSISTANT, "", tool_calls=[CALL, CALL])]},
+        ["messages[1].tool_calls[1].id"],
+    ),
+    (
         "tool call arguments not a JSON object",
         {
             "messages": [
@@ -399,3 +404,19 @@ async def test_a_tool_loop_request_reaches_the_adapter_whole(llm: LLMHarness) ->
     assert messages[1].provider_state == state
     assert messages[2].tool_call_id == "call_1"
     assert llm.adapter.calls[-1].params.tool_choice is not None
+
+
+async def test_a_provider_reusing_call_ids_across_turns_is_accepted(llm: LLMHarness) -> None:
+    """Ids are unique within an answer; a later turn may reuse one (its result answers the latest)."""
+    request = llm_pb2.ChatRequest(
+        provider="openai",
+        messages=[
+            _msg(content="weather?"),
+            _msg(ASSISTANT, "", tool_calls=[CALL]),
+            _msg(TOOL, "12C", tool_call_id="call_1"),
+            _msg(ASSISTANT, "", tool_calls=[CALL]),
+            _msg(TOOL, "13C", tool_call_id="call_1"),
+        ],
+    )
+    await llm.stub.Chat(request, metadata=auth())
+    assert [m.role for m in llm.adapter.calls[-1].params.messages][-2:] == ["assistant", "tool"]
