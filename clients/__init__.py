@@ -44,6 +44,7 @@ from clients.datatypes import (
 )
 from clients.errors import (
     AlreadyExists,
+    BudgetExceeded,
     Cancelled,
     CapabilityUnsupported,
     ConfigNotFound,
@@ -57,6 +58,7 @@ from clients.errors import (
     KeyNotConfigured,
     MalformedRequest,
     MethodNotAllowed,
+    ModelNotAllowed,
     NotFound,
     PermissionDenied,
     ProviderError,
@@ -78,6 +80,7 @@ from clients.errors import (
     from_grpc_error,
 )
 from clients.sync import ChatStream, Client
+from clients.usage import UsageGroup, UsagePage, UsageRecord, UsageSummary, UsageTotals
 
 __all__ = [
     "DEFAULT_LLM_TARGET",
@@ -86,6 +89,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncChatStream",
     "AsyncClient",
+    "BudgetExceeded",
     "Cancelled",
     "CapabilityUnsupported",
     "ChatResult",
@@ -109,6 +113,7 @@ __all__ = [
     "MethodNotAllowed",
     "ModelInfo",
     "ModelList",
+    "ModelNotAllowed",
     "NotFound",
     "PermissionDenied",
     "ProviderConfig",
@@ -138,6 +143,11 @@ __all__ = [
     "UpstreamResponseTooLarge",
     "UpstreamStreamTruncated",
     "Usage",
+    "UsageGroup",
+    "UsagePage",
+    "UsageRecord",
+    "UsageSummary",
+    "UsageTotals",
     "VaultUnavailable",
     "from_grpc_error",
 ]
