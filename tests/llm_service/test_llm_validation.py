@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from realmultillm.llm.v1 import llm_pb2
 from testkit.llm_harness import LLMHarness, auth, llm_harness, rich_error
 
+from clients.errors import ResourceExhausted, from_grpc_error
 from llm_service.validation import MAX_CONTENT_BYTES, validate_chat
 from rmllm_common.errors import InvalidRequest
 from rmllm_common.registry import default_registry
@@ -112,6 +113,9 @@ async def test_a_request_over_the_grpc_size_limit_is_refused(llm: LLMHarness) ->
         )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert llm.vault.calls == []
+    typed = from_grpc_error(caught.value)  # the Python client says what to do about it
+    assert isinstance(typed, ResourceExhausted)
+    assert "RMLLM_MAX_REQUEST_BYTES" in typed.message and "smaller" in typed.message
 
 
 async def test_a_request_over_the_request_limit_gets_a_clear_invalid_argument() -> None:
