@@ -305,6 +305,8 @@ class Cli:
                 max_tokens=args.max_tokens,
                 **options,
             )
+            if args.show_reasoning:
+                stream.on_reasoning = self.reasoning_printer()
             try:
                 for delta in stream:
                     self.stdout.write(delta)
@@ -320,10 +322,20 @@ class Cli:
             result = stream.result
             if result.tool_calls:
                 self.print(cli_chat.tool_calls_json(result.tool_calls))
-            if result.reasoning and args.show_reasoning:
-                self.note(cli_chat.dimmed(result.reasoning, self.stderr.isatty()))
+            if stream.reasoning and args.show_reasoning:
+                self.stderr.write("\n")
             self.note(out.summary(result))
         return out.EXIT_OK
+
+    def reasoning_printer(self) -> Callable[[str], None]:
+        """Writes reasoning pieces to stderr as they arrive (dimmed on a terminal)."""
+        terminal = self.stderr.isatty()
+
+        def write(piece: str) -> None:
+            self.stderr.write(cli_chat.dimmed(piece, terminal))
+            self.stderr.flush()
+
+        return write
 
     def providers(self) -> int:
         with self.client() as client:

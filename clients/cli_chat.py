@@ -8,7 +8,7 @@ low|medium|high`` with ``--show-reasoning``. ``chat_options`` reads them into th
 client's arguments, refusing a file that is missing, not JSON, or not an object
 schema with a ``UsageError`` that names the file. ``tool_calls_json`` renders the
 answer's tool calls as one JSON document for stdout; ``dimmed`` shades reasoning
-on a terminal.
+(printed to stderr as it arrives, with ``--show-reasoning``) on a terminal.
 """
 
 from __future__ import annotations

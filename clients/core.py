@@ -95,6 +95,7 @@ class ChatStreamCore:
         self._target = target
         self._pieces: list[str] = []
         self._reasoning: list[str] = []
+        self.on_reasoning: Callable[[str], None] | None = None  # called with each reasoning piece
         self._result: ChatResult | None = None
         self._cancelled = False
 
@@ -133,6 +134,8 @@ class ChatStreamCore:
             return None
         if kind == "reasoning_delta":
             self._reasoning.append(response.reasoning_delta)
+            if self.on_reasoning is not None:
+                self.on_reasoning(response.reasoning_delta)
             return ""
         if kind != "delta":
             return ""  # a tool-call piece: the calls come assembled in the result

@@ -87,8 +87,11 @@ def test_a_tool_loop_with_the_sync_client(client: Client, fake: FakeServers, tmp
         parallel_tool_calls=True,
         reasoning=Reasoning("high", include=True),
     ) as stream:
+        pieces: list[str] = []
+        stream.on_reasoning = pieces.append  # called as each reasoning piece arrives
         text = "".join(stream)
     result = stream.result
+    assert pieces == ["Two ", "cities."]
     assert text == "Hello world"  # only text deltas are iterated
     assert stream.reasoning == result.reasoning == "Two cities."
     assert result.tool_calls == tuple(ToolCall(c.id, c.name, c.arguments) for c in CALLS)
