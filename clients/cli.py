@@ -9,6 +9,8 @@ Examples::
     rmllm keys update openai --model gpt-4o --disable
     rmllm test-key openai --stored
     rmllm chat -p openai "Write a haiku about gRPC"
+    rmllm chat -p google --image chart.png --pdf report.pdf "Do these agree?"
+    rmllm chat -p openai --tool weather.json --json-schema answer.json --reasoning high "..."
     rmllm chat -p openai                 # on a terminal: a conversation (/reset, /exit, Ctrl-D)
     echo "Summarise this" | rmllm chat -p claude --system "Be brief"
     rmllm providers; rmllm models google; rmllm models -p google
@@ -33,10 +35,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from clients import cli_chat, cli_usage, config
 from clients import cli_format as out
-from clients import cli_usage, config
 from clients.channels import DEFAULT_CHAT_TIMEOUT, DEFAULT_TIMEOUT
-from clients.cli_chat import ChatOptions, Conversation, stream_answer
+from clients.cli_chat import UsageError
+from clients.cli_conversation import ChatOptions, Conversation, stream_answer
 from clients.datatypes import TestKeyReason
 from clients.errors import RmllmClientError
 from clients.sync import Client
@@ -58,10 +61,6 @@ SECRET_PREFIXES = ("sk-", "rmk_", "AIza", "xai-", "ghp_", "github_pat_")
 def looks_like_a_secret(word: str) -> bool:
     """A provider argument that is really a pasted key (so it must not be echoed or sent)."""
     return word.startswith(SECRET_PREFIXES) or len(word) > 64
-
-
-class UsageError(Exception):
-    """A command line that cannot be run; exit code 2."""
 
 
 def read_secret(label: str, stdin: TextIO) -> str:
@@ -179,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system instructions")
     chat.add_argument("--temperature", type=float, help="sampling temperature (the provider's range)")
     chat.add_argument("--max-tokens", type=int, help="the longest answer, in tokens")
+    cli_chat.add_flags(chat)
     chat.add_argument("prompt", nargs="?", default="-", help="the prompt; '-' or omitted: read stdin")
 
     add("providers", help="list the providers")
@@ -321,18 +321,37 @@ class Cli:
 
     def chat(self) -> int:
         args = self.args
-        options = ChatOptions(args.provider, args.model, args.system, args.temperature, args.max_tokens)
         if args.prompt == "-" and self.stdin.isatty():
+            first, extra = cli_chat.chat_options(args, "")
             with self.client() as client:
                 return Conversation(
-                    client, options, self.stdin, self.stdout, self.stderr, self.describe
+                    client,
+                    self.chat_options(extra),
+                    self.stdin,
+                    self.stdout,
+                    self.stderr,
+                    self.describe,
+                    first_parts=first[0].parts,
                 ).run()
         prompt = self.stdin.read() if args.prompt == "-" else args.prompt
         if not prompt.strip():
             raise UsageError("empty prompt: give one as an argument or on stdin")
+        messages, extra = cli_chat.chat_options(args, prompt)
         with self.client() as client:
-            answer = stream_answer(client, options, prompt, self.stdout, self.stderr)
+            answer = stream_answer(client, self.chat_options(extra), messages, self.stdout, self.stderr)
         return out.EXIT_OK if answer is not None else out.EXIT_INTERRUPTED
+
+    def chat_options(self, extra: dict[str, Any]) -> ChatOptions:
+        args = self.args
+        return ChatOptions(
+            args.provider,
+            args.model,
+            args.system,
+            args.temperature,
+            args.max_tokens,
+            extra=extra,
+            show_reasoning=args.show_reasoning,
+        )
 
     def describe(self, error: RmllmClientError) -> str:
         """The one line for ``error``, its hint knowing where the token came from."""

@@ -1,137 +1,139 @@
-"""``rmllm chat``: stream one answer, or hold a multi-turn conversation on a terminal.
+"""``rmllm chat``'s workload flags: attachments, JSON schema, tools, reasoning, and their output.
 
-``stream_answer`` sends the messages, writes the deltas to stdout as they arrive and
-the summary line to stderr. ``Conversation`` is what ``rmllm chat`` without a prompt
-does on a terminal: each line typed is sent with the whole history (the system
-message and the earlier turns), and its answer joins the history. ``/reset``
-forgets the history, ``/exit`` or Ctrl-D at the prompt ends the conversation. Ctrl-C
-stops the answer being streamed (the turn is not kept) or, at the prompt, drops the
-line. A turn that fails prints its one-line error and is not kept; the
-conversation goes on.
+``add_flags`` declares ``--image PATH|URL`` and ``--pdf PATH`` (repeatable),
+``--json-schema FILE``, ``--tool FILE`` (repeatable; a tool as
+``{"name", "description", "parameters"}``, OpenAI's ``{"type": "function",
+"function": {...}}``, or a list of either), ``--tool-choice`` and ``--reasoning
+low|medium|high`` with ``--show-reasoning``. ``chat_options`` reads them into the
+client's arguments, refusing a file that is missing, not JSON, or not an object
+schema with a ``UsageError`` that names the file. ``tool_calls_json`` renders the
+answer's tool calls as one JSON document for stdout; ``dimmed`` shades reasoning
+(printed to stderr as it arrives, with ``--show-reasoning``) on a terminal.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TextIO
+import argparse
+import json
+from pathlib import Path
+from typing import Any
 
-from clients import cli_format as out
-from clients.datatypes import Message, Role
-from clients.errors import RmllmClientError
-from clients.sync import Client
-
-HELP = "/reset forgets the conversation, /exit or Ctrl-D ends it"
+from clients.datatypes import Document, Image, Message, Reasoning, ResponseFormat, Role, Tool, ToolCall
 
 
-@dataclass
-class ChatOptions:
-    """What every turn sends besides the messages."""
-
-    provider: str
-    model: str | None = None
-    system: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
+class UsageError(Exception):
+    """A bad command line (exit code 2)."""
 
 
-def stream_answer(
-    client: Client,
-    options: ChatOptions,
-    prompt: str | Sequence[Message],
-    stdout: TextIO,
-    stderr: TextIO,
-) -> str | None:
-    """Stream one answer to ``stdout`` and its summary to ``stderr``; the answer's text,
-    or None when Ctrl-C cancelled it. Errors are raised as ``RmllmClientError``."""
-    stream = client.stream_chat(
-        options.provider,
-        prompt,
-        model=options.model,
-        system=options.system,
-        temperature=options.temperature,
-        max_tokens=options.max_tokens,
+def add_flags(chat: argparse.ArgumentParser) -> None:
+    """Declare the workload flags on the ``chat`` subcommand."""
+    chat.add_argument("--image", action="append", default=[], metavar="PATH|URL", help="attach an image")
+    chat.add_argument("--pdf", action="append", default=[], metavar="PATH", help="attach a PDF")
+    chat.add_argument("--json-schema", metavar="FILE", help="answer as JSON matching this JSON Schema file")
+    chat.add_argument(
+        "--tool", action="append", default=[], metavar="FILE", help="declare tools from a JSON file"
     )
+    chat.add_argument(
+        "--tool-choice", metavar="auto|none|required|NAME", help="which tool the model may call"
+    )
+    chat.add_argument("--reasoning", choices=("low", "medium", "high"), help="reasoning effort")
+    chat.add_argument(
+        "--show-reasoning", action="store_true", help="ask for the reasoning and print it (dimmed, on stderr)"
+    )
+
+
+def _json_file(path: str, what: str) -> Any:
     try:
-        for delta in stream:
-            stdout.write(delta)
-            stdout.flush()
-    except KeyboardInterrupt:
-        stream.cancel()
-        print("rmllm: interrupted: the chat was cancelled", file=stderr)
-        return None
-    finally:
-        if stream.text and not stream.text.endswith("\n"):
-            stdout.write("\n")
-        stdout.flush()
-    print(out.summary(stream.result), file=stderr)
-    return stream.text
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
-@dataclass
-class Conversation:
-    """A conversation on a terminal; ``run`` returns the exit code."""
+def _object_schema(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or value.get("type", "object") != "object":
+        raise UsageError(f'{where}: must be a JSON object schema ("type": "object")')
+    return value
 
-    client: Client
-    options: ChatOptions
-    stdin: TextIO
-    stdout: TextIO
-    stderr: TextIO
-    describe: Callable[[RmllmClientError], str]
-    history: list[Message] = field(default_factory=list)
 
-    def note(self, text: str) -> None:
-        print(f"rmllm: {text}", file=self.stderr, flush=True)
+def _tools(path: str) -> list[Tool]:
+    data = _json_file(path, "--tool")
+    entries = data if isinstance(data, list) else [data]
+    tools: list[Tool] = []
+    for raw in entries:
+        entry = raw
+        if (
+            isinstance(entry, dict)
+            and entry.get("type") == "function"
+            and isinstance(entry.get("function"), dict)
+        ):
+            entry = entry["function"]
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise UsageError(f'--tool {path}: each tool needs a "name" (and "description", "parameters")')
+        parameters = entry.get("parameters")
+        if parameters is not None:
+            parameters = _object_schema(parameters, f"--tool {path}: {entry['name']}.parameters")
+        tools.append(
+            Tool(
+                entry["name"], str(entry.get("description", "")), parameters, bool(entry.get("strict", False))
+            )
+        )
+    return tools
 
-    def read(self, prompt: str) -> str:
-        """One line typed at the prompt; EOFError on Ctrl-D."""
-        if self.stdin is sys.stdin:
-            return input(prompt)  # line editing, where readline is loaded
-        self.stdout.write(prompt)
-        self.stdout.flush()
-        line = self.stdin.readline()
-        if not line:
-            raise EOFError
-        return line
 
-    def run(self) -> int:
-        if self.stdin is sys.stdin and sys.stdin.isatty():
-            with contextlib.suppress(ImportError):
-                importlib.import_module("readline")  # line editing and history at the prompt
-        model = f" ({self.options.model})" if self.options.model else ""
-        self.note(f"a conversation with {self.options.provider}{model}: {HELP}")
-        while True:
-            try:
-                text = self.read("> ").strip()
-            except EOFError:
-                self.stdout.write("\n")
-                return out.EXIT_OK
-            except KeyboardInterrupt:
-                self.stdout.write("\n")
-                continue
-            if not text:
-                continue
-            if text in ("/exit", "/quit"):
-                return out.EXIT_OK
-            if text == "/reset":
-                self.history.clear()
-                self.note("the conversation is forgotten; the next message starts a new one")
-                continue
-            if text.startswith("/"):
-                self.note(f"unknown command {text.split()[0]!r}: {HELP}")
-                continue
-            self.turn(text)
+def _image(value: str) -> Image:
+    if value.startswith(("http://", "https://", "data:")):
+        return Image(url=value)
+    try:
+        return Image.from_file(value)
+    except OSError as exc:
+        raise UsageError(f"--image {value}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise UsageError(f"--image {exc}") from None
 
-    def turn(self, text: str) -> None:
-        """Send ``text`` with the history; keep both only when the answer completes."""
-        messages = [*self.history, Message(Role.USER, text)]
+
+def _pdf(path: str) -> Document:
+    try:
+        return Document.from_file(path)
+    except OSError as exc:
+        raise UsageError(f"--pdf {path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def chat_options(args: argparse.Namespace, prompt: str) -> tuple[list[Message], dict[str, Any]]:
+    """The conversation (the prompt with its attachments) and the client's keyword arguments."""
+    parts: list[Image | Document] = [*(_image(v) for v in args.image), *(_pdf(p) for p in args.pdf)]
+    options: dict[str, Any] = {}
+    tools = [tool for path in args.tool for tool in _tools(path)]
+    if tools:
+        options["tools"] = tools
+    if args.tool_choice:
+        options["tool_choice"] = args.tool_choice
+    if args.json_schema:
+        schema = _object_schema(
+            _json_file(args.json_schema, "--json-schema"), f"--json-schema {args.json_schema}"
+        )
+        name = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(args.json_schema).stem)[:64]
+        options["response_format"] = ResponseFormat.json_schema(name or "answer", schema)
+    if args.reasoning or args.show_reasoning:
+        options["reasoning"] = Reasoning(args.reasoning, include=args.show_reasoning)
+    return [Message(Role.USER, prompt, parts=parts)], options
+
+
+def tool_calls_json(calls: tuple[ToolCall, ...]) -> str:
+    """The tool calls as JSON: id, name, and the arguments parsed (or as text if not JSON)."""
+    rendered = []
+    for call in calls:
         try:
-            answer = stream_answer(self.client, self.options, messages, self.stdout, self.stderr)
-        except RmllmClientError as error:
-            self.note(self.describe(error))
-            return
-        if answer is not None:
-            self.history = [*messages, Message(Role.ASSISTANT, answer)]
+            arguments: Any = call.args()
+        except ValueError:
+            arguments = call.arguments
+        rendered.append({"id": call.id, "name": call.name, "arguments": arguments})
+    return json.dumps({"tool_calls": rendered}, ensure_ascii=False, indent=2)
+
+
+def dimmed(text: str, terminal: bool) -> str:
+    """Reasoning text, shaded on a terminal."""
+    return f"\x1b[2m{text}\x1b[0m" if terminal else text

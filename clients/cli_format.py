@@ -90,6 +90,8 @@ def describe(  # noqa: PLR0911, PLR0912
         return f"not allowed: {error.message}"
     if isinstance(error, errors.PermissionDenied):
         return f"permission denied by {where}: {error.message}"
+    if isinstance(error, errors.CapabilityUnsupported):
+        return f"not supported: {error.message}"
     if isinstance(error, errors.ProviderKeyInvalid):
         return f"{p} rejected the stored key: store a valid one with `rmllm keys set {p}`"
     if isinstance(error, errors.UnknownProvider):

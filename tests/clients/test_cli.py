@@ -208,6 +208,11 @@ CLI_LINES: dict[type[clients.RmllmClientError], tuple[errors.RmllmError, int, st
         5,
         "no openai key stored: run `rmllm keys set openai`",
     ),
+    clients.CapabilityUnsupported: (
+        errors.CapabilityUnsupported("gpt-4o-mini does not take tools", provider="openai"),
+        1,
+        "rmllm: not supported: gpt-4o-mini does not take tools\n",
+    ),
     clients.ProviderKeyInvalid: (
         errors.ProviderKeyInvalid("401", provider="openai"),
         6,

@@ -150,6 +150,7 @@ def test_banner_steps_then_the_tour_twice_against_one_up(tmp_path: Path) -> None
             assert '"status": "SERVING"' in out
             assert out.count('"done"') >= 2, out  # the tour's StreamChat and the grpcurl section's
             assert "FINISH_REASON_STOP" in out
+            assert '"toolCallDelta"' in out and "FINISH_REASON_TOOL_CALLS" in out  # the tool round trip
             assert "TEST_KEY_REASON_VALID" in out
             assert '"provider": "anthropic"' in out
             assert "revoked" in out
