@@ -126,6 +126,7 @@ async def build_server(
         [AuthInterceptor(vault, clock)],
         max_message_bytes=max(MAX_MESSAGE_BYTES, limits.grpc_receive_bytes),
         options=SERVER_OPTIONS,
+        reuse_port=settings.reuse_port,
     )
     servicer = LLMServicer(chat, keys, catalog, clock, usage, max_answer_chars=settings.chat_max_answer_chars)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)
