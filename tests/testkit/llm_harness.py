@@ -26,7 +26,7 @@ from rmllm_common.server import ServerHandle
 from testkit.llm_fake_vault import FakeVault, StoredKey
 from testkit.llm_scripted import ScriptedAdapter
 
-SERVICE_TOKEN = "svc-test-credential-0123456789abcdefghijklmnop"
+SERVICE_TOKEN = "rms_qsRsrfIAoQvPJZyyQOqOrtRNUNYMrpZmgFNeJYmsLfQ"  # random, as generated
 
 
 def user_token(label: str) -> str:
