@@ -40,6 +40,15 @@ ALICE_OPENAI_KEY = "sk-alice-PLANTED-openai-key-7a1c"
 ALICE_ANTHROPIC_KEY = "sk-ant-alice-PLANTED-anthropic-9f2e"
 
 
+# Call metadata no service may accept as a bearer token, by what is wrong with it.
+BAD_BEARERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "missing": (),
+    "not-bearer": (("authorization", "Basic abc"),),
+    "empty": (("authorization", "Bearer "),),
+    "spaces": (("authorization", "Bearer a b"),),
+}
+
+
 def auth(token: str = ALICE) -> tuple[tuple[str, str], ...]:
     """Call metadata carrying a user token."""
     return (("authorization", f"Bearer {token}"),)
