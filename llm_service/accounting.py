@@ -12,7 +12,9 @@ from how it ended and one ``UsageRecord`` is submitted to the reporter, which
 never blocks. A cancelled stream's record carries the usage known when it was
 cancelled. Calls that never got as far as an authenticated caller are not
 recorded: there is no one to account them to. ListModels is recorded only when
-it called the provider (``note_provider_call``).
+it called the provider (``note_provider_call``). The reporter keeps the finished
+``CallRecord`` itself (about a third of the memory of its proto) and builds the
+``UsageRecord`` only when it sends it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from llm_service.deadline import Deadline
 from llm_service.usage import UsageReporter
 from rmllm_common import requestctx
 from rmllm_common.errors import RmllmError
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    micros = max(0, round(seconds * 1_000_000))
+    return duration_pb2.Duration(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
 @dataclass(slots=True)
@@ -57,6 +64,39 @@ class CallRecord:
     cost_usd: float = 0.0
     first_token: float | None = None
     retries: int = 0
+    # Set when the call ends.
+    request_id: str = ""
+    status_code: str = ""
+    reason: str = ""
+    ended: float = 0.0
+
+    def to_proto(self) -> vault_pb2.UsageRecord:
+        """The finished call's record as the vault ingests it (built when it is sent)."""
+        whole = int(self.start_time)
+        return vault_pb2.UsageRecord(
+            request_id=self.request_id,
+            time=timestamp_pb2.Timestamp(seconds=whole, nanos=int((self.start_time - whole) * 1e9)),
+            user_id=self.user_id,
+            token_id=self.token_id,
+            provider=self.provider,
+            model=self.model,
+            method=self.method,
+            stream=self.stream,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_read_input_tokens=self.cache_read_input_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            usage_reported=self.usage_reported,
+            cost_usd=self.cost_usd,
+            latency=_duration(self.ended - self.started),
+            time_to_first_token=(
+                _duration(self.first_token - self.started) if self.first_token is not None else None
+            ),
+            status_code=self.status_code,
+            reason=self.reason,
+            retries=self.retries,
+        )
 
 
 DEADLINE_SLACK_SECONDS = 0.05
@@ -144,40 +184,6 @@ def _outcome(error: BaseException | None, deadline: Deadline) -> tuple[str, str]
     return "INTERNAL", "INTERNAL"
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    micros = max(0, round(seconds * 1_000_000))
-    return duration_pb2.Duration(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
-
-
-def to_proto(record: CallRecord, status_code: str, reason: str, ended: float) -> vault_pb2.UsageRecord:
-    """The record as the vault ingests it."""
-    whole = int(record.start_time)
-    return vault_pb2.UsageRecord(
-        request_id=requestctx.request_id(),
-        time=timestamp_pb2.Timestamp(seconds=whole, nanos=int((record.start_time - whole) * 1e9)),
-        user_id=record.user_id,
-        token_id=record.token_id,
-        provider=record.provider,
-        model=record.model,
-        method=record.method,
-        stream=record.stream,
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        cache_read_input_tokens=record.cache_read_input_tokens,
-        cache_creation_input_tokens=record.cache_creation_input_tokens,
-        reasoning_tokens=record.reasoning_tokens,
-        usage_reported=record.usage_reported,
-        cost_usd=record.cost_usd,
-        latency=_duration(ended - record.started),
-        time_to_first_token=(
-            _duration(record.first_token - record.started) if record.first_token is not None else None
-        ),
-        status_code=status_code,
-        reason=reason,
-        retries=record.retries,
-    )
-
-
 @contextmanager
 def recorded(
     reporter: UsageReporter | None,
@@ -200,5 +206,7 @@ def recorded(
         _current.set(None)
         accountable = record.user_id and record.provider
         if reporter is not None and accountable and (record.provider_called or not needs_provider_call):
-            code, reason = _outcome(error, deadline)
-            reporter.submit(to_proto(record, code, reason, time.perf_counter()))
+            record.status_code, record.reason = _outcome(error, deadline)
+            record.request_id = requestctx.request_id()
+            record.ended = time.perf_counter()
+            reporter.submit(record)
