@@ -140,7 +140,7 @@ def vault_lookup_cpu(repeat: int = 5_000) -> dict[str, float]:
                 ]
                 db.call(ledger.ingest, db, entries)
 
-            ingest_us = _per_call(ingest, 20) / BATCH
+            ingest_us = _per_call(ingest, 8) / BATCH
         finally:
             db.close()
     return {
