@@ -100,6 +100,7 @@ class CallRecord:
 
 
 DEADLINE_SLACK_SECONDS = 0.05
+MAX_MODEL_CHARS = 200
 _current: ContextVar[CallRecord | None] = ContextVar("rmllm_usage_record", default=None)
 
 
@@ -121,7 +122,7 @@ def note_target(provider: str, model: str = "") -> None:
     if record is not None:
         record.provider = provider
         if model:
-            record.model = model
+            record.model = model[:MAX_MODEL_CHARS]
 
 
 def note_provider_call() -> None:
@@ -163,8 +164,8 @@ def note_usage(usage: Any, model: str = "", reported: bool | None = None) -> Non
         reported = bool(getattr(usage, "usage_reported", False) or usage.input_tokens or usage.output_tokens)
     record.usage_reported = reported
     record.cost_usd = usage.cost_usd
-    if model:
-        record.model = model
+    if model:  # the provider's own name for it: bounded, and printable for the ledger
+        record.model = "".join(c for c in model[:MAX_MODEL_CHARS] if c.isprintable())
 
 
 def _outcome(error: BaseException | None, deadline: Deadline) -> tuple[str, str]:
