@@ -20,6 +20,7 @@ it called the provider (``note_provider_call``). The reporter keeps the finished
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -155,15 +156,18 @@ def note_usage(usage: Any, model: str = "", reported: bool | None = None) -> Non
     record = _current.get()
     if record is None:
         return
-    record.input_tokens = usage.input_tokens
-    record.output_tokens = usage.output_tokens
-    record.cache_read_input_tokens = getattr(usage, "cache_read_input_tokens", 0)
-    record.cache_creation_input_tokens = getattr(usage, "cache_creation_input_tokens", 0)
-    record.reasoning_tokens = getattr(usage, "reasoning_tokens", 0)
+    # Counts a provider got wrong (negative) or a cost that is not a number are recorded as
+    # zero: the vault refuses such records, and a refused batch would drop its neighbours too.
+    record.input_tokens = max(0, usage.input_tokens)
+    record.output_tokens = max(0, usage.output_tokens)
+    record.cache_read_input_tokens = max(0, getattr(usage, "cache_read_input_tokens", 0))
+    record.cache_creation_input_tokens = max(0, getattr(usage, "cache_creation_input_tokens", 0))
+    record.reasoning_tokens = max(0, getattr(usage, "reasoning_tokens", 0))
     if reported is None:
         reported = bool(getattr(usage, "usage_reported", False) or usage.input_tokens or usage.output_tokens)
     record.usage_reported = reported
-    record.cost_usd = usage.cost_usd
+    cost = float(usage.cost_usd)
+    record.cost_usd = cost if math.isfinite(cost) and cost > 0 else 0.0
     if model:  # the provider's own name for it: bounded, and printable for the ledger
         record.model = "".join(c for c in model[:MAX_MODEL_CHARS] if c.isprintable())
 

@@ -176,7 +176,23 @@ class UsageReporter:
         count = min(len(self._buffer), self._max_flush)
         if not count:
             return True
-        records = [self._buffer[i].to_proto() for i in range(count)]
+        records: list[vault_pb2.UsageRecord] = []
+        unbuildable: list[int] = []
+        for i in range(count):
+            try:
+                records.append(self._buffer[i].to_proto())
+            except (ValueError, TypeError):  # a value the proto cannot hold: drop this record only
+                unbuildable.append(i)
+                log.exception("usage record dropped: cannot build it", extra={"event": "usage_rejected"})
+        for i in reversed(unbuildable):
+            dropped = self._buffer[i]
+            del self._buffer[i]
+            self.stats.rejected += 1
+            if dropped.cost_usd:
+                self._add_pending(dropped, -dropped.cost_usd)
+        count -= len(unbuildable)
+        if not records:
+            return True
         batches = [records[i : i + self._batch] for i in range(0, count, self._batch)]
         try:
             reply = await self._send(batches, self._send_timeout)

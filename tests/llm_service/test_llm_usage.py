@@ -285,3 +285,20 @@ async def test_an_unexpected_send_error_does_not_stop_delivery() -> None:
     await until(lambda: reporter.stats.reported == 1)
     assert sent == [1, 1] and reporter.buffered == 0
     await reporter.close(1.0)
+
+
+async def test_a_record_that_cannot_be_built_is_dropped_alone() -> None:
+    sent: list[list[str]] = []
+
+    async def send(batches: Any, timeout: float) -> vault_pb2.ReportUsageResponse:
+        sent.append([r.request_id for b in batches for r in b])
+        return vault_pb2.ReportUsageResponse(accepted=len(sent[-1]))
+
+    reporter = UsageReporter(send, interval=0.01)
+    broken = finished_call("r2")
+    broken.retries = 2**40  # past int32: its proto cannot be built
+    for record in (finished_call("r1"), broken, finished_call("r3")):
+        reporter.submit(record)
+    await reporter.flush(1.0)
+    assert sent == [["r1", "r3"]]
+    assert (reporter.stats.rejected, reporter.stats.reported, reporter.buffered) == (1, 2, 0)
