@@ -5,7 +5,9 @@ chain, the standard health service (``SERVING`` for "" and each service name) an
 server reflection. ``ErrorInterceptor`` is the one place where an ``RmllmError``
 becomes a gRPC status (via ``errors.to_status``) and where an unexpected exception
 becomes a generic ``INTERNAL`` with a request id, logged with its traceback, so
-servicer methods hold no ``try`` ladders. It also wraps each method's request
+servicer methods hold no ``try`` ladders. The status is sent outside the ``except``
+block, after the error's traceback chain is dropped (``_released``), so a failed
+call leaves no frames behind in reference cycles. It also wraps each method's request
 deserializer: bytes that do not decode as the method's message become
 ``INVALID_ARGUMENT`` / ``MALFORMED_REQUEST`` (gRPC alone would answer ``UNKNOWN``
 naming a Python exception). ``run_until_signal`` starts a server,
@@ -89,6 +91,20 @@ def _malformed(method: str) -> MalformedRequest:
     )
 
 
+def _released(error: RmllmError) -> RmllmError:
+    """``error`` without the tracebacks of its chain, so the frames they hold (and the
+    buffers in those frames: a provider's answer, an HTTP response) are freed at once
+    rather than at the garbage collector's next full pass. Only the status is needed
+    from here on; an unexpected error was logged with its traceback already."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
+
+
 def _begin_call(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     incoming = None
     for key, value in context.invocation_metadata() or ():
@@ -110,11 +126,12 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
                     raise _malformed(method)
                 return await unary(request, context)
             except RmllmError as exc:
-                await abort_with(context, exc)
+                failure = exc
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await abort_with(context, _unexpected(method, exc))
+                failure = _unexpected(method, exc)
+            await abort_with(context, _released(failure))
 
         return grpc.unary_unary_rpc_method_handler(
             unary_behavior,
@@ -133,12 +150,14 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
                     raise _malformed(method)
                 async for item in streaming(request, context):
                     yield item
+                return
             except RmllmError as exc:
-                await abort_with(context, exc)
+                failure = exc
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await abort_with(context, _unexpected(method, exc))
+                failure = _unexpected(method, exc)
+            await abort_with(context, _released(failure))
 
         return grpc.unary_stream_rpc_method_handler(
             stream_behavior,

@@ -72,7 +72,12 @@ async def chat(
 
 @pytest.mark.parametrize(
     ("behaviour", "limit"),
-    [("deltas-fast", "bytes"), ("comments", "bytes"), ("one-line", "a line longer than")],
+    [
+        ("deltas-fast", "bytes"),
+        ("comments", "bytes"),
+        ("one-line", "a line longer than"),
+        ("gzip-bomb", "bytes"),  # counted after decompression
+    ],
 )
 async def test_endless_answers_end_at_a_limit_and_close_the_connection(
     hostile: HostileProvider, bounded: aiohttp.ClientSession, behaviour: str, limit: str
