@@ -87,6 +87,12 @@ class UnknownProvider(InvalidRequest):
     reason = "UNKNOWN_PROVIDER"
 
 
+class MalformedRequest(InvalidRequest):
+    """The request's bytes could not be decoded (a client built from other protos)."""
+
+    reason = "MALFORMED_REQUEST"
+
+
 class Unauthenticated(RmllmClientError):
     """The token is missing, unknown or revoked (TOKEN_INVALID)."""
 
@@ -157,6 +163,13 @@ class ProviderQuotaExhausted(ResourceExhausted):
     """The provider account has no quota or credit left: waiting does not help."""
 
     reason = "PROVIDER_QUOTA_EXHAUSTED"
+
+
+class UpstreamResponseTooLarge(ResourceExhausted):
+    """The provider's answer went past one of the gateway's limits; retrying will not help
+    (for a long answer use streaming)."""
+
+    reason = "UPSTREAM_RESPONSE_TOO_LARGE"
 
 
 class Unavailable(RmllmClientError):
@@ -244,6 +257,8 @@ _BY_REASON: dict[str, type[RmllmClientError]] = {
         RateLimited,
         ProviderRateLimited,
         ProviderQuotaExhausted,
+        UpstreamResponseTooLarge,
+        MalformedRequest,
         VaultUnavailable,
         ProviderUnavailable,
         UpstreamStreamTruncated,

@@ -28,6 +28,8 @@ CASES: list[tuple[errors.RmllmError, type[RmllmClientError]]] = [
     (errors.ProviderQuotaExhausted("no credit", provider="openai"), clients.ProviderQuotaExhausted),
     (errors.ProviderUnavailable("503", provider="openai"), clients.ProviderUnavailable),
     (errors.UpstreamStreamTruncated("cut", provider="openai"), clients.UpstreamStreamTruncated),
+    (errors.UpstreamResponseTooLarge("too big", provider="openai"), clients.UpstreamResponseTooLarge),
+    (errors.MalformedRequest("bad bytes"), clients.MalformedRequest),
     (errors.VaultUnavailable("vault down"), clients.VaultUnavailable),
     (errors.DeadlineExceeded("late"), clients.DeadlineExceeded),
     (errors.KeyDecryptionFailed("seed changed", provider="openai"), clients.KeyDecryptionFailed),
