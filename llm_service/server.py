@@ -19,9 +19,11 @@ import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service.adapters.base import Adapter
+from llm_service.auth import AuthInterceptor
 from llm_service.catalog import Catalog
-from llm_service.chat import AdapterLookup, ChatService
+from llm_service.chat import ChatService
 from llm_service.deadline import Clock
+from llm_service.endpoints import AdapterLookup, EndpointResolver
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
 from llm_service.ratelimit import RateLimiter
@@ -87,39 +89,29 @@ async def build_server(
         retry_after_cap=settings.retry_after_cap_seconds,
         sleep=sleep,
     )
-    allow = settings.allow_custom_base_url
-    chat = ChatService(
+    endpoints = EndpointResolver(
         registry=registry,
         vault=vault,
         adapters=lookup,
         http=http,
-        limiter=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
-        policy=policy,
-        allow_custom_base_url=allow,
+        allow_custom_base_url=settings.allow_custom_base_url,
+    )
+    chat = ChatService(
+        endpoints,
+        RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
+        policy,
     )
     # TestKey probes and live model listings are calls on the user's provider
     # account: one per-user budget for both.
     account_calls = RateLimiter(
         "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
     )
-    keys = KeyTester(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
-    catalog = Catalog(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
+    keys = KeyTester(endpoints, account_calls)
+    catalog = Catalog(endpoints, account_calls)
 
-    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
+    server = new_server(
+        [AuthInterceptor(vault, clock)], max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS
+    )
     servicer = LLMServicer(chat, keys, catalog, clock, max_answer_chars=settings.chat_max_answer_chars)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from realmultillm.llm.v1 import llm_pb2_grpc
 from testkit import procs
 from testkit.llm_fake_vault import FakeVault, StoredKey
-from testkit.llm_harness import SERVICE_TOKEN, auth, chat_request, stream_request
+from testkit.llm_harness import SERVICE_TOKEN, auth, chat_request, stream_request, user_token
 
 BEHAVIOURS = (
     "deltas-fast",
@@ -80,7 +80,7 @@ async def hostile() -> AsyncIterator[HostileProvider]:
 async def test_rss_returns_to_baseline_and_health_answers_throughout(
     hostile: HostileProvider, tmp_path: Path
 ) -> None:
-    tokens = {b: f"rmk_{b.replace('-', '_')}_token_0123456789" for b in USERS}
+    tokens = {b: user_token(b.replace('-', '_')) for b in USERS}
     vault = FakeVault(SERVICE_TOKEN, users={t: f"u-{b}" for b, t in tokens.items()})  # type: ignore[abstract]
     for behaviour in USERS:
         vault.keys[(f"u-{behaviour}", "openai")] = StoredKey(KEY, base_url=hostile.base_url(behaviour))
