@@ -164,7 +164,42 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+    if handler.stream_unary is not None:
+        return _wrap_client_stream(method, handler)
     return handler
+
+
+def _wrap_client_stream(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The client-streaming kind of ``_wrap``: each undecodable message ends the call."""
+    client_streaming: Any = handler.stream_unary  # an async function of a request iterator
+
+    async def decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            if request is UNDECODABLE:
+                raise _malformed(method)
+            yield request
+
+    async def client_stream_behavior(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        _begin_call(context)
+        try:
+            return await client_streaming(decoded(requests), context)
+        except RmllmError as exc:
+            failure = exc
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            failure = _unexpected(method, exc)
+        await abort_with(context, _released(failure))
+
+    return grpc.stream_unary_rpc_method_handler(
+        client_stream_behavior,
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
 
 
 class MethodInterceptor(grpc.aio.ServerInterceptor):
