@@ -80,7 +80,7 @@ async def hostile() -> AsyncIterator[HostileProvider]:
 async def test_rss_returns_to_baseline_and_health_answers_throughout(
     hostile: HostileProvider, tmp_path: Path
 ) -> None:
-    tokens = {b: user_token(b.replace('-', '_')) for b in USERS}
+    tokens = {b: user_token(b.replace("-", "_")) for b in USERS}
     vault = FakeVault(SERVICE_TOKEN, users={t: f"u-{b}" for b, t in tokens.items()})  # type: ignore[abstract]
     for behaviour in USERS:
         vault.keys[(f"u-{behaviour}", "openai")] = StoredKey(KEY, base_url=hostile.base_url(behaviour))
