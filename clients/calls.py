@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar
 
@@ -20,6 +21,7 @@ from google.protobuf import field_mask_pb2
 from realmultillm.llm.v1 import llm_pb2
 from realmultillm.vault.v1 import vault_pb2
 
+from clients import usage
 from clients.channels import ClientOptions
 from clients.datatypes import (
     ChatResult,
@@ -31,6 +33,7 @@ from clients.datatypes import (
     TestKeyResult,
     conversation,
 )
+from clients.usage import UsagePage, UsageSummary
 
 
 class _Unset(Enum):
@@ -84,6 +87,23 @@ class UpdateOptions(TypedDict, total=False):
     default_model: Maybe[str]
     temperature: Maybe[float | None]
     max_tokens: Maybe[int | None]
+    timeout: float | None
+
+
+class UsageSummaryOptions(TypedDict, total=False):
+    """The keyword arguments of ``usage_summary``: one provider only ("" for all), the deadline."""
+
+    provider: str
+    timeout: float | None
+
+
+class UsageRecordsOptions(TypedDict, total=False):
+    """The keyword arguments of ``usage_records``: provider ("" for all), page size (default
+    100) and the ``next_page_token`` of the previous page, and the deadline."""
+
+    provider: str
+    page_size: int
+    page_token: str
     timeout: float | None
 
 
@@ -263,3 +283,25 @@ class Calls:
 
         request = vault_pb2.DeleteProviderConfigRequest(provider=provider)
         return Call("DeleteProviderConfig", request, self._timeout(timeout), True, read)
+
+    def usage_summary(
+        self, since: datetime, until: datetime | None, options: UsageSummaryOptions
+    ) -> Call[UsageSummary]:
+        """The caller's usage over ``[since, until)``: totals, and by day, provider and model."""
+        request = usage.summary_request(since, until, options.get("provider", ""))
+        timeout = self._timeout(options.get("timeout"))
+        return Call("GetUsageSummary", request, timeout, True, UsageSummary.from_proto)
+
+    def usage_records(
+        self, since: datetime | None, until: datetime | None, options: UsageRecordsOptions
+    ) -> Call[UsagePage]:
+        """One page of the caller's usage records, newest first."""
+        request = usage.records_request(
+            since,
+            until,
+            options.get("provider", ""),
+            options.get("page_size", 100),
+            options.get("page_token", ""),
+        )
+        timeout = self._timeout(options.get("timeout"))
+        return Call("ListUsageRecords", request, timeout, True, UsagePage.from_proto)

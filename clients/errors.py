@@ -102,7 +102,7 @@ class UnknownProvider(InvalidRequest):
 
 
 class MalformedRequest(InvalidRequest):
-    """The request bytes could not be decoded as the method's message."""
+    """The request's bytes could not be decoded (a client built from other protos)."""
 
     reason = "MALFORMED_REQUEST"
 
@@ -127,6 +127,12 @@ class MethodNotAllowed(PermissionDenied):
     """The method is not open to any caller."""
 
     reason = "METHOD_NOT_ALLOWED"
+
+
+class ModelNotAllowed(PermissionDenied):
+    """The caller's model policy does not allow this provider and model."""
+
+    reason = "MODEL_NOT_ALLOWED"
 
 
 class NotFound(RmllmClientError, code_class=True):
@@ -179,6 +185,12 @@ class ProviderRateLimited(ResourceExhausted):
     reason = "PROVIDER_RATE_LIMITED"
 
 
+class BudgetExceeded(ResourceExhausted):
+    """The user's or token's spend budget is used up; ``metadata`` has the budget, spend and reset time."""
+
+    reason = "BUDGET_EXCEEDED"
+
+
 class ProviderQuotaExhausted(ResourceExhausted):
     """The provider account has no quota or credit left: waiting does not help."""
 
@@ -186,7 +198,8 @@ class ProviderQuotaExhausted(ResourceExhausted):
 
 
 class UpstreamResponseTooLarge(ResourceExhausted):
-    """The provider's answer went past one of the gateway's limits (use StreamChat for long answers)."""
+    """The provider's answer went past one of the gateway's limits; retrying will not help
+    (for a long answer use streaming)."""
 
     reason = "UPSTREAM_RESPONSE_TOO_LARGE"
 

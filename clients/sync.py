@@ -22,15 +22,18 @@ method takes ``timeout=`` to override it) and raises a typed
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Self, TypeVar, Unpack
 
 import grpc
 
-from clients.calls import Call, ChatOptions, PutOptions, TestKeyOptions, UpdateOptions
+from clients import calls
+from clients.calls import Call
 from clients.channels import sync_channel
 from clients.core import ChatStreamCore, ClientCore
 from clients.datatypes import ChatResult, Message, ModelList, ProviderConfig, ProviderInfo, TestKeyResult
+from clients.usage import UsagePage, UsageSummary
 
 R = TypeVar("R")
 
@@ -109,7 +112,7 @@ class Client(ClientCore[grpc.Channel]):
     # LLM service
 
     def chat(
-        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[ChatOptions]
+        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[calls.ChatOptions]
     ) -> ChatResult:
         """One completion. ``prompt`` is a user message or a list of ``Message``.
 
@@ -119,7 +122,7 @@ class Client(ClientCore[grpc.Channel]):
         return self._run(self._calls.chat(provider, prompt, options))
 
     def stream_chat(
-        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[ChatOptions]
+        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[calls.ChatOptions]
     ) -> ChatStream:
         """The completion as a ``ChatStream`` of text deltas, then ``.result`` (options as ``chat``)."""
         return ChatStream(
@@ -127,7 +130,7 @@ class Client(ClientCore[grpc.Channel]):
         )
 
     def test_key(
-        self, provider: str, api_key: str | None = None, **options: Unpack[TestKeyOptions]
+        self, provider: str, api_key: str | None = None, **options: Unpack[calls.TestKeyOptions]
     ) -> TestKeyResult:
         """Check ``api_key`` (or, when None, the stored key); options ``base_url``, ``timeout``."""
         return self._run(self._calls.test_key(provider, api_key, options))
@@ -142,7 +145,7 @@ class Client(ClientCore[grpc.Channel]):
 
     # Vault
 
-    def put_config(self, provider: str, api_key: str, **options: Unpack[PutOptions]) -> ProviderConfig:
+    def put_config(self, provider: str, api_key: str, **options: Unpack[calls.PutOptions]) -> ProviderConfig:
         """Store (create or replace) the key and settings for ``provider``.
 
         Options: ``base_url``, ``default_model``, ``temperature``, ``max_tokens``, ``timeout``.
@@ -157,7 +160,7 @@ class Client(ClientCore[grpc.Channel]):
         """All of the caller's configurations, ordered by provider."""
         return self._run(self._calls.list_configs(timeout))
 
-    def update_config(self, provider: str, **options: Unpack[UpdateOptions]) -> ProviderConfig:
+    def update_config(self, provider: str, **options: Unpack[calls.UpdateOptions]) -> ProviderConfig:
         """Change only the fields given (``None`` clears temperature/max_tokens); never the key.
 
         Fields: ``base_url``, ``is_active``, ``default_model``, ``temperature``,
@@ -168,3 +171,26 @@ class Client(ClientCore[grpc.Channel]):
     def delete_config(self, provider: str, *, timeout: float | None = None) -> str:
         """Remove the key and configuration; returns the canonical provider id."""
         return self._run(self._calls.delete_config(provider, timeout))
+
+    # The caller's own usage (vault)
+
+    def usage_summary(
+        self, since: datetime, until: datetime | None = None, **options: Unpack[calls.UsageSummaryOptions]
+    ) -> UsageSummary:
+        """Totals, and usage by UTC day, provider and model, over ``[since, until)`` (default: now).
+
+        Options: ``provider`` (one only; "" for all) and ``timeout``.
+        """
+        return self._run(self._calls.usage_summary(since, until, options))
+
+    def usage_records(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        **options: Unpack[calls.UsageRecordsOptions],
+    ) -> UsagePage:
+        """One page of the caller's usage records, newest first (pass ``next_page_token`` on).
+
+        Options: ``provider``, ``page_size`` (default 100), ``page_token`` and ``timeout``.
+        """
+        return self._run(self._calls.usage_records(since, until, options))

@@ -7,6 +7,8 @@ against the caller's stored defaults and the registry's, once. ``ChatService.eve
 then yields the adapter's normalised events (``TextDelta``\\ s, then one
 ``Finished``) with transient failures retried before the first event (see
 ``retrying``). The servicer frames them: StreamChat forwards them, Chat collects them.
+Before any of that reaches a provider, ``enforce`` applies the caller's model
+policy and budgets (``limits``), counting this replica's unreported spend.
 """
 
 from __future__ import annotations
@@ -15,14 +17,32 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from llm_service import accounting
 from llm_service.adapters.base import ChatEvent, ChatParams
 from llm_service.deadline import Deadline
 from llm_service.endpoints import Account, EndpointResolver
 from llm_service.ratelimit import RateLimiter
 from llm_service.retrying import RetryPolicy, stream_with_retries
+from llm_service.usage import UsageReporter
 from llm_service.validation import validate_chat
+from llm_service.vault_client import Credentials
 from rmllm_common.registry import ProviderSpec
 from rmllm_common.secret import Secret
+
+
+def enforce(credentials: Credentials, provider: str, model: str, usage: UsageReporter | None) -> None:
+    """The caller's model policy and budgets, checked before the provider is called."""
+    limits = credentials.limits
+    if not limits.budgets and not limits.user_policy and not limits.token_policy:
+        return
+    pending = None
+    if usage is not None:
+        reporter = usage
+
+        def pending(scope: str) -> float:
+            return reporter.pending(credentials.user_id, credentials.token_id, scope)
+
+    limits.check(provider, model, pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +61,14 @@ class PreparedChat:
 class ChatService:
     """Chat and StreamChat, minus the proto framing."""
 
-    def __init__(self, endpoints: EndpointResolver, limiter: RateLimiter, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        endpoints: EndpointResolver,
+        limiter: RateLimiter,
+        policy: RetryPolicy,
+        usage: UsageReporter | None = None,
+    ) -> None:
+        self._usage = usage
         self._endpoints = endpoints
         self._limiter = limiter
         self._policy = policy
@@ -49,10 +76,13 @@ class ChatService:
     async def prepare(self, request: Any, token: Secret, deadline: Deadline) -> PreparedChat:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
         chat = validate_chat(request, self._endpoints.registry)
+        accounting.note_target(chat.spec.id)
         account = await self._endpoints.stored(chat.spec, token, deadline)
-        self._limiter.take(account.user_id)
         stored = account.credentials
         params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
+        accounting.note_target(chat.spec.id, params.model)
+        enforce(stored, chat.spec.id, params.model, self._usage)
+        self._limiter.take(account.user_id)
         return PreparedChat(account, params)
 
     def events(self, prepared: PreparedChat, deadline: Deadline) -> AsyncGenerator[ChatEvent, None]:

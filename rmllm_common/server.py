@@ -18,8 +18,10 @@ logs one structured line with its address, and on SIGTERM or SIGINT flips health
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,16 +117,33 @@ def _begin_call(context: grpc.aio.ServicerContext[Any, Any]) -> None:
 
 
 def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with the request id set and every exception translated."""
-    if handler.unary_unary is not None:
-        unary: Any = handler.unary_unary  # an async function under grpc.aio
+    """``handler`` with the request id set and every exception translated, whatever its kind.
 
-        async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    A unary-response handler (unary-unary, stream-unary) is awaited; a
+    streaming-response one (unary-stream, stream-stream) is an async generator
+    whose messages are forwarded. Requests are decoded tolerantly: an undecodable
+    request (or request message of a stream) is INVALID_ARGUMENT / MALFORMED_REQUEST.
+    """
+
+    def checked(request: Any, streamed: bool) -> Any:
+        if not streamed:
+            if request is UNDECODABLE:
+                raise _malformed(method)
+            return request
+
+        async def each() -> AsyncIterator[Any]:
+            async for item in request:
+                if item is UNDECODABLE:
+                    raise _malformed(method)
+                yield item
+
+        return each()
+
+    def unary_response(inner: Any, streamed: bool) -> Any:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _begin_call(context)
             try:
-                if request is UNDECODABLE:
-                    raise _malformed(method)
-                return await unary(request, context)
+                return await inner(checked(request, streamed), context)
             except RmllmError as exc:
                 failure = exc
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -133,22 +152,13 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
                 failure = _unexpected(method, exc)
             await abort_with(context, _released(failure))
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_behavior,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        streaming: Any = handler.unary_stream  # an async generator function under grpc.aio
+        return behavior
 
-        async def stream_behavior(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+    def stream_response(inner: Any, streamed: bool) -> Any:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             _begin_call(context)
             try:
-                if request is UNDECODABLE:
-                    raise _malformed(method)
-                async for item in streaming(request, context):
+                async for item in inner(checked(request, streamed), context):
                     yield item
                 return
             except RmllmError as exc:
@@ -159,10 +169,23 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
                 failure = _unexpected(method, exc)
             await abort_with(context, _released(failure))
 
+        return behavior
+
+    serializers: Any = {
+        "request_deserializer": _tolerant(handler.request_deserializer),
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary, False), **serializers)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary, True), **serializers)
+    if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            stream_behavior,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            stream_response(handler.unary_stream, False), **serializers
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            stream_response(handler.stream_stream, True), **serializers
         )
     if handler.stream_unary is not None:
         return _wrap_client_stream(method, handler)
@@ -251,14 +274,20 @@ def new_server(
     *,
     max_message_bytes: int = 8 * 1024 * 1024,
     options: Sequence[tuple[str, Any]] = (),
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with the error interceptor first and size limits set."""
+    """A ``grpc.aio`` server with the error interceptor first and size limits set.
+
+    ``SO_REUSEPORT`` is off unless ``reuse_port`` (a worker of ``serve --workers N``,
+    whose supervisor checked the port): with it on, a second server would bind a
+    port already in use without a word and take half its connections.
+    """
     return grpc.aio.server(
         interceptors=[ErrorInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 1),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             *options,
         ],
     )
@@ -282,11 +311,48 @@ async def add_standard_services(server: grpc.aio.Server, service_names: Sequence
 
 
 def bind(server: grpc.aio.Server, listen: str) -> int:
-    """Bind ``HOST:PORT`` (port 0 picks a free one) and return the port bound."""
-    port = server.add_insecure_port(listen)
+    """Bind ``HOST:PORT`` (port 0 picks a free one) and return the port bound.
+
+    A port in use is an ``OSError`` saying "address in use", raised here, at start.
+    """
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"could not listen on {listen}: address in use or not available")
+        raise bind_error(listen)
     return port
+
+
+def bind_error(listen: str) -> OSError:
+    """Why ``HOST:PORT`` cannot be bound, as a one-line ``OSError``."""
+    try:
+        with socket_for(listen) as probe:
+            probe.bind(address_of(listen))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return OSError(exc.errno, f"could not listen on {listen}: address in use")
+        return OSError(exc.errno, f"could not listen on {listen}: {exc.strerror or exc}")
+    return OSError(errno.EADDRNOTAVAIL, f"could not listen on {listen}: address not available")
+
+
+def address_of(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a socket address."""
+    host, port = listen.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def socket_for(listen: str) -> socket.socket:
+    """A TCP socket of the family of ``HOST:PORT``'s host, with ``SO_REUSEADDR`` as gRPC sets it.
+
+    ``SO_REUSEADDR`` lets it bind over connections in TIME_WAIT but never over a
+    listening socket, so binding it tells "in use" from "free".
+    """
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
 
 
 async def run_until_signal(

@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 # The hot path's statements: one indexed lookup from token hash to user to config.
 _RESOLVE = (
-    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings "
+    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id "
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+    " AND (t.expire_time IS NULL OR t.expire_time > ?)"
 )
 _COUNT_USE = "UPDATE provider_configs SET usage_count = usage_count + 1, last_used_time = ? WHERE id = ?"
 
@@ -81,6 +82,7 @@ class Resolved:
     base_url: str
     settings: Settings
     key_hint: str
+    token_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +227,9 @@ def delete(db: Database, user_id: str, provider: str, request_id: str) -> None:
 def resolve(db: Database, keyring: Keyring, token: str, provider: str, request_id: str) -> Resolved:
     """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited).
 
-    A refusal is audited and committed too, then raised.
+    A known user's refusal is audited and committed too, then raised. An unknown
+    token is raised without a row of its own: the caller counts it
+    (``vault_service.authguard``), so junk tokens cannot force a write each.
     """
     with db.write():
         outcome = _resolve_in_transaction(db, keyring, token, provider, request_id)
@@ -242,13 +246,14 @@ def _resolve_in_transaction(
         return error
 
     row = (
-        db.execute(_RESOLVE, (provider, accounts.token_hash(token))).fetchone()
+        db.execute(_RESOLVE, (provider, accounts.token_hash(token), _now())).fetchone()
         if accounts.plausible(token)
         else None
     )
     if row is None:
-        return refuse("-", TokenInvalid("the user token is unknown or revoked"))
-    user_id, config_id, blob, active, hint, base_url, settings = row
+        # Not audited row by row: vault_service.authguard counts these (one row per interval).
+        return TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
+    user_id, config_id, blob, active, hint, base_url, settings, token_id = row
     if config_id is None:
         return refuse(
             user_id,
@@ -283,4 +288,4 @@ def _resolve_in_transaction(
         return refuse(user_id, error, f"key_id={exc.key_id}")
     db.execute(_COUNT_USE, (_now(), config_id))
     audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id))
-    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint)
+    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id)

@@ -17,10 +17,11 @@ made by ``vault_service.migrations``, not by the models.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,17 @@ log = logging.getLogger(__name__)
 WORKERS = 4
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 POOL_WAIT_SECONDS = 10
+
+
+_SECONDARY = "no transaction is active"
+
+
+def original_error(exc: BaseException) -> BaseException:
+    """The error that ended a transaction, not the failed rollback that followed it."""
+    current: BaseException | None = exc
+    while current is not None and _SECONDARY in str(current):
+        current = current.__context__
+    return current if isinstance(current, pw.DatabaseError) else exc
 
 
 class DatabaseUrlError(ValueError):
@@ -103,6 +115,9 @@ class Tables:
     audit: Any
     audit_head: Any
     migration: Any
+    usage_record: Any
+    usage_daily: Any
+    usage_limits: Any
 
 
 def define_tables(db: Any) -> Tables:
@@ -127,6 +142,7 @@ def define_tables(db: Any) -> Tables:
         token_hash = pw.TextField(unique=True)
         create_time = pw.BigIntegerField()
         revoke_time = pw.BigIntegerField(null=True)
+        expire_time = pw.BigIntegerField(null=True)
 
         class Meta:
             table_name = "tokens"
@@ -181,8 +197,74 @@ def define_tables(db: Any) -> Tables:
         class Meta:
             table_name = "schema_migrations"
 
+    class UsageRecord(Base):
+        request_id = pw.TextField(primary_key=True)
+        time = pw.BigIntegerField()
+        user_id = pw.TextField()
+        token_id = pw.TextField()
+        provider = pw.TextField()
+        model = pw.TextField()
+        method = pw.TextField()
+        stream = pw.BooleanField()
+        input_tokens = pw.BigIntegerField()
+        output_tokens = pw.BigIntegerField()
+        cache_read_input_tokens = pw.BigIntegerField()
+        cache_creation_input_tokens = pw.BigIntegerField()
+        reasoning_tokens = pw.BigIntegerField()
+        usage_reported = pw.BooleanField()
+        cost_usd = pw.DoubleField()
+        latency_us = pw.BigIntegerField()
+        ttft_us = pw.BigIntegerField(null=True)
+        status_code = pw.TextField()
+        reason = pw.TextField()
+        retries = pw.IntegerField()
+        ingest_time = pw.BigIntegerField()
+
+        class Meta:
+            table_name = "usage_records"
+
+    class UsageDaily(Base):
+        user_id = pw.TextField()
+        token_id = pw.TextField()
+        day = pw.TextField()
+        provider = pw.TextField()
+        model = pw.TextField()
+        calls = pw.BigIntegerField()
+        failed_calls = pw.BigIntegerField()
+        input_tokens = pw.BigIntegerField()
+        output_tokens = pw.BigIntegerField()
+        cache_read_input_tokens = pw.BigIntegerField()
+        cache_creation_input_tokens = pw.BigIntegerField()
+        reasoning_tokens = pw.BigIntegerField()
+        cost_usd = pw.DoubleField()
+
+        class Meta:
+            table_name = "usage_daily"
+            primary_key = pw.CompositeKey("user_id", "day", "provider", "model", "token_id")
+
+    class UsageLimits(Base):
+        user_id = pw.TextField()
+        token_id = pw.TextField()
+        daily_usd = pw.DoubleField(null=True)
+        monthly_usd = pw.DoubleField(null=True)
+        allow_models = pw.TextField(default="")
+        deny_models = pw.TextField(default="")
+        update_time = pw.BigIntegerField()
+
+        class Meta:
+            table_name = "usage_limits"
+            primary_key = pw.CompositeKey("user_id", "token_id")
+
     return Tables(
-        user=User, token=Token, config=Config, audit=Audit, audit_head=AuditHead, migration=Migration
+        user=User,
+        token=Token,
+        config=Config,
+        audit=Audit,
+        audit_head=AuditHead,
+        migration=Migration,
+        usage_record=UsageRecord,
+        usage_daily=UsageDaily,
+        usage_limits=UsageLimits,
     )
 
 
@@ -221,14 +303,29 @@ class Database:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(self.call, fn, *args))
-        except (pw.OperationalError, pw.InterfaceError) as exc:
+        except (pw.OperationalError, pw.InterfaceError) as raised:
+            exc = original_error(raised)
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             log.error("database call failed: %s", first_line, extra={"event": "database_error"})
             raise DatabaseUnavailable("the vault database is unavailable; retry shortly") from exc
 
-    def write(self) -> Any:
-        """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        return self.db.atomic()
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite).
+
+        When SQLite ends a transaction itself (a full disk, a read-only file, an I/O
+        error), peewee's rollback fails with "cannot rollback - no transaction is
+        active" and that secondary error used to hide the real one; the real one is
+        raised instead.
+        """
+        try:
+            with self.db.atomic():
+                yield
+        except pw.DatabaseError as exc:
+            original = original_error(exc)
+            if original is exc:
+                raise
+            raise original from None
 
     def lock_for_update(self, query: Any) -> Any:
         """``query`` with ``FOR UPDATE`` where the database has row locks."""
