@@ -44,6 +44,24 @@ BEHAVIOURS = (
 )
 USERS = (*BEHAVIOURS, "ok")
 CONCURRENT = 20
+C = grpc.StatusCode
+_TOO_LARGE = {
+    C.RESOURCE_EXHAUSTED,
+    C.DEADLINE_EXCEEDED,
+}  # a flood on a loaded machine may meet the call bound first
+EXPECTED = {
+    "deltas-fast": _TOO_LARGE,
+    "deltas-slow": {C.DEADLINE_EXCEEDED},
+    "comments": _TOO_LARGE,
+    "one-line": _TOO_LARGE,
+    "huge-error": {C.UNAVAILABLE},
+    "nested-json": {C.UNKNOWN},
+    "redirect": {C.UNKNOWN},
+    "echo-key": {C.FAILED_PRECONDITION},
+    "stall": {C.UNAVAILABLE},
+    "silent": {C.UNAVAILABLE},
+    "gzip-bomb": _TOO_LARGE,
+}
 RESPONSE_LIMIT = 256 * 1024
 ROUNDS = 2  # memory freed only by the cyclic GC shows as growth from round to round
 KEY = "sk-live-0123456789abcdefghijklmnopqrstuv"
@@ -136,8 +154,7 @@ async def test_rss_returns_to_baseline_and_health_answers_throughout(
         peak = baseline
         for behaviour in BEHAVIOURS * ROUNDS:
             codes = await round_of(behaviour)
-            assert grpc.StatusCode.OK not in codes, (behaviour, codes)
-            assert len(set(codes)) == 1, (behaviour, codes)  # every call of a behaviour ends alike
+            assert set(codes) <= EXPECTED[behaviour], (behaviour, codes)
             peak = max(peak, rss_kib(service.proc.pid))
         await hostile.wait_idle()
         stop.set()
