@@ -52,7 +52,7 @@ class Terminal:
     def key(self, name: str) -> None:
         self.tmux("send-keys", "-t", "t", name)
 
-    def wait_for(self, text: str, count: int = 1, timeout: float = 60) -> str:
+    def wait_for(self, text: str, count: int = 1, timeout: float = 120) -> str:
         """The screen once ``text`` shows ``count`` times (polled, with a deadline)."""
         deadline = time.monotonic() + timeout
         while True:
