@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from realmultillm.llm.v1 import llm_pb2
 
+from llm_service import telemetry
 from llm_service.adapters.base import Adapter, ChatEvent, ChatParams, Endpoint, Finished
 from llm_service.deadline import Deadline
 from llm_service.ratelimit import RateLimiter
@@ -100,6 +101,7 @@ class ChatService:
         base_url = stored_base_url(spec, credentials, self._allow_custom)
         self._limiter.take(credentials.user_id)
         params = chat.params(credentials.default_model, credentials.temperature, credentials.max_tokens)
+        telemetry.note_prepared(spec, params.model)
         return PreparedChat(spec, self._adapters(spec), Endpoint(spec, base_url, credentials.api_key), params)
 
     def events(self, prepared: PreparedChat, deadline: Deadline) -> AsyncGenerator[ChatEvent, None]:
@@ -109,19 +111,22 @@ class ChatService:
         def open_stream(timeout: float | None) -> AsyncIterator[ChatEvent]:
             return adapter.stream_chat(http, endpoint, params, timeout)
 
-        return stream_with_retries(open_stream, self._policy, deadline, prepared.spec.id)
+        events = stream_with_retries(open_stream, self._policy, deadline, prepared.spec.id)
+        return telemetry.observed(events, prepared.spec, params)
 
 
 def usage_of(prepared: PreparedChat, finished: Finished) -> llm_pb2.Usage:
     """Token counts and their price (by the answering model, else the requested one)."""
     spec, usage = prepared.spec, finished.usage
     priced = finished.model if spec.model(finished.model) is not None else prepared.params.model
-    return llm_pb2.Usage(
+    result = llm_pb2.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
         cost_usd=spec.cost(priced, usage.input_tokens, usage.output_tokens),
     )
+    telemetry.note_usage(result)
+    return result
 
 
 def done_message(prepared: PreparedChat, finished: Finished) -> llm_pb2.StreamChatResponse:

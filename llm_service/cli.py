@@ -16,8 +16,7 @@ import sys
 from llm_service.server import build_server
 from llm_service.settings import DEFAULT_LISTEN, LLMSettings, SettingsError
 from rmllm_common import logs
-from rmllm_common.cli import add_serve_flags, child_argv, fail, run_serve, worker_count
-from rmllm_common.workers import supervise
+from rmllm_common.cli import add_serve_flags, fail, run_serve, supervise_workers, worker_count
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,7 +30,14 @@ def parser() -> argparse.ArgumentParser:
 
 def serve(settings: LLMSettings) -> int:
     """Run one server process with ``settings`` until a signal stops it."""
-    return run_serve(settings, settings.listen, settings.grace_seconds, build_server)
+    return run_serve(
+        settings,
+        settings.listen,
+        settings.grace_seconds,
+        build_server,
+        telemetry_settings=settings.telemetry,
+        service_name="rmllm-llm",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,15 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = LLMSettings.from_env(
-            os.environ, listen=args.listen, data_dir=args.data_dir, log_level=args.log_level
+            os.environ,
+            listen=args.listen,
+            data_dir=args.data_dir,
+            log_level=args.log_level,
+            metrics_listen=args.metrics_listen,
         )
         workers = worker_count(args.workers, os.environ)
     except (SettingsError, ValueError, OSError) as exc:  # OSError: an unusable data directory
         return fail(str(exc))
     logs.configure(settings.log_level)
     if workers > 1:
-        return supervise(
-            child_argv("llm_service.cli", args), settings.listen, workers, settings.grace_seconds
+        return supervise_workers(
+            "llm_service.cli",
+            args,
+            settings.listen,
+            workers,
+            settings.grace_seconds,
+            telemetry_settings=settings.telemetry,
         )
     return serve(settings)
 

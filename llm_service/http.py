@@ -18,8 +18,13 @@ DNS_CACHE_SECONDS = 300
 CONNECT_TIMEOUT_SECONDS = 30.0
 
 
-def new_http_session(max_connections: int) -> aiohttp.ClientSession:
-    """A session for provider calls; close it with ``await session.close()``."""
+def new_http_session(
+    max_connections: int, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
+    """A session for provider calls; close it with ``await session.close()``.
+
+    ``trace_configs``: the telemetry hooks (``llm_service.telemetry``), when on.
+    """
     connector = aiohttp.TCPConnector(
         limit=max_connections,
         limit_per_host=0,
@@ -35,4 +40,5 @@ def new_http_session(max_connections: int) -> aiohttp.ClientSession:
         # One session serves every user: a cookie one provider answer sets must
         # never ride along on another user's request.
         cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=trace_configs,
     )

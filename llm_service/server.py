@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
+from llm_service import telemetry
 from llm_service.adapters.base import Adapter
 from llm_service.catalog import Catalog
 from llm_service.chat import AdapterLookup, ChatService
@@ -69,7 +70,10 @@ async def build_server(
     """An LLM server bound to ``settings.listen`` (port 0 picks a free port)."""
     registry = registry or default_registry()
     lookup = adapters or default_adapters
-    channel = grpc.aio.insecure_channel(settings.vault_addr, options=VAULT_CHANNEL_OPTIONS)
+    observer = telemetry.setup(settings.telemetry)
+    channel = grpc.aio.insecure_channel(
+        settings.vault_addr, options=VAULT_CHANNEL_OPTIONS, interceptors=telemetry.vault_interceptors()
+    )
     vault = VaultClient(
         channel,
         settings.service_token,
@@ -77,7 +81,8 @@ async def build_server(
         cache_seconds=settings.credential_cache_seconds,
         clock=clock,
     )
-    http = new_http_session(settings.http_max_connections)
+    trace_config = telemetry.http_trace_config()
+    http = new_http_session(settings.http_max_connections, [trace_config] if trace_config else None)
     policy = RetryPolicy(
         attempts=settings.retry_attempts,
         base_delay=settings.retry_base_delay_seconds,
@@ -117,7 +122,7 @@ async def build_server(
         allow_custom_base_url=allow,
     )
 
-    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
+    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS, observer=observer)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
     health = await add_standard_services(server, [SERVICE_NAME])
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmllm_common import state
 from rmllm_common.secret import Secret
+from rmllm_common.telemetry import TelemetrySettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAULT_ADDR = "127.0.0.1:50052"
@@ -104,6 +105,8 @@ class LLMSettings:
     testkey_burst: int = 10
     # The one HTTP connection pool towards providers.
     http_max_connections: int = 8192
+    # Prometheus and OpenTelemetry opt-ins (rmllm_common.telemetry).
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @classmethod
     def from_env(
@@ -113,6 +116,7 @@ class LLMSettings:
         listen: str | None = None,
         data_dir: str | None = None,
         log_level: str | None = None,
+        metrics_listen: str | None = None,
     ) -> LLMSettings:
         """Read and validate settings; share the service credential file on first run."""
         level = (log_level or env.get("RMLLM_LOG_LEVEL") or "info").strip().lower()
@@ -149,4 +153,12 @@ class LLMSettings:
             testkey_rate_per_minute=_number(env, "RMLLM_TESTKEY_RATE_PER_MINUTE", 60.0, 0.0, 1e9),
             testkey_burst=_integer(env, "RMLLM_TESTKEY_BURST", 10, 1, 1_000_000),
             http_max_connections=_integer(env, "RMLLM_HTTP_MAX_CONNECTIONS", 8192, 1, 1_000_000),
+            telemetry=_telemetry(env, metrics_listen),
         )
+
+
+def _telemetry(env: Mapping[str, str], metrics_listen: str | None) -> TelemetrySettings:
+    try:
+        return TelemetrySettings.from_env(env, metrics_listen)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None

@@ -27,6 +27,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
+from llm_service import metrics
 from llm_service.deadline import Deadline
 from rmllm_common import errors, requestctx
 from rmllm_common.requestctx import REQUEST_ID_HEADER
@@ -107,8 +108,10 @@ class VaultClient:
             hit = self._cache.get(cache_key)
             if hit is not None:
                 if hit[0] > self._clock():
+                    metrics.credential_cache(hit=True)
                     return hit[1]
                 del self._cache[cache_key]
+            metrics.credential_cache(hit=False)
         timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.ResolveCredentialsRequest(
             user_token=user_token.reveal(), provider=provider, request_id=requestctx.request_id()

@@ -9,9 +9,10 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from rmllm_common import logs
+from rmllm_common import logs, prom, telemetry
 from rmllm_common.server import ServerHandle
-from rmllm_common.workers import default_workers
+from rmllm_common.telemetry import TelemetrySettings
+from rmllm_common.workers import default_workers, supervise
 
 S = TypeVar("S")
 log = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ def add_serve_flags(parser: argparse.ArgumentParser, default_listen: str) -> Non
         type=int,
         metavar="N",
         help="server processes sharing the port (SO_REUSEPORT); default RMLLM_WORKERS, else one per core",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics there (default RMLLM_METRICS_LISTEN; unset: off)",
     )
 
 
@@ -70,8 +76,11 @@ def run_serve(
     listen: str,
     grace_seconds: float,
     build: Callable[[S], Awaitable[ServerHandle]],
+    *,
+    telemetry_settings: TelemetrySettings | None = None,
+    service_name: str = "",
 ) -> int:
-    """Build the server and serve until SIGTERM or SIGINT."""
+    """Start this process's telemetry, build the server and serve until SIGTERM or SIGINT."""
 
     async def main() -> None:
         handle = await build(settings)
@@ -79,11 +88,38 @@ def run_serve(
         await handle.serve(f"{host}:{handle.port}", grace_seconds)
 
     try:
+        stop_telemetry = telemetry.start(telemetry_settings or TelemetrySettings(), service_name)
+    except OSError as exc:
+        log.error("cannot serve metrics: %s", exc)
+        return 1
+    try:
         asyncio.run(main())
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
+    finally:
+        stop_telemetry()
     return 0
+
+
+def supervise_workers(
+    module: str,
+    args: argparse.Namespace,
+    listen: str,
+    workers: int,
+    grace_seconds: float,
+    *,
+    telemetry_settings: TelemetrySettings,
+) -> int:
+    """``--workers N``: run the workers; with metrics on, serve their sum here (``prom``)."""
+    if not telemetry_settings.metrics_listen:
+        return supervise(child_argv(module, args), listen, workers, grace_seconds)
+    try:
+        with prom.supervisor_metrics(telemetry_settings.metrics_listen) as env:
+            return supervise(child_argv(module, args), listen, workers, grace_seconds, env)
+    except OSError as exc:
+        log.error("cannot serve metrics: %s", exc)
+        return 1
 
 
 def fail(message: str) -> int:

@@ -1,7 +1,8 @@
 """What both gRPC servers share: standard services, error translation, lifecycle.
 
 ``new_server`` makes a ``grpc.aio`` server with the error interceptor first in the
-chain, the standard health service (``SERVING`` for "" and each service name) and
+chain (it also observes every call: request id, trace, metrics hooks, log line), the
+standard health service (``SERVING`` for "" and each service name) and
 server reflection. ``ErrorInterceptor`` is the one place where an ``RmllmError``
 becomes a gRPC status (via ``errors.to_status``) and where an unexpected exception
 becomes a generic ``INTERNAL`` with a request id, logged with its traceback, so
@@ -27,6 +28,7 @@ from grpc_status import rpc_status
 
 from rmllm_common import reflection, requestctx
 from rmllm_common.errors import Internal, RmllmError, Unimplemented, to_status
+from rmllm_common.observe import Observer
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,10 @@ def is_standard_method(method: str) -> bool:
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: RmllmError) -> None:
-    """End the call with the rich status of ``error``."""
+    """End the call with the rich status of ``error`` (and the request id, as every answer)."""
     status = rpc_status.to_status(to_status(error))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    metadata = (*status.trailing_metadata, (requestctx.REQUEST_ID_HEADER, requestctx.request_id()))
+    await context.abort(status.code, status.details, metadata)
 
 
 def _unexpected(method: str, exc: BaseException) -> RmllmError:
@@ -56,30 +59,40 @@ def _unexpected(method: str, exc: BaseException) -> RmllmError:
     )
 
 
-def _begin_call(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    incoming = None
-    for key, value in context.invocation_metadata() or ():
-        if key == requestctx.REQUEST_ID_HEADER:
-            incoming = value
-            break
-    requestctx.begin(incoming)
+def _outcome(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The code and reason of a call that ended with ``exc`` outside our error classes."""
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED, ""
+    code = context.code() if isinstance(exc, grpc.aio.AbortError) else None
+    if isinstance(code, grpc.StatusCode):
+        return code, ""
+    return grpc.StatusCode.UNKNOWN, ""
 
 
-def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with the request id set and every exception translated."""
+def _wrap(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any], observer: Observer
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with the call observed (request id, trace, log) and every exception translated."""
     if handler.unary_unary is not None:
         unary: Any = handler.unary_unary  # an async function under grpc.aio
 
         async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            _begin_call(context)
+            call = observer.begin(method, context, False)
+            code, reason = grpc.StatusCode.OK, ""
             try:
                 return await unary(request, context)
             except RmllmError as exc:
+                code, reason = exc.code, exc.reason
                 await abort_with(context, exc)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+                code, reason = _outcome(context, exc)
                 raise
             except Exception as exc:
-                await abort_with(context, _unexpected(method, exc))
+                error = _unexpected(method, exc)
+                code, reason = error.code, error.reason
+                await abort_with(context, error)
+            finally:
+                observer.end(call, code, reason)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_behavior,
@@ -92,16 +105,25 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
         async def stream_behavior(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            _begin_call(context)
+            call = observer.begin(method, context, True)
+            code, reason = grpc.StatusCode.OK, ""
             try:
                 async for item in streaming(request, context):
                     yield item
             except RmllmError as exc:
+                code, reason = exc.code, exc.reason
                 await abort_with(context, exc)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit) as exc:
+                code, reason = _outcome(context, exc)
+                if isinstance(exc, GeneratorExit):
+                    code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
-                await abort_with(context, _unexpected(method, exc))
+                error = _unexpected(method, exc)
+                code, reason = error.code, error.reason
+                await abort_with(context, error)
+            finally:
+                observer.end(call, code, reason)
 
         return grpc.unary_stream_rpc_method_handler(
             stream_behavior,
@@ -112,13 +134,14 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Sets the request id, and turns every exception into the contract's status.
+    """Observes every call (``observe.Observer``), and turns every exception into the contract's status.
 
     The wrapped handler of a method is built once and reused for as long as the
     next link of the chain hands back the same handler object.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, observer: Observer | None = None) -> None:
+        self._observer = observer or Observer()
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
@@ -133,7 +156,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(method, handler)
+        wrapped = _wrap(method, handler, self._observer)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -143,10 +166,11 @@ def new_server(
     *,
     max_message_bytes: int = 8 * 1024 * 1024,
     options: Sequence[tuple[str, Any]] = (),
+    observer: Observer | None = None,
 ) -> grpc.aio.Server:
     """A ``grpc.aio`` server with the error interceptor first and size limits set."""
     return grpc.aio.server(
-        interceptors=[ErrorInterceptor(), *interceptors],
+        interceptors=[ErrorInterceptor(observer), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,17 @@ def reserve_port(listen: str) -> tuple[str, socket.socket]:
     return f"{host}:{bound_port}", sock
 
 
-def supervise(child_argv: Sequence[str], listen: str, workers: int, grace_seconds: float) -> int:
-    """Run ``workers`` copies of ``child_argv + ['--listen', ADDRESS, '--workers', '1']``."""
+def supervise(
+    child_argv: Sequence[str],
+    listen: str,
+    workers: int,
+    grace_seconds: float,
+    child_env: Mapping[str, str] | None = None,
+) -> int:
+    """Run ``workers`` copies of ``child_argv + ['--listen', ADDRESS, '--workers', '1']``.
+
+    ``child_env`` is added to the workers' environment (the metrics directory, see ``prom``).
+    """
     address, reservation = reserve_port(listen)
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -59,7 +68,8 @@ def supervise(child_argv: Sequence[str], listen: str, workers: int, grace_second
     try:
         for _ in range(workers):
             argv = [sys.executable, "-m", *child_argv, "--listen", address, "--workers", "1"]
-            children.append(subprocess.Popen(argv))
+            env = {**os.environ, **child_env} if child_env else None
+            children.append(subprocess.Popen(argv, env=env))
         log.info("supervising workers", extra={"workers": workers, "address": address, "event": "workers"})
         while True:
             codes = [child.poll() for child in children]

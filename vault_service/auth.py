@@ -24,6 +24,7 @@ from realmultillm.vault.v1 import vault_pb2
 from rmllm_common.errors import PermissionDenied, TokenInvalid
 from rmllm_common.secret import Secret
 from rmllm_common.server import is_standard_method
+from vault_service import metrics
 from vault_service.accounts import Principal
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             try:
                 principal = await self._check(access, context.invocation_metadata())
             except (TokenInvalid, PermissionDenied) as exc:
+                metrics.auth_failure(exc.reason)
                 log.info(
                     "call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"}
                 )

@@ -17,9 +17,15 @@ from collections.abc import Callable
 
 import peewee as pw
 
-from rmllm_common.cli import add_serve_flags, child_argv, configure_logging, fail, run_serve, worker_count
+from rmllm_common.cli import (
+    add_serve_flags,
+    configure_logging,
+    fail,
+    run_serve,
+    supervise_workers,
+    worker_count,
+)
 from rmllm_common.errors import RmllmError
-from rmllm_common.workers import supervise
 from vault_service import accounts, audit, migrations, rewrap
 from vault_service.crypto import Keyring
 from vault_service.database import Database, DatabaseUrlError
@@ -165,13 +171,28 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(getattr(args, "log_level", None), os.environ)
     try:
         if args.command == "serve":
-            settings = VaultSettings.from_env(os.environ, listen=args.listen, data_dir=args.data_dir)
+            settings = VaultSettings.from_env(
+                os.environ, listen=args.listen, data_dir=args.data_dir, metrics_listen=args.metrics_listen
+            )
             workers = worker_count(args.workers, os.environ)
             if workers > 1:
                 prepare_database(settings)
-                argv = child_argv("vault_service.cli", args)
-                return supervise(argv, settings.listen, workers, settings.grace_seconds)
-            return run_serve(settings, settings.listen, settings.grace_seconds, build_server)
+                return supervise_workers(
+                    "vault_service.cli",
+                    args,
+                    settings.listen,
+                    workers,
+                    settings.grace_seconds,
+                    telemetry_settings=settings.telemetry,
+                )
+            return run_serve(
+                settings,
+                settings.listen,
+                settings.grace_seconds,
+                build_server,
+                telemetry_settings=settings.telemetry,
+                service_name="rmllm-vault",
+            )
         return _operate(args)
     except (SettingsError, DatabaseUrlError, migrations.SchemaTooNew, PermissionError, ValueError) as exc:
         return fail(str(exc))

@@ -14,8 +14,9 @@ import logging
 import peewee as pw
 from realmultillm.vault.v1 import vault_pb2_grpc
 
+from rmllm_common.observe import Observer
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
-from vault_service import accounts, migrations
+from vault_service import accounts, metrics, migrations
 from vault_service.auth import SERVICE_NAME, AuthInterceptor
 from vault_service.crypto import Keyring
 from vault_service.database import Database
@@ -72,6 +73,13 @@ def prepare_database(settings: VaultSettings) -> None:
         db.close()
 
 
+def _observer(settings: VaultSettings) -> Observer:
+    """Every call's request id, trace span, metrics and log line."""
+    telemetry = settings.telemetry
+    hooks = metrics.CallHooks(metrics.enable()) if telemetry.prometheus else None
+    return Observer("vault", hooks, tracing=telemetry.traces)
+
+
 async def build_server(settings: VaultSettings) -> ServerHandle:
     """A vault server bound to ``settings.listen`` (port 0 picks a free port)."""
     db = Database(settings.effective_database_url)
@@ -96,7 +104,7 @@ async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
     async def authenticate(token: str) -> accounts.Principal | None:
         return await db.run(accounts.authenticate, db, token)
 
-    server = new_server([AuthInterceptor(settings.service_token, authenticate)])
+    server = new_server([AuthInterceptor(settings.service_token, authenticate)], observer=_observer(settings))
     servicer = VaultServicer(db, keyring, allow_custom_base_url=settings.allow_custom_base_url)
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])

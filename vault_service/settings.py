@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rmllm_common import state
 from rmllm_common.secret import Secret
+from rmllm_common.telemetry import TelemetrySettings
 from vault_service import seed as seed_policy
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class VaultSettings:
     grace_seconds: float = 10.0
     # Set when this start generated the seed file (first run).
     generated_seed_file: Path | None = None
+    # Prometheus and OpenTelemetry opt-ins (rmllm_common.telemetry).
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @property
     def effective_database_url(self) -> str:
@@ -58,6 +61,7 @@ class VaultSettings:
         data_dir: str | None = None,
         with_secrets: bool = True,
         generate_seed: bool = True,
+        metrics_listen: str | None = None,
     ) -> VaultSettings:
         """Read and validate settings; generate the embedded defaults on first run.
 
@@ -76,6 +80,7 @@ class VaultSettings:
             database_url=env.get("RMLLM_DATABASE_URL", "").strip(),
             allow_custom_base_url=env.get("RMLLM_ALLOW_CUSTOM_BASE_URL", "") == "1",
             grace_seconds=grace,
+            telemetry=TelemetrySettings.from_env(env, metrics_listen),
         )
         if not with_secrets:
             return base
@@ -90,6 +95,7 @@ class VaultSettings:
             database_url=base.database_url,
             allow_custom_base_url=base.allow_custom_base_url,
             grace_seconds=base.grace_seconds,
+            telemetry=base.telemetry,
         )
 
 

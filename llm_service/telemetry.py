@@ -1,0 +1,349 @@
+"""The LLM service's call sites for metrics and traces: small hooks, cheap when off.
+
+``setup`` turns on what ``TelemetrySettings`` asks for and returns the server's
+``Observer``. The chat path calls three hooks: ``note_prepared`` (provider and
+model known), ``observed`` (wraps the event stream: the time to the first event,
+the answer's model, id and finish reason, and with tracing on the GenAI
+``chat {model}`` span around the provider call), and ``note_usage`` (tokens and
+cost, from the answer's ``Usage``). ``http_trace_config`` counts provider HTTP
+statuses and, with tracing on, makes the provider call's client span (no trace
+headers are sent to providers: their systems are not part of our trace).
+``VaultTelemetry`` is the vault channel's interceptor: it times vault calls and
+carries ``traceparent`` to the vault. ``GenAIHooks`` records the OpenTelemetry
+GenAI metrics. Message contents go on spans only with the opt-in variable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import aiohttp
+import grpc
+
+from llm_service import metrics
+from llm_service.adapters.base import ChatEvent, ChatParams, Finished, TextDelta
+from rmllm_common import observe
+from rmllm_common.observe import Call, Hooks, Observer
+from rmllm_common.registry import ProviderSpec
+from rmllm_common.telemetry import TelemetrySettings
+
+# gen_ai.provider.name: the semantic conventions' well-known values, else our registry id.
+GENAI_PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "google": "gcp.gemini", "grok": "x_ai"}
+CHAT_METHODS = frozenset({"Chat", "StreamChat"})
+
+_tracer: Any = None
+_capture_content = False
+
+
+def setup(settings: TelemetrySettings) -> Observer:
+    """Turn on the metrics and tracing ``settings`` ask for; the server's call observer."""
+    global _tracer, _capture_content  # noqa: PLW0603 - one tracer per process
+    hooks: list[Hooks] = []
+    if settings.prometheus:
+        hooks.append(metrics.CallHooks(metrics.enable()))
+    if settings.otel_metrics:
+        hooks.append(GenAIHooks())
+    if settings.traces:
+        from opentelemetry import trace  # noqa: PLC0415
+
+        _tracer = trace.get_tracer("llm_service")
+        _capture_content = settings.capture_content
+    return Observer("llm", _combine(hooks), tracing=settings.traces)
+
+
+def _combine(hooks: list[Hooks]) -> Hooks | None:
+    if len(hooks) <= 1:
+        return hooks[0] if hooks else None
+    return _AllHooks(hooks)
+
+
+class _AllHooks:
+    def __init__(self, hooks: list[Hooks]) -> None:
+        self._hooks = hooks
+
+    def started(self, call: Call) -> None:
+        for hook in self._hooks:
+            hook.started(call)
+
+    def finished(self, call: Call, code: grpc.StatusCode, reason: str, seconds: float) -> None:
+        for hook in self._hooks:
+            hook.finished(call, code, reason, seconds)
+
+
+def note_prepared(spec: ProviderSpec, model: str) -> None:
+    """The call's provider and model are known."""
+    call = observe.current()
+    if call is not None:
+        call.provider = spec.id
+        call.model = model
+        call.model_known = spec.model(model) is not None
+
+
+def note_usage(usage: Any) -> None:
+    """The answer's ``Usage`` message: token counts and cost."""
+    call = observe.current()
+    if call is None:
+        return
+    call.usage_seen = True
+    call.input_tokens = usage.input_tokens
+    call.output_tokens = usage.output_tokens
+    call.cost_usd = usage.cost_usd
+    # Fields of the second wave's Usage, when this build has them.
+    call.cache_read_tokens = getattr(usage, "cache_read_input_tokens", 0)
+    call.cache_creation_tokens = getattr(usage, "cache_creation_input_tokens", 0)
+    call.reasoning_tokens = getattr(usage, "reasoning_tokens", 0)
+
+
+async def observed(
+    events: AsyncGenerator[ChatEvent, None], spec: ProviderSpec, params: ChatParams
+) -> AsyncGenerator[ChatEvent, None]:
+    """``events`` passed through, noting the first event and the end on the current call."""
+    call = observe.current() or Call("", "", time.perf_counter(), False)
+    span = _start_chat_span(spec, params) if _tracer is not None else None
+    texts: list[str] | None = [] if span is not None and _capture_content else None
+    scope: AbstractContextManager[Any] = nullcontext()
+    if span is not None:
+        from opentelemetry import trace  # noqa: PLC0415
+
+        scope = trace.use_span(span, end_on_exit=False)
+    error: BaseException | None = None
+    try:
+        with scope:
+            async for event in events:
+                if call.first_token_seconds is None:
+                    call.first_token_seconds = call.elapsed()
+                if isinstance(event, Finished):
+                    call.response_model = event.model or params.model
+                    call.response_id = event.response_id
+                    call.finish_reason = event.finish_reason.name.lower()
+                elif texts is not None and type(event) is TextDelta:
+                    texts.append(event.text)
+                yield event
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        await events.aclose()
+        if span is not None:
+            _end_chat_span(span, call, error, texts)
+
+
+def _start_chat_span(spec: ProviderSpec, params: ChatParams) -> Any:
+    from opentelemetry import trace  # noqa: PLC0415
+
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": GENAI_PROVIDER_NAMES.get(spec.id, spec.id),
+        "gen_ai.request.model": params.model,
+    }
+    if params.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = params.max_tokens
+    if params.temperature is not None:
+        attributes["gen_ai.request.temperature"] = params.temperature
+    if params.top_p is not None:
+        attributes["gen_ai.request.top_p"] = params.top_p
+    if _capture_content:
+        attributes["gen_ai.input.messages"] = json.dumps(
+            [{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in params.messages],
+            ensure_ascii=False,
+        )
+    return _tracer.start_span(f"chat {params.model}", kind=trace.SpanKind.CLIENT, attributes=attributes)
+
+
+def _end_chat_span(span: Any, call: Call, error: BaseException | None, texts: list[str] | None) -> None:
+    from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
+
+    if call.response_model:
+        span.set_attribute("gen_ai.response.model", call.response_model)
+    if call.response_id:
+        span.set_attribute("gen_ai.response.id", call.response_id)
+    if call.finish_reason:
+        span.set_attribute("gen_ai.response.finish_reasons", [call.finish_reason])
+    if call.usage_seen:
+        span.set_attribute("gen_ai.usage.input_tokens", call.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", call.output_tokens)
+        if call.cache_read_tokens:
+            span.set_attribute("gen_ai.usage.cache_read.input_tokens", call.cache_read_tokens)
+        if call.cache_creation_tokens:
+            span.set_attribute("gen_ai.usage.cache_creation.input_tokens", call.cache_creation_tokens)
+        if call.reasoning_tokens:
+            span.set_attribute("gen_ai.usage.reasoning.output_tokens", call.reasoning_tokens)
+    if texts is not None and call.finish_reason:
+        output = [{"role": "assistant", "parts": [{"type": "text", "content": "".join(texts)}]}]
+        span.set_attribute("gen_ai.output.messages", json.dumps(output, ensure_ascii=False))
+    if error is not None and not isinstance(error, GeneratorExit):
+        kind = getattr(error, "reason", None) or type(error).__qualname__
+        span.set_attribute("error.type", kind)
+        span.set_status(Status(StatusCode.ERROR, kind))
+    span.end()
+
+
+def http_trace_config() -> aiohttp.TraceConfig | None:
+    """The provider session's hooks: HTTP status counts and client spans (None when both are off)."""
+    if metrics.active() is None and _tracer is None:
+        return None
+    config = aiohttp.TraceConfig()
+    tracer = _tracer
+
+    async def on_start(_session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        ctx.span = None
+        if tracer is not None:
+            from opentelemetry import trace  # noqa: PLC0415
+
+            url = params.url
+            ctx.span = tracer.start_span(
+                params.method,
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "http.request.method": params.method,
+                    "server.address": url.host or "",
+                    "server.port": url.port or 0,
+                    "url.full": str(url.with_query(None).with_user(None)),
+                },
+            )
+
+    async def on_end(_session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        status = params.response.status
+        call = observe.current()
+        metrics.provider_http_response(call.provider if call and call.provider else "none", status)
+        span = ctx.span
+        if span is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 400:
+                from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
+
+                span.set_attribute("error.type", str(status))
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+
+    async def on_exception(_session: Any, ctx: Any, params: aiohttp.TraceRequestExceptionParams) -> None:
+        span = getattr(ctx, "span", None)
+        if span is not None:
+            from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
+
+            span.set_attribute("error.type", type(params.exception).__qualname__)
+            span.set_status(Status(StatusCode.ERROR))
+            span.end()
+
+    config.on_request_start.append(on_start)
+    config.on_request_end.append(on_end)
+    config.on_request_exception.append(on_exception)
+    return config
+
+
+class VaultTelemetry(grpc.aio.UnaryUnaryClientInterceptor):
+    """The vault channel's interceptor: call duration by method and code, client span, traceparent."""
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        method = client_call_details.method
+        path = method.decode() if isinstance(method, bytes) else str(method)
+        name = path.rsplit("/", 1)[-1]
+        started = time.perf_counter()
+        span = None
+        details = client_call_details
+        if _tracer is not None:
+            span, details = _vault_span(path, client_call_details)
+        code = grpc.StatusCode.OK
+        try:
+            call = await continuation(details, request)
+            await call
+            return call
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            raise
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            metrics.vault_call(name, code.name, time.perf_counter() - started)
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                if code != grpc.StatusCode.OK:
+                    from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
+
+                    span.set_attribute("error.type", code.name)
+                    span.set_status(Status(StatusCode.ERROR))
+                span.end()
+
+
+def _vault_span(path: str, details: grpc.aio.ClientCallDetails) -> tuple[Any, grpc.aio.ClientCallDetails]:
+    from opentelemetry import propagate, trace  # noqa: PLC0415
+
+    service, _, method = path.strip("/").partition("/")
+    span = _tracer.start_span(
+        path.strip("/"),
+        kind=trace.SpanKind.CLIENT,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+    )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    for key, value in carrier.items():
+        metadata.add(key, value)
+    return span, grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+def vault_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """The vault channel's interceptors: none while metrics and tracing are off."""
+    if metrics.active() is None and _tracer is None:
+        return []
+    return [VaultTelemetry()]
+
+
+class GenAIHooks:
+    """The OpenTelemetry GenAI metrics of every Chat and StreamChat."""
+
+    def __init__(self) -> None:
+        from opentelemetry import metrics as otel_metrics  # noqa: PLC0415
+
+        meter = otel_metrics.get_meter("llm_service")
+        self._duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration."
+        )
+        self._tokens = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}", description="Number of input and output tokens used."
+        )
+        self._ttft = meter.create_histogram(
+            "gen_ai.server.time_to_first_token", unit="s", description="Time to generate the first token."
+        )
+        self._tpot = meter.create_histogram(
+            "gen_ai.server.time_per_output_token",
+            unit="s",
+            description="Time per output token generated after the first token.",
+        )
+
+    def started(self, call: Call) -> None:
+        pass
+
+    def finished(self, call: Call, code: grpc.StatusCode, reason: str, seconds: float) -> None:
+        if call.method not in CHAT_METHODS or not call.provider:
+            return
+        attributes: dict[str, str] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": GENAI_PROVIDER_NAMES.get(call.provider, call.provider),
+            "gen_ai.request.model": call.model,
+        }
+        if call.response_model:
+            attributes["gen_ai.response.model"] = call.response_model
+        if code != grpc.StatusCode.OK:
+            attributes["error.type"] = reason or code.name
+        self._duration.record(seconds, attributes)
+        if call.usage_seen:
+            self._tokens.record(call.input_tokens, {**attributes, "gen_ai.token.type": "input"})
+            self._tokens.record(call.output_tokens, {**attributes, "gen_ai.token.type": "output"})
+        if call.first_token_seconds is not None:
+            self._ttft.record(call.first_token_seconds, attributes)
+            if call.output_tokens > 1:
+                per_token = (seconds - call.first_token_seconds) / (call.output_tokens - 1)
+                self._tpot.record(max(0.0, per_token), attributes)
