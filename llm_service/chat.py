@@ -97,11 +97,12 @@ class ChatService:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
         chat = validate_chat(request, self._registry)
         spec = chat.spec
+        telemetry.note_provider(spec)
         credentials = await credentials_for(self._vault, spec, token, deadline)
         base_url = stored_base_url(spec, credentials, self._allow_custom)
-        self._limiter.take(credentials.user_id)
         params = chat.params(credentials.default_model, credentials.temperature, credentials.max_tokens)
         telemetry.note_prepared(spec, params.model)
+        self._limiter.take(credentials.user_id)
         return PreparedChat(spec, self._adapters(spec), Endpoint(spec, base_url, credentials.api_key), params)
 
     def events(self, prepared: PreparedChat, deadline: Deadline) -> AsyncGenerator[ChatEvent, None]:

@@ -74,6 +74,13 @@ class _AllHooks:
             hook.finished(call, code, reason, seconds)
 
 
+def note_provider(spec: ProviderSpec) -> None:
+    """The call's provider is known (the request is valid)."""
+    call = observe.current()
+    if call is not None:
+        call.provider = spec.id
+
+
 def note_prepared(spec: ProviderSpec, model: str) -> None:
     """The call's provider and model are known."""
     call = observe.current()

@@ -16,6 +16,7 @@ on the ``rmllm.calls`` logger. With metrics and tracing off, the cost is the
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import grpc
 from rmllm_common import requestctx
 
 call_log = logging.getLogger("rmllm.calls")
+_PID = os.getpid()
 TRACEPARENT = "traceparent"
 _OK = grpc.StatusCode.OK
 # Server spans mark only these codes as errors (OpenTelemetry RPC semantic conventions).
@@ -160,6 +162,7 @@ class Observer:
             "code": code.name,
             "reason": reason,
             "latency_seconds": round(seconds, 6),
+            "pid": _PID,  # which worker, with --workers N
         }
         if call.trace_id:
             entry["trace_id"] = call.trace_id
@@ -170,10 +173,14 @@ class Observer:
         if call.first_token_seconds is not None:
             entry["ttft_seconds"] = round(call.first_token_seconds, 6)
         if call.usage_seen:
-            entry["input_tokens"] = call.input_tokens
-            entry["output_tokens"] = call.output_tokens
-            for name in ("cache_read_tokens", "cache_creation_tokens", "reasoning_tokens"):
-                value = getattr(call, name)
+            # "usage_*": the log formatter masks any field whose name contains "token".
+            entry["usage_input"] = call.input_tokens
+            entry["usage_output"] = call.output_tokens
+            for name, value in (
+                ("usage_cache_read", call.cache_read_tokens),
+                ("usage_cache_creation", call.cache_creation_tokens),
+                ("usage_reasoning", call.reasoning_tokens),
+            ):
                 if value:
                     entry[name] = value
         call_log.info("call finished", extra=entry)
