@@ -208,9 +208,8 @@ def _run_calls(observed: Observed) -> Observed:
 
 
 def _worker_pids(stack: Stack) -> set[int]:
-    return {
-        int(str(e["pid"])) for e in stack.llm.events() if e.get("event") == "call" and e.get("service") == "llm"
-    }
+    lines = stack.llm.events()
+    return {int(str(e["pid"])) for e in lines if e.get("event") == "call" and e.get("service") == "llm"}
 
 
 def _poll(prometheus: str, promql: str, want: dict[Any, float], timeout: float = 45.0) -> dict[Any, float]:
