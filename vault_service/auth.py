@@ -48,6 +48,10 @@ POLICY: Final[dict[str, Access]] = {
         ("DeleteProviderConfig", Access.USER),
         ("ResolveCredentials", Access.SERVICE),
         ("AuthenticateToken", Access.SERVICE),
+        ("GetUsageSummary", Access.USER),
+        ("ListUsageRecords", Access.USER),
+        ("ReportUsage", Access.SERVICE),
+        ("WatchInvalidations", Access.SERVICE),
     )
 }
 

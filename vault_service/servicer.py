@@ -10,6 +10,7 @@ translates. No response of a user RPC contains a key.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,7 +18,7 @@ from google.protobuf import timestamp_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from rmllm_common import requestctx
-from rmllm_common.errors import TokenInvalid, invalid
+from rmllm_common.errors import TokenInvalid, Unimplemented, invalid
 from vault_service import accounts, configs, validation
 from vault_service.auth import current_user
 from vault_service.crypto import Keyring
@@ -140,3 +141,28 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         if user is None:
             raise TokenInvalid("the user token is unknown or revoked")
         return vault_pb2.AuthenticateTokenResponse(user_id=user.user_id, user_name=user.user_name)
+
+    # The second wave's ledger and invalidation RPCs (CONTRACT §8) are declared in the
+    # contract ahead of their implementations, which land with the usage ledger (#10)
+    # and the scale-out work (#12); until then they answer UNIMPLEMENTED explicitly.
+
+    async def GetUsageSummary(
+        self, request: vault_pb2.GetUsageSummaryRequest, context: Context
+    ) -> vault_pb2.GetUsageSummaryResponse:
+        raise Unimplemented("GetUsageSummary is not served by this vault yet")
+
+    async def ListUsageRecords(
+        self, request: vault_pb2.ListUsageRecordsRequest, context: Context
+    ) -> vault_pb2.ListUsageRecordsResponse:
+        raise Unimplemented("ListUsageRecords is not served by this vault yet")
+
+    async def ReportUsage(
+        self, request_iterator: AsyncIterator[vault_pb2.ReportUsageRequest], context: Context
+    ) -> vault_pb2.ReportUsageResponse:
+        raise Unimplemented("ReportUsage is not served by this vault yet")
+
+    async def WatchInvalidations(
+        self, request: vault_pb2.WatchInvalidationsRequest, context: Context
+    ) -> AsyncIterator[vault_pb2.WatchInvalidationsResponse]:
+        raise Unimplemented("WatchInvalidations is not served by this vault yet")
+        yield  # a server-streaming handler is an async generator

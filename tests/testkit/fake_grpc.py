@@ -189,6 +189,28 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
         self.state.enter("AuthenticateToken", request, context)
         raise errors.PermissionDenied("AuthenticateToken needs the service credential")
 
+    # The ledger and invalidation RPCs: the client tests do not use them yet.
+    async def GetUsageSummary(
+        self, request: vault_pb2.GetUsageSummaryRequest, context: Context
+    ) -> vault_pb2.GetUsageSummaryResponse:
+        raise errors.Unimplemented("not in the fake vault")
+
+    async def ListUsageRecords(
+        self, request: vault_pb2.ListUsageRecordsRequest, context: Context
+    ) -> vault_pb2.ListUsageRecordsResponse:
+        raise errors.Unimplemented("not in the fake vault")
+
+    async def ReportUsage(
+        self, request_iterator: AsyncIterator[vault_pb2.ReportUsageRequest], context: Context
+    ) -> vault_pb2.ReportUsageResponse:
+        raise errors.Unimplemented("not in the fake vault")
+
+    async def WatchInvalidations(
+        self, request: vault_pb2.WatchInvalidationsRequest, context: Context
+    ) -> AsyncIterator[vault_pb2.WatchInvalidationsResponse]:
+        raise errors.Unimplemented("not in the fake vault")
+        yield
+
 
 def _apply(path: str, source: Any, target: Any) -> None:
     """Copy one mask path from ``source`` to ``target``; an unset optional clears it."""

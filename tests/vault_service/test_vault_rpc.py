@@ -351,4 +351,4 @@ def test_every_vault_rpc_has_an_access_rule() -> None:
     service = pb.DESCRIPTOR.services_by_name["VaultService"]
     assert set(POLICY) == {f"/{service.full_name}/{method.name}" for method in service.methods}
     service_only = {name.rsplit("/", 1)[1] for name, access in POLICY.items() if access is Access.SERVICE}
-    assert service_only == {"ResolveCredentials", "AuthenticateToken"}
+    assert service_only == {"ResolveCredentials", "AuthenticateToken", "ReportUsage", "WatchInvalidations"}

@@ -22,51 +22,76 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drealmultillm/llm/v1/llm.proto\x12\x13realmultillm.llm.v1\"G\n\x0b\x43hatMessage\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x19.realmultillm.llm.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\\\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\"\xe0\x01\n\x0b\x43hatRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .realmultillm.llm.v1.ChatMessage\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\xba\x01\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x38\n\rfinish_reason\x18\x02 \x01(\x0e\x32!.realmultillm.llm.v1.FinishReason\x12)\n\x05usage\x18\x03 \x01(\x0b\x32\x1a.realmultillm.llm.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x13\n\x0bresponse_id\x18\x06 \x01(\t\"\xe6\x01\n\x11StreamChatRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .realmultillm.llm.v1.ChatMessage\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\xab\x01\n\x0eStreamChatDone\x12\x38\n\rfinish_reason\x18\x01 \x01(\x0e\x32!.realmultillm.llm.v1.FinishReason\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.realmultillm.llm.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x13\n\x0bresponse_id\x18\x05 \x01(\t\"c\n\x12StreamChatResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x33\n\x04\x64one\x18\x02 \x01(\x0b\x32#.realmultillm.llm.v1.StreamChatDoneH\x00\x42\x07\n\x05\x65vent\"E\n\x0eTestKeyRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\"\x8b\x01\n\x0fTestKeyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x32\n\x06reason\x18\x03 \x01(\x0e\x32\".realmultillm.llm.v1.TestKeyReason\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x12\n\nlatency_ms\x18\x05 \x01(\x03\"\x16\n\x14ListProvidersRequest\"\x82\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\x03\x12\x1c\n\x14input_price_per_mtok\x18\x04 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x05 \x01(\x01\"\xdf\x01\n\x0cProviderInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0bwire_format\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_base_url\x18\x05 \x01(\t\x12\x15\n\rdefault_model\x18\x06 \x01(\t\x12\x14\n\x0crequires_key\x18\x07 \x01(\x08\x12\x10\n\x08\x66\x65\x61tures\x18\x08 \x03(\t\x12.\n\x06models\x18\t \x03(\x0b\x32\x1e.realmultillm.llm.v1.ModelInfo\"M\n\x15ListProvidersResponse\x12\x34\n\tproviders\x18\x01 \x03(\x0b\x32!.realmultillm.llm.v1.ProviderInfo\"%\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"d\n\x12ListModelsResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12.\n\x06models\x18\x02 \x03(\x0b\x32\x1e.realmultillm.llm.v1.ModelInfo\x12\x0c\n\x04live\x18\x03 \x01(\x08*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*\xb8\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x05*\xf1\x01\n\rTestKeyReason\x12\x1f\n\x1bTEST_KEY_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15TEST_KEY_REASON_VALID\x10\x01\x12\x1f\n\x1bTEST_KEY_REASON_INVALID_KEY\x10\x02\x12#\n\x1fTEST_KEY_REASON_QUOTA_EXHAUSTED\x10\x03\x12 \n\x1cTEST_KEY_REASON_RATE_LIMITED\x10\x04\x12\x1f\n\x1bTEST_KEY_REASON_UNREACHABLE\x10\x05\x12\x1b\n\x17TEST_KEY_REASON_UNKNOWN\x10\x06\x32\xd7\x03\n\nLLMService\x12K\n\x04\x43hat\x12 .realmultillm.llm.v1.ChatRequest\x1a!.realmultillm.llm.v1.ChatResponse\x12_\n\nStreamChat\x12&.realmultillm.llm.v1.StreamChatRequest\x1a\'.realmultillm.llm.v1.StreamChatResponse0\x01\x12T\n\x07TestKey\x12#.realmultillm.llm.v1.TestKeyRequest\x1a$.realmultillm.llm.v1.TestKeyResponse\x12\x66\n\rListProviders\x12).realmultillm.llm.v1.ListProvidersRequest\x1a*.realmultillm.llm.v1.ListProvidersResponse\x12]\n\nListModels\x12&.realmultillm.llm.v1.ListModelsRequest\x1a\'.realmultillm.llm.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drealmultillm/llm/v1/llm.proto\x12\x13realmultillm.llm.v1\x1a\x1cgoogle/protobuf/struct.proto\"G\n\tImagePart\x12\r\n\x03url\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x11\n\tmime_type\x18\x03 \x01(\tB\x08\n\x06source\"/\n\x0c\x44ocumentPart\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"\x8d\x01\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12/\n\x05image\x18\x02 \x01(\x0b\x32\x1e.realmultillm.llm.v1.ImagePartH\x00\x12\x35\n\x08\x64ocument\x18\x03 \x01(\x0b\x32!.realmultillm.llm.v1.DocumentPartH\x00\x42\x06\n\x04part\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"\xd9\x01\n\x0b\x43hatMessage\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x19.realmultillm.llm.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12/\n\x05parts\x18\x03 \x03(\x0b\x32 .realmultillm.llm.v1.ContentPart\x12\x31\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.realmultillm.llm.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\x12\x16\n\x0eprovider_state\x18\x06 \x01(\x0c\"f\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"[\n\nToolChoice\x12\x33\n\x04mode\x18\x01 \x01(\x0e\x32#.realmultillm.llm.v1.ToolChoiceModeH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"\x8e\x01\n\x0eResponseFormat\x12\x35\n\x04type\x18\x01 \x01(\x0e\x32\'.realmultillm.llm.v1.ResponseFormatType\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"z\n\x10ReasoningOptions\x12\x34\n\x06\x65\x66\x66ort\x18\x01 \x01(\x0e\x32$.realmultillm.llm.v1.ReasoningEffort\x12\x15\n\rbudget_tokens\x18\x02 \x01(\x05\x12\x19\n\x11include_reasoning\x18\x03 \x01(\x08\"Q\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x04 \x01(\t\"\xd4\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x05 \x01(\x03\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x06 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x07 \x01(\x03\x12\x16\n\x0eusage_reported\x18\x08 \x01(\x08\"\xf2\x03\n\x0b\x43hatRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .realmultillm.llm.v1.ChatMessage\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12(\n\x05tools\x18\x08 \x03(\x0b\x32\x19.realmultillm.llm.v1.Tool\x12\x34\n\x0btool_choice\x18\t \x01(\x0b\x32\x1f.realmultillm.llm.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\n \x01(\x08H\x03\x88\x01\x01\x12<\n\x0fresponse_format\x18\x0b \x01(\x0b\x32#.realmultillm.llm.v1.ResponseFormat\x12\x38\n\treasoning\x18\x0c \x01(\x0b\x32%.realmultillm.llm.v1.ReasoningOptionsB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x16\n\x14_parallel_tool_calls\"\x98\x02\n\x0c\x43hatResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x38\n\rfinish_reason\x18\x02 \x01(\x0e\x32!.realmultillm.llm.v1.FinishReason\x12)\n\x05usage\x18\x03 \x01(\x0b\x32\x1a.realmultillm.llm.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x13\n\x0bresponse_id\x18\x06 \x01(\t\x12\x31\n\ntool_calls\x18\x07 \x03(\x0b\x32\x1d.realmultillm.llm.v1.ToolCall\x12\x11\n\treasoning\x18\x08 \x01(\t\x12\x16\n\x0eprovider_state\x18\t \x01(\x0c\"\xf8\x03\n\x11StreamChatRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .realmultillm.llm.v1.ChatMessage\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12(\n\x05tools\x18\x08 \x03(\x0b\x32\x19.realmultillm.llm.v1.Tool\x12\x34\n\x0btool_choice\x18\t \x01(\x0b\x32\x1f.realmultillm.llm.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\n \x01(\x08H\x03\x88\x01\x01\x12<\n\x0fresponse_format\x18\x0b \x01(\x0b\x32#.realmultillm.llm.v1.ResponseFormat\x12\x38\n\treasoning\x18\x0c \x01(\x0b\x32%.realmultillm.llm.v1.ReasoningOptionsB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_pB\x16\n\x14_parallel_tool_calls\"\x89\x02\n\x0eStreamChatDone\x12\x38\n\rfinish_reason\x18\x01 \x01(\x0e\x32!.realmultillm.llm.v1.FinishReason\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.realmultillm.llm.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x13\n\x0bresponse_id\x18\x05 \x01(\t\x12\x31\n\ntool_calls\x18\x06 \x03(\x0b\x32\x1d.realmultillm.llm.v1.ToolCall\x12\x11\n\treasoning\x18\x07 \x01(\t\x12\x16\n\x0eprovider_state\x18\x08 \x01(\x0c\"\xbd\x01\n\x12StreamChatResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x33\n\x04\x64one\x18\x02 \x01(\x0b\x32#.realmultillm.llm.v1.StreamChatDoneH\x00\x12\x19\n\x0freasoning_delta\x18\x03 \x01(\tH\x00\x12=\n\x0ftool_call_delta\x18\x04 \x01(\x0b\x32\".realmultillm.llm.v1.ToolCallDeltaH\x00\x42\x07\n\x05\x65vent\"E\n\x0eTestKeyRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\"\x8b\x01\n\x0fTestKeyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x32\n\x06reason\x18\x03 \x01(\x0e\x32\".realmultillm.llm.v1.TestKeyReason\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x12\n\nlatency_ms\x18\x05 \x01(\x03\"\x16\n\x14ListProvidersRequest\"\xdf\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\x03\x12\x1c\n\x14input_price_per_mtok\x18\x04 \x01(\x01\x12\x1d\n\x15output_price_per_mtok\x18\x05 \x01(\x01\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12!\n\x19\x63\x61\x63he_read_price_per_mtok\x18\x07 \x01(\x01\x12\"\n\x1a\x63\x61\x63he_write_price_per_mtok\x18\x08 \x01(\x01\"\xdf\x01\n\x0cProviderInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0bwire_format\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_base_url\x18\x05 \x01(\t\x12\x15\n\rdefault_model\x18\x06 \x01(\t\x12\x14\n\x0crequires_key\x18\x07 \x01(\x08\x12\x10\n\x08\x66\x65\x61tures\x18\x08 \x03(\t\x12.\n\x06models\x18\t \x03(\x0b\x32\x1e.realmultillm.llm.v1.ModelInfo\"M\n\x15ListProvidersResponse\x12\x34\n\tproviders\x18\x01 \x03(\x0b\x32!.realmultillm.llm.v1.ProviderInfo\"%\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"d\n\x12ListModelsResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12.\n\x06models\x18\x02 \x03(\x0b\x32\x1e.realmultillm.llm.v1.ModelInfo\x12\x0c\n\x04live\x18\x03 \x01(\x08*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\xa5\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x03*\x85\x01\n\x0fReasoningEffort\x12 \n\x1cREASONING_EFFORT_UNSPECIFIED\x10\x00\x12\x18\n\x14REASONING_EFFORT_LOW\x10\x01\x12\x1b\n\x17REASONING_EFFORT_MEDIUM\x10\x02\x12\x19\n\x15REASONING_EFFORT_HIGH\x10\x03*\xb8\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x04\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x05*\xf1\x01\n\rTestKeyReason\x12\x1f\n\x1bTEST_KEY_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15TEST_KEY_REASON_VALID\x10\x01\x12\x1f\n\x1bTEST_KEY_REASON_INVALID_KEY\x10\x02\x12#\n\x1fTEST_KEY_REASON_QUOTA_EXHAUSTED\x10\x03\x12 \n\x1cTEST_KEY_REASON_RATE_LIMITED\x10\x04\x12\x1f\n\x1bTEST_KEY_REASON_UNREACHABLE\x10\x05\x12\x1b\n\x17TEST_KEY_REASON_UNKNOWN\x10\x06\x32\xd7\x03\n\nLLMService\x12K\n\x04\x43hat\x12 .realmultillm.llm.v1.ChatRequest\x1a!.realmultillm.llm.v1.ChatResponse\x12_\n\nStreamChat\x12&.realmultillm.llm.v1.StreamChatRequest\x1a\'.realmultillm.llm.v1.StreamChatResponse0\x01\x12T\n\x07TestKey\x12#.realmultillm.llm.v1.TestKeyRequest\x1a$.realmultillm.llm.v1.TestKeyResponse\x12\x66\n\rListProviders\x12).realmultillm.llm.v1.ListProvidersRequest\x1a*.realmultillm.llm.v1.ListProvidersResponse\x12]\n\nListModels\x12&.realmultillm.llm.v1.ListModelsRequest\x1a\'.realmultillm.llm.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'realmultillm.llm.v1.llm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1961
-  _globals['_ROLE']._serialized_end=2041
-  _globals['_FINISHREASON']._serialized_start=2044
-  _globals['_FINISHREASON']._serialized_end=2228
-  _globals['_TESTKEYREASON']._serialized_start=2231
-  _globals['_TESTKEYREASON']._serialized_end=2472
-  _globals['_CHATMESSAGE']._serialized_start=54
-  _globals['_CHATMESSAGE']._serialized_end=125
-  _globals['_USAGE']._serialized_start=127
-  _globals['_USAGE']._serialized_end=219
-  _globals['_CHATREQUEST']._serialized_start=222
-  _globals['_CHATREQUEST']._serialized_end=446
-  _globals['_CHATRESPONSE']._serialized_start=449
-  _globals['_CHATRESPONSE']._serialized_end=635
-  _globals['_STREAMCHATREQUEST']._serialized_start=638
-  _globals['_STREAMCHATREQUEST']._serialized_end=868
-  _globals['_STREAMCHATDONE']._serialized_start=871
-  _globals['_STREAMCHATDONE']._serialized_end=1042
-  _globals['_STREAMCHATRESPONSE']._serialized_start=1044
-  _globals['_STREAMCHATRESPONSE']._serialized_end=1143
-  _globals['_TESTKEYREQUEST']._serialized_start=1145
-  _globals['_TESTKEYREQUEST']._serialized_end=1214
-  _globals['_TESTKEYRESPONSE']._serialized_start=1217
-  _globals['_TESTKEYRESPONSE']._serialized_end=1356
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1358
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1380
-  _globals['_MODELINFO']._serialized_start=1383
-  _globals['_MODELINFO']._serialized_end=1513
-  _globals['_PROVIDERINFO']._serialized_start=1516
-  _globals['_PROVIDERINFO']._serialized_end=1739
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1741
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1818
-  _globals['_LISTMODELSREQUEST']._serialized_start=1820
-  _globals['_LISTMODELSREQUEST']._serialized_end=1857
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1859
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1959
-  _globals['_LLMSERVICE']._serialized_start=2475
-  _globals['_LLMSERVICE']._serialized_end=2946
+  _globals['_ROLE']._serialized_start=4051
+  _globals['_ROLE']._serialized_end=4146
+  _globals['_TOOLCHOICEMODE']._serialized_start=4149
+  _globals['_TOOLCHOICEMODE']._serialized_end=4284
+  _globals['_RESPONSEFORMATTYPE']._serialized_start=4287
+  _globals['_RESPONSEFORMATTYPE']._serialized_end=4452
+  _globals['_REASONINGEFFORT']._serialized_start=4455
+  _globals['_REASONINGEFFORT']._serialized_end=4588
+  _globals['_FINISHREASON']._serialized_start=4591
+  _globals['_FINISHREASON']._serialized_end=4775
+  _globals['_TESTKEYREASON']._serialized_start=4778
+  _globals['_TESTKEYREASON']._serialized_end=5019
+  _globals['_IMAGEPART']._serialized_start=84
+  _globals['_IMAGEPART']._serialized_end=155
+  _globals['_DOCUMENTPART']._serialized_start=157
+  _globals['_DOCUMENTPART']._serialized_end=204
+  _globals['_CONTENTPART']._serialized_start=207
+  _globals['_CONTENTPART']._serialized_end=348
+  _globals['_TOOLCALL']._serialized_start=350
+  _globals['_TOOLCALL']._serialized_end=405
+  _globals['_CHATMESSAGE']._serialized_start=408
+  _globals['_CHATMESSAGE']._serialized_end=625
+  _globals['_TOOL']._serialized_start=627
+  _globals['_TOOL']._serialized_end=729
+  _globals['_TOOLCHOICE']._serialized_start=731
+  _globals['_TOOLCHOICE']._serialized_end=822
+  _globals['_RESPONSEFORMAT']._serialized_start=825
+  _globals['_RESPONSEFORMAT']._serialized_end=967
+  _globals['_REASONINGOPTIONS']._serialized_start=969
+  _globals['_REASONINGOPTIONS']._serialized_end=1091
+  _globals['_TOOLCALLDELTA']._serialized_start=1093
+  _globals['_TOOLCALLDELTA']._serialized_end=1174
+  _globals['_USAGE']._serialized_start=1177
+  _globals['_USAGE']._serialized_end=1389
+  _globals['_CHATREQUEST']._serialized_start=1392
+  _globals['_CHATREQUEST']._serialized_end=1890
+  _globals['_CHATRESPONSE']._serialized_start=1893
+  _globals['_CHATRESPONSE']._serialized_end=2173
+  _globals['_STREAMCHATREQUEST']._serialized_start=2176
+  _globals['_STREAMCHATREQUEST']._serialized_end=2680
+  _globals['_STREAMCHATDONE']._serialized_start=2683
+  _globals['_STREAMCHATDONE']._serialized_end=2948
+  _globals['_STREAMCHATRESPONSE']._serialized_start=2951
+  _globals['_STREAMCHATRESPONSE']._serialized_end=3140
+  _globals['_TESTKEYREQUEST']._serialized_start=3142
+  _globals['_TESTKEYREQUEST']._serialized_end=3211
+  _globals['_TESTKEYRESPONSE']._serialized_start=3214
+  _globals['_TESTKEYRESPONSE']._serialized_end=3353
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=3355
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=3377
+  _globals['_MODELINFO']._serialized_start=3380
+  _globals['_MODELINFO']._serialized_end=3603
+  _globals['_PROVIDERINFO']._serialized_start=3606
+  _globals['_PROVIDERINFO']._serialized_end=3829
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=3831
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=3908
+  _globals['_LISTMODELSREQUEST']._serialized_start=3910
+  _globals['_LISTMODELSREQUEST']._serialized_end=3947
+  _globals['_LISTMODELSRESPONSE']._serialized_start=3949
+  _globals['_LISTMODELSRESPONSE']._serialized_end=4049
+  _globals['_LLMSERVICE']._serialized_start=5022
+  _globals['_LLMSERVICE']._serialized_end=5493
 # @@protoc_insertion_point(module_scope)

@@ -14,12 +14,17 @@ google.rpc.BadRequest for invalid fields. Reasons: INVALID_REQUEST,
 UNKNOWN_PROVIDER, TOKEN_INVALID, KEY_NOT_CONFIGURED, PROVIDER_KEY_INVALID,
 PROVIDER_RATE_LIMITED, RATE_LIMITED, PROVIDER_QUOTA_EXHAUSTED,
 PROVIDER_UNAVAILABLE, UPSTREAM_STREAM_TRUNCATED, PROVIDER_ERROR,
-VAULT_UNAVAILABLE, DEADLINE_EXCEEDED, KEY_DECRYPTION_FAILED, INTERNAL.
+VAULT_UNAVAILABLE, DEADLINE_EXCEEDED, KEY_DECRYPTION_FAILED, INTERNAL,
+CAPABILITY_UNSUPPORTED (FAILED_PRECONDITION: the model lacks a feature the
+request needs), BUDGET_EXCEEDED (RESOURCE_EXHAUSTED: the user's or token's
+spend budget is used up), MODEL_NOT_ALLOWED (PERMISSION_DENIED: the user's or
+token's model policy refuses the model).
 """
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -48,7 +53,15 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     ROLE_USER: _Role.ValueType  # 2
     """The person or program asking."""
     ROLE_ASSISTANT: _Role.ValueType  # 3
-    """An earlier answer of the model (Gemini role `model`)."""
+    """An earlier answer of the model (Gemini role `model`). May carry `tool_calls`
+    and `provider_state` from that answer.
+    """
+    ROLE_TOOL: _Role.ValueType  # 4
+    """The result of a tool call: `tool_call_id` names the call it answers and
+    `content` (or text `parts`) holds the result. Sent as an OpenAI `tool`
+    message, an Anthropic `tool_result` block in a user turn, a Gemini
+    `functionResponse` part.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Who wrote a message."""
@@ -62,8 +75,100 @@ ROLE_SYSTEM: Role.ValueType  # 1
 ROLE_USER: Role.ValueType  # 2
 """The person or program asking."""
 ROLE_ASSISTANT: Role.ValueType  # 3
-"""An earlier answer of the model (Gemini role `model`)."""
+"""An earlier answer of the model (Gemini role `model`). May carry `tool_calls`
+and `provider_state` from that answer.
+"""
+ROLE_TOOL: Role.ValueType  # 4
+"""The result of a tool call: `tool_call_id` names the call it answers and
+`content` (or text `parts`) holds the result. Sent as an OpenAI `tool`
+message, an Anthropic `tool_result` block in a user turn, a Gemini
+`functionResponse` part.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
+
+class _ToolChoiceMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolChoiceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolChoiceMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ToolChoiceMode.ValueType  # 0
+    """Not set: the provider's default (auto when tools are declared)."""
+    TOOL_CHOICE_MODE_AUTO: _ToolChoiceMode.ValueType  # 1
+    """The model decides whether to call tools."""
+    TOOL_CHOICE_MODE_NONE: _ToolChoiceMode.ValueType  # 2
+    """The model must not call tools."""
+    TOOL_CHOICE_MODE_REQUIRED: _ToolChoiceMode.ValueType  # 3
+    """The model must call at least one tool."""
+
+class ToolChoiceMode(_ToolChoiceMode, metaclass=_ToolChoiceModeEnumTypeWrapper):
+    """How the model may use the declared tools."""
+
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode.ValueType  # 0
+"""Not set: the provider's default (auto when tools are declared)."""
+TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.ValueType  # 1
+"""The model decides whether to call tools."""
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode.ValueType  # 2
+"""The model must not call tools."""
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.ValueType  # 3
+"""The model must call at least one tool."""
+Global___ToolChoiceMode: _TypeAlias = ToolChoiceMode  # noqa: Y015
+
+class _ResponseFormatType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResponseFormatTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResponseFormatType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESPONSE_FORMAT_TYPE_UNSPECIFIED: _ResponseFormatType.ValueType  # 0
+    """Not set: plain text."""
+    RESPONSE_FORMAT_TYPE_TEXT: _ResponseFormatType.ValueType  # 1
+    """Plain text."""
+    RESPONSE_FORMAT_TYPE_JSON_OBJECT: _ResponseFormatType.ValueType  # 2
+    """Any JSON object."""
+    RESPONSE_FORMAT_TYPE_JSON_SCHEMA: _ResponseFormatType.ValueType  # 3
+    """JSON that matches `ResponseFormat.schema`."""
+
+class ResponseFormatType(_ResponseFormatType, metaclass=_ResponseFormatTypeEnumTypeWrapper):
+    """The shape of the answer's text."""
+
+RESPONSE_FORMAT_TYPE_UNSPECIFIED: ResponseFormatType.ValueType  # 0
+"""Not set: plain text."""
+RESPONSE_FORMAT_TYPE_TEXT: ResponseFormatType.ValueType  # 1
+"""Plain text."""
+RESPONSE_FORMAT_TYPE_JSON_OBJECT: ResponseFormatType.ValueType  # 2
+"""Any JSON object."""
+RESPONSE_FORMAT_TYPE_JSON_SCHEMA: ResponseFormatType.ValueType  # 3
+"""JSON that matches `ResponseFormat.schema`."""
+Global___ResponseFormatType: _TypeAlias = ResponseFormatType  # noqa: Y015
+
+class _ReasoningEffort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReasoningEffortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasoningEffort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REASONING_EFFORT_UNSPECIFIED: _ReasoningEffort.ValueType  # 0
+    """Not set: the provider's default."""
+    REASONING_EFFORT_LOW: _ReasoningEffort.ValueType  # 1
+    """Little reasoning."""
+    REASONING_EFFORT_MEDIUM: _ReasoningEffort.ValueType  # 2
+    """Some reasoning."""
+    REASONING_EFFORT_HIGH: _ReasoningEffort.ValueType  # 3
+    """Much reasoning."""
+
+class ReasoningEffort(_ReasoningEffort, metaclass=_ReasoningEffortEnumTypeWrapper):
+    """How hard a reasoning model should think."""
+
+REASONING_EFFORT_UNSPECIFIED: ReasoningEffort.ValueType  # 0
+"""Not set: the provider's default."""
+REASONING_EFFORT_LOW: ReasoningEffort.ValueType  # 1
+"""Little reasoning."""
+REASONING_EFFORT_MEDIUM: ReasoningEffort.ValueType  # 2
+"""Some reasoning."""
+REASONING_EFFORT_HIGH: ReasoningEffort.ValueType  # 3
+"""Much reasoning."""
+Global___ReasoningEffort: _TypeAlias = ReasoningEffort  # noqa: Y015
 
 class _FinishReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -142,6 +247,135 @@ TEST_KEY_REASON_UNKNOWN: TestKeyReason.ValueType  # 6
 Global___TestKeyReason: _TypeAlias = TestKeyReason  # noqa: Y015
 
 @_typing.final
+class ImagePart(_message.Message):
+    """An image given to the model, by URL or inline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """An https URL the provider fetches itself, or a `data:` URL."""
+    data: _builtins.bytes
+    """The image bytes."""
+    mime_type: _builtins.str
+    """The image type with `data`: `image/png`, `image/jpeg`, `image/gif` or
+    `image/webp`. Optional with `url`.
+    """
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type", "source", b"source", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["url", "data"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___ImagePart: _TypeAlias = ImagePart  # noqa: Y015
+
+@_typing.final
+class DocumentPart(_message.Message):
+    """A document given to the model inline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The document bytes."""
+    mime_type: _builtins.str
+    """The document type: `application/pdf`."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DocumentPart: _TypeAlias = DocumentPart  # noqa: Y015
+
+@_typing.final
+class ContentPart(_message.Message):
+    """One ordered piece of a message's content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """A piece of text, UTF-8, not empty."""
+    @_builtins.property
+    def image(self) -> Global___ImagePart:
+        """An image (models with the `vision` capability)."""
+
+    @_builtins.property
+    def document(self) -> Global___DocumentPart:
+        """A document (models with the `pdf` capability)."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        image: Global___ImagePart | None = ...,
+        document: Global___DocumentPart | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "image", b"image", "part", b"part", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "image", b"image", "part", b"part", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image", "document"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ContentPart: _TypeAlias = ContentPart  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """A call of a declared tool that the model asked for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The call's id, unique within the answer. The tool's result is sent back in a
+    ROLE_TOOL message with this `tool_call_id`. For providers that give no ids
+    (Gemini), the gateway makes stable ones and maps them back.
+    """
+    name: _builtins.str
+    """The tool's name, as declared in `tools`."""
+    arguments: _builtins.str
+    """The arguments: the JSON text the model produced, unchanged."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
 class ChatMessage(_message.Message):
     """One message of a conversation."""
 
@@ -149,23 +383,221 @@ class ChatMessage(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_STATE_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """Who wrote it; must not be ROLE_UNSPECIFIED."""
     content: _builtins.str
-    """The text, UTF-8: not empty, at most 1,048,576 bytes (1 MiB) per message."""
+    """The text, UTF-8, at most 1,048,576 bytes (1 MiB) per message. Must not be
+    empty unless `parts` or `tool_calls` are given.
+    """
+    tool_call_id: _builtins.str
+    """On ROLE_TOOL messages: the `ToolCall.id` this message answers; it must match
+    a call of an earlier assistant message.
+    """
+    provider_state: _builtins.bytes
+    """On ROLE_ASSISTANT messages: the `provider_state` of that answer (thinking
+    signatures, Gemini thought signatures), sent back unchanged.
+    """
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
+        """The content as ordered parts (text, images, documents), in place of or after
+        `content`.
+        """
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """On ROLE_ASSISTANT messages: the tool calls the model made in that answer."""
+
     def __init__(
         self,
         *,
         role: Global___Role.ValueType = ...,
         content: _builtins.str = ...,
+        parts: _abc.Iterable[Global___ContentPart] | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
+        provider_state: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "parts", b"parts", "provider_state", b"provider_state", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """A tool (function) the model may call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name: 1 to 64 characters of `[A-Za-z0-9_-]`, unique within the request."""
+    description: _builtins.str
+    """What the tool does, for the model."""
+    strict: _builtins.bool
+    """Ask the provider to enforce the schema exactly, where it can."""
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct:
+        """The arguments' JSON Schema (an object schema). Unset: no arguments."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """Which tools the model may or must call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoiceMode.ValueType
+    """Auto, none or required."""
+    name: _builtins.str
+    """The name of one declared tool the model must call."""
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoiceMode.ValueType = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "mode", b"mode", "name", b"name"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice", b"choice", "mode", b"mode", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_choice: _TypeAlias = _typing.Literal["mode", "name"]  # noqa: Y015
+    _WhichOneofArgType_choice: _TypeAlias = _typing.Literal["choice", b"choice"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_choice) -> _WhichOneofReturnType_choice | None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    """The requested shape of the answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    type: Global___ResponseFormatType.ValueType
+    """Text, a JSON object, or JSON matching `schema`."""
+    name: _builtins.str
+    """With JSON_SCHEMA: the schema's name, 1 to 64 characters of `[A-Za-z0-9_-]`."""
+    strict: _builtins.bool
+    """With JSON_SCHEMA: ask the provider to enforce the schema exactly."""
+    @_builtins.property
+    def schema(self) -> _struct_pb2.Struct:
+        """With JSON_SCHEMA: the JSON Schema (an object schema)."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___ResponseFormatType.ValueType = ...,
+        name: _builtins.str = ...,
+        schema: _struct_pb2.Struct | None = ...,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "schema", b"schema", "strict", b"strict", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
+
+@_typing.final
+class ReasoningOptions(_message.Message):
+    """Options for reasoning (thinking) models."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EFFORT_FIELD_NUMBER: _builtins.int
+    BUDGET_TOKENS_FIELD_NUMBER: _builtins.int
+    INCLUDE_REASONING_FIELD_NUMBER: _builtins.int
+    effort: Global___ReasoningEffort.ValueType
+    """How hard to think. Mapped to the provider's effort or to a token budget."""
+    budget_tokens: _builtins.int
+    """A thinking budget in tokens, where the provider takes one (Anthropic,
+    Gemini). 0: from `effort`, else the provider's default.
+    """
+    include_reasoning: _builtins.bool
+    """Return the reasoning text (summaries where the provider gives only those)."""
+    def __init__(
+        self,
+        *,
+        effort: Global___ReasoningEffort.ValueType = ...,
+        budget_tokens: _builtins.int = ...,
+        include_reasoning: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_tokens", b"budget_tokens", "effort", b"effort", "include_reasoning", b"include_reasoning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReasoningOptions: _TypeAlias = ReasoningOptions  # noqa: Y015
+
+@_typing.final
+class ToolCallDelta(_message.Message):
+    """A piece of a tool call, streamed as the model produces it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_DELTA_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Which call of this answer: 0 to n-1 in the order the calls started,
+    whatever the provider numbered them.
+    """
+    id: _builtins.str
+    """The call's id; sent with the call's first delta."""
+    name: _builtins.str
+    """The tool's name; sent with the call's first delta."""
+    arguments_delta: _builtins.str
+    """The next fragment of the arguments' JSON text. The fragments of one call,
+    concatenated in order, are exactly its `ToolCall.arguments`.
+    """
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_delta: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_delta", b"arguments_delta", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
@@ -177,6 +609,10 @@ class Usage(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
+    CACHE_READ_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_CREATION_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    USAGE_REPORTED_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Prompt tokens, as counted by the provider."""
     output_tokens: _builtins.int
@@ -184,8 +620,19 @@ class Usage(_message.Message):
     total_tokens: _builtins.int
     """input_tokens + output_tokens, or the provider's total when it reports one."""
     cost_usd: _builtins.float
-    """Cost in US dollars from the registry's prices per 1M tokens; 0 when the
-    model has no known price.
+    """Cost in US dollars from the registry's prices per 1M tokens (cache reads and
+    writes at their own prices where the registry has them), rounded to 1e-10;
+    0 when the model has no known price.
+    """
+    cache_read_input_tokens: _builtins.int
+    """Input tokens read from the provider's prompt cache (included in input_tokens)."""
+    cache_creation_input_tokens: _builtins.int
+    """Input tokens written to the provider's prompt cache (included in input_tokens)."""
+    reasoning_tokens: _builtins.int
+    """Reasoning (thinking) tokens (included in output_tokens)."""
+    usage_reported: _builtins.bool
+    """True when the provider reported usage. False: the counts are unknown (for
+    example a stream cut before its usage), not zero.
     """
     def __init__(
         self,
@@ -194,10 +641,14 @@ class Usage(_message.Message):
         output_tokens: _builtins.int = ...,
         total_tokens: _builtins.int = ...,
         cost_usd: _builtins.float = ...,
+        cache_read_input_tokens: _builtins.int = ...,
+        cache_creation_input_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
+        usage_reported: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens", "usage_reported", b"usage_reported"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -216,6 +667,11 @@ class ChatRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider id or alias: `openai` (`openai-api`), `anthropic` (`claude`),
     `google` (`google-ai`, `gemini`), `openrouter`, `github`, `grok` (`xai`),
@@ -235,6 +691,10 @@ class ChatRequest(_message.Message):
     """
     top_p: _builtins.float
     """Nucleus sampling, 0.0 to 1.0. Unset: the provider's default."""
+    parallel_tool_calls: _builtins.bool
+    """Whether the model may call several tools in one answer. Unset: the
+    provider's default.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """The conversation, oldest first: 1 to 1,000 messages, at most 4 MiB in all."""
@@ -242,6 +702,22 @@ class ChatRequest(_message.Message):
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to 4 stop sequences, each 1 to 256 characters."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Tools the model may call, at most 128."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Which tools the model may or must call. Unset: the provider's default."""
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """The shape of the answer. Unset: text."""
+
+    @_builtins.property
+    def reasoning(self) -> Global___ReasoningOptions:
+        """Reasoning options. Unset: the provider's default."""
 
     def __init__(
         self,
@@ -253,19 +729,28 @@ class ChatRequest(_message.Message):
         max_tokens: _builtins.int | None = ...,
         top_p: _builtins.float | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        reasoning: Global___ReasoningOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "parallel_tool_calls", b"parallel_tool_calls", "reasoning", b"reasoning", "response_format", b"response_format", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "provider", b"provider", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
     @_typing.overload
@@ -285,6 +770,9 @@ class ChatResponse(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    PROVIDER_STATE_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The generated text."""
     finish_reason: Global___FinishReason.ValueType
@@ -295,9 +783,21 @@ class ChatResponse(_message.Message):
     """Canonical provider id."""
     response_id: _builtins.str
     """The provider's id for the completion, where it gives one."""
+    reasoning: _builtins.str
+    """The reasoning text, when requested with `include_reasoning` and returned by
+    the provider.
+    """
+    provider_state: _builtins.bytes
+    """Opaque provider state (thinking and thought signatures): send it back
+    unchanged as the assistant message's `provider_state` on the next turn.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Token counts and cost."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tool calls the model asked for, fully assembled, in index order."""
 
     def __init__(
         self,
@@ -308,10 +808,13 @@ class ChatResponse(_message.Message):
         model: _builtins.str = ...,
         provider: _builtins.str = ...,
         response_id: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        reasoning: _builtins.str = ...,
+        provider_state: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "response_id", b"response_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "provider_state", b"provider_state", "reasoning", b"reasoning", "response_id", b"response_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -330,6 +833,11 @@ class StreamChatRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Provider id or alias; see ChatRequest.provider."""
     model: _builtins.str
@@ -340,6 +848,10 @@ class StreamChatRequest(_message.Message):
     """Maximum tokens to generate; see ChatRequest.max_tokens."""
     top_p: _builtins.float
     """Nucleus sampling; see ChatRequest.top_p."""
+    parallel_tool_calls: _builtins.bool
+    """Whether the model may call several tools in one answer. Unset: the
+    provider's default.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """The conversation; see ChatRequest.messages."""
@@ -347,6 +859,22 @@ class StreamChatRequest(_message.Message):
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Stop sequences; see ChatRequest.stop."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Tools; see ChatRequest.tools."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Which tools the model may or must call. Unset: the provider's default."""
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """The shape of the answer. Unset: text."""
+
+    @_builtins.property
+    def reasoning(self) -> Global___ReasoningOptions:
+        """Reasoning options. Unset: the provider's default."""
 
     def __init__(
         self,
@@ -358,19 +886,28 @@ class StreamChatRequest(_message.Message):
         max_tokens: _builtins.int | None = ...,
         top_p: _builtins.float | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        reasoning: Global___ReasoningOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "parallel_tool_calls", b"parallel_tool_calls", "reasoning", b"reasoning", "response_format", b"response_format", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "provider", b"provider", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
     @_typing.overload
@@ -389,6 +926,9 @@ class StreamChatDone(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    PROVIDER_STATE_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why the model stopped."""
     model: _builtins.str
@@ -397,9 +937,21 @@ class StreamChatDone(_message.Message):
     """Canonical provider id."""
     response_id: _builtins.str
     """The provider's id for the completion, where it gives one."""
+    reasoning: _builtins.str
+    """The reasoning text, when requested with `include_reasoning` and returned by
+    the provider.
+    """
+    provider_state: _builtins.bytes
+    """Opaque provider state (thinking and thought signatures): send it back
+    unchanged as the assistant message's `provider_state` on the next turn.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Token counts and cost."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tool calls the model asked for, fully assembled, in index order."""
 
     def __init__(
         self,
@@ -409,10 +961,13 @@ class StreamChatDone(_message.Message):
         model: _builtins.str = ...,
         provider: _builtins.str = ...,
         response_id: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        reasoning: _builtins.str = ...,
+        provider_state: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "response_id", b"response_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "provider_state", b"provider_state", "reasoning", b"reasoning", "response_id", b"response_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -426,25 +981,37 @@ class StreamChatResponse(_message.Message):
 
     DELTA_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    REASONING_DELTA_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_DELTA_FIELD_NUMBER: _builtins.int
     delta: _builtins.str
     """The next piece of generated text (never empty). Concatenated in order, the
     deltas are exactly Chat's `content`.
     """
+    reasoning_delta: _builtins.str
+    """The next piece of reasoning text (with `include_reasoning`). Concatenated
+    in order, exactly `done.reasoning`.
+    """
     @_builtins.property
     def done(self) -> Global___StreamChatDone:
         """Sent once, last, on success."""
+
+    @_builtins.property
+    def tool_call_delta(self) -> Global___ToolCallDelta:
+        """The next piece of a tool call."""
 
     def __init__(
         self,
         *,
         delta: _builtins.str = ...,
         done: Global___StreamChatDone | None = ...,
+        reasoning_delta: _builtins.str = ...,
+        tool_call_delta: Global___ToolCallDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event", "reasoning_delta", b"reasoning_delta", "tool_call_delta", b"tool_call_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event", "reasoning_delta", b"reasoning_delta", "tool_call_delta", b"tool_call_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "done"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "done", "reasoning_delta", "tool_call_delta"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -551,6 +1118,9 @@ class ModelInfo(_message.Message):
     CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
     INPUT_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
     OUTPUT_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    CACHE_READ_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_PRICE_PER_MTOK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The id to pass as ChatRequest.model."""
     display_name: _builtins.str
@@ -561,6 +1131,16 @@ class ModelInfo(_message.Message):
     """USD per 1,000,000 input tokens; 0 when unknown or free."""
     output_price_per_mtok: _builtins.float
     """USD per 1,000,000 output tokens; 0 when unknown or free."""
+    cache_read_price_per_mtok: _builtins.float
+    """USD per 1,000,000 input tokens read from the prompt cache; 0 when unknown."""
+    cache_write_price_per_mtok: _builtins.float
+    """USD per 1,000,000 input tokens written to the prompt cache; 0 when unknown."""
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the model supports: `tools`, `parallel_tools`, `vision`, `pdf`,
+        `json_schema`, `reasoning`.
+        """
+
     def __init__(
         self,
         *,
@@ -569,10 +1149,13 @@ class ModelInfo(_message.Message):
         context_window: _builtins.int = ...,
         input_price_per_mtok: _builtins.float = ...,
         output_price_per_mtok: _builtins.float = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        cache_read_price_per_mtok: _builtins.float = ...,
+        cache_write_price_per_mtok: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window", b"context_window", "display_name", b"display_name", "id", b"id", "input_price_per_mtok", b"input_price_per_mtok", "output_price_per_mtok", b"output_price_per_mtok"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_price_per_mtok", b"cache_read_price_per_mtok", "cache_write_price_per_mtok", b"cache_write_price_per_mtok", "capabilities", b"capabilities", "context_window", b"context_window", "display_name", b"display_name", "id", b"id", "input_price_per_mtok", b"input_price_per_mtok", "output_price_per_mtok", b"output_price_per_mtok"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,49 +22,82 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!realmultillm/vault/v1/vault.proto\x12\x15realmultillm.vault.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\x10ProviderSettings\x12\x15\n\rdefault_model\x18\x01 \x01(\t\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"\xbf\x02\n\x0eProviderConfig\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x10\n\x08key_hint\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x39\n\x08settings\x18\x04 \x01(\x0b\x32\'.realmultillm.vault.v1.ProviderSettings\x12\x11\n\tis_active\x18\x05 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0busage_count\x18\t \x01(\x03\"\x8a\x01\n\x18PutProviderConfigRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x39\n\x08settings\x18\x04 \x01(\x0b\x32\'.realmultillm.vault.v1.ProviderSettings\"R\n\x19PutProviderConfigResponse\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\"\x85\x01\n\x1bUpdateProviderConfigRequest\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"U\n\x1cUpdateProviderConfigResponse\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\",\n\x18GetProviderConfigRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"R\n\x19GetProviderConfigResponse\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\"\x1c\n\x1aListProviderConfigsRequest\"U\n\x1bListProviderConfigsResponse\x12\x36\n\x07\x63onfigs\x18\x01 \x03(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\"/\n\x1b\x44\x65leteProviderConfigRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"0\n\x1c\x44\x65leteProviderConfigResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\"U\n\x19ResolveCredentialsRequest\x12\x12\n\nuser_token\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xaf\x01\n\x1aResolveCredentialsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x39\n\x08settings\x18\x05 \x01(\x0b\x32\'.realmultillm.vault.v1.ProviderSettings\x12\x10\n\x08key_hint\x18\x06 \x01(\t\".\n\x18\x41uthenticateTokenRequest\x12\x12\n\nuser_token\x18\x01 \x01(\t\"?\n\x19\x41uthenticateTokenResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tuser_name\x18\x02 \x01(\t2\xf1\x06\n\x0cVaultService\x12v\n\x11PutProviderConfig\x12/.realmultillm.vault.v1.PutProviderConfigRequest\x1a\x30.realmultillm.vault.v1.PutProviderConfigResponse\x12\x7f\n\x14UpdateProviderConfig\x12\x32.realmultillm.vault.v1.UpdateProviderConfigRequest\x1a\x33.realmultillm.vault.v1.UpdateProviderConfigResponse\x12v\n\x11GetProviderConfig\x12/.realmultillm.vault.v1.GetProviderConfigRequest\x1a\x30.realmultillm.vault.v1.GetProviderConfigResponse\x12|\n\x13ListProviderConfigs\x12\x31.realmultillm.vault.v1.ListProviderConfigsRequest\x1a\x32.realmultillm.vault.v1.ListProviderConfigsResponse\x12\x7f\n\x14\x44\x65leteProviderConfig\x12\x32.realmultillm.vault.v1.DeleteProviderConfigRequest\x1a\x33.realmultillm.vault.v1.DeleteProviderConfigResponse\x12y\n\x12ResolveCredentials\x12\x30.realmultillm.vault.v1.ResolveCredentialsRequest\x1a\x31.realmultillm.vault.v1.ResolveCredentialsResponse\x12v\n\x11\x41uthenticateToken\x12/.realmultillm.vault.v1.AuthenticateTokenRequest\x1a\x30.realmultillm.vault.v1.AuthenticateTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!realmultillm/vault/v1/vault.proto\x12\x15realmultillm.vault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n\x0c\x42udgetStatus\x12\x30\n\x05scope\x18\x01 \x01(\x0e\x32!.realmultillm.vault.v1.LimitScope\x12\x33\n\x06period\x18\x02 \x01(\x0e\x32#.realmultillm.vault.v1.BudgetPeriod\x12\x11\n\tlimit_usd\x18\x03 \x01(\x01\x12\x11\n\tspent_usd\x18\x04 \x01(\x01\x12.\n\nreset_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x0bModelPolicy\x12\r\n\x05\x61llow\x18\x01 \x03(\t\x12\x0c\n\x04\x64\x65ny\x18\x02 \x03(\t\"{\n\x10ProviderSettings\x12\x15\n\rdefault_model\x18\x01 \x01(\t\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"\xbf\x02\n\x0eProviderConfig\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x10\n\x08key_hint\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x39\n\x08settings\x18\x04 \x01(\x0b\x32\'.realmultillm.vault.v1.ProviderSettings\x12\x11\n\tis_active\x18\x05 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0busage_count\x18\t \x01(\x03\"\x8a\x01\n\x18PutProviderConfigRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x03 \x01(\t\x12\x39\n\x08settings\x18\x04 \x01(\x0b\x32\'.realmultillm.vault.v1.ProviderSettings\"R\n\x19PutProviderConfigResponse\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\"\x85\x01\n\x1bUpdateProviderConfigRequest\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"U\n\x1cUpdateProviderConfigResponse\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\",\n\x18GetProviderConfigRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"R\n\x19GetProviderConfigResponse\x12\x35\n\x06\x63onfig\x18\x01 \x01(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\"\x1c\n\x1aListProviderConfigsRequest\"U\n\x1bListProviderConfigsResponse\x12\x36\n\x07\x63onfigs\x18\x01 \x03(\x0b\x32%.realmultillm.vault.v1.ProviderConfig\"/\n\x1b\x44\x65leteProviderConfigRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"0\n\x1c\x44\x65leteProviderConfigResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\"U\n\x19ResolveCredentialsRequest\x12\x12\n\nuser_token\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xea\x02\n\x1aResolveCredentialsResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x39\n\x08settings\x18\x05 \x01(\x0b\x32\'.realmultillm.vault.v1.ProviderSettings\x12\x10\n\x08key_hint\x18\x06 \x01(\t\x12\x10\n\x08token_id\x18\x07 \x01(\t\x12\x34\n\x07\x62udgets\x18\x08 \x03(\x0b\x32#.realmultillm.vault.v1.BudgetStatus\x12\x37\n\x0buser_policy\x18\t \x01(\x0b\x32\".realmultillm.vault.v1.ModelPolicy\x12\x38\n\x0ctoken_policy\x18\n \x01(\x0b\x32\".realmultillm.vault.v1.ModelPolicy\".\n\x18\x41uthenticateTokenRequest\x12\x12\n\nuser_token\x18\x01 \x01(\t\"\xfa\x01\n\x19\x41uthenticateTokenResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tuser_name\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\t\x12\x34\n\x07\x62udgets\x18\x04 \x03(\x0b\x32#.realmultillm.vault.v1.BudgetStatus\x12\x37\n\x0buser_policy\x18\x05 \x01(\x0b\x32\".realmultillm.vault.v1.ModelPolicy\x12\x38\n\x0ctoken_policy\x18\x06 \x01(\x0b\x32\".realmultillm.vault.v1.ModelPolicy\"\x80\x04\n\x0bUsageRecord\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x10\n\x08token_id\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0e\n\x06method\x18\x07 \x01(\t\x12\x0e\n\x06stream\x18\x08 \x01(\x08\x12\x14\n\x0cinput_tokens\x18\t \x01(\x03\x12\x15\n\routput_tokens\x18\n \x01(\x03\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x0b \x01(\x03\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x0c \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\r \x01(\x03\x12\x16\n\x0eusage_reported\x18\x0e \x01(\x08\x12\x10\n\x08\x63ost_usd\x18\x0f \x01(\x01\x12*\n\x07latency\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x11 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bstatus_code\x18\x12 \x01(\t\x12\x0e\n\x06reason\x18\x13 \x01(\t\x12\x0f\n\x07retries\x18\x14 \x01(\x05\"\xd1\x01\n\x0bUsageTotals\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x03\x12\x14\n\x0c\x66\x61iled_calls\x18\x02 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x05 \x01(\x03\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x06 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x07 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x08 \x01(\x01\"n\n\nUsageGroup\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x32\n\x06totals\x18\x04 \x01(\x0b\x32\".realmultillm.vault.v1.UsageTotals\"\x88\x01\n\x16GetUsageSummaryRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08provider\x18\x03 \x01(\t\"\xed\x01\n\x17GetUsageSummaryResponse\x12\x32\n\x06totals\x18\x01 \x01(\x0b\x32\".realmultillm.vault.v1.UsageTotals\x12\x31\n\x06\x62y_day\x18\x02 \x03(\x0b\x32!.realmultillm.vault.v1.UsageGroup\x12\x36\n\x0b\x62y_provider\x18\x03 \x03(\x0b\x32!.realmultillm.vault.v1.UsageGroup\x12\x33\n\x08\x62y_model\x18\x04 \x03(\x0b\x32!.realmultillm.vault.v1.UsageGroup\"\xb0\x01\n\x17ListUsageRecordsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\"h\n\x18ListUsageRecordsResponse\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".realmultillm.vault.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x12ReportUsageRequest\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".realmultillm.vault.v1.UsageRecord\";\n\x13ReportUsageResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\"\x1b\n\x19WatchInvalidationsRequest\"\xc4\x01\n\x1aWatchInvalidationsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x35\n\x04kind\x18\x02 \x01(\x0e\x32\'.realmultillm.vault.v1.InvalidationKind\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x10\n\x08token_id\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*V\n\nLimitScope\x12\x1b\n\x17LIMIT_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10LIMIT_SCOPE_USER\x10\x01\x12\x15\n\x11LIMIT_SCOPE_TOKEN\x10\x02*a\n\x0c\x42udgetPeriod\x12\x1d\n\x19\x42UDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42UDGET_PERIOD_DAILY\x10\x01\x12\x19\n\x15\x42UDGET_PERIOD_MONTHLY\x10\x02*\x8e\x02\n\x10InvalidationKind\x12!\n\x1dINVALIDATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18INVALIDATION_KIND_RESYNC\x10\x01\x12$\n INVALIDATION_KIND_CONFIG_CHANGED\x10\x02\x12#\n\x1fINVALIDATION_KIND_TOKEN_REVOKED\x10\x03\x12\"\n\x1eINVALIDATION_KIND_USER_CHANGED\x10\x04\x12$\n INVALIDATION_KIND_BUDGET_CHANGED\x10\x05\x12$\n INVALIDATION_KIND_POLICY_CHANGED\x10\x06\x32\xbd\n\n\x0cVaultService\x12v\n\x11PutProviderConfig\x12/.realmultillm.vault.v1.PutProviderConfigRequest\x1a\x30.realmultillm.vault.v1.PutProviderConfigResponse\x12\x7f\n\x14UpdateProviderConfig\x12\x32.realmultillm.vault.v1.UpdateProviderConfigRequest\x1a\x33.realmultillm.vault.v1.UpdateProviderConfigResponse\x12v\n\x11GetProviderConfig\x12/.realmultillm.vault.v1.GetProviderConfigRequest\x1a\x30.realmultillm.vault.v1.GetProviderConfigResponse\x12|\n\x13ListProviderConfigs\x12\x31.realmultillm.vault.v1.ListProviderConfigsRequest\x1a\x32.realmultillm.vault.v1.ListProviderConfigsResponse\x12\x7f\n\x14\x44\x65leteProviderConfig\x12\x32.realmultillm.vault.v1.DeleteProviderConfigRequest\x1a\x33.realmultillm.vault.v1.DeleteProviderConfigResponse\x12y\n\x12ResolveCredentials\x12\x30.realmultillm.vault.v1.ResolveCredentialsRequest\x1a\x31.realmultillm.vault.v1.ResolveCredentialsResponse\x12v\n\x11\x41uthenticateToken\x12/.realmultillm.vault.v1.AuthenticateTokenRequest\x1a\x30.realmultillm.vault.v1.AuthenticateTokenResponse\x12p\n\x0fGetUsageSummary\x12-.realmultillm.vault.v1.GetUsageSummaryRequest\x1a..realmultillm.vault.v1.GetUsageSummaryResponse\x12s\n\x10ListUsageRecords\x12..realmultillm.vault.v1.ListUsageRecordsRequest\x1a/.realmultillm.vault.v1.ListUsageRecordsResponse\x12\x66\n\x0bReportUsage\x12).realmultillm.vault.v1.ReportUsageRequest\x1a*.realmultillm.vault.v1.ReportUsageResponse(\x01\x12{\n\x12WatchInvalidations\x12\x30.realmultillm.vault.v1.WatchInvalidationsRequest\x1a\x31.realmultillm.vault.v1.WatchInvalidationsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'realmultillm.vault.v1.vault_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVIDERSETTINGS']._serialized_start=127
-  _globals['_PROVIDERSETTINGS']._serialized_end=250
-  _globals['_PROVIDERCONFIG']._serialized_start=253
-  _globals['_PROVIDERCONFIG']._serialized_end=572
-  _globals['_PUTPROVIDERCONFIGREQUEST']._serialized_start=575
-  _globals['_PUTPROVIDERCONFIGREQUEST']._serialized_end=713
-  _globals['_PUTPROVIDERCONFIGRESPONSE']._serialized_start=715
-  _globals['_PUTPROVIDERCONFIGRESPONSE']._serialized_end=797
-  _globals['_UPDATEPROVIDERCONFIGREQUEST']._serialized_start=800
-  _globals['_UPDATEPROVIDERCONFIGREQUEST']._serialized_end=933
-  _globals['_UPDATEPROVIDERCONFIGRESPONSE']._serialized_start=935
-  _globals['_UPDATEPROVIDERCONFIGRESPONSE']._serialized_end=1020
-  _globals['_GETPROVIDERCONFIGREQUEST']._serialized_start=1022
-  _globals['_GETPROVIDERCONFIGREQUEST']._serialized_end=1066
-  _globals['_GETPROVIDERCONFIGRESPONSE']._serialized_start=1068
-  _globals['_GETPROVIDERCONFIGRESPONSE']._serialized_end=1150
-  _globals['_LISTPROVIDERCONFIGSREQUEST']._serialized_start=1152
-  _globals['_LISTPROVIDERCONFIGSREQUEST']._serialized_end=1180
-  _globals['_LISTPROVIDERCONFIGSRESPONSE']._serialized_start=1182
-  _globals['_LISTPROVIDERCONFIGSRESPONSE']._serialized_end=1267
-  _globals['_DELETEPROVIDERCONFIGREQUEST']._serialized_start=1269
-  _globals['_DELETEPROVIDERCONFIGREQUEST']._serialized_end=1316
-  _globals['_DELETEPROVIDERCONFIGRESPONSE']._serialized_start=1318
-  _globals['_DELETEPROVIDERCONFIGRESPONSE']._serialized_end=1366
-  _globals['_RESOLVECREDENTIALSREQUEST']._serialized_start=1368
-  _globals['_RESOLVECREDENTIALSREQUEST']._serialized_end=1453
-  _globals['_RESOLVECREDENTIALSRESPONSE']._serialized_start=1456
-  _globals['_RESOLVECREDENTIALSRESPONSE']._serialized_end=1631
-  _globals['_AUTHENTICATETOKENREQUEST']._serialized_start=1633
-  _globals['_AUTHENTICATETOKENREQUEST']._serialized_end=1679
-  _globals['_AUTHENTICATETOKENRESPONSE']._serialized_start=1681
-  _globals['_AUTHENTICATETOKENRESPONSE']._serialized_end=1744
-  _globals['_VAULTSERVICE']._serialized_start=1747
-  _globals['_VAULTSERVICE']._serialized_end=2628
+  _globals['_LIMITSCOPE']._serialized_start=4270
+  _globals['_LIMITSCOPE']._serialized_end=4356
+  _globals['_BUDGETPERIOD']._serialized_start=4358
+  _globals['_BUDGETPERIOD']._serialized_end=4455
+  _globals['_INVALIDATIONKIND']._serialized_start=4458
+  _globals['_INVALIDATIONKIND']._serialized_end=4728
+  _globals['_BUDGETSTATUS']._serialized_start=160
+  _globals['_BUDGETSTATUS']._serialized_end=363
+  _globals['_MODELPOLICY']._serialized_start=365
+  _globals['_MODELPOLICY']._serialized_end=407
+  _globals['_PROVIDERSETTINGS']._serialized_start=409
+  _globals['_PROVIDERSETTINGS']._serialized_end=532
+  _globals['_PROVIDERCONFIG']._serialized_start=535
+  _globals['_PROVIDERCONFIG']._serialized_end=854
+  _globals['_PUTPROVIDERCONFIGREQUEST']._serialized_start=857
+  _globals['_PUTPROVIDERCONFIGREQUEST']._serialized_end=995
+  _globals['_PUTPROVIDERCONFIGRESPONSE']._serialized_start=997
+  _globals['_PUTPROVIDERCONFIGRESPONSE']._serialized_end=1079
+  _globals['_UPDATEPROVIDERCONFIGREQUEST']._serialized_start=1082
+  _globals['_UPDATEPROVIDERCONFIGREQUEST']._serialized_end=1215
+  _globals['_UPDATEPROVIDERCONFIGRESPONSE']._serialized_start=1217
+  _globals['_UPDATEPROVIDERCONFIGRESPONSE']._serialized_end=1302
+  _globals['_GETPROVIDERCONFIGREQUEST']._serialized_start=1304
+  _globals['_GETPROVIDERCONFIGREQUEST']._serialized_end=1348
+  _globals['_GETPROVIDERCONFIGRESPONSE']._serialized_start=1350
+  _globals['_GETPROVIDERCONFIGRESPONSE']._serialized_end=1432
+  _globals['_LISTPROVIDERCONFIGSREQUEST']._serialized_start=1434
+  _globals['_LISTPROVIDERCONFIGSREQUEST']._serialized_end=1462
+  _globals['_LISTPROVIDERCONFIGSRESPONSE']._serialized_start=1464
+  _globals['_LISTPROVIDERCONFIGSRESPONSE']._serialized_end=1549
+  _globals['_DELETEPROVIDERCONFIGREQUEST']._serialized_start=1551
+  _globals['_DELETEPROVIDERCONFIGREQUEST']._serialized_end=1598
+  _globals['_DELETEPROVIDERCONFIGRESPONSE']._serialized_start=1600
+  _globals['_DELETEPROVIDERCONFIGRESPONSE']._serialized_end=1648
+  _globals['_RESOLVECREDENTIALSREQUEST']._serialized_start=1650
+  _globals['_RESOLVECREDENTIALSREQUEST']._serialized_end=1735
+  _globals['_RESOLVECREDENTIALSRESPONSE']._serialized_start=1738
+  _globals['_RESOLVECREDENTIALSRESPONSE']._serialized_end=2100
+  _globals['_AUTHENTICATETOKENREQUEST']._serialized_start=2102
+  _globals['_AUTHENTICATETOKENREQUEST']._serialized_end=2148
+  _globals['_AUTHENTICATETOKENRESPONSE']._serialized_start=2151
+  _globals['_AUTHENTICATETOKENRESPONSE']._serialized_end=2401
+  _globals['_USAGERECORD']._serialized_start=2404
+  _globals['_USAGERECORD']._serialized_end=2916
+  _globals['_USAGETOTALS']._serialized_start=2919
+  _globals['_USAGETOTALS']._serialized_end=3128
+  _globals['_USAGEGROUP']._serialized_start=3130
+  _globals['_USAGEGROUP']._serialized_end=3240
+  _globals['_GETUSAGESUMMARYREQUEST']._serialized_start=3243
+  _globals['_GETUSAGESUMMARYREQUEST']._serialized_end=3379
+  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_start=3382
+  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_end=3619
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_start=3622
+  _globals['_LISTUSAGERECORDSREQUEST']._serialized_end=3798
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_start=3800
+  _globals['_LISTUSAGERECORDSRESPONSE']._serialized_end=3904
+  _globals['_REPORTUSAGEREQUEST']._serialized_start=3906
+  _globals['_REPORTUSAGEREQUEST']._serialized_end=3979
+  _globals['_REPORTUSAGERESPONSE']._serialized_start=3981
+  _globals['_REPORTUSAGERESPONSE']._serialized_end=4040
+  _globals['_WATCHINVALIDATIONSREQUEST']._serialized_start=4042
+  _globals['_WATCHINVALIDATIONSREQUEST']._serialized_end=4069
+  _globals['_WATCHINVALIDATIONSRESPONSE']._serialized_start=4072
+  _globals['_WATCHINVALIDATIONSRESPONSE']._serialized_end=4268
+  _globals['_VAULTSERVICE']._serialized_start=4731
+  _globals['_VAULTSERVICE']._serialized_end=6072
 # @@protoc_insertion_point(module_scope)

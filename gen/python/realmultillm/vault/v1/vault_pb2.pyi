@@ -21,10 +21,12 @@ for invalid fields.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -35,6 +37,168 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _LimitScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LimitScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LimitScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIMIT_SCOPE_UNSPECIFIED: _LimitScope.ValueType  # 0
+    """Not set."""
+    LIMIT_SCOPE_USER: _LimitScope.ValueType  # 1
+    """Every token of the user."""
+    LIMIT_SCOPE_TOKEN: _LimitScope.ValueType  # 2
+    """One token (a "virtual key" for one service)."""
+
+class LimitScope(_LimitScope, metaclass=_LimitScopeEnumTypeWrapper):
+    """Who a budget or policy applies to."""
+
+LIMIT_SCOPE_UNSPECIFIED: LimitScope.ValueType  # 0
+"""Not set."""
+LIMIT_SCOPE_USER: LimitScope.ValueType  # 1
+"""Every token of the user."""
+LIMIT_SCOPE_TOKEN: LimitScope.ValueType  # 2
+"""One token (a "virtual key" for one service)."""
+Global___LimitScope: _TypeAlias = LimitScope  # noqa: Y015
+
+class _BudgetPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BudgetPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BudgetPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BUDGET_PERIOD_UNSPECIFIED: _BudgetPeriod.ValueType  # 0
+    """Not set."""
+    BUDGET_PERIOD_DAILY: _BudgetPeriod.ValueType  # 1
+    """One UTC day."""
+    BUDGET_PERIOD_MONTHLY: _BudgetPeriod.ValueType  # 2
+    """One UTC calendar month."""
+
+class BudgetPeriod(_BudgetPeriod, metaclass=_BudgetPeriodEnumTypeWrapper):
+    """The period a budget covers; periods reset at midnight UTC."""
+
+BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod.ValueType  # 0
+"""Not set."""
+BUDGET_PERIOD_DAILY: BudgetPeriod.ValueType  # 1
+"""One UTC day."""
+BUDGET_PERIOD_MONTHLY: BudgetPeriod.ValueType  # 2
+"""One UTC calendar month."""
+Global___BudgetPeriod: _TypeAlias = BudgetPeriod  # noqa: Y015
+
+class _InvalidationKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InvalidationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InvalidationKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INVALIDATION_KIND_UNSPECIFIED: _InvalidationKind.ValueType  # 0
+    """Not set."""
+    INVALIDATION_KIND_RESYNC: _InvalidationKind.ValueType  # 1
+    """Drop everything cached: the stream (re)started or events were missed."""
+    INVALIDATION_KIND_CONFIG_CHANGED: _InvalidationKind.ValueType  # 2
+    """A provider config of `user_id` was replaced, updated or deleted."""
+    INVALIDATION_KIND_TOKEN_REVOKED: _InvalidationKind.ValueType  # 3
+    """The token `token_id` of `user_id` was revoked."""
+    INVALIDATION_KIND_USER_CHANGED: _InvalidationKind.ValueType  # 4
+    """The user `user_id` was disabled, enabled or deleted."""
+    INVALIDATION_KIND_BUDGET_CHANGED: _InvalidationKind.ValueType  # 5
+    """A budget of `user_id` (or of its token `token_id`) changed or was crossed."""
+    INVALIDATION_KIND_POLICY_CHANGED: _InvalidationKind.ValueType  # 6
+    """A model policy of `user_id` (or of its token `token_id`) changed."""
+
+class InvalidationKind(_InvalidationKind, metaclass=_InvalidationKindEnumTypeWrapper):
+    """What changed."""
+
+INVALIDATION_KIND_UNSPECIFIED: InvalidationKind.ValueType  # 0
+"""Not set."""
+INVALIDATION_KIND_RESYNC: InvalidationKind.ValueType  # 1
+"""Drop everything cached: the stream (re)started or events were missed."""
+INVALIDATION_KIND_CONFIG_CHANGED: InvalidationKind.ValueType  # 2
+"""A provider config of `user_id` was replaced, updated or deleted."""
+INVALIDATION_KIND_TOKEN_REVOKED: InvalidationKind.ValueType  # 3
+"""The token `token_id` of `user_id` was revoked."""
+INVALIDATION_KIND_USER_CHANGED: InvalidationKind.ValueType  # 4
+"""The user `user_id` was disabled, enabled or deleted."""
+INVALIDATION_KIND_BUDGET_CHANGED: InvalidationKind.ValueType  # 5
+"""A budget of `user_id` (or of its token `token_id`) changed or was crossed."""
+INVALIDATION_KIND_POLICY_CHANGED: InvalidationKind.ValueType  # 6
+"""A model policy of `user_id` (or of its token `token_id`) changed."""
+Global___InvalidationKind: _TypeAlias = InvalidationKind  # noqa: Y015
+
+@_typing.final
+class BudgetStatus(_message.Message):
+    """A spend budget and how much of it is used."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    LIMIT_USD_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    RESET_TIME_FIELD_NUMBER: _builtins.int
+    scope: Global___LimitScope.ValueType
+    """The user's or the token's budget."""
+    period: Global___BudgetPeriod.ValueType
+    """Daily or monthly."""
+    limit_usd: _builtins.float
+    """The budget, in US dollars."""
+    spent_usd: _builtins.float
+    """The spend in the current period, in US dollars, as recorded so far."""
+    @_builtins.property
+    def reset_time(self) -> _timestamp_pb2.Timestamp:
+        """When the current period ends (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        scope: Global___LimitScope.ValueType = ...,
+        period: Global___BudgetPeriod.ValueType = ...,
+        limit_usd: _builtins.float = ...,
+        spent_usd: _builtins.float = ...,
+        reset_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_time", b"reset_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_usd", b"limit_usd", "period", b"period", "reset_time", b"reset_time", "scope", b"scope", "spent_usd", b"spent_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetStatus: _TypeAlias = BudgetStatus  # noqa: Y015
+
+@_typing.final
+class ModelPolicy(_message.Message):
+    """Which models may be used. Patterns are `provider/model`, with `*` matching
+    any run of characters (`anthropic/*`, `openai/gpt-4o-mini`). A model is
+    allowed when no `deny` pattern matches and `allow` is empty or one of its
+    patterns matches.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_FIELD_NUMBER: _builtins.int
+    DENY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Allowed models; empty: all not denied."""
+
+    @_builtins.property
+    def deny(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Denied models; a deny wins over an allow."""
+
+    def __init__(
+        self,
+        *,
+        allow: _abc.Iterable[_builtins.str] | None = ...,
+        deny: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "deny", b"deny"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelPolicy: _TypeAlias = ModelPolicy  # noqa: Y015
 
 @_typing.final
 class ProviderSettings(_message.Message):
@@ -445,6 +609,10 @@ class ResolveCredentialsResponse(_message.Message):
     BASE_URL_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     KEY_HINT_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    BUDGETS_FIELD_NUMBER: _builtins.int
+    USER_POLICY_FIELD_NUMBER: _builtins.int
+    TOKEN_POLICY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user the token belongs to."""
     provider: _builtins.str
@@ -457,9 +625,23 @@ class ResolveCredentialsResponse(_message.Message):
     """Endpoint override; empty: the provider's default."""
     key_hint: _builtins.str
     """The last 4 characters of the key, for messages and logs."""
+    token_id: _builtins.str
+    """The id of the user token used (never the token), for usage records."""
     @_builtins.property
     def settings(self) -> Global___ProviderSettings:
         """The user's defaults for that provider."""
+
+    @_builtins.property
+    def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BudgetStatus]:
+        """The user's and the token's spend budgets, with the current spend."""
+
+    @_builtins.property
+    def user_policy(self) -> Global___ModelPolicy:
+        """The user's model policy; unset: none."""
+
+    @_builtins.property
+    def token_policy(self) -> Global___ModelPolicy:
+        """The token's model policy; unset: none. Both policies must allow a model."""
 
     def __init__(
         self,
@@ -470,10 +652,14 @@ class ResolveCredentialsResponse(_message.Message):
         base_url: _builtins.str = ...,
         settings: Global___ProviderSettings | None = ...,
         key_hint: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        budgets: _abc.Iterable[Global___BudgetStatus] | None = ...,
+        user_policy: Global___ModelPolicy | None = ...,
+        token_policy: Global___ModelPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "token_policy", b"token_policy", "user_policy", b"user_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "base_url", b"base_url", "key_hint", b"key_hint", "provider", b"provider", "settings", b"settings", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "base_url", b"base_url", "budgets", b"budgets", "key_hint", b"key_hint", "provider", b"provider", "settings", b"settings", "token_id", b"token_id", "token_policy", b"token_policy", "user_id", b"user_id", "user_policy", b"user_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -509,20 +695,491 @@ class AuthenticateTokenResponse(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     USER_NAME_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    BUDGETS_FIELD_NUMBER: _builtins.int
+    USER_POLICY_FIELD_NUMBER: _builtins.int
+    TOKEN_POLICY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user the token belongs to."""
     user_name: _builtins.str
     """That user's name, as given to `rmllm-vault users create`."""
+    token_id: _builtins.str
+    """The id of the user token (never the token), for usage records."""
+    @_builtins.property
+    def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BudgetStatus]:
+        """The user's and the token's spend budgets, with the current spend."""
+
+    @_builtins.property
+    def user_policy(self) -> Global___ModelPolicy:
+        """The user's model policy; unset: none."""
+
+    @_builtins.property
+    def token_policy(self) -> Global___ModelPolicy:
+        """The token's model policy; unset: none."""
+
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         user_name: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        budgets: _abc.Iterable[Global___BudgetStatus] | None = ...,
+        user_policy: Global___ModelPolicy | None = ...,
+        token_policy: Global___ModelPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token_policy", b"token_policy", "user_policy", b"user_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "user_name", b"user_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "token_id", b"token_id", "token_policy", b"token_policy", "user_id", b"user_id", "user_name", b"user_name", "user_policy", b"user_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthenticateTokenResponse: _TypeAlias = AuthenticateTokenResponse  # noqa: Y015
+
+@_typing.final
+class UsageRecord(_message.Message):
+    """One call of the LLM service, as accounted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_READ_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_CREATION_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    USAGE_REPORTED_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The call's request id: unique, the ingestion's idempotency key."""
+    user_id: _builtins.str
+    """The user who called."""
+    token_id: _builtins.str
+    """The id of the token used (never the token)."""
+    provider: _builtins.str
+    """Canonical provider id."""
+    model: _builtins.str
+    """The model answered by, else the model requested."""
+    method: _builtins.str
+    """The LLM service method: `Chat`, `StreamChat`, `TestKey` or `ListModels`."""
+    stream: _builtins.bool
+    """True for StreamChat."""
+    input_tokens: _builtins.int
+    """Input tokens, cache reads and writes included."""
+    output_tokens: _builtins.int
+    """Output tokens, reasoning included."""
+    cache_read_input_tokens: _builtins.int
+    """Input tokens read from the prompt cache."""
+    cache_creation_input_tokens: _builtins.int
+    """Input tokens written to the prompt cache."""
+    reasoning_tokens: _builtins.int
+    """Reasoning tokens."""
+    usage_reported: _builtins.bool
+    """True when the provider reported usage; false: the counts are unknown."""
+    cost_usd: _builtins.float
+    """Cost in US dollars."""
+    status_code: _builtins.str
+    """The call's gRPC status code name (`OK`, `UNAVAILABLE`, `CANCELLED`, ...)."""
+    reason: _builtins.str
+    """The ErrorInfo reason of a failed call; empty on success."""
+    retries: _builtins.int
+    """Provider attempts retried before the answer."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the call started."""
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """From the call's start to its end."""
+
+    @_builtins.property
+    def time_to_first_token(self) -> _duration_pb2.Duration:
+        """From the call's start to the first delta; unset when none was sent."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        user_id: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        method: _builtins.str = ...,
+        stream: _builtins.bool = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cache_read_input_tokens: _builtins.int = ...,
+        cache_creation_input_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
+        usage_reported: _builtins.bool = ...,
+        cost_usd: _builtins.float = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        time_to_first_token: _duration_pb2.Duration | None = ...,
+        status_code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        retries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "time", b"time", "time_to_first_token", b"time_to_first_token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "latency", b"latency", "method", b"method", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "reason", b"reason", "reasoning_tokens", b"reasoning_tokens", "request_id", b"request_id", "retries", b"retries", "status_code", b"status_code", "stream", b"stream", "time", b"time", "time_to_first_token", b"time_to_first_token", "token_id", b"token_id", "usage_reported", b"usage_reported", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRecord: _TypeAlias = UsageRecord  # noqa: Y015
+
+@_typing.final
+class UsageTotals(_message.Message):
+    """Usage added up."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    FAILED_CALLS_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_READ_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_CREATION_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    calls: _builtins.int
+    """Calls, whatever their outcome."""
+    failed_calls: _builtins.int
+    """Calls that ended with a non-OK status."""
+    input_tokens: _builtins.int
+    """Input tokens, cache reads and writes included."""
+    output_tokens: _builtins.int
+    """Output tokens, reasoning included."""
+    cache_read_input_tokens: _builtins.int
+    """Input tokens read from the prompt cache."""
+    cache_creation_input_tokens: _builtins.int
+    """Input tokens written to the prompt cache."""
+    reasoning_tokens: _builtins.int
+    """Reasoning tokens."""
+    cost_usd: _builtins.float
+    """Cost in US dollars."""
+    def __init__(
+        self,
+        *,
+        calls: _builtins.int = ...,
+        failed_calls: _builtins.int = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cache_read_input_tokens: _builtins.int = ...,
+        cache_creation_input_tokens: _builtins.int = ...,
+        reasoning_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_creation_input_tokens", b"cache_creation_input_tokens", "cache_read_input_tokens", b"cache_read_input_tokens", "calls", b"calls", "cost_usd", b"cost_usd", "failed_calls", b"failed_calls", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageTotals: _TypeAlias = UsageTotals  # noqa: Y015
+
+@_typing.final
+class UsageGroup(_message.Message):
+    """Usage of one day, one provider, or one model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    day: _builtins.str
+    """The UTC day, `YYYY-MM-DD` (by day only)."""
+    provider: _builtins.str
+    """Canonical provider id (by provider and by model)."""
+    model: _builtins.str
+    """Model id (by model only)."""
+    @_builtins.property
+    def totals(self) -> Global___UsageTotals:
+        """The usage of the group."""
+
+    def __init__(
+        self,
+        *,
+        day: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        model: _builtins.str = ...,
+        totals: Global___UsageTotals | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["day", b"day", "model", b"model", "provider", b"provider", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageGroup: _TypeAlias = UsageGroup  # noqa: Y015
+
+@_typing.final
+class GetUsageSummaryRequest(_message.Message):
+    """Request for GetUsageSummary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Only this provider (id or alias); empty: all."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the range, inclusive. Required."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the range, exclusive. Unset: now. At most 366 days after start_time."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        provider: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "provider", b"provider", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageSummaryRequest: _TypeAlias = GetUsageSummaryRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageSummaryResponse(_message.Message):
+    """Response for GetUsageSummary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTALS_FIELD_NUMBER: _builtins.int
+    BY_DAY_FIELD_NUMBER: _builtins.int
+    BY_PROVIDER_FIELD_NUMBER: _builtins.int
+    BY_MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def totals(self) -> Global___UsageTotals:
+        """Everything in the range."""
+
+    @_builtins.property
+    def by_day(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageGroup]:
+        """By UTC day, oldest first."""
+
+    @_builtins.property
+    def by_provider(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageGroup]:
+        """By provider, ordered by provider id."""
+
+    @_builtins.property
+    def by_model(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageGroup]:
+        """By provider and model, ordered by provider then model."""
+
+    def __init__(
+        self,
+        *,
+        totals: Global___UsageTotals | None = ...,
+        by_day: _abc.Iterable[Global___UsageGroup] | None = ...,
+        by_provider: _abc.Iterable[Global___UsageGroup] | None = ...,
+        by_model: _abc.Iterable[Global___UsageGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_day", b"by_day", "by_model", b"by_model", "by_provider", b"by_provider", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageSummaryResponse: _TypeAlias = GetUsageSummaryResponse  # noqa: Y015
+
+@_typing.final
+class ListUsageRecordsRequest(_message.Message):
+    """Request for ListUsageRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Records per page, 1 to 1,000; 0: 100."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty: the first page."""
+    provider: _builtins.str
+    """Only this provider (id or alias); empty: all."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the range, inclusive. Unset: 31 days before end_time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the range, exclusive. Unset: now."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        provider: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "provider", b"provider", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsageRecordsRequest: _TypeAlias = ListUsageRecordsRequest  # noqa: Y015
+
+@_typing.final
+class ListUsageRecordsResponse(_message.Message):
+    """Response for ListUsageRecords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` for the next page; empty on the last page."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRecord]:
+        """The records, newest first."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___UsageRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsageRecordsResponse: _TypeAlias = ListUsageRecordsResponse  # noqa: Y015
+
+@_typing.final
+class ReportUsageRequest(_message.Message):
+    """Request for ReportUsage: one batch of records (service credential only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRecord]:
+        """At most 1,000 records."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___UsageRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportUsageRequest: _TypeAlias = ReportUsageRequest  # noqa: Y015
+
+@_typing.final
+class ReportUsageResponse(_message.Message):
+    """Response for ReportUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    """Records stored."""
+    duplicates: _builtins.int
+    """Records already stored before (same request_id), not stored again."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "duplicates", b"duplicates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportUsageResponse: _TypeAlias = ReportUsageResponse  # noqa: Y015
+
+@_typing.final
+class WatchInvalidationsRequest(_message.Message):
+    """Request for WatchInvalidations (service credential only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchInvalidationsRequest: _TypeAlias = WatchInvalidationsRequest  # noqa: Y015
+
+@_typing.final
+class WatchInvalidationsResponse(_message.Message):
+    """One change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Increases by one per change across all vault processes; a gap means
+    missed changes (treat as RESYNC).
+    """
+    kind: Global___InvalidationKind.ValueType
+    """What changed."""
+    user_id: _builtins.str
+    """Whose credentials are stale; empty with RESYNC."""
+    provider: _builtins.str
+    """The provider of a CONFIG_CHANGED; empty: all of the user's."""
+    token_id: _builtins.str
+    """The token of a TOKEN_REVOKED, or of a token-scoped budget or policy."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        kind: Global___InvalidationKind.ValueType = ...,
+        user_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "provider", b"provider", "sequence", b"sequence", "time", b"time", "token_id", b"token_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchInvalidationsResponse: _TypeAlias = WatchInvalidationsResponse  # noqa: Y015

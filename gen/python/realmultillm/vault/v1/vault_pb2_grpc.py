@@ -72,6 +72,26 @@ class VaultServiceStub:
                 request_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.AuthenticateTokenRequest.SerializeToString,
                 response_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.AuthenticateTokenResponse.FromString,
                 _registered_method=True)
+        self.GetUsageSummary = channel.unary_unary(
+                '/realmultillm.vault.v1.VaultService/GetUsageSummary',
+                request_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.GetUsageSummaryRequest.SerializeToString,
+                response_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.GetUsageSummaryResponse.FromString,
+                _registered_method=True)
+        self.ListUsageRecords = channel.unary_unary(
+                '/realmultillm.vault.v1.VaultService/ListUsageRecords',
+                request_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.ListUsageRecordsRequest.SerializeToString,
+                response_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.ListUsageRecordsResponse.FromString,
+                _registered_method=True)
+        self.ReportUsage = channel.stream_unary(
+                '/realmultillm.vault.v1.VaultService/ReportUsage',
+                request_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.ReportUsageRequest.SerializeToString,
+                response_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.ReportUsageResponse.FromString,
+                _registered_method=True)
+        self.WatchInvalidations = channel.unary_stream(
+                '/realmultillm.vault.v1.VaultService/WatchInvalidations',
+                request_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.WatchInvalidationsRequest.SerializeToString,
+                response_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.WatchInvalidationsResponse.FromString,
+                _registered_method=True)
 
 
 class VaultServiceServicer:
@@ -142,6 +162,44 @@ class VaultServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageSummary(self, request, context):
+        """The caller's own usage over a time range: totals, and breakdowns by day,
+        provider and model (from the daily rollups, not the raw records).
+        Errors: INVALID_ARGUMENT (INVALID_REQUEST: an inverted or unbounded range).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsageRecords(self, request, context):
+        """The caller's own usage records, newest first, paged.
+        Errors: INVALID_ARGUMENT (INVALID_REQUEST: a bad range, or a page token that
+        is malformed or was issued for another query or user).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportUsage(self, request_iterator, context):
+        """Service-only. The LLM service's usage records, in batches. Ingestion is
+        idempotent on `request_id`: a record already stored is counted as a
+        duplicate and not stored again, so a retried batch never double counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchInvalidations(self, request, context):
+        """Service-only. A stream of changes that make cached credentials stale:
+        config updates and deletes, token revocations, user disables, budget and
+        policy changes, from every vault process sharing the database. The first
+        message is a RESYNC carrying the current sequence; a watcher that sees a gap
+        in `sequence` must drop everything it cached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaultServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +237,26 @@ def add_VaultServiceServicer_to_server(servicer, server):
                     servicer.AuthenticateToken,
                     request_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.AuthenticateTokenRequest.FromString,
                     response_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.AuthenticateTokenResponse.SerializeToString,
+            ),
+            'GetUsageSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSummary,
+                    request_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.GetUsageSummaryRequest.FromString,
+                    response_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.GetUsageSummaryResponse.SerializeToString,
+            ),
+            'ListUsageRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsageRecords,
+                    request_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.ListUsageRecordsRequest.FromString,
+                    response_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.ListUsageRecordsResponse.SerializeToString,
+            ),
+            'ReportUsage': grpc.stream_unary_rpc_method_handler(
+                    servicer.ReportUsage,
+                    request_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.ReportUsageRequest.FromString,
+                    response_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.ReportUsageResponse.SerializeToString,
+            ),
+            'WatchInvalidations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchInvalidations,
+                    request_deserializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.WatchInvalidationsRequest.FromString,
+                    response_serializer=realmultillm_dot_vault_dot_v1_dot_vault__pb2.WatchInvalidationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -373,6 +451,114 @@ class VaultService:
             '/realmultillm.vault.v1.VaultService/AuthenticateToken',
             realmultillm_dot_vault_dot_v1_dot_vault__pb2.AuthenticateTokenRequest.SerializeToString,
             realmultillm_dot_vault_dot_v1_dot_vault__pb2.AuthenticateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/realmultillm.vault.v1.VaultService/GetUsageSummary',
+            realmultillm_dot_vault_dot_v1_dot_vault__pb2.GetUsageSummaryRequest.SerializeToString,
+            realmultillm_dot_vault_dot_v1_dot_vault__pb2.GetUsageSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsageRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/realmultillm.vault.v1.VaultService/ListUsageRecords',
+            realmultillm_dot_vault_dot_v1_dot_vault__pb2.ListUsageRecordsRequest.SerializeToString,
+            realmultillm_dot_vault_dot_v1_dot_vault__pb2.ListUsageRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUsage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/realmultillm.vault.v1.VaultService/ReportUsage',
+            realmultillm_dot_vault_dot_v1_dot_vault__pb2.ReportUsageRequest.SerializeToString,
+            realmultillm_dot_vault_dot_v1_dot_vault__pb2.ReportUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchInvalidations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/realmultillm.vault.v1.VaultService/WatchInvalidations',
+            realmultillm_dot_vault_dot_v1_dot_vault__pb2.WatchInvalidationsRequest.SerializeToString,
+            realmultillm_dot_vault_dot_v1_dot_vault__pb2.WatchInvalidationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

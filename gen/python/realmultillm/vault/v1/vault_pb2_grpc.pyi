@@ -85,6 +85,28 @@ class VaultServiceStub:
     RPCs that need no stored key (for example TestKey with an explicit key).
     Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID).
     """
+    GetUsageSummary: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetUsageSummaryRequest, _vault_pb2.GetUsageSummaryResponse]
+    """The caller's own usage over a time range: totals, and breakdowns by day,
+    provider and model (from the daily rollups, not the raw records).
+    Errors: INVALID_ARGUMENT (INVALID_REQUEST: an inverted or unbounded range).
+    """
+    ListUsageRecords: _grpc.UnaryUnaryMultiCallable[_vault_pb2.ListUsageRecordsRequest, _vault_pb2.ListUsageRecordsResponse]
+    """The caller's own usage records, newest first, paged.
+    Errors: INVALID_ARGUMENT (INVALID_REQUEST: a bad range, or a page token that
+    is malformed or was issued for another query or user).
+    """
+    ReportUsage: _grpc.StreamUnaryMultiCallable[_vault_pb2.ReportUsageRequest, _vault_pb2.ReportUsageResponse]
+    """Service-only. The LLM service's usage records, in batches. Ingestion is
+    idempotent on `request_id`: a record already stored is counted as a
+    duplicate and not stored again, so a retried batch never double counts.
+    """
+    WatchInvalidations: _grpc.UnaryStreamMultiCallable[_vault_pb2.WatchInvalidationsRequest, _vault_pb2.WatchInvalidationsResponse]
+    """Service-only. A stream of changes that make cached credentials stale:
+    config updates and deletes, token revocations, user disables, budget and
+    policy changes, from every vault process sharing the database. The first
+    message is a RESYNC carrying the current sequence; a watcher that sees a gap
+    in `sequence` must drop everything it cached.
+    """
 
 @_typing.type_check_only
 class VaultServiceAsyncStub(VaultServiceStub):
@@ -126,6 +148,28 @@ class VaultServiceAsyncStub(VaultServiceStub):
     """Service-only. Authenticates `user_token` and returns who it belongs to, for
     RPCs that need no stored key (for example TestKey with an explicit key).
     Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID).
+    """
+    GetUsageSummary: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetUsageSummaryRequest, _vault_pb2.GetUsageSummaryResponse]  # type: ignore[assignment]
+    """The caller's own usage over a time range: totals, and breakdowns by day,
+    provider and model (from the daily rollups, not the raw records).
+    Errors: INVALID_ARGUMENT (INVALID_REQUEST: an inverted or unbounded range).
+    """
+    ListUsageRecords: _aio.UnaryUnaryMultiCallable[_vault_pb2.ListUsageRecordsRequest, _vault_pb2.ListUsageRecordsResponse]  # type: ignore[assignment]
+    """The caller's own usage records, newest first, paged.
+    Errors: INVALID_ARGUMENT (INVALID_REQUEST: a bad range, or a page token that
+    is malformed or was issued for another query or user).
+    """
+    ReportUsage: _aio.StreamUnaryMultiCallable[_vault_pb2.ReportUsageRequest, _vault_pb2.ReportUsageResponse]  # type: ignore[assignment]
+    """Service-only. The LLM service's usage records, in batches. Ingestion is
+    idempotent on `request_id`: a record already stored is counted as a
+    duplicate and not stored again, so a retried batch never double counts.
+    """
+    WatchInvalidations: _aio.UnaryStreamMultiCallable[_vault_pb2.WatchInvalidationsRequest, _vault_pb2.WatchInvalidationsResponse]  # type: ignore[assignment]
+    """Service-only. A stream of changes that make cached credentials stale:
+    config updates and deletes, token revocations, user disables, budget and
+    policy changes, from every vault process sharing the database. The first
+    message is a RESYNC carrying the current sequence; a watcher that sees a gap
+    in `sequence` must drop everything it cached.
     """
 
 class VaultServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -207,6 +251,52 @@ class VaultServiceServicer(metaclass=_abc_1.ABCMeta):
         """Service-only. Authenticates `user_token` and returns who it belongs to, for
         RPCs that need no stored key (for example TestKey with an explicit key).
         Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID).
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsageSummary(
+        self,
+        request: _vault_pb2.GetUsageSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.GetUsageSummaryResponse, _abc.Awaitable[_vault_pb2.GetUsageSummaryResponse]]:
+        """The caller's own usage over a time range: totals, and breakdowns by day,
+        provider and model (from the daily rollups, not the raw records).
+        Errors: INVALID_ARGUMENT (INVALID_REQUEST: an inverted or unbounded range).
+        """
+
+    @_abc_1.abstractmethod
+    def ListUsageRecords(
+        self,
+        request: _vault_pb2.ListUsageRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ListUsageRecordsResponse, _abc.Awaitable[_vault_pb2.ListUsageRecordsResponse]]:
+        """The caller's own usage records, newest first, paged.
+        Errors: INVALID_ARGUMENT (INVALID_REQUEST: a bad range, or a page token that
+        is malformed or was issued for another query or user).
+        """
+
+    @_abc_1.abstractmethod
+    def ReportUsage(
+        self,
+        request_iterator: _MaybeAsyncIterator[_vault_pb2.ReportUsageRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_vault_pb2.ReportUsageResponse, _abc.Awaitable[_vault_pb2.ReportUsageResponse]]:
+        """Service-only. The LLM service's usage records, in batches. Ingestion is
+        idempotent on `request_id`: a record already stored is counted as a
+        duplicate and not stored again, so a retried batch never double counts.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchInvalidations(
+        self,
+        request: _vault_pb2.WatchInvalidationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vault_pb2.WatchInvalidationsResponse], _abc.AsyncIterator[_vault_pb2.WatchInvalidationsResponse]]:
+        """Service-only. A stream of changes that make cached credentials stale:
+        config updates and deletes, token revocations, user disables, budget and
+        policy changes, from every vault process sharing the database. The first
+        message is a RESYNC carrying the current sequence; a watcher that sees a gap
+        in `sequence` must drop everything it cached.
         """
 
 def add_VaultServiceServicer_to_server(servicer: VaultServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
