@@ -142,10 +142,18 @@ class Stack:
         )
         return self.vault
 
-    def start_llm(self, name: str, *, cache_seconds: float = 0.0, workers: int = 1) -> Proc:
+    def start_llm(
+        self,
+        name: str,
+        *,
+        cache_seconds: float = 0.0,
+        workers: int = 1,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> Proc:
         """An LLM service (rate limits off): one process, or a ``--workers N`` supervisor and its N."""
         assert self.vault is not None
         env = {
+            **(extra_env or {}),
             **self.common_env,
             "RMLLM_VAULT_ADDR": self.vault.address,
             "RMLLM_CHAT_RATE_PER_MINUTE": "0",
