@@ -37,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
         help="only compare the LLM service's CPU per Chat with metrics and tracing off and on "
         "(writes telemetry.json)",
     )
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="with --telemetry: also run the LLM service of this source tree (a checkout without the hooks)",
+    )
     return p
 
 
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.telemetry:
         from bench.telemetry import run_telemetry
 
-        compared = run_telemetry(PLANS[args.plan], say)
+        compared = run_telemetry(PLANS[args.plan], say, args.baseline_src)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "telemetry.json").write_text(json.dumps(compared, indent=1, sort_keys=True) + "\n")
         say(f"telemetry: {json.dumps(compared['summary'])}")

@@ -1,10 +1,14 @@
-"""``python -m bench --telemetry``: the LLM service's CPU per Chat with metrics and tracing on and off.
+"""``python -m bench --telemetry``: the LLM service's CPU per Chat with metrics and tracing off and on.
 
-Two LLM services run side by side against the same vault and fake provider: one as
-shipped (no ``--metrics-listen``, no ``OTEL_*``), one with Prometheus metrics on and
-OTLP traces and metrics exported to a local receiver (``tests/testkit/otlp.py``,
-every span sampled). Chat runs alternate between the two (A/B/A/B, so drift on a
-shared machine hits both alike) and the LLM process's CPU time per request is read
+LLM services run side by side against the same vault and fake provider: as shipped
+(no ``--metrics-listen``, no ``OTEL_*``), with Prometheus metrics on, with
+Prometheus plus OpenTelemetry traces and metrics exported over OTLP to a local
+receiver (``tests/testkit/otlp.py``) with every trace sampled, and the same with 1 %
+of traces sampled (``OTEL_TRACES_SAMPLER=parentbased_traceidratio``). With
+``--baseline-src DIR`` (a checkout without the observability hooks, e.g. ``git
+worktree add /tmp/base <commit>``) its LLM service runs too, for the cost with
+everything off. Chat runs alternate between the configurations (so drift on a
+shared machine hits all alike) and each LLM process's CPU time per request is read
 from ``/proc`` around each run. The figures are in docs/PERFORMANCE.md.
 """
 
@@ -26,54 +30,69 @@ CONCURRENCY = 16
 ROUNDS = 6
 
 
-def run_telemetry(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
-    """Alternating Chat runs against the LLM service with telemetry off and on."""
+def run_telemetry(plan: Plan, say: Callable[[str], None], baseline: Path | None = None) -> dict[str, Any]:
+    """Alternating Chat runs against LLM services with telemetry off and on."""
     sys.path.insert(0, str(ROOT / "tests"))
     from testkit.otlp import Receiver
 
     raise_fd_limit()
     receiver = Receiver()
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+    }
+    prometheus = {"RMLLM_METRICS_LISTEN": "127.0.0.1:0"}
+    sampled = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+    configs: dict[str, dict[str, str]] = {
+        "prometheus": prometheus,
+        "prometheus_otel_all": {**prometheus, **otel},
+        "prometheus_otel_1pct": {**prometheus, **otel, **sampled},
+    }
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rmllm-bench-") as tmp:
         session = Session(plan, Path(tmp), say)
         try:
             session.start()
-            env = {
-                "RMLLM_METRICS_LISTEN": "127.0.0.1:0",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                "OTEL_EXPORTER_OTLP_INSECURE": "true",
-                "OTEL_METRIC_EXPORT_INTERVAL": "5000",
-            }
-            on = session.stack.start_llm("llm-telemetry", extra_env=env)
-            off_target = session.targets["gateway"]
-            on_target = Target(
-                "telemetry_on",
-                {**off_target.job, "address": on.address},
-                {"llm": [on.pid], "vault": off_target.services["vault"]},
-            )
-            for target in (off_target, on_target):
+            off = session.targets["gateway"]
+            targets = [Target("off", off.job, off.services)]
+            launches = [(name, env, ROOT) for name, env in configs.items()]
+            if baseline is not None:
+                launches.insert(0, ("baseline", {}, baseline))
+            for name, env, source in launches:
+                proc = session.stack.start_llm(f"llm-{name}", extra_env=env, source=source)
+                targets.append(
+                    Target(name, {**off.job, "address": proc.address}, {"llm": [proc.pid], **_vault(off)})
+                )
+            for target in targets:
                 session.measure(target, "chat", CONCURRENCY, requests=plan.warmup_requests, seconds=10.0)
             for round_no in range(ROUNDS):
-                for target in (off_target, on_target):
+                for target in targets:
                     row = session.measure(target, "chat", CONCURRENCY)
+                    row["config"] = target.name
                     row["round"] = round_no
                     rows.append(row)
                     say(
-                        f"round {round_no} {target.name:<13} llm cpu {row['cpu_llm_ms']:.3f} ms/req "
+                        f"round {round_no} {target.name:<22} llm cpu {row['cpu_llm_ms']:.3f} ms/req "
                         f"{row['rps']:7.0f}/s errors {row['errors']}"
                     )
         finally:
             session.stop()
             receiver.stop()
-    off = [r["cpu_llm_ms"] for r in rows if r["config"] == "gateway"]
-    on_ms = [r["cpu_llm_ms"] for r in rows if r["config"] == "telemetry_on"]
+    medians = {
+        t.name: statistics.median(r["cpu_llm_ms"] for r in rows if r["config"] == t.name) for t in targets
+    }
+    base = medians["off"]
     summary = {
         "concurrency": CONCURRENCY,
         "rounds": ROUNDS,
-        "llm_cpu_ms_per_chat_off": statistics.median(off),
-        "llm_cpu_ms_per_chat_on": statistics.median(on_ms),
-        "increase_pct": 100 * (statistics.median(on_ms) / statistics.median(off) - 1),
+        "llm_cpu_ms_per_chat": medians,
+        "increase_over_off_pct": {name: 100 * (value / base - 1) for name, value in medians.items()},
         "spans_received": len(receiver.spans),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return {"runs": rows, "summary": summary}
+
+
+def _vault(target: Target) -> dict[str, list[int]]:
+    return {"vault": target.services["vault"]}

@@ -34,68 +34,95 @@ OTHER_MODEL: Final = "other"
 class LLMMetrics:
     """The metric objects, created against prometheus_client's default registry."""
 
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415 - loaded only when enabled
+    def __init__(self, registry: Any = None) -> None:
+        """The metrics, in ``registry`` (default: prometheus_client's global one)."""
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram  # noqa: PLC0415 - loaded only when enabled
+
+        reg = registry if registry is not None else REGISTRY
 
         self.requests = Counter(
             "rmllm_llm_requests",
             "LLMService calls by method, provider, model, gRPC code and ErrorInfo reason.",
             ["method", "provider", "model", "code", "reason"],
+            registry=reg,
         )
         self.duration = Histogram(
             "rmllm_llm_request_duration_seconds",
             "Time from the call reaching the server to its end.",
             ["method", "provider", "code"],
             buckets=DURATION_BUCKETS,
+            registry=reg,
         )
         self.ttft = Histogram(
             "rmllm_llm_time_to_first_token_seconds",
-            "Time from the call reaching the server to the first answer text.",
+            "Time from the call reaching the server to the first answer event.",
             ["provider", "model"],
             buckets=TIME_TO_FIRST_TOKEN_BUCKETS,
+            registry=reg,
         )
         self.tpot = Histogram(
             "rmllm_llm_time_per_output_token_seconds",
             "Time per output token after the first one.",
             ["provider", "model"],
             buckets=TIME_PER_OUTPUT_TOKEN_BUCKETS,
+            registry=reg,
         )
         self.tokens = Counter(
             "rmllm_llm_tokens",
             "Tokens by type, as the providers reported them.",
             ["provider", "model", "type"],
+            registry=reg,
         )
-        self.cost = Counter("rmllm_llm_cost_usd", "Cost of the answered calls in USD.", ["provider", "model"])
+        self.cost = Counter(
+            "rmllm_llm_cost_usd", "Cost of the answered calls in USD.", ["provider", "model"], registry=reg
+        )
         self.http_responses = Counter(
             "rmllm_llm_provider_http_responses",
             "HTTP responses from providers by status code.",
             ["provider", "status"],
+            registry=reg,
         )
         self.retries = Counter(
-            "rmllm_llm_provider_retries", "Provider calls retried after a transient failure.", ["provider"]
+            "rmllm_llm_provider_retries",
+            "Provider calls retried after a transient failure.",
+            ["provider"],
+            registry=reg,
         )
         self.vault_duration = Histogram(
             "rmllm_llm_vault_call_duration_seconds",
             "Calls to the vault by method and gRPC code.",
             ["method", "code"],
             buckets=VAULT_BUCKETS,
+            registry=reg,
         )
         self.cache_lookups = Counter(
-            "rmllm_llm_credential_cache_lookups", "Credential cache lookups by result.", ["result"]
+            "rmllm_llm_credential_cache_lookups",
+            "Credential cache lookups by result.",
+            ["result"],
+            registry=reg,
         )
         self.open_streams = Gauge(
-            "rmllm_llm_open_streams", "StreamChat calls in progress.", multiprocess_mode="livesum"
+            "rmllm_llm_open_streams",
+            "StreamChat calls in progress.",
+            multiprocess_mode="livesum",
+            registry=reg,
         )
         self.refusals = Counter(
-            "rmllm_llm_refusals", "Calls refused by our own rate limits and budgets, by reason.", ["reason"]
+            "rmllm_llm_refusals",
+            "Calls refused by our own rate limits and budgets, by reason.",
+            ["reason"],
+            registry=reg,
         )
         self.usage_queue_depth = Gauge(
             "rmllm_llm_usage_queue_depth",
             "Usage records waiting to be reported.",
             multiprocess_mode="livesum",
+            registry=reg,
         )
         self.usage_dropped = Counter(
-            "rmllm_llm_usage_records_dropped", "Usage records dropped because the queue was full."
+            "rmllm_llm_usage_records_dropped",
+            "Usage records dropped because the queue was full.",
+            registry=reg,
         )
         self.cache_hit = self.cache_lookups.labels("hit")
         self.cache_miss = self.cache_lookups.labels("miss")

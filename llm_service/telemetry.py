@@ -47,6 +47,7 @@ def setup(settings: TelemetrySettings) -> Observer:
         hooks.append(metrics.CallHooks(metrics.enable()))
     if settings.otel_metrics:
         hooks.append(GenAIHooks())
+    _tracer, _capture_content = None, False
     if settings.traces:
         from opentelemetry import trace  # noqa: PLC0415
 

@@ -157,6 +157,7 @@ class Observer:
             self._end_span(call, code, reason)
         entry: dict[str, Any] = {
             "event": "call",
+            "request_id": call.request_id,  # explicit: a log handler may format on another thread
             "service": self.service,
             "method": call.method,
             "code": code.name,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client import CollectorRegistry
 
 from llm_service import metrics as llm_metrics
 from vault_service import metrics as vault_metrics
@@ -27,7 +28,11 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), 
 def exported() -> dict[str, set[str]]:
     """Sample name -> its label names, for every rmllm_* metric the code defines."""
     names: dict[str, set[str]] = {}
-    for holder in (llm_metrics.enable(), vault_metrics.enable()):
+    # Private registries: this test must not turn recording on for the rest of the process.
+    for holder in (
+        llm_metrics.LLMMetrics(CollectorRegistry()),
+        vault_metrics.VaultMetrics(CollectorRegistry()),
+    ):
         for metric in vars(holder).values():
             kind = getattr(metric, "_type", None)
             if kind not in SUFFIXES:

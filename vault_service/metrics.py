@@ -20,35 +20,44 @@ DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 class VaultMetrics:
     """The metric objects, created against prometheus_client's default registry."""
 
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram  # noqa: PLC0415 - loaded only when enabled
+    def __init__(self, registry: Any = None) -> None:
+        """The metrics, in ``registry`` (default: prometheus_client's global one)."""
+        from prometheus_client import REGISTRY, Counter, Histogram  # noqa: PLC0415 - loaded only when enabled
+
+        reg = registry if registry is not None else REGISTRY
 
         self.requests = Counter(
             "rmllm_vault_requests", "VaultService calls by method, gRPC code and ErrorInfo reason.",
-            ["method", "code", "reason"],
+            ["method", "code", "reason"], registry=reg,
         )  # fmt: skip
         self.duration = Histogram(
             "rmllm_vault_request_duration_seconds",
             "Time from the call reaching the server to its end.",
             ["method"],
             buckets=DURATION_BUCKETS,
+            registry=reg,
         )
         self.db = Histogram(
             "rmllm_vault_db_transaction_seconds",
             "Time a storage operation held its database connection, by operation.",
             ["operation"],
             buckets=DURATION_BUCKETS,
+            registry=reg,
         )
         self.audit = Histogram(
             "rmllm_vault_audit_append_seconds",
             "Time to append one audit event to the hash chain.",
             buckets=DURATION_BUCKETS,
+            registry=reg,
         )
         self.decrypt_failures = Counter(
-            "rmllm_vault_decrypt_failures", "Stored keys that could not be decrypted."
+            "rmllm_vault_decrypt_failures", "Stored keys that could not be decrypted.", registry=reg
         )
         self.auth_failures = Counter(
-            "rmllm_vault_auth_failures", "Calls refused by authentication, by reason.", ["reason"]
+            "rmllm_vault_auth_failures",
+            "Calls refused by authentication, by reason.",
+            ["reason"],
+            registry=reg,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
 
