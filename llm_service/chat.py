@@ -113,7 +113,7 @@ class ChatService:
             return adapter.stream_chat(http, endpoint, params, timeout)
 
         events = stream_with_retries(open_stream, self._policy, deadline, prepared.spec.id)
-        return telemetry.observed(events, prepared.spec, params)
+        return telemetry.traced(events, prepared.spec, params)
 
 
 def usage_of(prepared: PreparedChat, finished: Finished) -> llm_pb2.Usage:
@@ -126,7 +126,7 @@ def usage_of(prepared: PreparedChat, finished: Finished) -> llm_pb2.Usage:
         total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
         cost_usd=spec.cost(priced, usage.input_tokens, usage.output_tokens),
     )
-    telemetry.note_usage(result)
+    telemetry.note_answer(finished, result)
     return result
 
 

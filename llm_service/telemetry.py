@@ -1,11 +1,12 @@
 """The LLM service's call sites for metrics and traces: small hooks, cheap when off.
 
 ``setup`` turns on what ``TelemetrySettings`` asks for and returns the server's
-``Observer``. The chat path calls three hooks: ``note_prepared`` (provider and
-model known), ``observed`` (wraps the event stream: the time to the first event,
-the answer's model, id and finish reason, and with tracing on the GenAI
-``chat {model}`` span around the provider call), and ``note_usage`` (tokens and
-cost, from the answer's ``Usage``). ``http_trace_config`` counts provider HTTP
+``Observer``. The chat path calls small hooks on the current ``observe.Call``:
+``note_provider`` / ``note_prepared`` (provider and model known),
+``note_first_event`` (the time to first token, from ``retrying``) and
+``note_answer`` (the answer's model, id, finish reason, tokens and cost); with
+tracing on, ``traced`` wraps the event stream in the GenAI ``chat {model}`` span
+(with it off, no extra layer). ``http_trace_config`` counts provider HTTP
 statuses and, with tracing on, makes the provider call's client span (no trace
 headers are sent to providers: their systems are not part of our trace).
 ``VaultTelemetry`` is the vault channel's interceptor: it times vault calls and
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncGenerator, Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import aiohttp
@@ -91,11 +91,21 @@ def note_prepared(spec: ProviderSpec, model: str) -> None:
         call.model_known = spec.model(model) is not None
 
 
-def note_usage(usage: Any) -> None:
-    """The answer's ``Usage`` message: token counts and cost."""
+def note_first_event() -> None:
+    """The provider's first event arrived (the time to first token)."""
+    call = observe.current()
+    if call is not None and call.first_token_seconds is None:
+        call.first_token_seconds = call.elapsed()
+
+
+def note_answer(finished: Finished, usage: Any) -> None:
+    """The answer's final event and its ``Usage`` message (token counts and cost)."""
     call = observe.current()
     if call is None:
         return
+    call.response_model = finished.model or call.model
+    call.response_id = finished.response_id
+    call.finish_reason = finished.finish_reason.name.lower()
     call.usage_seen = True
     call.input_tokens = usage.input_tokens
     call.output_tokens = usage.output_tokens
@@ -106,29 +116,28 @@ def note_usage(usage: Any) -> None:
     call.reasoning_tokens = getattr(usage, "reasoning_tokens", 0)
 
 
-async def observed(
+def traced(
     events: AsyncGenerator[ChatEvent, None], spec: ProviderSpec, params: ChatParams
 ) -> AsyncGenerator[ChatEvent, None]:
-    """``events`` passed through, noting the first event and the end on the current call."""
-    call = observe.current() or Call("", "", time.perf_counter(), False)
-    span = _start_chat_span(spec, params) if _tracer is not None else None
-    texts: list[str] | None = [] if span is not None and _capture_content else None
-    scope: AbstractContextManager[Any] = nullcontext()
-    if span is not None:
-        from opentelemetry import trace  # noqa: PLC0415
+    """``events`` inside the GenAI span when tracing is on (else ``events`` itself: no extra layer)."""
+    if _tracer is None:
+        return events
+    return _in_chat_span(events, spec, params)
 
-        scope = trace.use_span(span, end_on_exit=False)
+
+async def _in_chat_span(
+    events: AsyncGenerator[ChatEvent, None], spec: ProviderSpec, params: ChatParams
+) -> AsyncGenerator[ChatEvent, None]:
+    from opentelemetry import trace  # noqa: PLC0415
+
+    call = observe.current() or Call("", "", time.perf_counter(), False)
+    span = _start_chat_span(spec, params)
+    texts: list[str] | None = [] if _capture_content else None
     error: BaseException | None = None
     try:
-        with scope:
+        with trace.use_span(span, end_on_exit=False):
             async for event in events:
-                if call.first_token_seconds is None:
-                    call.first_token_seconds = call.elapsed()
-                if isinstance(event, Finished):
-                    call.response_model = event.model or params.model
-                    call.response_id = event.response_id
-                    call.finish_reason = event.finish_reason.name.lower()
-                elif texts is not None and type(event) is TextDelta:
+                if texts is not None and type(event) is TextDelta:
                     texts.append(event.text)
                 yield event
     except BaseException as exc:
@@ -136,8 +145,7 @@ async def observed(
         raise
     finally:
         await events.aclose()
-        if span is not None:
-            _end_chat_span(span, call, error, texts)
+        _end_chat_span(span, call, error, texts)
 
 
 def _start_chat_span(spec: ProviderSpec, params: ChatParams) -> Any:

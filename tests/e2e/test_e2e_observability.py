@@ -263,6 +263,13 @@ def test_prometheus_vault_metrics(observed: Observed) -> None:
     assert _poll(observed.prometheus, promql, want) == want
     seen_by_llm = 'sum by (code) (rmllm_llm_vault_call_duration_seconds_count{method="ResolveCredentials"})'
     assert _poll(observed.prometheus, seen_by_llm, want) == want
+    # The fake answered openai with 200 (every success) and once with 401 (the refused key).
+    openai_ok = sum(
+        n for (_, provider, code, _), n in observed.calls.items() if (provider, code) == ("openai", "OK")
+    )
+    statuses = {(("status", "200"),): float(openai_ok), (("status", "401"),): 1.0}
+    promql = 'sum by (status) (rmllm_llm_provider_http_responses_total{provider="openai"})'
+    assert _poll(observed.prometheus, promql, statuses) == statuses
     audit = query(observed.prometheus, "sum(rmllm_vault_audit_append_seconds_count)")
     assert audit[()] >= resolved  # every resolve and every stored config is audited
 
