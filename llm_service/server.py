@@ -71,9 +71,7 @@ async def build_server(
     registry = registry or default_registry()
     lookup = adapters or default_adapters
     observer = telemetry.setup(settings.telemetry)
-    channel = grpc.aio.insecure_channel(
-        settings.vault_addr, options=VAULT_CHANNEL_OPTIONS, interceptors=telemetry.vault_interceptors()
-    )
+    channel = grpc.aio.insecure_channel(settings.vault_addr, options=VAULT_CHANNEL_OPTIONS)
     vault = VaultClient(
         channel,
         settings.service_token,

@@ -6,11 +6,11 @@
 ``note_first_event`` (the time to first token, from ``retrying``) and
 ``note_answer`` (the answer's model, id, finish reason, tokens and cost); with
 tracing on, ``traced`` wraps the event stream in the GenAI ``chat {model}`` span
-(with it off, no extra layer). ``http_trace_config`` counts provider HTTP
-statuses and, with tracing on, makes the provider call's client span (no trace
-headers are sent to providers: their systems are not part of our trace).
-``VaultTelemetry`` is the vault channel's interceptor: it times vault calls and
-carries ``traceparent`` to the vault. ``GenAIHooks`` records the OpenTelemetry
+(with it off, no extra layer). ``http_trace_config`` makes the provider call's
+client span (no trace headers are sent to providers: their systems are not part
+of our trace); provider HTTP statuses are counted in ``adapters.exchange``.
+``vault_stub`` wraps the vault stub: it times vault calls and carries
+``traceparent`` to the vault. ``GenAIHooks`` records the OpenTelemetry
 GenAI metrics. Message contents go on spans only with the opt-in variable.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -199,8 +199,9 @@ def _end_chat_span(span: Any, call: Call, error: BaseException | None, texts: li
 
 
 def http_trace_config() -> aiohttp.TraceConfig | None:
-    """The provider session's hooks: HTTP status counts and client spans (None when both are off)."""
-    if metrics.active() is None and _tracer is None:
+    """The provider session's hook for the HTTP client span (None with tracing off: aiohttp then
+    skips its per-request and per-chunk trace signals)."""
+    if _tracer is None:
         return None
     config = aiohttp.TraceConfig()
     tracer = _tracer
@@ -224,8 +225,6 @@ def http_trace_config() -> aiohttp.TraceConfig | None:
 
     async def on_end(_session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
         status = params.response.status
-        call = observe.current()
-        metrics.provider_http_response(call.provider if call and call.provider else "none", status)
         span = ctx.span
         if span is not None:
             span.set_attribute("http.response.status_code", status)
@@ -251,28 +250,24 @@ def http_trace_config() -> aiohttp.TraceConfig | None:
     return config
 
 
-class VaultTelemetry(grpc.aio.UnaryUnaryClientInterceptor):
-    """The vault channel's interceptor: call duration by method and code, client span, traceparent."""
+class _TimedMethod:
+    """One vault stub method, timed (and traced, with ``traceparent`` in its metadata)."""
 
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        method = client_call_details.method
-        path = method.decode() if isinstance(method, bytes) else str(method)
-        name = path.rsplit("/", 1)[-1]
+    __slots__ = ("_call", "_name", "_path")
+
+    def __init__(self, call: Any, path: str) -> None:
+        self._call = call
+        self._path = path
+        self._name = path.rsplit("/", 1)[-1]
+
+    async def __call__(self, request: Any, *, metadata: Any = (), **options: Any) -> Any:
         started = time.perf_counter()
         span = None
-        details = client_call_details
         if _tracer is not None:
-            span, details = _vault_span(path, client_call_details)
+            span, metadata = _vault_span(self._path, metadata)
         code = grpc.StatusCode.OK
         try:
-            call = await continuation(details, request)
-            await call
-            return call
+            return await self._call(request, metadata=metadata, **options)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             raise
@@ -280,7 +275,7 @@ class VaultTelemetry(grpc.aio.UnaryUnaryClientInterceptor):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            metrics.vault_call(name, code.name, time.perf_counter() - started)
+            metrics.vault_call(self._name, code.name, time.perf_counter() - started)
             if span is not None:
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
                 if code != grpc.StatusCode.OK:
@@ -291,7 +286,29 @@ class VaultTelemetry(grpc.aio.UnaryUnaryClientInterceptor):
                 span.end()
 
 
-def _vault_span(path: str, details: grpc.aio.ClientCallDetails) -> tuple[Any, grpc.aio.ClientCallDetails]:
+class _TimedVaultStub:
+    """The vault stub with ``ResolveCredentials`` and ``AuthenticateToken`` timed and traced.
+
+    A wrapper rather than a grpc.aio client interceptor: the interceptor machinery
+    adds a task and a call wrapper to every vault call, which costs more CPU than
+    what it measures.
+    """
+
+    def __init__(self, stub: Any, service: str) -> None:
+        self.ResolveCredentials = _TimedMethod(stub.ResolveCredentials, f"/{service}/ResolveCredentials")
+        self.AuthenticateToken = _TimedMethod(stub.AuthenticateToken, f"/{service}/AuthenticateToken")
+
+
+def vault_stub(stub: Any) -> Any:
+    """``stub`` itself while metrics and tracing are off; else the timed and traced wrapper."""
+    if metrics.active() is None and _tracer is None:
+        return stub
+    from realmultillm.vault.v1 import vault_pb2  # noqa: PLC0415
+
+    return _TimedVaultStub(stub, vault_pb2.DESCRIPTOR.services_by_name["VaultService"].full_name)
+
+
+def _vault_span(path: str, metadata: Any) -> tuple[Any, tuple[tuple[str, str], ...]]:
     from opentelemetry import propagate, trace  # noqa: PLC0415
 
     service, _, method = path.strip("/").partition("/")
@@ -302,19 +319,7 @@ def _vault_span(path: str, details: grpc.aio.ClientCallDetails) -> tuple[Any, gr
     )
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span))
-    metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    for key, value in carrier.items():
-        metadata.add(key, value)
-    return span, grpc.aio.ClientCallDetails(
-        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-    )
-
-
-def vault_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """The vault channel's interceptors: none while metrics and tracing are off."""
-    if metrics.active() is None and _tracer is None:
-        return []
-    return [VaultTelemetry()]
+    return span, (*metadata, *carrier.items())
 
 
 class GenAIHooks:

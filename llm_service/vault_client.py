@@ -27,7 +27,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from llm_service import metrics
+from llm_service import metrics, telemetry
 from llm_service.deadline import Deadline
 from rmllm_common import errors, requestctx
 from rmllm_common.requestctx import REQUEST_ID_HEADER
@@ -79,7 +79,7 @@ class VaultClient:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
-        self._stub: Any = vault_pb2_grpc.VaultServiceStub(channel)
+        self._stub: Any = telemetry.vault_stub(vault_pb2_grpc.VaultServiceStub(channel))
         self._authorization = ("authorization", f"Bearer {service_token.reveal()}")
         self._timeout = timeout_seconds
         self._cache_seconds = cache_seconds

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from llm_service import metrics
 from llm_service.adapters.base import Endpoint
 from llm_service.adapters.errors import from_response, from_stream_error, transport_errors
 from llm_service.sse import SSEDecoder, SSEEvent
@@ -64,6 +65,7 @@ class EventStream:
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             )
             self._resp = resp
+            metrics.provider_http_response(spec.id, resp.status)
             try:
                 if resp.status >= 300:
                     body = await resp.read()
@@ -139,6 +141,7 @@ async def get_json(
             params=params,
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
+            metrics.provider_http_response(spec.id, resp.status)
             body = await resp.read()
             if resp.status >= 300:
                 raise from_response(spec, resp.status, resp.headers, body, endpoint.api_key.reveal())
