@@ -89,6 +89,7 @@ def run_telemetry(plan: Plan, say: Callable[[str], None], baseline: Path | None 
         "llm_cpu_ms_per_chat": medians,
         "increase_over_off_pct": {name: 100 * (value / base - 1) for name, value in medians.items()},
         "spans_received": len(receiver.spans),
+        "primitive_costs_us": primitive_costs(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return {"runs": rows, "summary": summary}
@@ -96,3 +97,47 @@ def run_telemetry(plan: Plan, say: Callable[[str], None], baseline: Path | None 
 
 def _vault(target: Target) -> dict[str, list[int]]:
     return {"vault": target.services["vault"]}
+
+
+def primitive_costs(repeat: int = 20_000) -> dict[str, float]:
+    """Microseconds of CPU per operation the telemetry hooks perform, measured in this process."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+    from prometheus_client import CollectorRegistry, Histogram
+
+    attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+    }
+    histogram = (
+        MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench").create_histogram("h")
+    )
+    observed = Histogram("h_seconds", "h", ["a", "b"], registry=CollectorRegistry()).labels("a", "b")
+    sampled = TracerProvider().get_tracer("bench")
+    unsampled = TracerProvider(sampler=ParentBasedTraceIdRatio(0.0)).get_tracer("bench")
+
+    def span(tracer: Any) -> Callable[[], None]:
+        def one() -> None:
+            opened = tracer.start_span("chat gpt-4o-mini", attributes=attributes)
+            opened.set_attribute("gen_ai.usage.input_tokens", 10)
+            opened.end()
+
+        return one
+
+    work: dict[str, Callable[[], object]] = {
+        "prometheus_histogram_observe": lambda: observed.observe(0.5),
+        "otel_histogram_record": lambda: histogram.record(0.5, attributes),
+        "otel_span_sampled_no_export": span(sampled),
+        "otel_span_not_sampled": span(unsampled),
+    }
+    costs = {}
+    for name, fn in work.items():
+        started = time.process_time()
+        for _ in range(repeat):
+            fn()
+        costs[name] = (time.process_time() - started) / repeat * 1e6
+    return costs
