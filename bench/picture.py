@@ -3,8 +3,9 @@
 It starts the test stack (fake provider, vault, LLM service with two workers, both
 services with ``--metrics-listen``), Debian's ``prometheus`` scraping both every
 second, and a few client threads making calls for about a minute: mostly answers
-streamed with a random delay between pieces, some refused keys, a provider outage
-and calls past our own rate limit. Then it asks Prometheus's HTTP API for three
+streamed with a random delay between pieces, some refused keys, provider outages
+in the second half, and for twenty seconds a second user far past our own rate
+limit. Then it asks Prometheus's HTTP API for three
 range queries and draws them with matplotlib: calls per second by code and reason,
 time to first token p50 and p95, and tokens per second by type.
 """
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             tmp,
             RMLLM_WORKERS="2",
             RMLLM_METRICS_LISTEN="127.0.0.1:0",
-            RMLLM_CHAT_RATE_PER_MINUTE="120",
-            RMLLM_CHAT_BURST="10",
+            RMLLM_CHAT_RATE_PER_MINUTE="300",
+            RMLLM_CHAT_BURST="20",
         )
         metrics = {
             name: next(str(e["address"]) for e in proc.events() if e.get("event") == "metrics")
@@ -134,36 +135,46 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _workload(stack: Any, keys: dict[str, str], client_class: Any, cerr: Any) -> None:
-    token = stack.create_user("picture")
-    deadline = time.monotonic() + SECONDS
+    """Three threads of one user (mixed outcomes) and, for a while, a greedy second user."""
+    steady, greedy = stack.create_user("picture"), stack.create_user("greedy")
+    started = time.monotonic()
+    deadline = started + SECONDS
     rng = random.Random(7)
 
-    def worker(index: int) -> None:
-        with client_class(token, llm_target=stack.llm.address, vault_target=stack.vault.address) as client:
-            if index == 0:
-                client.put_config("openai", keys["openai"], base_url=stack.base_url("openai"))
+    def call(client: Any) -> None:
+        try:
+            with client.stream_chat("openai", "Hello") as stream:
+                "".join(stream)
+        except cerr.RmllmClientError:
+            pass
+
+    def worker() -> None:
+        with client_class(steady, llm_target=stack.llm.address, vault_target=stack.vault.address) as client:
             while time.monotonic() < deadline:
                 roll = rng.random()
                 if roll < 0.06:
                     stack.enqueue({"canned": ["openai", "bad_key"]})
-                elif roll < 0.08 and time.monotonic() > deadline - SECONDS / 2:
+                elif roll < 0.1 and time.monotonic() > started + SECONDS / 2:
                     stack.enqueue({"canned": ["openai", "overloaded"]})
                 else:
                     pieces = ["word "] * rng.randint(5, 40)
-                    stack.enqueue(
-                        {"pieces": pieces, "delay": rng.choice([0.005, 0.01, 0.02, 0.05]), "route": "chat"}
-                    )
-                try:
-                    with client.stream_chat("openai", "Hello") as stream:
-                        "".join(stream)
-                except cerr.RmllmClientError:
-                    pass
-                time.sleep(rng.random() * 0.2)
+                    delay = rng.choice([0.005, 0.01, 0.02, 0.05])
+                    stack.enqueue({"pieces": pieces, "delay": delay, "route": "chat"})
+                call(client)
+                time.sleep(rng.random() * 0.3)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    threads[0].start()
-    time.sleep(1)
-    for thread in threads[1:]:
+    def hurry() -> None:  # seconds 20 to 40: far past the per-user rate limit
+        time.sleep(20)
+        with client_class(greedy, llm_target=stack.llm.address, vault_target=stack.vault.address) as client:
+            client.put_config("openai", keys["openai"], base_url=stack.base_url("openai"))
+            while time.monotonic() < started + 40:
+                call(client)
+                time.sleep(0.05)
+
+    with client_class(steady, llm_target=stack.llm.address, vault_target=stack.vault.address) as client:
+        client.put_config("openai", keys["openai"], base_url=stack.base_url("openai"))
+    threads = [threading.Thread(target=worker) for _ in range(3)] + [threading.Thread(target=hurry)]
+    for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()

@@ -80,7 +80,12 @@ async def build_server(
         clock=clock,
     )
     trace_config = telemetry.http_trace_config()
-    http = new_http_session(settings.http_max_connections, [trace_config] if trace_config else None)
+    http = new_http_session(
+        settings.http_max_connections,
+        policy=settings.endpoint_policy,
+        limits=settings.upstream,
+        trace_configs=[trace_config] if trace_config else None,
+    )
     policy = RetryPolicy(
         attempts=settings.retry_attempts,
         base_delay=settings.retry_base_delay_seconds,
@@ -121,7 +126,8 @@ async def build_server(
     )
 
     server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS, observer=observer)
-    llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
+    servicer = LLMServicer(chat, keys, catalog, clock, max_answer_chars=settings.chat_max_answer_chars)
+    llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
 
     async def release() -> None:
