@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from rmllm_common import logs, prom, telemetry
+from rmllm_common import logs, telemetry
 from rmllm_common.server import ServerHandle
 from rmllm_common.telemetry import TelemetrySettings
 from rmllm_common.workers import default_workers, supervise
@@ -114,6 +114,8 @@ def supervise_workers(
     """``--workers N``: run the workers; with metrics on, serve their sum here (``prom``)."""
     if not telemetry_settings.metrics_listen:
         return supervise(child_argv(module, args), listen, workers, grace_seconds)
+    from rmllm_common import prom  # noqa: PLC0415 - prometheus_client only when metrics are on
+
     try:
         with prom.supervisor_metrics(telemetry_settings.metrics_listen) as env:
             return supervise(child_argv(module, args), listen, workers, grace_seconds, env)
