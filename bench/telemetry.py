@@ -14,6 +14,8 @@ from ``/proc`` around each run. The figures are in docs/PERFORMANCE.md.
 
 from __future__ import annotations
 
+import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -134,6 +136,7 @@ def primitive_costs(repeat: int = 20_000) -> dict[str, float]:
         "otel_span_sampled_no_export": span(sampled),
         "otel_span_not_sampled": span(unsampled),
     }
+    work.update(_per_call_work())
     costs = {}
     for name, fn in work.items():
         started = time.process_time()
@@ -141,3 +144,57 @@ def primitive_costs(repeat: int = 20_000) -> dict[str, float]:
             fn()
         costs[name] = (time.process_time() - started) / repeat * 1e6
     return costs
+
+
+class _Context:
+    """Enough of a grpc.aio ServicerContext for ``Observer.begin``."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", "Bearer rmk_x"), ("x-request-id", "bench-1"), ("user-agent", "bench"))
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        pass
+
+
+def _per_call_work() -> dict[str, Callable[[], object]]:
+    """One Chat's observation as the servicer path makes it: off, and with Prometheus on.
+
+    The call's JSON log line is written (to /dev/null) as in production.
+    """
+    import grpc
+    from prometheus_client import CollectorRegistry
+    from realmultillm.llm.v1 import llm_pb2
+
+    from llm_service import metrics, telemetry
+    from llm_service.adapters.base import Finished, FinishReason, Usage
+    from rmllm_common.logs import JsonFormatter
+    from rmllm_common.observe import Observer
+    from rmllm_common.registry import default_registry
+
+    log = logging.getLogger("rmllm.calls")
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+    handler.setFormatter(JsonFormatter())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    spec = default_registry().resolve("openai")
+    finished = Finished(FinishReason.STOP, Usage(24, 8, 32), "gpt-4o-mini-2024-07-18", "chatcmpl-1")
+    usage = llm_pb2.Usage(input_tokens=24, output_tokens=8, total_tokens=32, cost_usd=0.00001)
+    context: Any = _Context()
+    prometheus = metrics.CallHooks(metrics.LLMMetrics(CollectorRegistry()))
+
+    def one(observer: Observer) -> Callable[[], None]:
+        def call() -> None:
+            observed = observer.begin("/realmultillm.llm.v1.LLMService/Chat", context, False)
+            telemetry.note_provider(spec)
+            telemetry.note_prepared(spec, "gpt-4o-mini")
+            telemetry.note_first_event()
+            telemetry.note_answer(finished, usage)
+            observer.end(observed, grpc.StatusCode.OK, "")
+
+        return call
+
+    return {
+        "observed_call_off": one(Observer("llm")),
+        "observed_call_prometheus": one(Observer("llm", prometheus)),
+    }
