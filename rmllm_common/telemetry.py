@@ -16,6 +16,7 @@ read the rest themselves (protocol, headers, timeouts, ``OTEL_SERVICE_NAME``,
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -126,7 +127,10 @@ def _start_otel(settings: TelemetrySettings, service_name: str) -> list[Callable
     from opentelemetry import metrics, trace  # noqa: PLC0415
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource  # noqa: PLC0415
 
-    resource = Resource.create({"service.name": service_name}).merge(OTELResourceDetector().detect())
+    # One instance id per process: with --workers N each worker exports its own metric streams,
+    # which a backend must not mistake for one process restarting.
+    own = {"service.name": service_name, "service.instance.id": str(uuid.uuid4())}
+    resource = Resource.create(own).merge(OTELResourceDetector().detect())
     stops: list[Callable[[], Any]] = []
     grpc_protocol = settings.protocol == "grpc"
     if settings.traces:
