@@ -8,23 +8,24 @@ live ids are enriched with the registry's context windows and prices. A live
 listing draws on the per-user budget it shares with TestKey (both are calls on the
 user's provider account). Without a listing, without a key, past that budget, or
 when the live call fails (logged), the answer is the registry's list with
-``live=false``.
+``live=false``. Both answers leave out what the caller's model policy refuses
+(a provider entirely denied, and each model not allowed).
 """
 
 from __future__ import annotations
 
 import logging
 
-import aiohttp
 from realmultillm.llm.v1 import llm_pb2
 
-from llm_service.adapters.base import Endpoint, ListedModel
-from llm_service.chat import AdapterLookup, credentials_for, stored_base_url
+from llm_service import accounting
+from llm_service.adapters.base import ListedModel
 from llm_service.deadline import Deadline
+from llm_service.endpoints import EndpointResolver
+from llm_service.limits import NO_LIMITS, CallerLimits
 from llm_service.ratelimit import RateLimiter
-from llm_service.vault_client import VaultClient
 from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RateLimited, RmllmError
-from rmllm_common.registry import ModelSpec, ProviderSpec, Registry
+from rmllm_common.registry import ModelSpec, ProviderSpec
 from rmllm_common.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -74,25 +75,12 @@ def merge_listed(spec: ProviderSpec, listed: list[ListedModel]) -> list[llm_pb2.
 
 
 class Catalog:
-    """ListProviders and ListModels, minus authentication."""
+    """ListProviders and ListModels, minus the proto framing."""
 
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        vault: VaultClient,
-        adapters: AdapterLookup,
-        http: aiohttp.ClientSession,
-        limiter: RateLimiter,
-        allow_custom_base_url: bool,
-    ) -> None:
-        self._registry = registry
-        self._vault = vault
-        self._adapters = adapters
-        self._http = http
+    def __init__(self, endpoints: EndpointResolver, limiter: RateLimiter) -> None:
+        self._endpoints = endpoints
         self._limiter = limiter
-        self._allow_custom = allow_custom_base_url
-        specs = list(registry.providers.values())
+        specs = list(endpoints.registry.providers.values())
         self.providers = llm_pb2.ListProvidersResponse(providers=[provider_info(s) for s in specs])
         self._static = {
             s.id: llm_pb2.ListModelsResponse(
@@ -101,32 +89,41 @@ class Catalog:
             for s in specs
         }
 
-    async def authenticate(self, token: Secret, deadline: Deadline) -> None:
-        """Check that the caller is a known user (every RPC needs one)."""
-        await self._vault.authenticate(token, deadline)
+    async def providers_for(self, token: Secret, deadline: Deadline) -> llm_pb2.ListProvidersResponse:
+        """The registry, less the providers and models the caller's model policy refuses."""
+        limits = (await self._endpoints.identify(token, deadline)).limits
+        if limits is NO_LIMITS:
+            return self.providers
+        return llm_pb2.ListProvidersResponse(
+            providers=[
+                _only_allowed(p, limits) for p in self.providers.providers if limits.allows_provider(p.id)
+            ]
+        )
 
     async def list_models(
         self, request: llm_pb2.ListModelsRequest, token: Secret, deadline: Deadline
     ) -> llm_pb2.ListModelsResponse:
         """Live models where possible, else the registry's."""
-        spec = self._registry.resolve(request.provider)
+        spec = self._endpoints.provider(request.provider)
+        accounting.note_target(spec.id)
         static = self._static[spec.id]
         if not spec.models_path:
-            await self._vault.authenticate(token, deadline)
-            return static
+            return _filtered(static, (await self._endpoints.identify(token, deadline)).limits)
         try:
-            credentials = await credentials_for(self._vault, spec, token, deadline)
+            account = await self._endpoints.stored(spec, token, deadline)
         except KeyNotConfigured:
-            return static
-        endpoint = Endpoint(spec, stored_base_url(spec, credentials, self._allow_custom), credentials.api_key)
+            return _filtered(static, (await self._endpoints.identify(token, deadline)).limits)
+        limits = account.credentials.limits
+        static = _filtered(static, limits)
         try:
             # A live listing is a call on the user's provider account, like a TestKey
             # probe: it draws on the same per-user budget, and past it the registry answers.
-            self._limiter.take(credentials.user_id)
+            self._limiter.take(account.user_id)
         except RateLimited:
             return static
+        accounting.note_provider_call()
         try:
-            listed = await self._adapters(spec).list_models(self._http, endpoint, deadline.remaining())
+            listed = await account.list_models(deadline.remaining())
         except DeadlineExceeded:
             raise
         except RmllmError as exc:
@@ -135,4 +132,25 @@ class Catalog:
                 extra={"provider": spec.id, "error": repr(exc)},
             )
             return static
-        return llm_pb2.ListModelsResponse(provider=spec.id, models=merge_listed(spec, listed), live=True)
+        live = llm_pb2.ListModelsResponse(provider=spec.id, models=merge_listed(spec, listed), live=True)
+        return _filtered(live, limits)
+
+
+def _only_allowed(provider: llm_pb2.ProviderInfo, limits: CallerLimits) -> llm_pb2.ProviderInfo:
+    """A provider's entry with only the models ``limits`` allow."""
+    allowed = llm_pb2.ProviderInfo()
+    allowed.CopyFrom(provider)
+    del allowed.models[:]
+    allowed.models.extend(m for m in provider.models if limits.allows(provider.id, m.id))
+    return allowed
+
+
+def _filtered(listing: llm_pb2.ListModelsResponse, limits: CallerLimits) -> llm_pb2.ListModelsResponse:
+    """A model listing with only the models ``limits`` allow."""
+    if limits is NO_LIMITS:
+        return listing
+    return llm_pb2.ListModelsResponse(
+        provider=listing.provider,
+        models=[m for m in listing.models if limits.allows(listing.provider, m.id)],
+        live=listing.live,
+    )

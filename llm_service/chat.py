@@ -1,82 +1,61 @@
 """The one code path of Chat and StreamChat: validate, resolve, limit, stream, retry.
 
-``ChatService.prepare`` validates the request, asks the vault for the caller's key
-and settings (bounded by the caller's deadline), applies the custom-base-URL
-policy, takes a token from the caller's rate-limit bucket, and picks the adapter by
-the provider's wire format. ``ChatService.events`` then yields the adapter's
-normalised events (``TextDelta``\\ s, then one ``Finished``) with transient failures
-retried before the first event (see ``retrying``). StreamChat forwards these
-events; Chat collects them. ``done`` turns the final event into the proto summary,
-pricing the usage from the registry.
+``ChatService.prepare`` validates the request, has the ``EndpointResolver`` find the
+caller's key, endpoint and adapter (bounded by the caller's deadline), takes a
+token from the caller's rate-limit bucket, and resolves the request's parameters
+against the caller's stored defaults and the registry's, once. ``ChatService.events``
+then yields the adapter's normalised events (``TextDelta``\\ s, then one
+``Finished``) with transient failures retried before the first event (see
+``retrying``). The servicer frames them: StreamChat forwards them, Chat collects them.
+Before any of that reaches a provider, ``enforce`` applies the caller's model
+policy and budgets (``limits``), counting this replica's unreported spend.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from realmultillm.llm.v1 import llm_pb2
-
-from llm_service import telemetry
-from llm_service.adapters.base import Adapter, ChatEvent, ChatParams, Endpoint, Finished
+from llm_service import accounting, telemetry
+from llm_service.adapters.base import ChatEvent, ChatParams
 from llm_service.deadline import Deadline
+from llm_service.endpoints import Account, EndpointResolver
 from llm_service.ratelimit import RateLimiter
 from llm_service.retrying import RetryPolicy, stream_with_retries
+from llm_service.usage import UsageReporter
 from llm_service.validation import validate_chat
-from llm_service.vault_client import Credentials, VaultClient
-from rmllm_common import urls
-from rmllm_common.errors import FailedPrecondition, KeyNotConfigured
-from rmllm_common.registry import ProviderSpec, Registry
+from llm_service.vault_client import Credentials
+from rmllm_common.registry import ProviderSpec
 from rmllm_common.secret import Secret
 
-AdapterLookup = Callable[[ProviderSpec], Adapter]
-_NO_KEY = Secret("")
 
+def enforce(credentials: Credentials, provider: str, model: str, usage: UsageReporter | None) -> None:
+    """The caller's model policy and budgets, checked before the provider is called."""
+    limits = credentials.limits
+    if not limits.budgets and not limits.user_policy and not limits.token_policy:
+        return
+    pending = None
+    if usage is not None:
+        reporter = usage
 
-async def credentials_for(
-    vault: VaultClient, spec: ProviderSpec, token: Secret, deadline: Deadline
-) -> Credentials:
-    """The caller's credentials for ``spec``; keyless ones for a provider that needs no key."""
-    try:
-        return await vault.resolve(token, spec.id, deadline)
-    except KeyNotConfigured:
-        if spec.requires_key:
-            raise
-    user_id = await vault.authenticate(token, deadline)
-    return Credentials(user_id, spec.id, _NO_KEY, "", "", None, None)
+        def pending(scope: str) -> float:
+            return reporter.pending(credentials.user_id, credentials.token_id, scope)
 
-
-def stored_base_url(spec: ProviderSpec, credentials: Credentials, allow_custom: bool) -> str:
-    """The endpoint to call: the stored override if this server's policy allows it."""
-    if not credentials.base_url or credentials.base_url.rstrip("/") == spec.base_url:
-        return spec.base_url
-    try:  # stored before the rule was shared, or by an older vault: check it again
-        base_url = urls.check_base_url(credentials.base_url)
-    except urls.BaseUrlError as exc:
-        raise FailedPrecondition(
-            f"the stored base_url for {spec.id} is not acceptable ({exc}); "
-            f"fix it with `rmllm keys update {spec.id} --base-url URL` ('' for the default)",
-            provider=spec.id,
-        ) from exc
-    if not (allow_custom or spec.custom_base_url):
-        raise FailedPrecondition(
-            f"the stored configuration for {spec.id} points at a custom endpoint, which this server "
-            "does not allow; remove its base_url, or ask the operator for RMLLM_ALLOW_CUSTOM_BASE_URL=1",
-            provider=spec.id,
-        )
-    return base_url
+    limits.check(provider, model, pending)
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedChat:
     """Everything one completion needs, resolved once before the first provider call."""
 
-    spec: ProviderSpec
-    adapter: Adapter
-    endpoint: Endpoint
+    account: Account
     params: ChatParams
+
+    @property
+    def spec(self) -> ProviderSpec:
+        """The provider's registry entry."""
+        return self.account.spec
 
 
 class ChatService:
@@ -84,80 +63,36 @@ class ChatService:
 
     def __init__(
         self,
-        *,
-        registry: Registry,
-        vault: VaultClient,
-        adapters: AdapterLookup,
-        http: aiohttp.ClientSession,
+        endpoints: EndpointResolver,
         limiter: RateLimiter,
         policy: RetryPolicy,
-        allow_custom_base_url: bool,
+        usage: UsageReporter | None = None,
     ) -> None:
-        self._registry = registry
-        self._vault = vault
-        self._adapters = adapters
-        self._http = http
+        self._usage = usage
+        self._endpoints = endpoints
         self._limiter = limiter
         self._policy = policy
-        self._allow_custom = allow_custom_base_url
 
     async def prepare(self, request: Any, token: Secret, deadline: Deadline) -> PreparedChat:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
-        chat = validate_chat(request, self._registry)
-        spec = chat.spec
-        telemetry.note_provider(spec)
-        credentials = await credentials_for(self._vault, spec, token, deadline)
-        base_url = stored_base_url(spec, credentials, self._allow_custom)
-        params = chat.params(credentials.default_model, credentials.temperature, credentials.max_tokens)
-        telemetry.note_prepared(spec, params.model)
-        self._limiter.take(credentials.user_id)
-        return PreparedChat(spec, self._adapters(spec), Endpoint(spec, base_url, credentials.api_key), params)
+        chat = validate_chat(request, self._endpoints.registry)
+        accounting.note_target(chat.spec.id)
+        telemetry.note_provider(chat.spec)
+        account = await self._endpoints.stored(chat.spec, token, deadline)
+        stored = account.credentials
+        params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
+        accounting.note_target(chat.spec.id, params.model)
+        telemetry.note_prepared(chat.spec, params.model)
+        enforce(stored, chat.spec.id, params.model, self._usage)
+        self._limiter.take(account.user_id)
+        return PreparedChat(account, params)
 
     def events(self, prepared: PreparedChat, deadline: Deadline) -> AsyncGenerator[ChatEvent, None]:
         """The completion's events, retried before the first one (close it when done)."""
-        adapter, http, endpoint, params = prepared.adapter, self._http, prepared.endpoint, prepared.params
+        account, params = prepared.account, prepared.params
 
         def open_stream(timeout: float | None) -> AsyncIterator[ChatEvent]:
-            return adapter.stream_chat(http, endpoint, params, timeout)
+            return account.stream_chat(params, timeout)
 
         events = stream_with_retries(open_stream, self._policy, deadline, prepared.spec.id)
         return telemetry.traced(events, prepared.spec, params)
-
-
-def usage_of(prepared: PreparedChat, finished: Finished) -> llm_pb2.Usage:
-    """Token counts and their price (by the answering model, else the requested one)."""
-    spec, usage = prepared.spec, finished.usage
-    priced = finished.model if spec.model(finished.model) is not None else prepared.params.model
-    result = llm_pb2.Usage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
-        cost_usd=spec.cost(priced, usage.input_tokens, usage.output_tokens),
-    )
-    telemetry.note_answer(finished, result)
-    return result
-
-
-def done_message(prepared: PreparedChat, finished: Finished) -> llm_pb2.StreamChatResponse:
-    """StreamChat's last message."""
-    return llm_pb2.StreamChatResponse(
-        done=llm_pb2.StreamChatDone(
-            finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
-            usage=usage_of(prepared, finished),
-            model=finished.model or prepared.params.model,
-            provider=prepared.spec.id,
-            response_id=finished.response_id,
-        )
-    )
-
-
-def chat_response(prepared: PreparedChat, content: str, finished: Finished) -> llm_pb2.ChatResponse:
-    """Chat's answer."""
-    return llm_pb2.ChatResponse(
-        content=content,
-        finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
-        usage=usage_of(prepared, finished),
-        model=finished.model or prepared.params.model,
-        provider=prepared.spec.id,
-        response_id=finished.response_id,
-    )

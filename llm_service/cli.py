@@ -16,7 +16,7 @@ import sys
 from llm_service.server import build_server
 from llm_service.settings import DEFAULT_LISTEN, LLMSettings, SettingsError
 from rmllm_common import logs
-from rmllm_common.cli import add_serve_flags, fail, run_serve, supervise_workers, worker_count
+from rmllm_common.cli import add_serve_flags, fail, run_serve, supervise_workers
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,18 +49,18 @@ def main(argv: list[str] | None = None) -> int:
             listen=args.listen,
             data_dir=args.data_dir,
             log_level=args.log_level,
+            workers=args.workers,
             metrics_listen=args.metrics_listen,
         )
-        workers = worker_count(args.workers, os.environ)
-    except (SettingsError, ValueError, OSError) as exc:  # OSError: an unusable data directory
+    except (SettingsError, OSError) as exc:  # OSError: an unusable data directory
         return fail(str(exc))
     logs.configure(settings.log_level)
-    if workers > 1:
+    if settings.workers > 1:
         return supervise_workers(
             "llm_service.cli",
             args,
             settings.listen,
-            workers,
+            settings.workers,
             settings.grace_seconds,
             telemetry_settings=settings.telemetry,
         )

@@ -1,11 +1,13 @@
 """The LLM service's server factory: ``build_server(settings)`` returns a bound server.
 
 It creates the process-wide resources once (the vault channel and client, the
-aiohttp session, the rate limiters, the retry policy, the static catalog), wires
-them into the servicer, and closes them in ``ServerHandle.on_stop`` after the
-server has drained. The adapter lookup is injected (tests pass scripted adapters);
-by default it is ``llm_service.adapters.adapter_for``, looked up at call time.
-``sleep`` and ``clock`` are injectable for retry and rate-limit tests.
+aiohttp session, the rate limiters, the retry policy, the static catalog, the
+usage reporter), wires them into the servicer, and closes them in
+``ServerHandle.on_stop`` after the server has drained (the usage reporter first:
+it flushes the records of every call served to the vault). The adapter lookup
+is injected (tests pass scripted adapters); by default it is
+``llm_service.adapters.adapter_for``, looked up at call time. ``sleep`` and
+``clock`` are injectable for retry and rate-limit tests.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service import telemetry
 from llm_service.adapters.base import Adapter
+from llm_service.auth import AuthInterceptor
 from llm_service.catalog import Catalog
-from llm_service.chat import AdapterLookup, ChatService
+from llm_service.chat import ChatService
 from llm_service.deadline import Clock
+from llm_service.endpoints import AdapterLookup, EndpointResolver
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
 from llm_service.ratelimit import RateLimiter
 from llm_service.retrying import RetryPolicy, Sleep
 from llm_service.servicer import LLMServicer
 from llm_service.settings import LLMSettings
+from llm_service.usage import UsageReporter
 from llm_service.vault_client import VaultClient
 from rmllm_common.registry import ProviderSpec, Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
@@ -93,44 +98,46 @@ async def build_server(
         retry_after_cap=settings.retry_after_cap_seconds,
         sleep=sleep,
     )
-    allow = settings.allow_custom_base_url
-    chat = ChatService(
+    usage = UsageReporter(
+        vault.report_usage,
+        interval=settings.usage_flush_seconds,
+        batch_size=settings.usage_batch_records,
+        max_buffer=settings.usage_buffer_records,
+    )
+    endpoints = EndpointResolver(
         registry=registry,
         vault=vault,
         adapters=lookup,
         http=http,
-        limiter=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
-        policy=policy,
-        allow_custom_base_url=allow,
+        allow_custom_base_url=settings.allow_custom_base_url,
+    )
+    chat = ChatService(
+        endpoints,
+        RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
+        policy,
+        usage,
     )
     # TestKey probes and live model listings are calls on the user's provider
     # account: one per-user budget for both.
     account_calls = RateLimiter(
         "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
     )
-    keys = KeyTester(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
-    catalog = Catalog(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
+    keys = KeyTester(endpoints, account_calls)
+    catalog = Catalog(endpoints, account_calls)
 
-    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS, observer=observer)
-    servicer = LLMServicer(chat, keys, catalog, clock, max_answer_chars=settings.chat_max_answer_chars)
+    server = new_server(
+        [AuthInterceptor(vault, clock)],
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        options=SERVER_OPTIONS,
+        observer=observer,
+    )
+    servicer = LLMServicer(chat, keys, catalog, clock, usage, max_answer_chars=settings.chat_max_answer_chars)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
 
     async def release() -> None:
+        # After the server drained: deliver the usage records of every call it served.
+        await usage.close(max(1.0, settings.grace_seconds))
         await http.close()
         await vault.close()
 
@@ -139,4 +146,5 @@ async def build_server(
     except OSError:
         await release()
         raise
+    usage.start()
     return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=release)

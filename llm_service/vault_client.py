@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +27,9 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from llm_service import metrics, telemetry
+from llm_service import accounting, metrics, telemetry
 from llm_service.deadline import Deadline
+from llm_service.limits import NO_LIMITS, CallerLimits, from_reply
 from rmllm_common import errors, requestctx
 from rmllm_common.requestctx import REQUEST_ID_HEADER
 from rmllm_common.secret import Secret
@@ -50,6 +51,18 @@ class Credentials:
     default_model: str
     temperature: float | None
     max_tokens: int | None
+    # The id of the caller's token (never the token), and its budgets and model policies.
+    token_id: str = ""
+    limits: CallerLimits = NO_LIMITS
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a token belongs to, for calls that need no stored key."""
+
+    user_id: str
+    token_id: str = ""
+    limits: CallerLimits = NO_LIMITS
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
@@ -108,6 +121,7 @@ class VaultClient:
             hit = self._cache.get(cache_key)
             if hit is not None:
                 if hit[0] > self._clock():
+                    accounting.note_caller(hit[1].user_id, hit[1].token_id)
                     metrics.credential_cache(hit=True)
                     return hit[1]
                 del self._cache[cache_key]
@@ -131,7 +145,10 @@ class VaultClient:
             default_model=settings.default_model,
             temperature=settings.temperature if settings.HasField("temperature") else None,
             max_tokens=settings.max_tokens if settings.HasField("max_tokens") else None,
+            token_id=reply.token_id,
+            limits=from_reply(reply),
         )
+        accounting.note_caller(credentials.user_id, credentials.token_id)
         if self._cache_seconds > 0:
             self._cache[cache_key] = (self._clock() + self._cache_seconds, credentials)
             while len(self._cache) > CACHE_MAX_ENTRIES:
@@ -140,6 +157,10 @@ class VaultClient:
 
     async def authenticate(self, user_token: Secret, deadline: Deadline) -> str:
         """The id of the user a token belongs to (TOKEN_INVALID when it is unknown)."""
+        return (await self.identify(user_token, deadline)).user_id
+
+    async def identify(self, user_token: Secret, deadline: Deadline) -> Identity:
+        """Who a token belongs to, with its token id and limits (TOKEN_INVALID when unknown)."""
         timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.AuthenticateTokenRequest(user_token=user_token.reveal())
         try:
@@ -148,7 +169,23 @@ class VaultClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc, None, caller_bound, timeout) from None
-        return str(reply.user_id)
+        accounting.note_caller(reply.user_id, reply.token_id)
+        return Identity(str(reply.user_id), str(reply.token_id), from_reply(reply))
+
+    async def report_usage(
+        self, batches: Sequence[Sequence[vault_pb2.UsageRecord]], timeout: float
+    ) -> vault_pb2.ReportUsageResponse:
+        """Send usage records in batches over one ReportUsage stream (raises ``grpc.aio.AioRpcError``)."""
+
+        async def messages() -> AsyncIterator[vault_pb2.ReportUsageRequest]:
+            for batch in batches:
+                yield vault_pb2.ReportUsageRequest(records=batch)
+
+        metadata = (self._authorization,)
+        reply: vault_pb2.ReportUsageResponse = await self._stub.ReportUsage(
+            messages(), timeout=timeout, metadata=metadata, wait_for_ready=False
+        )
+        return reply
 
     def _translate(  # noqa: PLR0911 - one translation table, read top to bottom
         self, exc: grpc.aio.AioRpcError, provider: str | None, caller_bound: bool, timeout: float

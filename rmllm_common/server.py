@@ -94,7 +94,7 @@ def _malformed(method: str) -> MalformedRequest:
 
 def _outcome(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The code and reason of a call that ended with ``exc`` outside our error classes."""
-    if isinstance(exc, asyncio.CancelledError):
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         return grpc.StatusCode.CANCELLED, ""
     code = context.code() if isinstance(exc, grpc.aio.AbortError) else None
     if isinstance(code, grpc.StatusCode):
@@ -105,81 +105,100 @@ def _outcome(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) ->
 def _wrap(
     method: str, handler: grpc.RpcMethodHandler[Any, Any], observer: Observer
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with the call observed (request id, trace, log) and every exception translated."""
-    if handler.unary_unary is not None:
-        unary: Any = handler.unary_unary  # an async function under grpc.aio
+    """``handler`` observed (``Observer``) and every exception translated, whatever its kind.
 
-        async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    A unary-response handler (unary-unary, stream-unary) is awaited; a
+    streaming-response one (unary-stream, stream-stream) is an async generator
+    whose messages are forwarded. Requests are decoded tolerantly: an undecodable
+    request (or request message of a stream) is INVALID_ARGUMENT / MALFORMED_REQUEST.
+    """
+
+    def checked(request: Any, streamed: bool) -> Any:
+        if not streamed:
+            if request is UNDECODABLE:
+                raise _malformed(method)
+            return request
+
+        async def each() -> AsyncIterator[Any]:
+            async for item in request:
+                if item is UNDECODABLE:
+                    raise _malformed(method)
+                yield item
+
+        return each()
+
+    def unary_response(inner: Any, streamed: bool) -> Any:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = observer.begin(method, context, False)
             code, reason = grpc.StatusCode.OK, ""
             try:
-                if request is UNDECODABLE:
-                    raise _malformed(method)
-                return await unary(request, context)
-            except RmllmError as exc:
-                code, reason = exc.code, exc.reason
-                await abort_with(context, exc)
+                return await inner(checked(request, streamed), context)
             except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
                 code, reason = _outcome(context, exc)
                 raise
             except Exception as exc:
-                error = _unexpected(method, exc)
+                error = exc if isinstance(exc, RmllmError) else _unexpected(method, exc)
                 code, reason = error.code, error.reason
                 await abort_with(context, error)
             finally:
                 observer.end(call, code, reason)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_behavior,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        streaming: Any = handler.unary_stream  # an async generator function under grpc.aio
+        return behavior
 
-        async def stream_behavior(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+    def stream_response(inner: Any, streamed: bool) -> Any:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             call = observer.begin(method, context, True)
             code, reason = grpc.StatusCode.OK, ""
             try:
-                if request is UNDECODABLE:
-                    raise _malformed(method)
-                async for item in streaming(request, context):
+                async for item in inner(checked(request, streamed), context):
                     yield item
-            except RmllmError as exc:
-                code, reason = exc.code, exc.reason
-                await abort_with(context, exc)
             except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit) as exc:
                 code, reason = _outcome(context, exc)
-                if isinstance(exc, GeneratorExit):
-                    code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
-                error = _unexpected(method, exc)
+                error = exc if isinstance(exc, RmllmError) else _unexpected(method, exc)
                 code, reason = error.code, error.reason
                 await abort_with(context, error)
             finally:
                 observer.end(call, code, reason)
 
+        return behavior
+
+    serializers: Any = {
+        "request_deserializer": _tolerant(handler.request_deserializer),
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary, False), **serializers)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary, True), **serializers)
+    if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            stream_behavior,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            stream_response(handler.unary_stream, False), **serializers
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            stream_response(handler.stream_stream, True), **serializers
         )
     return handler
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Observes every call (``observe.Observer``), and turns every exception into the contract's status.
+class MethodInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps the handler of each of our methods once (``wrap``).
 
-    The wrapped handler of a method is built once and reused for as long as the
-    next link of the chain hands back the same handler object.
+    Health and reflection pass untouched. The wrapped handler of a method is built
+    once and reused for as long as the next link of the chain hands back the same
+    handler object.
     """
 
-    def __init__(self, observer: Observer | None = None) -> None:
-        self._observer = observer or Observer()
+    def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """``handler`` wrapped for ``method`` (None: the method is not served)."""
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -193,9 +212,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(method, handler, self._observer)
-        self._wrapped[method] = (handler, wrapped)
+        wrapped = self.wrap(method, handler)
+        if wrapped is not None:
+            self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class ErrorInterceptor(MethodInterceptor):
+    """Observes every call (``observe.Observer``), and turns every exception into the contract's status."""
+
+    def __init__(self, observer: Observer | None = None) -> None:
+        super().__init__()
+        self._observer = observer or Observer()
+
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return _wrap(method, handler, self._observer)
 
 
 def new_server(

@@ -1,10 +1,11 @@
 """Authentication of every VaultService call, in one interceptor.
 
-``AuthInterceptor`` wraps each VaultService handler once (health and reflection
-stay open) with a check driven by ``POLICY``: user RPCs need ``authorization: Bearer
-<user token>``, service RPCs need the service credential, compared in constant
-time. A method missing from the table is refused (deny by default). The check runs
-inside the wrapped handler, so the error interceptor (outermost) turns its
+``AuthInterceptor`` wraps each VaultService handler once, of whatever kind (unary or
+streaming, either way; health and reflection stay open), with a check driven by
+``POLICY``: user RPCs need ``authorization: Bearer <user token>``, service RPCs
+need the service credential, compared in constant time. A method missing from
+the table is refused (deny by default). The check runs before the handler reads
+anything, inside the wrapped handler, so the error interceptor (outermost) turns its
 failures into the contract's status. The authenticated user is put in a context
 variable for the servicer (``current_user``).
 """
@@ -13,17 +14,18 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar, Token
 from enum import Enum
 from typing import Any, Final
 
 import grpc
 from realmultillm.vault.v1 import vault_pb2
 
-from rmllm_common.errors import PermissionDenied, TokenInvalid
+from rmllm_common.bearer import bearer_token
+from rmllm_common.errors import MethodNotAllowed, PermissionDenied, TokenInvalid
 from rmllm_common.secret import Secret
-from rmllm_common.server import is_standard_method
+from rmllm_common.server import MethodInterceptor
 from vault_service import metrics
 from vault_service.accounts import Principal
 
@@ -66,30 +68,18 @@ def current_user() -> Principal:
     return user
 
 
-def bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The token of ``authorization: Bearer <token>``, or TOKEN_INVALID."""
-    for key, value in metadata or ():
-        if key.lower() == "authorization":
-            text = value.decode("latin-1") if isinstance(value, bytes) else value
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            raise TokenInvalid("the authorization metadata must be `Bearer <token>`")
-    raise TokenInvalid("missing authorization metadata: send `authorization: Bearer <token>`")
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(MethodInterceptor):
     """Authenticates every VaultService call before the servicer sees it."""
 
     def __init__(
         self, service_token: Secret, authenticate: Callable[[str], Awaitable[Principal | None]]
     ) -> None:
+        super().__init__()
         self._service_token = service_token.reveal().encode()
         self._authenticate = authenticate
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def _check(self, access: Access | None, metadata: Any) -> Principal | None:
-        token = bearer(metadata)
+        token = bearer_token(metadata).reveal()
         if access is Access.SERVICE:
             if not hmac.compare_digest(token.encode(), self._service_token):
                 raise PermissionDenied(
@@ -101,48 +91,63 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if user is None:
                 raise TokenInvalid("the token is unknown or revoked; ask the operator for a new one")
             return user
-        raise PermissionDenied("this method is not open to any caller", reason="METHOD_NOT_ALLOWED")
+        raise MethodNotAllowed("this method is not open to any caller")
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or is_standard_method(method):
-            return handler
-        if handler.unary_unary is None:
-            return None  # VaultService is all unary; anything else is not served
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    async def _enter(self, method: str, access: Access | None, context: Any) -> Token[Principal | None]:
+        """Check the call's credentials; set the caller for the servicer (reset it after)."""
+        try:
+            principal = await self._check(access, context.invocation_metadata())
+        except (TokenInvalid, PermissionDenied) as exc:
+            metrics.auth_failure(exc.reason)
+            log.info("call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"})
+            raise
+        return _current_user.set(principal)
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        """``handler`` behind the check for ``method``; built once per method."""
-        inner: Any = handler.unary_unary
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` behind the check for ``method``, whatever its kind; built once per method.
+
+        Unary-response kinds (unary-unary, stream-unary) await the inner handler;
+        streaming-response kinds (unary-stream, stream-stream) are async generators
+        that check before their first message and forward every message after.
+        The check runs before the request stream is read.
+        """
         access = POLICY.get(method)
+        serializers: Any = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
 
-        async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                principal = await self._check(access, context.invocation_metadata())
-            except (TokenInvalid, PermissionDenied) as exc:
-                metrics.auth_failure(exc.reason)
-                log.info(
-                    "call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"}
-                )
-                raise
-            reset = _current_user.set(principal)
-            try:
-                return await inner(request, context)
-            finally:
-                _current_user.reset(reset)
+        def unary_response(inner: Any) -> Any:
+            async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                reset = await self._enter(method, access, context)
+                try:
+                    return await inner(request, context)
+                finally:
+                    _current_user.reset(reset)
 
-        return grpc.unary_unary_rpc_method_handler(
-            authenticated,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return authenticated
+
+        def stream_response(inner: Any) -> Any:
+            async def authenticated(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                reset = await self._enter(method, access, context)
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                finally:
+                    _current_user.reset(reset)
+
+            return authenticated
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **serializers)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **serializers)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **serializers)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                stream_response(handler.stream_stream), **serializers
+            )
+        raise TypeError(f"{method}: a handler of no known kind")

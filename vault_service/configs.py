@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # The hot path's statements: one indexed lookup from token hash to user to config.
 _RESOLVE = (
-    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings "
+    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id "
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
@@ -81,6 +81,7 @@ class Resolved:
     base_url: str
     settings: Settings
     key_hint: str
+    token_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +249,7 @@ def _resolve_in_transaction(
     )
     if row is None:
         return refuse("-", TokenInvalid("the user token is unknown or revoked"))
-    user_id, config_id, blob, active, hint, base_url, settings = row
+    user_id, config_id, blob, active, hint, base_url, settings, token_id = row
     if config_id is None:
         return refuse(
             user_id,
@@ -284,4 +285,4 @@ def _resolve_in_transaction(
         return refuse(user_id, error, f"key_id={exc.key_id}")
     db.execute(_COUNT_USE, (_now(), config_id))
     audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id))
-    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint)
+    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id)

@@ -2,8 +2,9 @@
 
 It opens the database, applies pending migrations, derives the keyring from the
 seed(s), and assembles the gRPC server: the error interceptor (outermost), the
-auth interceptor, the VaultService, health and reflection. Stopping the server
-closes the database.
+auth interceptor, the VaultService, health and reflection, and starts the hourly
+pruning of raw usage records past ``RMLLM_USAGE_RETENTION_DAYS``. Stopping the
+server stops the pruning and closes the database.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import logging
 import peewee as pw
 from realmultillm.vault.v1 import vault_pb2_grpc
 
+from rmllm_common.errors import Unavailable
 from rmllm_common.observe import Observer
+from rmllm_common.registry import Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
-from vault_service import accounts, metrics, migrations
+from vault_service import accounts, ledger, metrics, migrations
 from vault_service.auth import SERVICE_NAME, AuthInterceptor
 from vault_service.crypto import Keyring
 from vault_service.database import Database
@@ -24,6 +27,7 @@ from vault_service.servicer import VaultServicer
 from vault_service.settings import SettingsError, VaultSettings
 
 log = logging.getLogger(__name__)
+PRUNE_INTERVAL_SECONDS = 3600.0
 
 
 def check_seed_matches(db: Database, keyring: Keyring, settings: VaultSettings) -> None:
@@ -80,17 +84,29 @@ def _observer(settings: VaultSettings) -> Observer:
     return Observer("vault", hooks, tracing=telemetry.traces)
 
 
-async def build_server(settings: VaultSettings) -> ServerHandle:
+async def _prune_usage(db: Database, retention_days: float) -> None:
+    """Delete raw usage records past retention now and then every hour (the rollups stay)."""
+    while True:
+        try:
+            deleted = await db.run(ledger.prune, db, retention_days)
+        except Unavailable:
+            deleted = 0  # logged by Database.run; try again next time
+        if deleted:
+            log.info("pruned usage records", extra={"count": deleted, "event": "usage_pruned"})
+        await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
+
+async def build_server(settings: VaultSettings, *, registry: Registry | None = None) -> ServerHandle:
     """A vault server bound to ``settings.listen`` (port 0 picks a free port)."""
     db = Database(settings.effective_database_url)
     try:
-        return await _assemble(settings, db)
+        return await _assemble(settings, db, registry or default_registry())
     except BaseException:
         await asyncio.to_thread(db.close)
         raise
 
 
-async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
+async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -> ServerHandle:
     applied = await asyncio.to_thread(migrations.migrate, db)
     if applied:
         log.info("database schema migrated", extra={"versions": ",".join(map(str, applied))})
@@ -105,12 +121,17 @@ async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
         return await db.run(accounts.authenticate, db, token)
 
     server = new_server([AuthInterceptor(settings.service_token, authenticate)], observer=_observer(settings))
-    servicer = VaultServicer(db, keyring, allow_custom_base_url=settings.allow_custom_base_url)
+    servicer = VaultServicer(
+        db, keyring, registry=registry, allow_custom_base_url=settings.allow_custom_base_url
+    )
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
     port = bind(server, settings.listen)
+    pruner = asyncio.create_task(_prune_usage(db, settings.usage_retention_days), name="usage-prune")
 
     async def close() -> None:
+        pruner.cancel()
+        await asyncio.gather(pruner, return_exceptions=True)
         await asyncio.to_thread(db.close)
 
     return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=close)

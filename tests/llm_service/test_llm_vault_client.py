@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from testkit.llm_fake_vault import StoredKey
-from testkit.llm_harness import ALICE, BOB, auth, chat_request, llm_harness, rich_error
+from testkit.llm_harness import ALICE, BOB, auth, chat_request, llm_harness, rich_error, user_token
 
 from llm_service import vault_client
 
@@ -28,17 +28,17 @@ async def test_cache_is_off_by_default() -> None:
 async def test_cache_keeps_credentials_for_seconds_per_token_and_provider() -> None:
     clock = Clock()
     async with llm_harness({"RMLLM_CREDENTIAL_CACHE_SECONDS": "5"}, clock=clock) as llm:
-        llm.vault.users["rmk_alice_second_token_000"] = "u-alice"
+        llm.vault.users[user_token("alice_second_token")] = "u-alice"
         await llm.stub.Chat(chat_request(), metadata=auth())
         await llm.stub.Chat(chat_request(provider="openai-api"), metadata=auth())
         assert len(llm.vault.calls) == 1
-        await llm.stub.Chat(chat_request(), metadata=auth("rmk_alice_second_token_000"))
+        await llm.stub.Chat(chat_request(), metadata=auth(user_token("alice_second_token")))
         await llm.stub.Chat(chat_request(provider="anthropic"), metadata=auth())
         assert len(llm.vault.calls) == 3
         clock.now += 5.0
         await llm.stub.Chat(chat_request(), metadata=auth())
         assert len(llm.vault.calls) == 4
-        assert {c.user_token for c in llm.vault.calls} == {ALICE, "rmk_alice_second_token_000"}
+        assert {c.user_token for c in llm.vault.calls} == {ALICE, user_token("alice_second_token")}
         # A token the vault refused is never cached.
         llm.vault.users.pop(ALICE)
         clock.now += 5.0
@@ -54,12 +54,12 @@ async def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vault_client, "CACHE_MAX_ENTRIES", 2)
     async with llm_harness({"RMLLM_CREDENTIAL_CACHE_SECONDS": "30"}) as llm:
         for i in range(3):
-            llm.vault.users[f"rmk_user_{i}_000000"] = f"u-{i}"
+            llm.vault.users[user_token(f"user_{i}")] = f"u-{i}"
             llm.vault.keys[(f"u-{i}", "openai")] = StoredKey(f"sk-user-{i}-key-000000")
         for i in (0, 1, 2, 2):
-            await llm.stub.Chat(chat_request(), metadata=auth(f"rmk_user_{i}_000000"))
+            await llm.stub.Chat(chat_request(), metadata=auth(user_token(f"user_{i}")))
         assert len(llm.vault.calls) == 3
-        await llm.stub.Chat(chat_request(), metadata=auth("rmk_user_0_000000"))  # evicted: asked again
+        await llm.stub.Chat(chat_request(), metadata=auth(user_token("user_0")))  # evicted: asked again
         assert len(llm.vault.calls) == 4
 
 

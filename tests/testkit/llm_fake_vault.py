@@ -7,7 +7,9 @@ SERVICE_CREDENTIAL_REQUIRED), answers unknown tokens with UNAUTHENTICATED /
 TOKEN_INVALID and missing keys with FAILED_PRECONDITION / KEY_NOT_CONFIGURED, all as
 rich statuses. It records each call (method, token, provider, metadata), and can be
 told to fail the next calls with any error or to stall, to test the LLM service's
-translation and deadlines.
+translation and deadlines. ReportUsage keeps the usage records it is sent
+(idempotent on the request id, like the real vault); ``limits`` adds budgets and
+model policies (the response fields) to a user's answers.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
     users: dict[str, str] = field(default_factory=dict)
     keys: dict[tuple[str, str], StoredKey] = field(default_factory=dict)
     calls: list[VaultCall] = field(default_factory=list)
+    usage: dict[str, vault_pb2.UsageRecord] = field(default_factory=dict)
+    limits: dict[str, dict[str, Any]] = field(default_factory=dict)
     fail_with: errors.RmllmError | None = None
     stall: bool = False
     address: str = ""
@@ -105,13 +109,34 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
             base_url=stored.base_url,
             settings=settings,
             key_hint=stored.api_key[-4:],
+            token_id=f"tok_{user_id}",
+            **self.limits.get(user_id, {}),
         )
 
     async def AuthenticateToken(
         self, request: vault_pb2.AuthenticateTokenRequest, context: Context
     ) -> vault_pb2.AuthenticateTokenResponse:
         user_id = await self._enter("AuthenticateToken", request.user_token, "", context)
-        return vault_pb2.AuthenticateTokenResponse(user_id=user_id, user_name=f"name-{user_id}")
+        return vault_pb2.AuthenticateTokenResponse(
+            user_id=user_id,
+            user_name=f"name-{user_id}",
+            token_id=f"tok_{user_id}",
+            **self.limits.get(user_id, {}),
+        )
+
+    async def ReportUsage(self, request_iterator: Any, context: Context) -> vault_pb2.ReportUsageResponse:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        if metadata.get("authorization") != f"Bearer {self.service_token}":
+            await abort_with(context, errors.PermissionDenied("this RPC needs the service credential"))
+        accepted = duplicates = 0
+        async for batch in request_iterator:
+            for record in batch.records:
+                if record.request_id in self.usage:
+                    duplicates += 1
+                else:
+                    self.usage[record.request_id] = record
+                    accepted += 1
+        return vault_pb2.ReportUsageResponse(accepted=accepted, duplicates=duplicates)
 
     def methods(self) -> list[str]:
         """The methods called so far, in order."""
