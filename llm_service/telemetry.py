@@ -287,7 +287,8 @@ class _TimedMethod:
 
 
 class _TimedVaultStub:
-    """The vault stub with ``ResolveCredentials`` and ``AuthenticateToken`` timed and traced.
+    """The vault stub with its per-call unary RPCs (``ResolveCredentials``, ``AuthenticateToken``)
+    timed and traced; the streaming ones pass through.
 
     A wrapper rather than a grpc.aio client interceptor: the interceptor machinery
     adds a task and a call wrapper to every vault call, which costs more CPU than
@@ -295,8 +296,13 @@ class _TimedVaultStub:
     """
 
     def __init__(self, stub: Any, service: str) -> None:
+        self._stub = stub
         self.ResolveCredentials = _TimedMethod(stub.ResolveCredentials, f"/{service}/ResolveCredentials")
         self.AuthenticateToken = _TimedMethod(stub.AuthenticateToken, f"/{service}/AuthenticateToken")
+
+    def __getattr__(self, name: str) -> Any:
+        """The other methods (the usage stream, invalidations) as the stub has them."""
+        return getattr(self._stub, name)
 
 
 def vault_stub(stub: Any) -> Any:

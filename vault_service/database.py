@@ -287,7 +287,7 @@ class Database:
             with self.db.connection_context():
                 return fn(*args)
         finally:
-            metrics.db_operation(getattr(fn, "__name__", "other"), time.perf_counter() - started)
+            metrics.db_operation(getattr(fn, "__name__", "other").lstrip("_"), time.perf_counter() - started)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the database threads, off the event loop."""

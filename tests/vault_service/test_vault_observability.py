@@ -38,7 +38,9 @@ async def test_vault_metrics_and_call_lines(
         "resolve": value("rmllm_vault_request_duration_seconds_count", method="ResolveCredentials"),
         "bad_token": value("rmllm_vault_auth_failures_total", reason="TOKEN_INVALID"),
         "service": value("rmllm_vault_auth_failures_total", reason="SERVICE_CREDENTIAL_REQUIRED"),
-        "db": value("rmllm_vault_db_transaction_seconds_count", operation="resolve"),
+        "db": value(
+            "rmllm_vault_db_transaction_seconds_count", operation="resolve_with_limits"
+        ),  # the servicer's resolve
         "audit": value("rmllm_vault_audit_append_seconds_count"),
         "decrypt": value("rmllm_vault_decrypt_failures_total"),
     }
@@ -82,7 +84,9 @@ async def test_vault_metrics_and_call_lines(
         value("rmllm_vault_auth_failures_total", reason="SERVICE_CREDENTIAL_REQUIRED")
         == before["service"] + 2
     )
-    assert value("rmllm_vault_db_transaction_seconds_count", operation="resolve") == before["db"] + 2
+    assert (
+        value("rmllm_vault_db_transaction_seconds_count", operation="resolve_with_limits") == before["db"] + 2
+    )
     assert value("rmllm_vault_audit_append_seconds_count") >= before["audit"] + 3  # put, resolve, failure
     assert value("rmllm_vault_decrypt_failures_total") == before["decrypt"] + 1
     assert (
