@@ -51,6 +51,7 @@ class Observed:
     resolves: Counter[str] = field(default_factory=Counter)
     trace_id: str = ""
     failed: cerr.RmllmClientError | None = None
+    token: str = ""
 
 
 def _free_port() -> int:
@@ -159,7 +160,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
 
 def _run_calls(observed: Observed) -> Observed:
     stack = observed.stack
-    token = stack.create_user("alice")
+    token = observed.token = stack.create_user("alice")
     with Client(token, llm_target=stack.llm.address, vault_target=stack.vault.address) as client:
         client.put_config("openai", KEYS["openai"], base_url=stack.base_url("openai"))
         client.put_config("anthropic", KEYS["anthropic"], base_url=stack.base_url("anthropic"))
@@ -326,3 +327,18 @@ def test_request_id_in_client_error_and_both_services_logs(observed: Observed) -
     assert call_line["model"] == "gpt-4o-mini" and "latency_seconds" in call_line
     vault_lines = [e for e in observed.stack.vault.events() if e.get("request_id") == failed.request_id]
     assert any(e.get("event") == "call" and e["method"] == "ResolveCredentials" for e in vault_lines)
+
+
+def test_request_id_in_the_usage_record(observed: Observed) -> None:
+    failed = observed.failed
+    assert failed is not None
+    stack = observed.stack
+    deadline = time.monotonic() + 30
+    with Client(observed.token, llm_target=stack.llm.address, vault_target=stack.vault.address) as client:
+        while True:  # the LLM service sends its usage records in batches, a moment later
+            records = {r.request_id: r for r in client.usage_records(page_size=500).records}
+            if failed.request_id in records or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    record = records[failed.request_id]
+    assert (record.provider, record.reason) == ("openai", "PROVIDER_KEY_INVALID")
