@@ -129,6 +129,7 @@ async def build_server(
         [AuthInterceptor(vault, clock)],
         max_message_bytes=MAX_MESSAGE_BYTES,
         options=SERVER_OPTIONS,
+        reuse_port=settings.reuse_port,
         observer=observer,
     )
     servicer = LLMServicer(chat, keys, catalog, clock, usage, max_answer_chars=settings.chat_max_answer_chars)

@@ -10,7 +10,9 @@ A vault that refuses the service credential (PERMISSION_DENIED) is an operator
 mistake: it is logged once as an error naming the fix and reaches callers as
 VAULT_UNAVAILABLE, since from their side the vault cannot be used.
 Resolved credentials may be cached in memory, keyed by (sha256 of the user token,
-provider), for at most ``credential_cache_seconds`` (off by default, bounded size).
+provider), for at most ``credential_cache_seconds`` (off by default, bounded size),
+except those that carry a spend budget: a budget is checked against the vault's
+latest spend.
 """
 
 from __future__ import annotations
@@ -149,7 +151,9 @@ class VaultClient:
             limits=from_reply(reply),
         )
         accounting.note_caller(credentials.user_id, credentials.token_id)
-        if self._cache_seconds > 0:
+        # Credentials with a budget are not cached: their spend must be the vault's latest,
+        # or a replica would admit calls on a stale figure until the entry expired.
+        if self._cache_seconds > 0 and not credentials.limits.budgets:
             self._cache[cache_key] = (self._clock() + self._cache_seconds, credentials)
             while len(self._cache) > CACHE_MAX_ENTRIES:
                 self._cache.popitem(last=False)

@@ -9,10 +9,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from rmllm_common import telemetry
+from rmllm_common import logs, telemetry
 from rmllm_common.server import ServerHandle
 from rmllm_common.telemetry import TelemetrySettings
-from rmllm_common.workers import supervise
+from rmllm_common.workers import SHARED_PORT_FLAG, supervise
 
 S = TypeVar("S")
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ def add_serve_flags(parser: argparse.ArgumentParser, default_listen: str) -> Non
         metavar="N",
         help="server processes sharing the port (SO_REUSEPORT); default RMLLM_WORKERS, else one per core",
     )
+    # Set by the supervisor on its own workers only: they alone share the port.
+    parser.add_argument(SHARED_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
@@ -78,6 +80,7 @@ def run_serve(
         return 1
     finally:
         stop_telemetry()
+        logs.flush()
     return 0
 
 
@@ -104,6 +107,7 @@ def supervise_workers(
 
 
 def fail(message: str) -> int:
-    """Print one line to stderr and return exit status 2."""
+    """Print one line to stderr (after any queued log lines) and return exit status 2."""
+    logs.flush()
     print(f"error: {message}", file=sys.stderr)
     return 2

@@ -144,6 +144,11 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (user_id, token_id))""",
         ),
     ),
+    Migration(
+        4,
+        "optional token expiry",
+        ("ALTER TABLE tokens ADD COLUMN expire_time BIGINT",),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

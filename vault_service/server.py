@@ -21,6 +21,7 @@ from rmllm_common.registry import Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
 from vault_service import accounts, ledger, metrics, migrations
 from vault_service.auth import SERVICE_NAME, AuthInterceptor
+from vault_service.authguard import AuthGuard
 from vault_service.crypto import Keyring
 from vault_service.database import Database
 from vault_service.servicer import VaultServicer
@@ -120,18 +121,28 @@ async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -
     async def authenticate(token: str) -> accounts.Principal | None:
         return await db.run(accounts.authenticate, db, token)
 
-    server = new_server([AuthInterceptor(settings.service_token, authenticate)], observer=_observer(settings))
+    guard = AuthGuard(db, settings.auth_limits)
+    server = new_server(
+        [AuthInterceptor(settings.service_token, authenticate, guard)],
+        reuse_port=settings.reuse_port,
+        observer=_observer(settings),
+    )
     servicer = VaultServicer(
-        db, keyring, registry=registry, allow_custom_base_url=settings.allow_custom_base_url
+        db, keyring, registry=registry, allow_custom_base_url=settings.allow_custom_base_url, guard=guard
     )
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
     port = bind(server, settings.listen)
     pruner = asyncio.create_task(_prune_usage(db, settings.usage_retention_days), name="usage-prune")
 
+    guard.start()
+
     async def close() -> None:
         pruner.cancel()
         await asyncio.gather(pruner, return_exceptions=True)
-        await asyncio.to_thread(db.close)
+        try:
+            await guard.stop()  # the last counts of failed authentications reach the audit log
+        finally:
+            await asyncio.to_thread(db.close)
 
     return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=close)
