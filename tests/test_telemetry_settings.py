@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from testkit.llm_harness import SERVICE_TOKEN
 from testkit.stack import Stack
 
 from clients import Client
@@ -16,7 +17,7 @@ from clients import errors as cerr
 from llm_service.settings import LLMSettings, SettingsError
 from rmllm_common.telemetry import TelemetrySettings
 
-TOKEN = "svc-test-credential-0123456789abcdefghijklmnop"
+TOKEN = SERVICE_TOKEN  # the harness's random-looking credential
 
 
 def test_everything_is_off_by_default() -> None:
