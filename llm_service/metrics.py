@@ -8,9 +8,8 @@ are never labels. ``enable()`` creates the metrics once per process; until then
 every function here returns at once, so a service without ``--metrics-listen``
 pays one ``None`` check per hook. Labelled children are looked up once and kept.
 
-For the usage-report queue (its producer lives elsewhere): call
-``usage_queue_depth(n)`` whenever the depth changes and ``usage_records_dropped(n)``
-when records are thrown away.
+The usage reporter (``llm_service.usage``) calls ``usage_queue_depth(n)`` after each
+delivery attempt and ``usage_records_dropped(n, reason)`` when records are thrown away.
 """
 
 from __future__ import annotations
@@ -121,7 +120,8 @@ class LLMMetrics:
         )
         self.usage_dropped = Counter(
             "rmllm_llm_usage_records_dropped",
-            "Usage records dropped because the queue was full.",
+            "Usage records never delivered to the vault, by why: overflow, rejected, lost.",
+            ["reason"],
             registry=reg,
         )
         self.cache_hit = self.cache_lookups.labels("hit")
@@ -236,8 +236,9 @@ def usage_queue_depth(depth: int) -> None:
         m.usage_queue_depth.set(depth)
 
 
-def usage_records_dropped(count: int = 1) -> None:
-    """``count`` usage records were dropped."""
+def usage_records_dropped(count: int, reason: str) -> None:
+    """``count`` usage records were dropped: ``overflow`` (buffer full), ``rejected`` (the vault
+    refused them), or ``lost`` (still buffered at shutdown)."""
     m = _metrics
-    if m is not None:
-        m.usage_dropped.inc(count)
+    if m is not None and count:
+        m.child(m.usage_dropped, reason).inc(count)

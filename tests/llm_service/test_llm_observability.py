@@ -4,10 +4,12 @@ call's JSON log line, the Prometheus metrics each outcome records, and the GenAI
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 
 import grpc
 import pytest
@@ -16,9 +18,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
+from realmultillm.vault.v1 import vault_pb2
 from testkit.llm_harness import LLMHarness, auth, chat_request, llm_harness, stream_request
 from testkit.llm_scripted import answer
 
+from llm_service import metrics
+from llm_service.usage import UsageReporter
 from rmllm_common import errors
 from rmllm_common.logs import JsonFormatter
 
@@ -194,3 +199,32 @@ async def test_genai_span_and_message_contents_only_on_opt_in(exported: InMemory
     assert json.loads(str(attributes["gen_ai.output.messages"]))[0]["parts"][0]["content"] == "Hello!"
     assert (failed.attributes or {})["error.type"] == "PROVIDER_KEY_INVALID"
     assert failed.status.status_code == trace.StatusCode.ERROR
+
+
+async def test_usage_reporter_depth_and_drops_are_metrics() -> None:
+    metrics.enable()
+    before = snapshot()
+    refused = {"on": False}
+
+    async def send(
+        batches: Sequence[Sequence[vault_pb2.UsageRecord]], timeout: float
+    ) -> vault_pb2.ReportUsageResponse:
+        if refused["on"]:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata()
+            )
+        return vault_pb2.ReportUsageResponse(accepted=sum(len(b) for b in batches))
+
+    reporter = UsageReporter(send, interval=0.01, batch_size=100, max_buffer=3)
+    for i in range(5):  # two past the buffer of 3
+        reporter.submit(vault_pb2.UsageRecord(request_id=f"r{i}"))
+    assert delta(before, "rmllm_llm_usage_records_dropped_total", reason="overflow") == 2
+    refused["on"] = True
+    reporter.start()
+    deadline = time.monotonic() + 10
+    while reporter.buffered:
+        assert time.monotonic() < deadline, "the refused records were never dropped"
+        await asyncio.sleep(0.01)
+    assert delta(before, "rmllm_llm_usage_records_dropped_total", reason="rejected") == 3
+    assert snapshot()[("rmllm_llm_usage_queue_depth", ())] == 0
+    await reporter.close(0.1)
