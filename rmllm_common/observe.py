@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from rmllm_common import requestctx
 call_log = logging.getLogger("rmllm.calls")
 _PID = os.getpid()
 TRACEPARENT = "traceparent"
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _OK = grpc.StatusCode.OK
 # Server spans mark only these codes as errors (OpenTelemetry RPC semantic conventions).
 _SERVER_ERRORS = frozenset(
@@ -125,7 +127,7 @@ class Observer:
         call = Call(path.rsplit("/", 1)[-1], request_id, time.perf_counter(), streaming)
         if self._tracer is not None:
             self._start_span(call, path, carrier)
-        elif parent is not None and len(parent) == 55:  # log the caller's trace id all the same
+        elif parent is not None and _TRACEPARENT.fullmatch(parent):  # log the caller's trace id all the same
             call.trace_id = parent[3:35]
         _current.set(call)
         if self._hooks is not None:
