@@ -16,7 +16,7 @@ from llm_service.http import UpstreamLimits
 from llm_service.netpolicy import EndpointPolicy, is_public
 from llm_service.settings import LLMSettings, SettingsError
 
-TOKEN = "t" * 40
+TOKEN = "rms_qsRsrfIAoQvPJZyyQOqOrtRNUNYMrpZmgFNeJYmsLfQ"  # random, as generated
 DEFAULT = EndpointPolicy.default()
 
 
