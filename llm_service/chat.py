@@ -4,8 +4,8 @@
 caller's key, endpoint and adapter (bounded by the caller's deadline), takes a
 token from the caller's rate-limit bucket, and resolves the request's parameters
 against the caller's stored defaults and the registry's, once. ``ChatService.events``
-then yields the adapter's normalised events (``TextDelta``\\ s, then one
-``Finished``) with transient failures retried before the first event (see
+then yields the adapter's normalised events (text, reasoning and tool-call
+deltas, then one ``Finished``) with transient failures retried before the first event (see
 ``retrying``). The servicer frames them: StreamChat forwards them, Chat collects them.
 Before any of that reaches a provider, ``enforce`` applies the caller's model
 policy and budgets (``limits``), counting this replica's unreported spend.
@@ -21,6 +21,7 @@ from llm_service import accounting, telemetry
 from llm_service.adapters.base import ChatEvent, ChatParams
 from llm_service.deadline import Deadline
 from llm_service.endpoints import Account, EndpointResolver
+from llm_service.features import FeatureLimits
 from llm_service.ratelimit import RateLimiter
 from llm_service.retrying import RetryPolicy, stream_with_retries
 from llm_service.usage import UsageReporter
@@ -66,16 +67,18 @@ class ChatService:
         endpoints: EndpointResolver,
         limiter: RateLimiter,
         policy: RetryPolicy,
+        limits: FeatureLimits | None = None,
         usage: UsageReporter | None = None,
     ) -> None:
         self._usage = usage
         self._endpoints = endpoints
+        self._limits = limits or FeatureLimits()
         self._limiter = limiter
         self._policy = policy
 
     async def prepare(self, request: Any, token: Secret, deadline: Deadline) -> PreparedChat:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
-        chat = validate_chat(request, self._endpoints.registry)
+        chat = validate_chat(request, self._endpoints.registry, self._limits)
         accounting.note_target(chat.spec.id)
         telemetry.note_provider(chat.spec)
         account = await self._endpoints.stored(chat.spec, token, deadline)

@@ -27,6 +27,7 @@ from llm_service.catalog import Catalog
 from llm_service.chat import ChatService
 from llm_service.deadline import Clock
 from llm_service.endpoints import AdapterLookup, EndpointResolver
+from llm_service.features import FeatureLimits
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
 from llm_service.ratelimit import RateLimiter
@@ -111,10 +112,12 @@ async def build_server(
         http=http,
         allow_custom_base_url=settings.allow_custom_base_url,
     )
+    limits = FeatureLimits(settings.max_request_bytes, settings.max_image_bytes, settings.max_document_bytes)
     chat = ChatService(
         endpoints,
         RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
         policy,
+        limits,
         usage,
     )
     # TestKey probes and live model listings are calls on the user's provider
@@ -127,7 +130,7 @@ async def build_server(
 
     server = new_server(
         [AuthInterceptor(vault, clock)],
-        max_message_bytes=MAX_MESSAGE_BYTES,
+        max_message_bytes=max(MAX_MESSAGE_BYTES, limits.grpc_receive_bytes),
         options=SERVER_OPTIONS,
         reuse_port=settings.reuse_port,
         observer=observer,

@@ -72,6 +72,10 @@ class LLMSettings:
     upstream: UpstreamLimits = field(default_factory=UpstreamLimits)
     # Answer characters a unary Chat collects (StreamChat forwards and keeps none).
     chat_max_answer_chars: int = 2_000_000
+    # Request size limits (images and documents travel inline).
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 5 * 1024 * 1024
+    max_document_bytes: int = 16 * 1024 * 1024
     # Prometheus and OpenTelemetry opt-ins (rmllm_common.telemetry).
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
@@ -118,6 +122,9 @@ class LLMSettings:
             endpoint_policy=_endpoint_policy(env),
             upstream=_upstream_limits(env),
             chat_max_answer_chars=_integer(env, "RMLLM_CHAT_MAX_ANSWER_CHARS", 2_000_000, 1, 100_000_000),
+            max_request_bytes=_integer(env, "RMLLM_MAX_REQUEST_BYTES", 32 * MIB, 4 * MIB + 65536, 512 * MIB),
+            max_image_bytes=_integer(env, "RMLLM_MAX_IMAGE_BYTES", 5 * MIB, 1024, 256 * MIB),
+            max_document_bytes=_integer(env, "RMLLM_MAX_DOCUMENT_BYTES", 16 * MIB, 1024, 256 * MIB),
             telemetry=_telemetry(env, metrics_listen),
         )
 

@@ -6,7 +6,9 @@ standard health service (``SERVING`` for "" and each service name) and
 server reflection. ``ErrorInterceptor`` is the one place where an ``RmllmError``
 becomes a gRPC status (via ``errors.to_status``) and where an unexpected exception
 becomes a generic ``INTERNAL`` with a request id, logged with its traceback, so
-servicer methods hold no ``try`` ladders. It also wraps each method's request
+servicer methods hold no ``try`` ladders. The status is sent outside the ``except``
+block, after the error's traceback chain is dropped (``_released``), so a failed
+call leaves no frames behind in reference cycles. It also wraps each method's request
 deserializer: bytes that do not decode as the method's message become
 ``INVALID_ARGUMENT`` / ``MALFORMED_REQUEST`` (gRPC alone would answer ``UNKNOWN``
 naming a Python exception). ``run_until_signal`` starts a server,
@@ -33,7 +35,7 @@ from grpc_status import rpc_status
 
 from rmllm_common import reflection, requestctx
 from rmllm_common.errors import Internal, MalformedRequest, RmllmError, Unimplemented, to_status
-from rmllm_common.observe import Observer
+from rmllm_common.observe import Call, Observer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,20 @@ def _malformed(method: str) -> MalformedRequest:
     )
 
 
+def _released(error: RmllmError) -> RmllmError:
+    """``error`` without the tracebacks of its chain, so the frames they hold (and the
+    buffers in those frames: a provider's answer, an HTTP response) are freed at once
+    rather than at the garbage collector's next full pass. Only the status is needed
+    from here on; an unexpected error was logged with its traceback already."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
+
+
 def _outcome(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The code and reason of a call that ended with ``exc`` outside our error classes."""
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
@@ -102,6 +118,25 @@ def _outcome(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) ->
     if isinstance(code, grpc.StatusCode):
         return code, ""
     return grpc.StatusCode.UNKNOWN, ""
+
+
+async def _fail(
+    observer: Observer,
+    call: Call,
+    context: grpc.aio.ServicerContext[Any, Any],
+    failure: RmllmError,
+) -> None:
+    """End an observed call with ``failure``'s status (the observer hears of it first)."""
+    observer.end(call, failure.code, failure.reason)
+    await abort_with(context, _released(failure))
+
+
+def _interrupted(
+    observer: Observer, call: Call, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
+) -> None:
+    """A call cancelled, aborted elsewhere, or closed by gRPC: observe how it ended."""
+    code, reason = _outcome(context, exc)
+    observer.end(call, code, reason)
 
 
 def _wrap(
@@ -132,37 +167,39 @@ def _wrap(
     def unary_response(inner: Any, streamed: bool) -> Any:
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = observer.begin(method, context, False)
-            code, reason = grpc.StatusCode.OK, ""
             try:
-                return await inner(checked(request, streamed), context)
+                answer = await inner(checked(request, streamed), context)
+            except RmllmError as exc:
+                failure = exc
             except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
-                code, reason = _outcome(context, exc)
+                _interrupted(observer, call, context, exc)
                 raise
             except Exception as exc:
-                error = exc if isinstance(exc, RmllmError) else _unexpected(method, exc)
-                code, reason = error.code, error.reason
-                await abort_with(context, error)
-            finally:
-                observer.end(call, code, reason)
+                failure = _unexpected(method, exc)
+            else:
+                observer.end(call, grpc.StatusCode.OK, "")
+                return answer
+            await _fail(observer, call, context, failure)
 
         return behavior
 
     def stream_response(inner: Any, streamed: bool) -> Any:
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             call = observer.begin(method, context, True)
-            code, reason = grpc.StatusCode.OK, ""
             try:
                 async for item in inner(checked(request, streamed), context):
                     yield item
+            except RmllmError as exc:
+                failure = exc
             except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit) as exc:
-                code, reason = _outcome(context, exc)
+                _interrupted(observer, call, context, exc)
                 raise
             except Exception as exc:
-                error = exc if isinstance(exc, RmllmError) else _unexpected(method, exc)
-                code, reason = error.code, error.reason
-                await abort_with(context, error)
-            finally:
-                observer.end(call, code, reason)
+                failure = _unexpected(method, exc)
+            else:
+                observer.end(call, grpc.StatusCode.OK, "")
+                return
+            await _fail(observer, call, context, failure)
 
         return behavior
 
@@ -182,7 +219,46 @@ def _wrap(
         return grpc.stream_stream_rpc_method_handler(
             stream_response(handler.stream_stream, True), **serializers
         )
+    if handler.stream_unary is not None:
+        return _wrap_client_stream(method, handler, observer)
     return handler
+
+
+def _wrap_client_stream(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any], observer: Observer
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The client-streaming kind of ``_wrap``: each undecodable message ends the call."""
+    client_streaming: Any = handler.stream_unary  # an async function of a request iterator
+
+    async def decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            if request is UNDECODABLE:
+                raise _malformed(method)
+            yield request
+
+    async def client_stream_behavior(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        call = observer.begin(method, context, False)
+        try:
+            answer = await client_streaming(decoded(requests), context)
+        except RmllmError as exc:
+            failure = exc
+        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+            _interrupted(observer, call, context, exc)
+            raise
+        except Exception as exc:
+            failure = _unexpected(method, exc)
+        else:
+            observer.end(call, grpc.StatusCode.OK, "")
+            return answer
+        await _fail(observer, call, context, failure)
+
+    return grpc.stream_unary_rpc_method_handler(
+        client_stream_behavior,
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
 
 
 class MethodInterceptor(grpc.aio.ServerInterceptor):

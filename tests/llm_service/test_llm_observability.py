@@ -23,6 +23,7 @@ from testkit.llm_harness import LLMHarness, auth, chat_request, llm_harness, str
 from testkit.llm_scripted import answer
 
 from llm_service import metrics
+from llm_service.accounting import CallRecord
 from llm_service.usage import UsageReporter
 from rmllm_common import errors
 from rmllm_common.logs import JsonFormatter
@@ -217,7 +218,9 @@ async def test_usage_reporter_depth_and_drops_are_metrics() -> None:
 
     reporter = UsageReporter(send, interval=0.01, batch_size=100, max_buffer=3)
     for i in range(5):  # two past the buffer of 3
-        reporter.submit(vault_pb2.UsageRecord(request_id=f"r{i}"))
+        record = CallRecord("Chat", False, time.time(), time.perf_counter(), user_id="u", token_id="t")
+        record.request_id, record.status_code, record.ended = f"r{i}", "OK", time.perf_counter()
+        reporter.submit(record)
     assert delta(before, "rmllm_llm_usage_records_dropped_total", reason="overflow") == 2
     refused["on"] = True
     reporter.start()
