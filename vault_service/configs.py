@@ -18,7 +18,7 @@ from typing import Any
 
 from rmllm_common.errors import KeyDecryptionFailed, KeyNotConfigured, NotFound, RmllmError, TokenInvalid
 from rmllm_common.secret import Secret
-from vault_service import accounts, audit
+from vault_service import accounts, audit, metrics
 from vault_service.crypto import FORMAT_VERSION, DecryptionError, Keyring
 from vault_service.database import Database
 
@@ -274,6 +274,7 @@ def _resolve_in_transaction(
     try:
         key = keyring.decrypt(bytes(blob), user_id, provider)
     except DecryptionError as exc:
+        metrics.decrypt_failure()
         log.error(
             "key decryption failed: %s",
             exc.why,
