@@ -25,7 +25,7 @@ from rmllm_common.errors import (
     UserDisabled,
 )
 from rmllm_common.secret import Secret
-from vault_service import accounts, audit
+from vault_service import accounts, audit, metrics
 from vault_service.crypto import FORMAT_VERSION, DecryptionError, Keyring
 from vault_service.database import Database
 
@@ -283,6 +283,7 @@ def _resolve_in_transaction(
     try:
         key = keyring.decrypt(bytes(blob), user_id, provider)
     except DecryptionError as exc:
+        metrics.decrypt_failure()
         log.error(
             "key decryption failed: %s",
             exc.why,
