@@ -21,6 +21,7 @@ from rmllm_common.secret import Secret
 from vault_service import accounts, audit
 from vault_service.crypto import FORMAT_VERSION, DecryptionError, Keyring
 from vault_service.database import Database
+from vault_service.invalidations import Kind, record_change
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def put(db: Database, user_id: str, provider: str, draft: Draft, request_id: str
         ).execute()
         detail = f"key_id={draft.key_id}"
         audit.append(db, audit.Event(user_id, "config.put", provider, "ok", request_id, detail))
+        record_change(db, Kind.CONFIG_CHANGED, user_id, provider=provider)
         return _record(_row(db, user_id, provider))
 
 
@@ -189,6 +191,7 @@ def update(db: Database, user_id: str, provider: str, changes: Changes, request_
             model.update(**values).where(model.id == row.id).execute()
             detail = "fields=" + ",".join(sorted(changes.fields))
             audit.append(db, audit.Event(user_id, "config.update", provider, "ok", request_id, detail))
+            record_change(db, Kind.CONFIG_CHANGED, user_id, provider=provider)
             return _record(_row(db, user_id, provider))
     raise error
 
@@ -218,6 +221,7 @@ def delete(db: Database, user_id: str, provider: str, request_id: str) -> None:
             error = _missing(user_id, provider, "config.delete", request_id, db)
         else:
             audit.append(db, audit.Event(user_id, "config.delete", provider, "ok", request_id))
+            record_change(db, Kind.CONFIG_CHANGED, user_id, provider=provider)
             return
     raise error
 

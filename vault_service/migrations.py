@@ -85,6 +85,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '" + "0" * 64 + "')",
         ),
     ),
+    Migration(
+        3,
+        "change sequence for cache invalidation",
+        (
+            """CREATE TABLE invalidations (
+                seq BIGINT PRIMARY KEY,
+                time BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                provider TEXT NOT NULL DEFAULT '',
+                token_id TEXT NOT NULL DEFAULT '')""",
+            """CREATE TABLE invalidation_head (
+                id INTEGER PRIMARY KEY,
+                seq BIGINT NOT NULL)""",
+            "INSERT INTO invalidation_head (id, seq) VALUES (1, 0)",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 
