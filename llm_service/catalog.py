@@ -21,9 +21,9 @@ from realmultillm.llm.v1 import llm_pb2
 from llm_service.adapters.base import Endpoint, ListedModel
 from llm_service.chat import AdapterLookup, credentials_for, stored_base_url
 from llm_service.deadline import Deadline
-from llm_service.ratelimit import RateLimiter
+from llm_service.ratelimit import Limiter
 from llm_service.vault_client import VaultClient
-from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RateLimited, RmllmError
+from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RateLimited, RmllmError, Unavailable
 from rmllm_common.registry import ModelSpec, ProviderSpec, Registry
 from rmllm_common.secret import Secret
 
@@ -83,7 +83,7 @@ class Catalog:
         vault: VaultClient,
         adapters: AdapterLookup,
         http: aiohttp.ClientSession,
-        limiter: RateLimiter,
+        limiter: Limiter,
         allow_custom_base_url: bool,
     ) -> None:
         self._registry = registry
@@ -122,8 +122,8 @@ class Catalog:
         try:
             # A live listing is a call on the user's provider account, like a TestKey
             # probe: it draws on the same per-user budget, and past it the registry answers.
-            self._limiter.take(credentials.user_id)
-        except RateLimited:
+            await self._limiter.take(credentials.user_id)
+        except (RateLimited, Unavailable):  # past the budget, or a fail-closed shared limiter that is down
             return static
         try:
             listed = await self._adapters(spec).list_models(self._http, endpoint, deadline.remaining())

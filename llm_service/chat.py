@@ -1,11 +1,14 @@
 """The one code path of Chat and StreamChat: validate, resolve, limit, stream, retry.
 
-``ChatService.prepare`` validates the request, asks the vault for the caller's key
-and settings (bounded by the caller's deadline), applies the custom-base-URL
-policy, takes a token from the caller's rate-limit bucket, and picks the adapter by
-the provider's wire format. ``ChatService.events`` then yields the adapter's
-normalised events (``TextDelta``\\ s, then one ``Finished``) with transient failures
-retried before the first event (see ``retrying``). StreamChat forwards these
+``ChatService.prepare`` validates the request, takes a token from the caller's
+rate-limit bucket (before the vault call when this process knows whose token it
+is), asks the vault for the caller's key and settings (bounded by the caller's
+deadline), applies the custom-base-URL policy, and picks the adapter by the
+provider's wire format. StreamChat also holds one of the caller's
+concurrent-stream slots (``stream_slot``) until the stream ends.
+``ChatService.events`` then yields the adapter's normalised events
+(``TextDelta``\\ s, then one ``Finished``) with transient failures retried
+before the first event (see ``retrying``). StreamChat forwards these
 events; Chat collects them. ``done`` turns the final event into the proto summary,
 pricing the usage from the registry.
 """
@@ -21,7 +24,7 @@ from realmultillm.llm.v1 import llm_pb2
 
 from llm_service.adapters.base import Adapter, ChatEvent, ChatParams, Endpoint, Finished
 from llm_service.deadline import Deadline
-from llm_service.ratelimit import RateLimiter
+from llm_service.ratelimit import Limiter, StreamLease, StreamSlots
 from llm_service.retrying import RetryPolicy, stream_with_retries
 from llm_service.validation import validate_chat
 from llm_service.vault_client import Credentials, VaultClient
@@ -31,6 +34,19 @@ from rmllm_common.secret import Secret
 
 AdapterLookup = Callable[[ProviderSpec], Adapter]
 _NO_KEY = Secret("")
+
+
+async def take_before_vault(limiter: Limiter, vault: VaultClient, token: Secret) -> str | None:
+    """Take the caller's rate-limit token before any vault call, when the token's user is known.
+
+    Who a token belongs to is remembered from earlier answers (it never changes), so
+    a caller past their limit costs no vault round trip and no audit row. Returns
+    the user charged, or None when the token has not been seen yet (charge after).
+    """
+    user_id = vault.known_user(token)
+    if user_id is not None:
+        await limiter.take(user_id)
+    return user_id
 
 
 async def credentials_for(
@@ -68,6 +84,7 @@ class PreparedChat:
     adapter: Adapter
     endpoint: Endpoint
     params: ChatParams
+    user_id: str = ""
 
 
 class ChatService:
@@ -80,7 +97,8 @@ class ChatService:
         vault: VaultClient,
         adapters: AdapterLookup,
         http: aiohttp.ClientSession,
-        limiter: RateLimiter,
+        limiter: Limiter,
+        streams: StreamSlots,
         policy: RetryPolicy,
         allow_custom_base_url: bool,
     ) -> None:
@@ -89,6 +107,7 @@ class ChatService:
         self._adapters = adapters
         self._http = http
         self._limiter = limiter
+        self._streams = streams
         self._policy = policy
         self._allow_custom = allow_custom_base_url
 
@@ -96,11 +115,18 @@ class ChatService:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
         chat = validate_chat(request, self._registry)
         spec = chat.spec
+        charged = await take_before_vault(self._limiter, self._vault, token)
         credentials = await credentials_for(self._vault, spec, token, deadline)
+        if charged != credentials.user_id:
+            await self._limiter.take(credentials.user_id)
         base_url = stored_base_url(spec, credentials, self._allow_custom)
-        self._limiter.take(credentials.user_id)
         params = chat.params(credentials.default_model, credentials.temperature, credentials.max_tokens)
-        return PreparedChat(spec, self._adapters(spec), Endpoint(spec, base_url, credentials.api_key), params)
+        endpoint = Endpoint(spec, base_url, credentials.api_key)
+        return PreparedChat(spec, self._adapters(spec), endpoint, params, credentials.user_id)
+
+    async def stream_slot(self, prepared: PreparedChat) -> StreamLease:
+        """One of the caller's concurrent-stream slots; release it when the stream ends."""
+        return await self._streams.acquire(prepared.user_id)
 
     def events(self, prepared: PreparedChat, deadline: Deadline) -> AsyncGenerator[ChatEvent, None]:
         """The completion's events, retried before the first one (close it when done)."""

@@ -16,9 +16,9 @@ import aiohttp
 from realmultillm.llm.v1 import llm_pb2
 
 from llm_service.adapters.base import Endpoint, ProbeOutcome
-from llm_service.chat import AdapterLookup, credentials_for, stored_base_url
+from llm_service.chat import AdapterLookup, credentials_for, stored_base_url, take_before_vault
 from llm_service.deadline import Deadline
-from llm_service.ratelimit import RateLimiter
+from llm_service.ratelimit import Limiter
 from llm_service.validation import check_api_key, check_base_url, raise_violations
 from llm_service.vault_client import VaultClient
 from rmllm_common.errors import FieldViolation
@@ -36,7 +36,7 @@ class KeyTester:
         vault: VaultClient,
         adapters: AdapterLookup,
         http: aiohttp.ClientSession,
-        limiter: RateLimiter,
+        limiter: Limiter,
         allow_custom_base_url: bool,
     ) -> None:
         self._registry = registry
@@ -57,13 +57,16 @@ class KeyTester:
             check_api_key(api_key.reveal(), bad)
         base_url = check_base_url(request.base_url, spec, self._allow_custom, bad)
         raise_violations(bad, spec.id)
+        charged = await take_before_vault(self._limiter, self._vault, token)
         if api_key:
             user_id = await self._vault.authenticate(token, deadline)
-            self._limiter.take(user_id)
+            if charged != user_id:
+                await self._limiter.take(user_id)
             endpoint = Endpoint(spec, base_url or spec.base_url, api_key)
         else:
             credentials = await credentials_for(self._vault, spec, token, deadline)
-            self._limiter.take(credentials.user_id)
+            if charged != credentials.user_id:
+                await self._limiter.take(credentials.user_id)
             base_url = base_url or stored_base_url(spec, credentials, self._allow_custom)
             endpoint = Endpoint(spec, base_url, credentials.api_key)
         adapter = self._adapters(spec)

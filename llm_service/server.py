@@ -1,7 +1,8 @@
 """The LLM service's server factory: ``build_server(settings)`` returns a bound server.
 
-It creates the process-wide resources once (the vault channel and client, the
-aiohttp session, the rate limiters, the retry policy, the static catalog), wires
+It creates the process-wide resources once (the vault channel and client with
+its watch stream, the aiohttp session, the limits: in memory or on Redis, the
+retry policy, the static catalog), wires
 them into the servicer, and closes them in ``ServerHandle.on_stop`` after the
 server has drained. The adapter lookup is injected (tests pass scripted adapters);
 by default it is ``llm_service.adapters.adapter_for``, looked up at call time.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,7 +26,8 @@ from llm_service.chat import AdapterLookup, ChatService
 from llm_service.deadline import Clock
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
-from llm_service.ratelimit import RateLimiter
+from llm_service.ratelimit import Limiter, LocalStreamSlots, RateLimiter, StreamSlots
+from llm_service.redis_limits import RedisRateLimiter, RedisStreamSlots, SharedStore
 from llm_service.retrying import RetryPolicy, Sleep
 from llm_service.servicer import LLMServicer
 from llm_service.settings import LLMSettings
@@ -48,7 +51,58 @@ VAULT_CHANNEL_OPTIONS = (
     # failure is answered at once as VAULT_UNAVAILABLE), and the filter's per-call
     # bookkeeping cost about 0.1 ms of CPU per resolve (docs/PERFORMANCE.md).
     ("grpc.enable_retries", 0),
+    # Several vault targets (ipv4:a:1,b:2 or a dns:/// name with several addresses):
+    # spread the calls, and skip one that is down.
+    ("grpc.lb_policy_name", "round_robin"),
 )
+
+
+@dataclass
+class Limits:
+    """The per-user limits of one process: in memory, or shared through Redis."""
+
+    chat: Limiter
+    account_calls: Limiter
+    streams: StreamSlots
+    store: SharedStore | None = None
+
+    async def close(self) -> None:
+        if isinstance(self.streams, RedisStreamSlots):
+            await self.streams.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+def build_limits(settings: LLMSettings, clock: Clock) -> Limits:
+    """Redis-backed limits when ``RMLLM_REDIS_URL`` is set, else this process's own."""
+    if not settings.redis_url:
+        return Limits(
+            chat=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
+            # TestKey probes and live model listings are calls on the user's provider
+            # account: one per-user budget for both.
+            account_calls=RateLimiter(
+                "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
+            ),
+            streams=LocalStreamSlots(settings.max_concurrent_streams),
+        )
+    store = SharedStore(
+        settings.redis_url.reveal(), prefix=settings.redis_prefix, failure_mode=settings.redis_failure_mode
+    )
+    return Limits(
+        chat=RedisRateLimiter(store, "chat", "chat", settings.chat_rate_per_minute, settings.chat_burst),
+        account_calls=RedisRateLimiter(
+            store, "TestKey", "testkey", settings.testkey_rate_per_minute, settings.testkey_burst
+        ),
+        streams=RedisStreamSlots(store, settings.max_concurrent_streams, settings.stream_lease_seconds),
+        store=store,
+    )
+
+
+@dataclass
+class LLMServerHandle(ServerHandle):
+    """The LLM server, and its vault client (whose cache and watch tests look at)."""
+
+    vault: VaultClient | None = None
 
 
 def default_adapters(spec: ProviderSpec) -> Adapter:
@@ -65,7 +119,7 @@ async def build_server(
     registry: Registry | None = None,
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
-) -> ServerHandle:
+) -> LLMServerHandle:
     """An LLM server bound to ``settings.listen`` (port 0 picks a free port)."""
     registry = registry or default_registry()
     lookup = adapters or default_adapters
@@ -77,6 +131,8 @@ async def build_server(
         cache_seconds=settings.credential_cache_seconds,
         clock=clock,
     )
+    vault.start()
+    limits = build_limits(settings, clock)
     http = new_http_session(settings.http_max_connections)
     policy = RetryPolicy(
         attempts=settings.retry_attempts,
@@ -91,15 +147,12 @@ async def build_server(
         vault=vault,
         adapters=lookup,
         http=http,
-        limiter=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
+        limiter=limits.chat,
+        streams=limits.streams,
         policy=policy,
         allow_custom_base_url=allow,
     )
-    # TestKey probes and live model listings are calls on the user's provider
-    # account: one per-user budget for both.
-    account_calls = RateLimiter(
-        "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
-    )
+    account_calls = limits.account_calls
     keys = KeyTester(
         registry=registry,
         vault=vault,
@@ -124,10 +177,13 @@ async def build_server(
     async def release() -> None:
         await http.close()
         await vault.close()
+        await limits.close()
 
     try:
         port = bind(server, settings.listen)
     except OSError:
         await release()
         raise
-    return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=release)
+    return LLMServerHandle(
+        server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=release, vault=vault
+    )

@@ -4,7 +4,8 @@ Each method reads the caller's bearer token and deadline, delegates, and frames
 the answer; errors are raised as ``rmllm_common.errors`` and become statuses in the
 server's error interceptor (no ``try`` ladders here). StreamChat forwards the
 shared event stream as deltas and one final ``done``, and closes it (and with it
-the upstream HTTP response) whatever way the call ends; Chat collects the same
+the upstream HTTP response) and gives back the caller's stream slot whatever way
+the call ends; Chat collects the same
 stream. A stream that ends without its final event is never a success.
 """
 
@@ -61,15 +62,19 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
     ) -> AsyncIterator[llm_pb2.StreamChatResponse]:
         deadline = self._deadline(context)
         prepared = await self._chat.prepare(request, bearer_token(context), deadline)
-        async with aclosing(self._chat.events(prepared, deadline)) as events:
-            async for event in events:
-                if type(event) is TextDelta:
-                    if event.text:
-                        yield llm_pb2.StreamChatResponse(delta=event.text)
-                elif isinstance(event, Finished):
-                    yield done_message(prepared, event)
-                    return
-        raise _truncated(prepared.spec.id)
+        slot = await self._chat.stream_slot(prepared)
+        try:
+            async with aclosing(self._chat.events(prepared, deadline)) as events:
+                async for event in events:
+                    if type(event) is TextDelta:
+                        if event.text:
+                            yield llm_pb2.StreamChatResponse(delta=event.text)
+                    elif isinstance(event, Finished):
+                        yield done_message(prepared, event)
+                        return
+            raise _truncated(prepared.spec.id)
+        finally:
+            await slot.release()
 
     async def TestKey(self, request: llm_pb2.TestKeyRequest, context: Context) -> llm_pb2.TestKeyResponse:
         return await self._keys.test(request, bearer_token(context), self._deadline(context))

@@ -9,8 +9,10 @@ into ``rmllm_common.errors`` from the status code and the vault's ErrorInfo reas
 A vault that refuses the service credential (PERMISSION_DENIED) is an operator
 mistake: it is logged once as an error naming the fix and reaches callers as
 VAULT_UNAVAILABLE, since from their side the vault cannot be used.
-Resolved credentials may be cached in memory, keyed by (sha256 of the user token,
-provider), for at most ``credential_cache_seconds`` (off by default, bounded size).
+Resolved credentials are cached (``credential_cache``) for at most
+``credential_cache_seconds``, and only while this client's one WatchInvalidations
+stream to the vault is in sync; each resolve tells the vault how long its answer
+may be kept (the lease the vault audits).
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
+from llm_service.credential_cache import CredentialCache, Credentials, InvalidationWatcher
 from llm_service.deadline import Deadline
 from rmllm_common import errors, requestctx
 from rmllm_common.requestctx import REQUEST_ID_HEADER
@@ -34,21 +35,13 @@ from rmllm_common.secret import Secret
 
 log = logging.getLogger(__name__)
 
-CACHE_MAX_ENTRIES = 10_000
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+__all__ = ["Credentials", "VaultClient", "token_digest"]
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """What the vault resolved for one (user, provider): the key only as a Secret."""
-
-    user_id: str
-    provider: str
-    api_key: Secret
-    base_url: str
-    default_model: str
-    temperature: float | None
-    max_tokens: int | None
+def token_digest(user_token: Secret) -> str:
+    """What the cache keys a user token by (never the token itself)."""
+    return hashlib.sha256(user_token.reveal().encode()).hexdigest()
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
@@ -81,14 +74,22 @@ class VaultClient:
         self._stub: Any = vault_pb2_grpc.VaultServiceStub(channel)
         self._authorization = ("authorization", f"Bearer {service_token.reveal()}")
         self._timeout = timeout_seconds
-        self._cache_seconds = cache_seconds
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Credentials]] = OrderedDict()
+        self.cache = CredentialCache(cache_seconds, clock=clock)
+        self.watcher = InvalidationWatcher(self._stub, (self._authorization,), self.cache)
         self._warned_credential = False
-        self._clock = clock
+
+    def start(self) -> None:
+        """Open the watch stream that lets the cache work (needs the running loop)."""
+        self.watcher.start()
 
     async def close(self) -> None:
-        """Close the channel (at server stop)."""
+        """Stop watching and close the channel (at server stop)."""
+        await self.watcher.close()
         await self._channel.close()
+
+    def known_user(self, user_token: Secret) -> str | None:
+        """The user a token was seen to belong to by this process, if any (no vault call)."""
+        return self.cache.owner(token_digest(user_token))
 
     def _call_options(self, deadline: Deadline) -> tuple[float, bool, tuple[tuple[str, str], ...]]:
         """The call's timeout, whether the caller's deadline is what bounds it, and its metadata."""
@@ -102,23 +103,28 @@ class VaultClient:
 
     async def resolve(self, user_token: Secret, provider: str, deadline: Deadline) -> Credentials:
         """The caller's key and settings for ``provider`` (canonical id)."""
-        cache_key = (hashlib.sha256(user_token.reveal().encode()).hexdigest(), provider)
-        if self._cache_seconds > 0:
-            hit = self._cache.get(cache_key)
-            if hit is not None:
-                if hit[0] > self._clock():
-                    return hit[1]
-                del self._cache[cache_key]
+        cache = self.cache
+        cache_key = (token_digest(user_token), provider)
+        hit = cache.get(cache_key)
+        if hit is not None:
+            return hit
+        generation = cache.generation
         timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.ResolveCredentialsRequest(
-            user_token=user_token.reveal(), provider=provider, request_id=requestctx.request_id()
+            user_token=user_token.reveal(),
+            provider=provider,
+            request_id=requestctx.request_id(),
+            lease_seconds=cache.lease_seconds,
         )
         try:
             reply = await self._stub.ResolveCredentials(
                 request, timeout=timeout, metadata=metadata, wait_for_ready=False
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._translate(exc, provider, caller_bound, timeout) from None
+            error = self._translate(exc, provider, caller_bound, timeout)
+            if isinstance(error, errors.TokenInvalid):
+                cache.forget_owner(cache_key[0])
+            raise error from None
         settings = reply.settings
         credentials = Credentials(
             user_id=reply.user_id,
@@ -128,11 +134,9 @@ class VaultClient:
             default_model=settings.default_model,
             temperature=settings.temperature if settings.HasField("temperature") else None,
             max_tokens=settings.max_tokens if settings.HasField("max_tokens") else None,
+            token_id=reply.token_id,
         )
-        if self._cache_seconds > 0:
-            self._cache[cache_key] = (self._clock() + self._cache_seconds, credentials)
-            while len(self._cache) > CACHE_MAX_ENTRIES:
-                self._cache.popitem(last=False)
+        cache.put(cache_key, credentials, generation)
         return credentials
 
     async def authenticate(self, user_token: Secret, deadline: Deadline) -> str:
@@ -144,7 +148,11 @@ class VaultClient:
                 request, timeout=timeout, metadata=metadata, wait_for_ready=False
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._translate(exc, None, caller_bound, timeout) from None
+            error = self._translate(exc, None, caller_bound, timeout)
+            if isinstance(error, errors.TokenInvalid):
+                self.cache.forget_owner(token_digest(user_token))
+            raise error from None
+        self.cache.remember_owner(token_digest(user_token), reply.user_id, reply.token_id)
         return str(reply.user_id)
 
     def _translate(  # noqa: PLR0911 - one translation table, read top to bottom

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from enum import Enum
 from typing import Any, Final
@@ -111,8 +111,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or is_standard_method(method):
             return handler
-        if handler.unary_unary is None:
-            return None  # VaultService is all unary; anything else is not served
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -120,27 +118,63 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
+    async def _admit(self, method: str, access: Access | None, context: Any) -> Principal | None:
+        try:
+            return await self._check(access, context.invocation_metadata())
+        except (TokenInvalid, PermissionDenied) as exc:
+            log.info("call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"})
+            raise
+
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        """``handler`` behind the check for ``method``; built once per method."""
-        inner: Any = handler.unary_unary
+        """``handler`` behind the check for ``method``, for each of the four call kinds; built once.
+
+        Each call runs in a task of its own, so the authenticated user set for a
+        streaming call stays with that call; unary calls reset it on the way out.
+        """
         access = POLICY.get(method)
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            unary: Any = handler.unary_unary
 
-        async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                principal = await self._check(access, context.invocation_metadata())
-            except (TokenInvalid, PermissionDenied) as exc:
-                log.info(
-                    "call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"}
-                )
-                raise
-            reset = _current_user.set(principal)
-            try:
-                return await inner(request, context)
-            finally:
-                _current_user.reset(reset)
+            async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                reset = _current_user.set(await self._admit(method, access, context))
+                try:
+                    return await unary(request, context)
+                finally:
+                    _current_user.reset(reset)
 
-        return grpc.unary_unary_rpc_method_handler(
-            authenticated,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return grpc.unary_unary_rpc_method_handler(authenticated, **codec)
+        if handler.unary_stream is not None:
+            server_streaming: Any = handler.unary_stream
+
+            async def authenticated_stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                _current_user.set(await self._admit(method, access, context))
+                async for item in server_streaming(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(authenticated_stream, **codec)
+        if handler.stream_unary is not None:
+            client_streaming: Any = handler.stream_unary
+
+            async def authenticated_upload(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+            ) -> Any:
+                _current_user.set(await self._admit(method, access, context))
+                return await client_streaming(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(authenticated_upload, **codec)
+        bidi: Any = handler.stream_stream
+
+        async def authenticated_bidi(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            _current_user.set(await self._admit(method, access, context))
+            async for item in bidi(requests, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(authenticated_bidi, **codec)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # The hot path's statements: one indexed lookup from token hash to user to config.
 _RESOLVE = (
-    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings "
+    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id "
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
@@ -82,6 +82,7 @@ class Resolved:
     base_url: str
     settings: Settings
     key_hint: str
+    token_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,20 +227,24 @@ def delete(db: Database, user_id: str, provider: str, request_id: str) -> None:
     raise error
 
 
-def resolve(db: Database, keyring: Keyring, token: str, provider: str, request_id: str) -> Resolved:
+def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int = 0
+) -> Resolved:
     """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited).
 
-    A refusal is audited and committed too, then raised.
+    The audit row records the grant as a lease of ``lease_seconds`` (how long the
+    caller will cache the key; 0: not cached) and the token id. A refusal is
+    audited and committed too, then raised.
     """
     with db.write():
-        outcome = _resolve_in_transaction(db, keyring, token, provider, request_id)
+        outcome = _resolve_in_transaction(db, keyring, token, provider, request_id, lease_seconds)
     if isinstance(outcome, RmllmError):
         raise outcome
     return outcome
 
 
-def _resolve_in_transaction(
-    db: Database, keyring: Keyring, token: str, provider: str, request_id: str
+def _resolve_in_transaction(  # noqa: PLR0917 - the resolve's inputs, passed through
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int
 ) -> Resolved | RmllmError:
     def refuse(actor: str, error: RmllmError, detail: str = "") -> RmllmError:
         audit.append(db, audit.Event(actor, "config.resolve", provider, error.reason, request_id, detail))
@@ -252,7 +257,7 @@ def _resolve_in_transaction(
     )
     if row is None:
         return refuse("-", TokenInvalid("the user token is unknown or revoked"))
-    user_id, config_id, blob, active, hint, base_url, settings = row
+    user_id, config_id, blob, active, hint, base_url, settings, token_id = row
     if config_id is None:
         return refuse(
             user_id,
@@ -286,5 +291,6 @@ def _resolve_in_transaction(
         )
         return refuse(user_id, error, f"key_id={exc.key_id}")
     db.execute(_COUNT_USE, (_now(), config_id))
-    audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id))
-    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint)
+    lease = f"lease={lease_seconds}s token={token_id}"
+    audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id, lease))
+    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id)

@@ -2,8 +2,9 @@
 
 It opens the database, applies pending migrations, derives the keyring from the
 seed(s), and assembles the gRPC server: the error interceptor (outermost), the
-auth interceptor, the VaultService, health and reflection. Stopping the server
-closes the database.
+auth interceptor, the VaultService, health and reflection, and starts the
+process's ``InvalidationHub`` (the WatchInvalidations fan-out). Stopping the
+server ends the watch streams first, then closes the database.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from vault_service.crypto import Keyring
 from vault_service.database import Database
 from vault_service.servicer import VaultServicer
 from vault_service.settings import SettingsError, VaultSettings
+from vault_service.watch import InvalidationHub
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +98,29 @@ async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
     async def authenticate(token: str) -> accounts.Principal | None:
         return await db.run(accounts.authenticate, db, token)
 
+    hub = InvalidationHub(db)
+    await hub.start()
     server = new_server([AuthInterceptor(settings.service_token, authenticate)])
-    servicer = VaultServicer(db, keyring, allow_custom_base_url=settings.allow_custom_base_url)
+    servicer = VaultServicer(db, keyring, hub, allow_custom_base_url=settings.allow_custom_base_url)
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
-    port = bind(server, settings.listen)
 
     async def close() -> None:
+        await hub.close()
         await asyncio.to_thread(db.close)
 
-    return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=close)
+    try:
+        port = bind(server, settings.listen)
+    except OSError:
+        await hub.close()
+        raise
+    return ServerHandle(
+        server=server,
+        port=port,
+        health=health,
+        service_name=SERVICE_NAME,
+        on_stop=close,
+        # Watch streams never end on their own: end them first, so a graceful stop
+        # does not wait out its grace period on them (the watchers resync elsewhere).
+        on_drain=hub.close,
+    )

@@ -23,9 +23,12 @@ from vault_service import accounts, configs, validation
 from vault_service.auth import current_user
 from vault_service.crypto import Keyring
 from vault_service.database import Database
+from vault_service.invalidations import Change
+from vault_service.watch import InvalidationHub, Resync
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_LEASE_SECONDS = 3600
 
 
 def _timestamp(micros: int | None) -> timestamp_pb2.Timestamp | None:
@@ -37,6 +40,22 @@ def _timestamp(micros: int | None) -> timestamp_pb2.Timestamp | None:
 def _settings(value: configs.Settings) -> vault_pb2.ProviderSettings:
     return vault_pb2.ProviderSettings(
         default_model=value.default_model, temperature=value.temperature, max_tokens=value.max_tokens
+    )
+
+
+def change_to_proto(item: Change | Resync) -> vault_pb2.WatchInvalidationsResponse:
+    """The stream form of one change, or of a RESYNC."""
+    if isinstance(item, Resync):
+        return vault_pb2.WatchInvalidationsResponse(
+            sequence=item.sequence, kind=vault_pb2.INVALIDATION_KIND_RESYNC
+        )
+    return vault_pb2.WatchInvalidationsResponse(
+        sequence=item.seq,
+        kind=vault_pb2.InvalidationKind.Value("INVALIDATION_KIND_" + item.kind.value),
+        user_id=item.user_id,
+        provider=item.provider,
+        token_id=item.token_id,
+        time=_timestamp(item.time),
     )
 
 
@@ -58,8 +77,11 @@ def to_proto(record: configs.Record) -> vault_pb2.ProviderConfig:
 class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     """The seven VaultService RPCs over one database and keyring."""
 
-    def __init__(self, db: Database, keyring: Keyring, *, allow_custom_base_url: bool) -> None:
+    def __init__(
+        self, db: Database, keyring: Keyring, hub: InvalidationHub, *, allow_custom_base_url: bool
+    ) -> None:
         self._db = db
+        self._hub = hub
         self._keyring = keyring
         self._allow_custom = allow_custom_base_url
 
@@ -117,6 +139,8 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             raise invalid("request_id", "at most 128 characters: letters, digits and . _ : -")
         if not request.user_token:
             raise TokenInvalid("user_token is empty: pass the caller's token (without `Bearer `)")
+        if not 0 <= request.lease_seconds <= MAX_LEASE_SECONDS:
+            raise invalid("lease_seconds", f"from 0 to {MAX_LEASE_SECONDS}")
         resolved = await self._db.run(
             configs.resolve,
             self._db,
@@ -124,6 +148,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             request.user_token,
             spec.id,
             request.request_id or requestctx.request_id(),
+            request.lease_seconds,
         )
         return vault_pb2.ResolveCredentialsResponse(
             user_id=resolved.user_id,
@@ -132,6 +157,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             base_url=resolved.base_url,
             settings=_settings(resolved.settings),
             key_hint=resolved.key_hint,
+            token_id=resolved.token_id,
         )
 
     async def AuthenticateToken(
@@ -142,9 +168,9 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             raise TokenInvalid("the user token is unknown or revoked")
         return vault_pb2.AuthenticateTokenResponse(user_id=user.user_id, user_name=user.user_name)
 
-    # The second wave's ledger and invalidation RPCs (CONTRACT §8) are declared in the
-    # contract ahead of their implementations, which land with the usage ledger (#10)
-    # and the scale-out work (#12); until then they answer UNIMPLEMENTED explicitly.
+    # The second wave's ledger RPCs (CONTRACT §8) are declared in the contract ahead
+    # of their implementations, which land with the usage ledger (#10); until then
+    # they answer UNIMPLEMENTED explicitly.
 
     async def GetUsageSummary(
         self, request: vault_pb2.GetUsageSummaryRequest, context: Context
@@ -164,5 +190,12 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     async def WatchInvalidations(
         self, request: vault_pb2.WatchInvalidationsRequest, context: Context
     ) -> AsyncIterator[vault_pb2.WatchInvalidationsResponse]:
-        raise Unimplemented("WatchInvalidations is not served by this vault yet")
-        yield  # a server-streaming handler is an async generator
+        subscription = self._hub.subscribe()
+        try:
+            while True:
+                item = await subscription.next()
+                if not isinstance(item, Change | Resync):
+                    return  # the hub is closing or lost the database: the watcher resyncs elsewhere
+                yield change_to_proto(item)
+        finally:
+            self._hub.unsubscribe(subscription)

@@ -1,6 +1,7 @@
 """An in-process fake of the vault's service-only RPCs, for LLM service tests.
 
-``FakeVault`` implements ResolveCredentials and AuthenticateToken over a real
+``FakeVault`` implements ResolveCredentials, AuthenticateToken and
+WatchInvalidations (a RESYNC, then what ``invalidate`` sends) over a real
 ``grpc.aio`` server on a loopback port, with canned users and keys. Like the real
 vault it refuses callers without the service credential (PERMISSION_DENIED /
 SERVICE_CREDENTIAL_REQUIRED), answers unknown tokens with UNAUTHENTICATED /
@@ -13,6 +14,8 @@ translation and deadlines.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +27,11 @@ from rmllm_common.registry import default_registry
 from rmllm_common.server import abort_with
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def token_id_of(token: str) -> str:
+    """The fake vault's public id of a token."""
+    return "tok_" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -47,6 +55,7 @@ class VaultCall:
     metadata: dict[str, str]
     remaining: float | None
     request_id: str = ""
+    lease_seconds: int = 0
 
 
 @dataclass
@@ -60,6 +69,10 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
     fail_with: errors.RmllmError | None = None
     stall: bool = False
     address: str = ""
+    # WatchInvalidations: off answers UNIMPLEMENTED (an older vault: no cache).
+    serve_watch: bool = True
+    sequence: int = 0
+    watchers: list[asyncio.Queue[vault_pb2.WatchInvalidationsResponse | None]] = field(default_factory=list)
     _server: grpc.aio.Server | None = None
 
     async def _enter(
@@ -85,6 +98,7 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
         user_id = await self._enter(
             "ResolveCredentials", request.user_token, request.provider, context, request.request_id
         )
+        self.calls[-1].lease_seconds = request.lease_seconds
         spec = default_registry().get(request.provider)
         if spec is None:
             await abort_with(context, errors.UnknownProvider("unknown provider"))
@@ -99,6 +113,7 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
         if stored.max_tokens is not None:
             settings.max_tokens = stored.max_tokens
         return vault_pb2.ResolveCredentialsResponse(
+            token_id=token_id_of(request.user_token),
             user_id=user_id,
             provider=spec.id,
             api_key=stored.api_key,
@@ -112,6 +127,42 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
     ) -> vault_pb2.AuthenticateTokenResponse:
         user_id = await self._enter("AuthenticateToken", request.user_token, "", context)
         return vault_pb2.AuthenticateTokenResponse(user_id=user_id, user_name=f"name-{user_id}")
+
+    async def WatchInvalidations(
+        self, request: vault_pb2.WatchInvalidationsRequest, context: Context
+    ) -> AsyncIterator[vault_pb2.WatchInvalidationsResponse]:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        if not self.serve_watch:
+            await abort_with(context, errors.Unimplemented("this vault has no WatchInvalidations"))
+        if metadata.get("authorization") != f"Bearer {self.service_token}":
+            await abort_with(context, errors.PermissionDenied("this RPC needs the service credential"))
+        queue: asyncio.Queue[vault_pb2.WatchInvalidationsResponse | None] = asyncio.Queue()
+        self.watchers.append(queue)
+        try:
+            yield vault_pb2.WatchInvalidationsResponse(
+                sequence=self.sequence, kind=vault_pb2.INVALIDATION_KIND_RESYNC
+            )
+            while (item := await queue.get()) is not None:
+                yield item
+        finally:
+            self.watchers.remove(queue)
+
+    def invalidate(self, kind: int, user_id: str = "", *, skip: int = 0, **fields: str) -> None:
+        """Send one change to every watcher (``skip`` numbers first: a gap)."""
+        self.sequence += 1 + skip
+        change = vault_pb2.WatchInvalidationsResponse(
+            sequence=self.sequence,
+            kind=kind,  # type: ignore[arg-type]
+            user_id=user_id,
+            **fields,  # type: ignore[arg-type]
+        )
+        for queue in self.watchers:
+            queue.put_nowait(change)
+
+    def end_watches(self) -> None:
+        """End every watch stream (as a vault shutting down does)."""
+        for queue in self.watchers:
+            queue.put_nowait(None)
 
     def methods(self) -> list[str]:
         """The methods called so far, in order."""

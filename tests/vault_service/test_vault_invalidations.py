@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
 import peewee as pw
 import pytest
+from realmultillm.vault.v1 import vault_pb2 as pb
+from testkit.vault import SERVICE_TOKEN, Vault, failure, md
 
 from rmllm_common.secret import Secret
 from vault_service import accounts, configs, invalidations
@@ -79,3 +85,66 @@ def test_old_rows_are_pruned(database: Database, monkeypatch: pytest.MonkeyPatch
 def test_the_tables_exist_only_through_the_migration(database: Database) -> None:
     with pytest.raises(pw.IntegrityError):
         database.call(lambda: database.execute("INSERT INTO invalidation_head (id, seq) VALUES (1, 5)"))
+
+
+async def test_watch_streams_every_change_from_every_vault_process(
+    vault_factory: Callable[..., Awaitable[Vault]], db_url: str
+) -> None:
+    first = await vault_factory(db_url)
+    second = await vault_factory(db_url)
+    token = second.make_user("ada")
+    user_id = second.db.call(accounts.authenticate, second.db, token).user_id
+    stream = first.stub.WatchInvalidations(pb.WatchInvalidationsRequest(), metadata=md(SERVICE_TOKEN))
+    resync = await stream.read()
+    assert (resync.kind, resync.sequence) == (pb.INVALIDATION_KIND_RESYNC, 0)
+    # A key stored through the other vault process, a token revoked by the operator CLI.
+    await second.stub.PutProviderConfig(
+        pb.PutProviderConfigRequest(provider="openai", api_key="sk-test-0123456789abcdef"), metadata=md(token)
+    )
+    token_id = second.db.call(accounts.list_tokens, second.db, "ada")[0].token_id
+    second.db.call(accounts.revoke_token, second.db, token_id)
+    seen = [await asyncio.wait_for(stream.read(), 5) for _ in range(2)]
+    assert [(c.sequence, c.kind) for c in seen] == [
+        (1, pb.INVALIDATION_KIND_CONFIG_CHANGED),
+        (2, pb.INVALIDATION_KIND_TOKEN_REVOKED),
+    ]
+    assert (seen[0].user_id, seen[0].provider) == (user_id, "openai")
+    assert (seen[1].user_id, seen[1].token_id) == (user_id, token_id)
+    assert seen[1].time.seconds > 0
+    # A vault stopping ends its watch streams at once, cleanly: the watcher resyncs elsewhere.
+    await first.handle.stop(30)
+    assert await asyncio.wait_for(stream.read(), 5) is grpc.aio.EOF
+    assert await stream.code() == grpc.StatusCode.OK
+
+
+async def test_only_the_service_may_watch(vault: Vault) -> None:
+    token = vault.make_user("eve")
+    stream = vault.stub.WatchInvalidations(pb.WatchInvalidationsRequest(), metadata=md(token))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream.read()
+    assert failure(caught.value).code == grpc.StatusCode.PERMISSION_DENIED
+    stream = vault.stub.WatchInvalidations(pb.WatchInvalidationsRequest())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream.read()
+    assert failure(caught.value).code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_resolve_is_audited_as_a_lease_grant(vault: Vault) -> None:
+    token = vault.make_user("bo")
+    await vault.stub.PutProviderConfig(
+        pb.PutProviderConfigRequest(provider="openai", api_key="sk-test-0123456789abcdef"), metadata=md(token)
+    )
+    reply = await vault.stub.ResolveCredentials(
+        pb.ResolveCredentialsRequest(user_token=token, provider="openai", lease_seconds=30),
+        metadata=md(SERVICE_TOKEN),
+    )
+    assert reply.token_id.startswith("tok_")
+    model = vault.db.tables.audit
+    row = vault.db.call(lambda: model.select().where(model.action == "config.resolve").get())
+    assert row.detail == f"lease=30s token={reply.token_id}"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await vault.stub.ResolveCredentials(
+            pb.ResolveCredentialsRequest(user_token=token, provider="openai", lease_seconds=-1),
+            metadata=md(SERVICE_TOKEN),
+        )
+    assert failure(caught.value).fields == ["lease_seconds"]

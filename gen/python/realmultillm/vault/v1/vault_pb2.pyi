@@ -574,6 +574,7 @@ class ResolveCredentialsRequest(_message.Message):
     USER_TOKEN_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     user_token: _builtins.str
     """The end user's token, as the LLM service received it (without `Bearer `)."""
     provider: _builtins.str
@@ -582,16 +583,21 @@ class ResolveCredentialsRequest(_message.Message):
     """Request id of the originating call, recorded in the audit log. At most 128
     characters; empty: the vault takes the `x-request-id` metadata or makes one.
     """
+    lease_seconds: _builtins.int
+    """How long the caller will keep the answer in its cache (0: not cached); the
+    vault audits the resolve as a lease of this length.
+    """
     def __init__(
         self,
         *,
         user_token: _builtins.str = ...,
         provider: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        lease_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "request_id", b"request_id", "user_token", b"user_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_seconds", b"lease_seconds", "provider", b"provider", "request_id", b"request_id", "user_token", b"user_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
