@@ -93,7 +93,9 @@ async def test_watch_streams_every_change_from_every_vault_process(
     first = await vault_factory(db_url)
     second = await vault_factory(db_url)
     token = second.make_user("ada")
-    user_id = second.db.call(accounts.authenticate, second.db, token).user_id
+    principal = second.db.call(accounts.authenticate, second.db, token)
+    assert principal is not None
+    user_id = principal.user_id
     stream = first.stub.WatchInvalidations(pb.WatchInvalidationsRequest(), metadata=md(SERVICE_TOKEN))
     resync = await stream.read()
     assert (resync.kind, resync.sequence) == (pb.INVALIDATION_KIND_RESYNC, 0)
