@@ -182,9 +182,23 @@ Ctrl-C stops both services.""",
         stop_all()
 
 
+def ensure_redis_server() -> None:
+    """The Redis fault tests start private ``redis-server``s: install it (apt) when it is missing."""
+    if shutil.which("redis-server"):
+        return
+    apt = shutil.which("apt-get")
+    if apt is None:
+        say("redis-server is missing and apt-get is not available: install Redis 6+ for the Redis tests")
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    say("installing redis-server (apt-get)")
+    subprocess.run([*sudo, apt, "install", "-y", "-q", "redis-server"], check=False)
+
+
 def test(pytest_args: list[str]) -> int:
     ensure_venv("dev")
     ensure_node_packages()
+    ensure_redis_server()
     env = dict(os.environ)
     env["PATH"] = (
         f"{BIN}{os.pathsep}{ROOT / 'tools' / 'node_modules' / '.bin'}{os.pathsep}{env.get('PATH', '')}"
