@@ -40,6 +40,7 @@ from llm_service.adapters.exchange import load_event
 from llm_service.adapters.openai import OpenAIAdapter, build_body
 from llm_service.chat import PreparedChat, chat_response
 from llm_service.http import new_http_session
+from llm_service.netpolicy import EndpointPolicy
 from llm_service.sse import SSEDecoder
 from llm_service.validation import validate_chat
 from rmllm_common.registry import default_registry
@@ -107,7 +108,8 @@ async def _fetch_answer(endpoint: Endpoint, params: Any) -> bytes:
 
 async def _adapter_us(endpoint: Endpoint, params: Any, repeat: int) -> float:
     """CPU per complete provider call through the adapter (sequential, warm connection)."""
-    http = new_http_session(64)
+    # The fake provider is on loopback, which the default outbound policy refuses.
+    http = new_http_session(64, policy=EndpointPolicy.parse("127.0.0.0/8"))
     adapter = OpenAIAdapter()
     try:
 

@@ -124,6 +124,7 @@ class Stack:
             "RMLLM_DATA_DIR": str(self.data_dir),
             "RMLLM_LOG_LEVEL": "info",
             "RMLLM_ALLOW_CUSTOM_BASE_URL": "1",
+            "RMLLM_ALLOWED_ENDPOINT_NETWORKS": "127.0.0.0/8",  # the fake provider, on loopback
         }
 
     def start_fake(self, name: str, *extra: str) -> Proc:

@@ -28,6 +28,7 @@ from llm_service.ratelimit import Limiter, StreamLease, StreamSlots
 from llm_service.retrying import RetryPolicy, stream_with_retries
 from llm_service.validation import validate_chat
 from llm_service.vault_client import Credentials, VaultClient
+from rmllm_common import urls
 from rmllm_common.errors import FailedPrecondition, KeyNotConfigured
 from rmllm_common.registry import ProviderSpec, Registry
 from rmllm_common.secret import Secret
@@ -64,9 +65,16 @@ async def credentials_for(
 
 def stored_base_url(spec: ProviderSpec, credentials: Credentials, allow_custom: bool) -> str:
     """The endpoint to call: the stored override if this server's policy allows it."""
-    base_url = credentials.base_url.rstrip("/")
-    if not base_url or base_url == spec.base_url:
+    if not credentials.base_url or credentials.base_url.rstrip("/") == spec.base_url:
         return spec.base_url
+    try:  # stored before the rule was shared, or by an older vault: check it again
+        base_url = urls.check_base_url(credentials.base_url)
+    except urls.BaseUrlError as exc:
+        raise FailedPrecondition(
+            f"the stored base_url for {spec.id} is not acceptable ({exc}); "
+            f"fix it with `rmllm keys update {spec.id} --base-url URL` ('' for the default)",
+            provider=spec.id,
+        ) from exc
     if not (allow_custom or spec.custom_base_url):
         raise FailedPrecondition(
             f"the stored configuration for {spec.id} points at a custom endpoint, which this server "

@@ -15,7 +15,7 @@ import asyncio
 import importlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
@@ -27,13 +27,15 @@ from llm_service.deadline import Clock
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
 from llm_service.ratelimit import Limiter, LocalStreamSlots, RateLimiter, StreamSlots
-from llm_service.redis_limits import RedisRateLimiter, RedisStreamSlots, SharedStore
 from llm_service.retrying import RetryPolicy, Sleep
 from llm_service.servicer import LLMServicer
 from llm_service.settings import LLMSettings
 from llm_service.vault_client import VaultClient
 from rmllm_common.registry import ProviderSpec, Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
+
+if TYPE_CHECKING:
+    from llm_service.redis_limits import SharedStore
 
 SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # > 4 MiB of content plus framing; larger requests are refused by gRPC
@@ -67,8 +69,9 @@ class Limits:
     store: SharedStore | None = None
 
     async def close(self) -> None:
-        if isinstance(self.streams, RedisStreamSlots):
-            await self.streams.close()
+        closing = getattr(self.streams, "close", None)  # the Redis slots' lease renewer
+        if closing is not None:
+            await closing()
         if self.store is not None:
             await self.store.close()
 
@@ -85,6 +88,10 @@ def build_limits(settings: LLMSettings, clock: Clock) -> Limits:
             ),
             streams=LocalStreamSlots(settings.max_concurrent_streams),
         )
+    # Imported only when used: a process without Redis does not load redis-py at all
+    # (loading it measurably raised the RSS the hostile-provider test watches).
+    from llm_service.redis_limits import RedisRateLimiter, RedisStreamSlots, SharedStore  # noqa: PLC0415
+
     store = SharedStore(
         settings.redis_url.reveal(), prefix=settings.redis_prefix, failure_mode=settings.redis_failure_mode
     )
@@ -133,7 +140,9 @@ async def build_server(
     )
     vault.start()
     limits = build_limits(settings, clock)
-    http = new_http_session(settings.http_max_connections)
+    http = new_http_session(
+        settings.http_max_connections, policy=settings.endpoint_policy, limits=settings.upstream
+    )
     policy = RetryPolicy(
         attempts=settings.retry_attempts,
         base_delay=settings.retry_base_delay_seconds,
@@ -171,7 +180,8 @@ async def build_server(
     )
 
     server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
-    llm_pb2_grpc.add_LLMServiceServicer_to_server(LLMServicer(chat, keys, catalog, clock), server)
+    servicer = LLMServicer(chat, keys, catalog, clock, max_answer_chars=settings.chat_max_answer_chars)
+    llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
 
     async def release() -> None:

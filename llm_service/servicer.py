@@ -5,8 +5,10 @@ the answer; errors are raised as ``rmllm_common.errors`` and become statuses in 
 server's error interceptor (no ``try`` ladders here). StreamChat forwards the
 shared event stream as deltas and one final ``done``, and closes it (and with it
 the upstream HTTP response) and gives back the caller's stream slot whatever way
-the call ends; Chat collects the same
-stream. A stream that ends without its final event is never a success.
+the call ends; Chat collects the same stream, at most ``max_answer_chars``
+characters of it (past that the upstream is closed and the call ends with
+UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends without its final event is
+never a success.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from llm_service.catalog import Catalog
 from llm_service.chat import ChatService, chat_response, done_message
 from llm_service.deadline import Clock, Deadline
 from llm_service.keys import KeyTester
-from rmllm_common.errors import UpstreamStreamTruncated
+from rmllm_common.errors import UpstreamResponseTooLarge, UpstreamStreamTruncated
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -36,11 +38,20 @@ def _truncated(provider: str) -> UpstreamStreamTruncated:
 class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
     """Chat, StreamChat, TestKey, ListProviders and ListModels."""
 
-    def __init__(self, chat: ChatService, keys: KeyTester, catalog: Catalog, clock: Clock) -> None:
+    def __init__(
+        self,
+        chat: ChatService,
+        keys: KeyTester,
+        catalog: Catalog,
+        clock: Clock,
+        *,
+        max_answer_chars: int = 2_000_000,
+    ) -> None:
         self._chat = chat
         self._keys = keys
         self._catalog = catalog
         self._clock = clock
+        self._max_answer_chars = max_answer_chars
 
     def _deadline(self, context: Context) -> Deadline:
         return Deadline.after(context.time_remaining(), self._clock)
@@ -49,9 +60,18 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         deadline = self._deadline(context)
         prepared = await self._chat.prepare(request, bearer_token(context), deadline)
         parts: list[str] = []
+        size, limit = 0, self._max_answer_chars
         async with aclosing(self._chat.events(prepared, deadline)) as events:
             async for event in events:
                 if type(event) is TextDelta:
+                    size += len(event.text)
+                    if size > limit:  # leaving the block closes the upstream response
+                        parts.clear()
+                        raise UpstreamResponseTooLarge(
+                            f"the answer is longer than this server's limit for Chat ({limit} characters); "
+                            "use StreamChat for long answers",
+                            provider=prepared.spec.id,
+                        )
                     parts.append(event.text)
                 elif isinstance(event, Finished):
                     return chat_response(prepared, "".join(parts), event)

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llm_service.http import KIB, MIB, UpstreamLimits
+from llm_service.netpolicy import DEFAULT_ALLOWED_ENDPOINT_NETWORKS, EndpointPolicy
 from rmllm_common import state
 from rmllm_common.secret import Secret
 
@@ -114,6 +116,12 @@ class LLMSettings:
     redis_failure_mode: str = "open"
     # The one HTTP connection pool towards providers.
     http_max_connections: int = 8192
+    # Where provider connections may go beyond public addresses (llm_service.netpolicy).
+    endpoint_policy: EndpointPolicy = field(default_factory=EndpointPolicy.default)
+    # Server-side bounds of every provider exchange, whatever the caller's deadline.
+    upstream: UpstreamLimits = field(default_factory=UpstreamLimits)
+    # Answer characters a unary Chat collects (StreamChat forwards and keeps none).
+    chat_max_answer_chars: int = 2_000_000
 
     @classmethod
     def from_env(
@@ -168,7 +176,34 @@ class LLMSettings:
             redis_url=_redis_url(env),
             redis_prefix=_redis_prefix(env),
             redis_failure_mode=_choice(env, "RMLLM_REDIS_FAILURE_MODE", REDIS_FAILURE_MODES),
+            endpoint_policy=_endpoint_policy(env),
+            upstream=_upstream_limits(env),
+            chat_max_answer_chars=_integer(env, "RMLLM_CHAT_MAX_ANSWER_CHARS", 2_000_000, 1, 100_000_000),
         )
+
+
+def _endpoint_policy(env: Mapping[str, str]) -> EndpointPolicy:
+    raw = env.get("RMLLM_ALLOWED_ENDPOINT_NETWORKS", "").strip() or DEFAULT_ALLOWED_ENDPOINT_NETWORKS
+    try:
+        return EndpointPolicy.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(
+            f"RMLLM_ALLOWED_ENDPOINT_NETWORKS: {exc}; give comma-separated networks such as "
+            f"10.0.0.0/8,192.168.1.20:8000,[::1]:11434, or none (default {DEFAULT_ALLOWED_ENDPOINT_NETWORKS})"
+        ) from None
+
+
+def _upstream_limits(env: Mapping[str, str]) -> UpstreamLimits:
+    return UpstreamLimits(
+        connect_timeout_seconds=_number(env, "RMLLM_UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0, 0.1, 300.0),
+        read_idle_timeout_seconds=_number(env, "RMLLM_UPSTREAM_READ_IDLE_SECONDS", 120.0, 0.1, 3600.0),
+        max_call_seconds=_number(env, "RMLLM_UPSTREAM_MAX_CALL_SECONDS", 900.0, 1.0, 86_400.0),
+        max_response_bytes=_integer(env, "RMLLM_UPSTREAM_MAX_RESPONSE_BYTES", 64 * MIB, KIB, 1 << 40),
+        max_events=_integer(env, "RMLLM_UPSTREAM_MAX_EVENTS", 500_000, 1, 1_000_000_000),
+        max_event_bytes=_integer(env, "RMLLM_UPSTREAM_MAX_EVENT_BYTES", 1 * MIB, 1 * KIB, 1 << 30),
+        max_error_bytes=_integer(env, "RMLLM_UPSTREAM_MAX_ERROR_BYTES", 8 * KIB, 256, 1 * MIB),
+        max_json_bytes=_integer(env, "RMLLM_UPSTREAM_MAX_JSON_BYTES", 8 * MIB, 1 * KIB, 1 << 30),
+    )
 
 
 def _redis_url(env: Mapping[str, str]) -> Secret:

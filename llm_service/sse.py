@@ -10,6 +10,12 @@ so a UTF-8 character split across reads survives. Comment lines (starting with
 dropped. At end of input call ``flush()``: as the spec requires, an event not
 closed by an empty line is discarded, and ``flush`` says whether that happened
 (the stream was cut mid-event).
+
+The decoder is bounded and linear: a partial line is kept in a ``bytearray`` that
+only grows by what arrives (bytes already seen are never rescanned or copied per
+feed), a line longer than ``max_line`` bytes or an event whose data passes
+``max_event`` characters raises ``SSELimitExceeded`` (after dropping what it held), so a
+provider that never sends a line end cannot make it buffer without end.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ from typing import NamedTuple
 
 _LINE_ENDS = (b"\n", b"\r")
 _BOM = "\ufeff"
+UNLIMITED = 1 << 62
+
+
+class SSELimitExceeded(ValueError):
+    """A line or an event went past the decoder's limit; the text says which."""
 
 
 class SSEEvent(NamedTuple):
@@ -32,19 +43,36 @@ class SSEEvent(NamedTuple):
 class SSEDecoder:
     """Turns an event stream's bytes, fed in any split, into ``SSEEvent``\\ s."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_retry", "_skip_lf", "_started")
+    __slots__ = (
+        "_buffer",
+        "_data",
+        "_data_size",
+        "_event",
+        "_id",
+        "_max_event",
+        "_max_line",
+        "_retry",
+        "_skip_lf",
+        "_started",
+    )
 
-    def __init__(self) -> None:
-        self._buffer = b""  # the bytes of a line whose end has not arrived yet
+    def __init__(self, *, max_line: int = UNLIMITED, max_event: int = UNLIMITED) -> None:
+        self._buffer = bytearray()  # the bytes of a line whose end has not arrived yet
         self._skip_lf = False  # the last feed ended with CR: a leading LF is its CRLF's second half
         self._started = False  # a BOM is dropped only from the stream's first line
         self._event: str | None = None
         self._data: list[str] = []
+        self._data_size = 0
         self._id: str | None = None
         self._retry: int | None = None
+        self._max_line = max_line
+        self._max_event = max_event
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """Consume the next bytes; return the events they completed, in order."""
+        """Consume the next bytes; return the events they completed, in order.
+
+        Raises ``SSELimitExceeded`` when a line or an event passes its limit.
+        """
         if not chunk:
             return []
         if self._skip_lf:
@@ -53,28 +81,49 @@ class SSEDecoder:
                 chunk = chunk[1:]
                 if not chunk:
                     return []
-        if self._buffer:
-            chunk = self._buffer + chunk
-            self._buffer = b""
+        if b"\n" not in chunk and b"\r" not in chunk:  # still inside one line: keep it, scan nothing old
+            self._buffer += chunk
+            if len(self._buffer) > self._max_line:
+                self._overflow(f"a line longer than {self._max_line} bytes")
+            return []
+        if self._buffer:  # the buffered line ends in this chunk: join once
+            self._buffer += chunk
+            chunk = bytes(self._buffer)
+            self._buffer = bytearray()
         lines = chunk.splitlines(keepends=True)
         if not lines[-1].endswith(_LINE_ENDS):
-            self._buffer = lines.pop()
+            self._buffer = bytearray(lines.pop())
         elif chunk[-1] == 0x0D:
             self._skip_lf = True
+        if len(self._buffer) > self._max_line:
+            self._overflow(f"a line longer than {self._max_line} bytes")
+        return self._lines(lines)
+
+    def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
         events: list[SSEEvent] = []
+        max_line = self._max_line
         for raw in lines:
-            event = self._line(raw.rstrip(b"\r\n").decode("utf-8", "replace"))
+            line = raw.rstrip(b"\r\n")
+            if len(line) > max_line:
+                self._overflow(f"a line longer than {max_line} bytes")
+            event = self._line(line.decode("utf-8", "replace"))
             if event is not None:
                 events.append(event)
         return events
 
+    def _overflow(self, what: str) -> None:
+        """Drop everything held (the memory goes at once) and say which limit was passed."""
+        self.flush()
+        raise SSELimitExceeded(what)
+
     def flush(self) -> bool:
         """End of input: discard any unfinished event and reset; True if one was cut short."""
         cut = bool(self._buffer) or bool(self._data) or self._event is not None
-        self._buffer = b""
+        self._buffer = bytearray()
         self._skip_lf = False
         self._event = None
         self._data = []
+        self._data_size = 0
         self._retry = None
         return cut
 
@@ -84,7 +133,7 @@ class SSEDecoder:
             if line.startswith(_BOM):
                 line = line[1:]
         if line.startswith("data: "):  # the common case first
-            self._data.append(line[6:])
+            self._add_data(line[6:])
             return None
         if not line:
             return self._dispatch()
@@ -94,7 +143,7 @@ class SSEDecoder:
         if colon and value[:1] == " ":
             value = value[1:]
         if name == "data":
-            self._data.append(value)
+            self._add_data(value)
         elif name == "event":
             self._event = value
         elif name == "id":
@@ -104,11 +153,18 @@ class SSEDecoder:
             self._retry = int(value)
         return None
 
+    def _add_data(self, value: str) -> None:
+        self._data_size += len(value) + 1
+        if self._data_size > self._max_event:
+            self._overflow(f"an event larger than {self._max_event} characters")
+        self._data.append(value)
+
     def _dispatch(self) -> SSEEvent | None:
         if not self._data and self._event is None and self._retry is None:
             return None
         event = SSEEvent(data="\n".join(self._data), event=self._event, id=self._id, retry=self._retry)
         self._event = None
         self._data = []
+        self._data_size = 0
         self._retry = None
         return event

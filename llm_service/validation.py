@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from llm_service.adapters.base import ChatParams, Message, Role
+from rmllm_common import urls
 from rmllm_common.errors import FieldViolation, InvalidRequest
 from rmllm_common.registry import ProviderSpec, Registry
 
@@ -29,7 +29,6 @@ MAX_STOP_CHARS = 256
 MAX_MODEL_CHARS = 200
 MAX_TOKENS = 1_000_000
 MAX_API_KEY_BYTES = 4096
-MAX_BASE_URL_CHARS = 2048
 _ROLES: dict[int, Role] = {1: "system", 2: "user", 3: "assistant"}
 
 
@@ -159,31 +158,17 @@ def check_api_key(api_key: str, bad: list[FieldViolation]) -> None:
 
 
 def check_base_url(base_url: str, spec: ProviderSpec, allow_custom: bool, bad: list[FieldViolation]) -> str:
-    """A TestKey endpoint override under the custom-base-URL policy; returns it normalised.
-
-    Any http(s) URL is allowed with RMLLM_ALLOW_CUSTOM_BASE_URL=1 or for a provider
-    whose registry entry allows custom endpoints; otherwise only the default.
-    """
+    """A TestKey endpoint override under the shared URL rule (``rmllm_common.urls``) and
+    the custom-base-URL policy; returns it normalised ("" when absent or refused)."""
     if not base_url:
         return ""
-    normalised = base_url.rstrip("/")
-    if len(base_url) > MAX_BASE_URL_CHARS or not _printable_word(base_url):
-        bad.append(FieldViolation("base_url", f"must be a URL of at most {MAX_BASE_URL_CHARS} characters"))
+    try:
+        normalised = urls.check_base_url(base_url)
+    except urls.BaseUrlError as exc:
+        bad.append(FieldViolation("base_url", str(exc)))
         return ""
-    parts = urlsplit(normalised)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        bad.append(FieldViolation("base_url", "must be an http(s) URL without query or fragment"))
-        return ""
-    if parts.username or parts.password:
-        bad.append(FieldViolation("base_url", "must not carry credentials"))
-        return ""
-    if normalised != spec.base_url and not (allow_custom or spec.custom_base_url):
-        bad.append(
-            FieldViolation(
-                "base_url",
-                f"custom endpoints for {spec.id} are disabled on this server (the default is "
-                f"{spec.base_url}); the operator can allow them with RMLLM_ALLOW_CUSTOM_BASE_URL=1",
-            )
-        )
+    refusal = urls.custom_endpoint_refusal(normalised, spec, allow_custom)
+    if refusal is not None:
+        bad.append(FieldViolation("base_url", refusal))
         return ""
     return normalised

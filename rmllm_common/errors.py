@@ -73,6 +73,12 @@ class UnknownProvider(InvalidRequest):
     reason = "UNKNOWN_PROVIDER"
 
 
+class MalformedRequest(InvalidRequest):
+    """The request bytes could not be decoded as the method's message."""
+
+    reason = "MALFORMED_REQUEST"
+
+
 class TokenInvalid(RmllmError):
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "TOKEN_INVALID"
@@ -125,6 +131,13 @@ class ProviderQuotaExhausted(ResourceExhausted):
     """The provider account has no quota or credit left: waiting does not help."""
 
     reason = "PROVIDER_QUOTA_EXHAUSTED"
+
+
+class UpstreamResponseTooLarge(ResourceExhausted):
+    """A provider's answer went past one of this server's limits (bytes, events, a line's
+    length, a unary answer's characters); the upstream connection was closed."""
+
+    reason = "UPSTREAM_RESPONSE_TOO_LARGE"
 
 
 class Unavailable(RmllmError):

@@ -5,7 +5,10 @@ chain, the standard health service (``SERVING`` for "" and each service name) an
 server reflection. ``ErrorInterceptor`` is the one place where an ``RmllmError``
 becomes a gRPC status (via ``errors.to_status``) and where an unexpected exception
 becomes a generic ``INTERNAL`` with a request id, logged with its traceback, so
-servicer methods hold no ``try`` ladders. ``run_until_signal`` starts a server,
+servicer methods hold no ``try`` ladders. It also wraps each method's request
+deserializer: bytes that do not decode as the method's message become
+``INVALID_ARGUMENT`` / ``MALFORMED_REQUEST`` (gRPC alone would answer ``UNKNOWN``
+naming a Python exception). ``run_until_signal`` starts a server,
 logs one structured line with its address, and on SIGTERM or SIGINT flips health to
 ``NOT_SERVING`` and lets in-flight calls finish within the grace period.
 """
@@ -26,7 +29,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
 from rmllm_common import reflection, requestctx
-from rmllm_common.errors import Internal, RmllmError, Unimplemented, to_status
+from rmllm_common.errors import Internal, MalformedRequest, RmllmError, Unimplemented, to_status
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,36 @@ def _unexpected(method: str, exc: BaseException) -> RmllmError:
     )
 
 
+class _Undecodable:
+    """What the tolerant deserializer hands the handler instead of raising."""
+
+    __slots__ = ()
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns ``UNDECODABLE`` for bytes it cannot decode."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, RecursionError, bad UTF-8...: all the caller's bytes
+            return UNDECODABLE
+
+    return deserialize
+
+
+def _malformed(method: str) -> MalformedRequest:
+    return MalformedRequest(
+        f"the request is not a valid {method.rsplit('/', 1)[-1]} message: its bytes could not be "
+        "decoded; check that the client was built from the same protos"
+    )
+
+
 def _begin_call(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     incoming = None
     for key, value in context.invocation_metadata() or ():
@@ -73,6 +106,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
         async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _begin_call(context)
             try:
+                if request is UNDECODABLE:
+                    raise _malformed(method)
                 return await unary(request, context)
             except RmllmError as exc:
                 await abort_with(context, exc)
@@ -83,7 +118,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
 
         return grpc.unary_unary_rpc_method_handler(
             unary_behavior,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
@@ -94,6 +129,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
         ) -> AsyncIterator[Any]:
             _begin_call(context)
             try:
+                if request is UNDECODABLE:
+                    raise _malformed(method)
                 async for item in streaming(request, context):
                     yield item
             except RmllmError as exc:
@@ -105,7 +142,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
 
         return grpc.unary_stream_rpc_method_handler(
             stream_behavior,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     return handler

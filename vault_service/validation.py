@@ -4,9 +4,9 @@ Every function here raises ``InvalidRequest`` (or ``UnknownProvider``) with one
 field violation naming the request field, and a description that says what is
 accepted. Descriptions never echo a key. The provider is resolved through the
 registry to its canonical id; keys are checked for size, characters and the
-provider's documented prefix; ``base_url`` must be an http(s) URL that the
-custom-base-URL policy allows; settings must be in range; ``update_mask`` paths
-must be known.
+provider's documented prefix; ``base_url`` must pass ``rmllm_common.urls`` (the
+rule the LLM service applies too) and the custom-base-URL policy; settings must be
+in range; ``update_mask`` paths must be known.
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ from __future__ import annotations
 import math
 import unicodedata
 from typing import Final
-from urllib.parse import urlsplit
 
 from realmultillm.vault.v1 import vault_pb2
 
+from rmllm_common import urls
 from rmllm_common.errors import invalid
 from rmllm_common.registry import ProviderSpec, default_registry
 from rmllm_common.secret import Secret
 from vault_service.configs import Changes, Settings
 
 MAX_KEY_BYTES: Final = 4096
-MAX_URL_CHARS: Final = 2048
 MAX_MODEL_CHARS: Final = 200
 UPDATE_PATHS: Final = frozenset(
     {
@@ -65,32 +64,17 @@ def api_key(key: str, spec: ProviderSpec, field: str = "api_key") -> Secret:
 
 
 def base_url(url: str, spec: ProviderSpec, allow_custom: bool, field: str = "base_url") -> str:
-    """The normalised endpoint override ("" keeps the provider's default)."""
+    """The normalised endpoint override ("" keeps the provider's default); the rule is
+    ``rmllm_common.urls``, shared with the LLM service."""
     if not url:
         return ""
-    if len(url) > MAX_URL_CHARS:
-        raise invalid(field, f"too long: at most {MAX_URL_CHARS} characters", provider=spec.id)
-    if _has_control_or_space(url):
-        raise invalid(field, "must not contain whitespace or control characters", provider=spec.id)
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise invalid(field, "not a valid URL", provider=spec.id) from exc
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise invalid(field, "must be an http:// or https:// URL with a host", provider=spec.id)
-    if parts.username or parts.password:
-        raise invalid(field, "must not contain credentials (user:password@)", provider=spec.id)
-    if parts.fragment:
-        raise invalid(field, "must not contain a #fragment", provider=spec.id)
-    normalised = url.rstrip("/")
-    if not (allow_custom or spec.custom_base_url) and normalised != spec.base_url:
-        raise invalid(
-            field,
-            f"{spec.display_name} may only use its default endpoint {spec.base_url} (or leave base_url "
-            "empty); the operator can allow custom endpoints with RMLLM_ALLOW_CUSTOM_BASE_URL=1",
-            provider=spec.id,
-        )
+        normalised = urls.check_base_url(url)
+    except urls.BaseUrlError as exc:
+        raise invalid(field, str(exc), provider=spec.id) from exc
+    refusal = urls.custom_endpoint_refusal(normalised, spec, allow_custom)
+    if refusal is not None:
+        raise invalid(field, refusal, provider=spec.id)
     return normalised
 
 

@@ -11,9 +11,15 @@ Classification reads status codes, error codes and wording, never provider names
 bad-key 400s (Gemini ``API_KEY_INVALID``, xAI "Incorrect API key") are key errors,
 quota wording (``insufficient_quota``, HTTP 402, "credit balance", a per-day quota)
 is quota exhaustion, other 429s are rate limits with the delay from Retry-After or
-Gemini's ``RetryInfo``. Every provider message is redacted (``redact``) before it
-reaches an error: the key, anything starting like it, and masked echoes such as
-``xa***56`` are removed.
+Gemini's ``RetryInfo``. A 3xx is a provider error (redirects are never followed).
+Every provider message is sanitised and redacted (``redact``) before it reaches an
+error: control characters and runs of whitespace become one space, the text is cut
+to 300 characters, and the key, anything starting like it, any run of 8 or more
+characters that appears in the key (an echo without its prefix), and masked echoes
+such as ``xa***56`` are removed. Failures before an HTTP answer arrives (refused,
+timed out, policy-refused, not HTTP) all read the same, so the errors cannot be
+used to tell an open port from a closed or filtered one. ``parse_json`` parses
+provider JSON and turns nesting too deep to parse into a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ from rmllm_common.errors import (
 from rmllm_common.registry import ProviderSpec
 
 _MAX_MESSAGE = 300
+_MAX_SCANNED = 4096  # characters of provider text looked at before redaction
+_ECHO = 8  # a run this long that appears in the key is an echo of it
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\s]+")
 _MASKED = re.compile(r"[^\s*]*\*{3,}[\w\-*]*")
 _BAD_KEY = re.compile(
     r"api[ _-]?key[ _-]?(not valid|invalid|expired)|(incorrect|invalid|missing) (api[ _-]?)?key"
@@ -82,16 +91,49 @@ _TYPE_STATUS = {
 }
 
 
+def parse_json(data: str | bytes) -> Any:
+    """Provider JSON; a ``ValueError`` for malformed JSON or nesting too deep to parse."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _echo_spans(text: str, secret: str) -> list[tuple[int, int]]:
+    """Spans of ``text`` covered by ``_ECHO``-character runs that also appear in ``secret``."""
+    grams = {secret[i : i + _ECHO] for i in range(len(secret) - _ECHO + 1)}
+    spans: list[tuple[int, int]] = []
+    for i in range(len(text) - _ECHO + 1):
+        if text[i : i + _ECHO] in grams:
+            if spans and spans[-1][1] >= i:
+                spans[-1] = (spans[-1][0], i + _ECHO)
+            else:
+                spans.append((i, i + _ECHO))
+    return spans
+
+
 def redact(text: str, secret: str) -> str:
-    """``text`` without the key, anything starting like the key, or masked echoes of it."""
+    """``text`` sanitised, bounded, and without the key or any echo of it (see the docstring)."""
+    text = _CONTROL.sub(" ", text[:_MAX_SCANNED]).strip()
     if secret:
         text = text.replace(secret, "[redacted]")
-        if len(secret) >= 8:
+        if len(secret) >= _ECHO:
             text = re.sub(re.escape(secret[:6]) + r"[\w\-*]*", "[redacted]", text)
+            spans = _echo_spans(text, secret)
+            for start, end in reversed(spans):
+                text = text[:start] + "[redacted]" + text[end:]
     text = _MASKED.sub("[redacted]", text)
     if len(text) > _MAX_MESSAGE:
         text = text[: _MAX_MESSAGE - 1] + "…"
     return text
+
+
+def unreachable(name: str) -> str:
+    """The one text of every failure before an HTTP answer: it never tells port states apart."""
+    return (
+        f"cannot reach {name} at the configured endpoint: the connection failed, timed out, "
+        "was refused by this server's outbound network policy, or did not answer HTTP"
+    )
 
 
 def _error_object(payload: Any) -> dict[str, Any]:
@@ -108,10 +150,12 @@ def _error_object(payload: Any) -> dict[str, Any]:
 
 def _describe(error: Mapping[str, Any], body: bytes) -> str:
     message = error.get("message")
+    for _ in range(3):  # some proxies nest the real error once more (never follow it far)
+        if not isinstance(message, dict):
+            break
+        message = message.get("message")
     if isinstance(message, str) and message:
         return message
-    if isinstance(message, dict):  # some proxies nest the real error once more
-        return _describe(message, body)
     return body[:200].decode("utf-8", "replace").strip() or "no details given"
 
 
@@ -229,8 +273,14 @@ def from_response(
     spec: ProviderSpec, status: int, headers: Mapping[str, str], body: bytes, secret: str
 ) -> RmllmError:
     """The domain error for a non-2xx HTTP answer."""
+    if 300 <= status < 400:
+        return ProviderError(
+            f"{spec.display_name} answered with a redirect (HTTP {status}), which this server never "
+            "follows (a key must not travel to another address); check the endpoint's base URL",
+            provider=spec.id,
+        )
     try:
-        payload: Any = json.loads(body) if body else None
+        payload: Any = parse_json(body) if body else None
     except ValueError:
         payload = None
     return classify(spec, status, _error_object(payload), body=body, secret=secret, headers=headers)
@@ -242,7 +292,10 @@ def from_stream_error(spec: ProviderSpec, payload: Any, secret: str) -> RmllmErr
     status = error.get("code")
     if not isinstance(status, int) or not 400 <= status <= 599:
         status = next((_TYPE_STATUS[c] for c in _codes(error) if c in _TYPE_STATUS), 0)
-    body = json.dumps(payload).encode()
+    try:
+        body = json.dumps(payload).encode()
+    except (RecursionError, TypeError, ValueError):
+        body = b""
     if status:
         return classify(spec, status, error, body=body, secret=secret, mid_stream=True)
     message = redact(_describe(error, body), secret).strip().rstrip(".")
@@ -251,33 +304,45 @@ def from_stream_error(spec: ProviderSpec, payload: Any, secret: str) -> RmllmErr
 
 @contextmanager
 def transport_errors(spec: ProviderSpec, timeout: float | None, *, streaming: bool = False) -> Iterator[None]:
-    """Translate aiohttp/asyncio failures in the block; ``streaming``: the 200 already arrived."""
+    """Translate aiohttp/asyncio failures in the block; ``streaming``: the 200 already arrived.
+
+    ``timeout`` is the exchange's total bound in seconds (the caller's remaining time
+    or the server's call bound, whichever is shorter).
+    """
+    name = spec.display_name
     try:
         yield
-    except TimeoutError as e:  # includes aiohttp.ServerTimeoutError
-        raise DeadlineExceeded(
-            f"{spec.display_name} did not finish within the deadline ({timeout:g}s)"
-            if timeout is not None
-            else f"{spec.display_name} timed out",
-            provider=spec.id,
-        ) from e
     except aiohttp.ClientPayloadError as e:
         raise UpstreamStreamTruncated(
-            f"{spec.display_name} cut the response short: {type(e).__name__}", provider=spec.id
+            f"{name} cut the response short: {type(e).__name__}", provider=spec.id
+        ) from e
+    except aiohttp.ServerTimeoutError as e:  # no connection in time, or silence past the read-idle bound
+        if streaming and not isinstance(e, aiohttp.ConnectionTimeoutError):
+            raise UpstreamStreamTruncated(
+                f"{name} went silent mid-stream for longer than this server's read-idle limit",
+                provider=spec.id,
+            ) from e
+        raise ProviderUnavailable(unreachable(name), provider=spec.id) from e
+    except TimeoutError as e:
+        raise DeadlineExceeded(
+            f"{name} did not finish within {timeout:g}s (the caller's deadline or this server's "
+            "maximum call duration, whichever is shorter)"
+            if timeout is not None
+            else f"{name} timed out",
+            provider=spec.id,
         ) from e
     except aiohttp.ClientConnectionError as e:
         if streaming:
             raise UpstreamStreamTruncated(
-                f"{spec.display_name} closed the connection mid-stream ({type(e).__name__})",
-                provider=spec.id,
+                f"{name} closed the connection mid-stream ({type(e).__name__})", provider=spec.id
             ) from e
-        raise ProviderUnavailable(
-            f"cannot reach {spec.display_name}: {type(e).__name__}: {e}", provider=spec.id
-        ) from e
+        raise ProviderUnavailable(unreachable(name), provider=spec.id) from e
+    except aiohttp.ClientResponseError as e:  # not HTTP at all (a bad status line...)
+        if not streaming:
+            raise ProviderUnavailable(unreachable(name), provider=spec.id) from e
+        raise ProviderError(f"HTTP exchange with {name} failed: {type(e).__name__}", provider=spec.id) from e
     except aiohttp.ClientError as e:
-        raise ProviderError(
-            f"HTTP exchange with {spec.display_name} failed: {type(e).__name__}", provider=spec.id
-        ) from e
+        raise ProviderError(f"HTTP exchange with {name} failed: {type(e).__name__}", provider=spec.id) from e
 
 
 @contextmanager
@@ -285,7 +350,7 @@ def unexpected_shapes(spec: ProviderSpec) -> Iterator[None]:
     """Stream events whose JSON has the wrong shape (a string where an object belongs...)."""
     try:
         yield
-    except (AttributeError, TypeError, KeyError, ValueError) as e:
+    except (AttributeError, TypeError, KeyError, ValueError, RecursionError) as e:
         raise ProviderError(
             f"{spec.display_name} sent a stream event of an unexpected shape ({type(e).__name__})",
             provider=spec.id,

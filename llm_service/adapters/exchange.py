@@ -1,15 +1,22 @@
 """The HTTP exchanges every wire format shares: a streamed POST, and a JSON GET.
 
 ``EventStream`` is an async context manager and iterator: entering it sends the
-request (bounded by one ``aiohttp.ClientTimeout(total=timeout)`` that also covers
-reading the body) and turns a non-2xx answer into a domain error; iterating it
-yields ``SSEEvent``\\ s decoded incrementally from whatever the network delivers;
-leaving it releases the response, which closes the connection at once unless the
-body was read to the end. It is a class rather than an async generator on
-purpose: closing the adapter's generator early then closes the upstream response
-immediately, with no inner generator left for the garbage collector to finalise.
-``get_json`` is the GET used by probes and model listings. All failures go
-through ``adapters.errors``.
+request (bounded by ``http.request_timeout``: the caller's remaining time capped by
+the server's call bound, plus the connect and read-idle bounds) and turns a non-2xx
+answer into a domain error, reading at most ``max_error_bytes`` of its body;
+iterating it yields ``SSEEvent``\\ s decoded incrementally from whatever the
+network delivers, within the session's ``UpstreamLimits`` (bytes, events, line and
+event length: past one, the connection is closed and ``UpstreamResponseTooLarge``
+raised); leaving it releases the response, which closes the connection at once
+unless the body was read to the end. Redirects are never followed: a 3xx is a
+provider error, so a key header can never travel to another origin. It is a class
+rather than an async generator on purpose: closing the adapter's generator early
+then closes the upstream response immediately, with no inner generator left for
+the garbage collector to finalise.
+``get_json`` is the GET used by probes and model listings (its body bounded by
+``max_json_bytes``). JSON from a provider is parsed by ``parse_json``, which turns
+nesting too deep to parse into a ``ValueError``. All failures go through
+``adapters.errors``.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from typing import Any
 import aiohttp
 
 from llm_service.adapters.base import Endpoint
-from llm_service.adapters.errors import from_response, from_stream_error, transport_errors
-from llm_service.sse import SSEDecoder, SSEEvent
-from rmllm_common.errors import ProviderError
+from llm_service.adapters.errors import from_response, from_stream_error, parse_json, transport_errors
+from llm_service.http import UpstreamLimits, limits_of, request_timeout
+from llm_service.sse import SSEDecoder, SSEEvent, SSELimitExceeded
+from rmllm_common.errors import ProviderError, UpstreamResponseTooLarge
 
 _STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
@@ -31,7 +39,20 @@ _STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-str
 class EventStream:
     """One streamed request: ``async with EventStream(...) as events: async for e in events``."""
 
-    __slots__ = ("_body", "_decoder", "_endpoint", "_http", "_pending", "_resp", "_timeout", "_url", "cut")
+    __slots__ = (
+        "_body",
+        "_bytes",
+        "_decoder",
+        "_endpoint",
+        "_events",
+        "_http",
+        "_limits",
+        "_pending",
+        "_resp",
+        "_timeout",
+        "_url",
+        "cut",
+    )
 
     def __init__(
         self,
@@ -45,10 +66,13 @@ class EventStream:
         self._endpoint = endpoint
         self._url = url
         self._body = body
-        self._timeout = timeout
-        self._decoder = SSEDecoder()
+        self._timeout = request_timeout(http, timeout)
+        limits = self._limits = limits_of(http)
+        self._decoder = SSEDecoder(max_line=limits.max_event_bytes, max_event=limits.max_event_bytes)
         self._pending: deque[SSEEvent] = deque()
         self._resp: aiohttp.ClientResponse | None = None
+        self._bytes = 0
+        self._events = 0
         self.cut = False  # the body ended in the middle of an event
 
     async def __aenter__(self) -> EventStream:
@@ -56,20 +80,22 @@ class EventStream:
         spec = endpoint.spec
         headers = endpoint.headers()
         headers.update(_STREAM_HEADERS)
-        with transport_errors(spec, self._timeout):
+        with transport_errors(spec, self._timeout.total):
             resp = await self._http.post(
                 self._url,
                 data=json.dumps(self._body, ensure_ascii=False).encode(),
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                timeout=self._timeout,
+                allow_redirects=False,
             )
             self._resp = resp
             try:
                 if resp.status >= 300:
-                    body = await resp.read()
+                    body = await read_capped(resp, self._limits.max_error_bytes)
                     raise from_response(spec, resp.status, resp.headers, body, endpoint.api_key.reveal())
                 if resp.content_type == "application/json":  # an error (or a non-stream answer), not SSE
-                    raise _json_instead_of_stream(endpoint, await resp.read())
+                    body = await read_capped(resp, self._limits.max_error_bytes)
+                    raise _json_instead_of_stream(endpoint, body)
             except BaseException:
                 resp.close()
                 raise
@@ -86,19 +112,53 @@ class EventStream:
         pending = self._pending
         while not pending:
             assert self._resp is not None
-            with transport_errors(self._endpoint.spec, self._timeout, streaming=True):
+            with transport_errors(self._endpoint.spec, self._timeout.total, streaming=True):
                 chunk = await self._resp.content.readany()
             if not chunk:
                 self.cut = self._decoder.flush()
                 raise StopAsyncIteration
-            pending.extend(self._decoder.feed(chunk))
+            limits = self._limits
+            self._bytes += len(chunk)
+            if self._bytes > limits.max_response_bytes:
+                raise self._too_large(f"more than {limits.max_response_bytes} bytes")
+            try:
+                events = self._decoder.feed(chunk)
+            except SSELimitExceeded as e:
+                raise self._too_large(str(e)) from None
+            self._events += len(events)
+            if self._events > limits.max_events:
+                raise self._too_large(f"more than {limits.max_events} events")
+            pending.extend(events)
         return pending.popleft()
+
+    def _too_large(self, what: str) -> UpstreamResponseTooLarge:
+        """Close the upstream connection, drop what was buffered, and say which limit was passed."""
+        if self._resp is not None:
+            self._resp.close()
+        self._pending.clear()
+        self._decoder.flush()
+        spec = self._endpoint.spec
+        return UpstreamResponseTooLarge(
+            f"{spec.display_name}'s answer went past this server's limit ({what}); the connection was closed",
+            provider=spec.id,
+        )
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """At most ``cap`` bytes of a body (the rest is never read: close the response after)."""
+    buffer = bytearray()
+    while len(buffer) < cap:
+        chunk = await resp.content.read(cap - len(buffer))
+        if not chunk:
+            break
+        buffer += chunk
+    return bytes(buffer)
 
 
 def load_event(endpoint: Endpoint, data: str) -> dict[str, Any]:
     """An event's JSON object; a malformed event is a ``ProviderError`` (the stream is unusable)."""
     try:
-        payload = json.loads(data)
+        payload = parse_json(data)
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
@@ -110,7 +170,7 @@ def load_event(endpoint: Endpoint, data: str) -> dict[str, Any]:
 def _json_instead_of_stream(endpoint: Endpoint, body: bytes) -> Exception:
     spec = endpoint.spec
     try:
-        payload = json.loads(body)
+        payload = parse_json(body)
     except ValueError:
         payload = None
     if isinstance(payload, dict) and payload.get("error"):
@@ -131,19 +191,31 @@ async def get_json(
 ) -> Any:
     """``method url`` with the endpoint's auth; the parsed JSON body, or a domain error."""
     spec = endpoint.spec
-    with transport_errors(spec, timeout):
+    limits: UpstreamLimits = limits_of(http)
+    client_timeout = request_timeout(http, timeout)
+    with transport_errors(spec, client_timeout.total):
         async with http.request(
             method,
             url,
             headers=endpoint.headers(),
             params=params,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=client_timeout,
+            allow_redirects=False,
         ) as resp:
-            body = await resp.read()
             if resp.status >= 300:
+                body = await read_capped(resp, limits.max_error_bytes)
+                resp.close()
                 raise from_response(spec, resp.status, resp.headers, body, endpoint.api_key.reveal())
+            body = await read_capped(resp, limits.max_json_bytes + 1)
+            if len(body) > limits.max_json_bytes:
+                resp.close()
+                raise UpstreamResponseTooLarge(
+                    f"{spec.display_name}'s answer went past this server's limit "
+                    f"(more than {limits.max_json_bytes} bytes); the connection was closed",
+                    provider=spec.id,
+                )
     try:
-        return json.loads(body) if body else None
+        return parse_json(body) if body else None
     except ValueError as e:
         raise ProviderError(
             f"{spec.display_name} answered {method} {url} with non-JSON", provider=spec.id

@@ -134,9 +134,14 @@ async def llm_harness(
     *,
     adapter: ScriptedAdapter | None = None,
     vault_addr: str | None = None,
+    real_adapters: bool = False,
     **build: Any,
 ) -> AsyncIterator[LLMHarness]:
-    """Start a fake vault and an LLM server (settings from ``env``) wired to it."""
+    """Start a fake vault and an LLM server (settings from ``env``) wired to it.
+
+    ``real_adapters``: the wire-format adapters talk HTTP (to a fake provider) instead
+    of the scripted adapter answering.
+    """
     vault = FakeVault(SERVICE_TOKEN, users={ALICE: "u-alice", BOB: "u-bob"})  # type: ignore[abstract]
     vault.keys[("u-alice", "openai")] = StoredKey(ALICE_OPENAI_KEY)
     vault.keys[("u-alice", "anthropic")] = StoredKey(ALICE_ANTHROPIC_KEY, default_model="claude-haiku-4-5")
@@ -160,7 +165,10 @@ async def llm_harness(
         listen="127.0.0.1:0",
     )
     build.setdefault("sleep", recording_sleep)
-    handle = await build_server(settings, adapters=lambda spec: adapter, **build)
+    scripted = adapter
+    handle = await build_server(
+        settings, adapters=None if real_adapters else (lambda spec: scripted), **build
+    )
     await handle.server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}")
     try:

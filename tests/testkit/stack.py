@@ -40,6 +40,8 @@ class Stack:
         env = {
             "RMLLM_DATA_DIR": str(data_dir),
             "RMLLM_ALLOW_CUSTOM_BASE_URL": "1",
+            # The fake provider listens on loopback, on a port picked at start.
+            "RMLLM_ALLOWED_ENDPOINT_NETWORKS": "127.0.0.0/8",
             "RMLLM_RETRY_ATTEMPTS": "1",
             **extra_env,
         }
