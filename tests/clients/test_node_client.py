@@ -166,3 +166,25 @@ def test_node_stream_stopped_early_is_cancelled(node_ready: str, fake: FakeServe
     assert result.stdout == '{"delta":"Hel"}\n'
     assert result.stderr == ""
     assert fake.wait_cancelled()
+
+
+def test_the_node_client_spreads_calls_over_every_replica(
+    node_ready: str, replicas: list[FakeServers]
+) -> None:
+    script = """
+const { makeClients } = require('./index');
+(async () => {
+  const rmllm = makeClients({ token: process.env.RMLLM_TOKEN, llmTarget: process.env.RMLLM_TARGET,
+                              vaultTarget: process.env.RMLLM_VAULT_TARGET });
+  for (let i = 0; i < 20; i++) {
+    await rmllm.chat({ provider: 'openai', messages: [{ role: 'ROLE_USER', content: 'Hi' }] });
+  }
+  rmllm.close();
+  console.log(JSON.stringify({ ok: true }));
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+    env = node_env(replicas[0], RMLLM_TARGET=",".join(fake.llm_target for fake in replicas))
+    result = run_node(node_ready, ["-e", script], env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"ok": True}
+    assert all(fake.state.methods().count("Chat") > 0 for fake in replicas)
