@@ -38,9 +38,9 @@ from realmultillm.llm.v1 import llm_pb2
 from llm_service.adapters.base import Endpoint, Finished, FinishReason, TextDelta, Usage
 from llm_service.adapters.exchange import load_event
 from llm_service.adapters.openai import OpenAIAdapter, build_body
-from llm_service.chat import PreparedChat, chat_response
 from llm_service.http import new_http_session
 from llm_service.netpolicy import EndpointPolicy
+from llm_service.servicer import chat_response
 from llm_service.sse import SSEDecoder
 from llm_service.validation import validate_chat
 from rmllm_common.registry import default_registry
@@ -69,12 +69,11 @@ def llm_pieces(fake: str, repeat: int) -> dict[str, float]:
     endpoint = Endpoint(spec, f"http://{fake}/v1", Secret("sk-bench" + secrets.token_hex(16)))
     chat = validate_chat(request, registry)
     params = chat.params()
-    prepared = PreparedChat(spec, OpenAIAdapter(), endpoint, params)
     finished = Finished(finish_reason=FinishReason.STOP, usage=Usage(8, 6, 14), model=params.model)
 
     def protobuf() -> None:
         llm_pb2.ChatRequest.FromString(wire)
-        chat_response(prepared, "Hello from the fake provider.", finished).SerializeToString()
+        chat_response(spec, params, "Hello from the fake provider.", finished).SerializeToString()
 
     out = {
         "llm_protobuf": per_call_us(protobuf, repeat),

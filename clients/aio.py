@@ -21,33 +21,22 @@ every method is a coroutine except ``stream_chat``, which returns an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import grpc
-from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
-from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
+from realmultillm.llm.v1 import llm_pb2
 
-from clients import calls
-from clients.calls import UNSET, Maybe
-from clients.channels import (
-    DEFAULT_CHAT_TIMEOUT,
-    DEFAULT_LLM_TARGET,
-    DEFAULT_TIMEOUT,
-    DEFAULT_VAULT_TARGET,
-    ClientOptions,
-    Tls,
-    aio_channel,
-)
+from clients.calls import Call, ChatOptions, PutOptions, TestKeyOptions, UpdateOptions
+from clients.channels import aio_channel
+from clients.core import ChatStreamCore, ClientCore
 from clients.datatypes import ChatResult, Message, ModelList, ProviderConfig, ProviderInfo, TestKeyResult
-from clients.errors import Cancelled, UpstreamStreamTruncated, from_grpc_error
-from clients.sync import LLM, VAULT
 
 R = TypeVar("R")
 
 
-class AsyncChatStream:
+class AsyncChatStream(ChatStreamCore):
     """A running StreamChat: ``async for`` its ``str`` deltas, then read ``result``.
 
     ``result`` is available once the stream is finished (else ``RuntimeError``);
@@ -58,68 +47,40 @@ class AsyncChatStream:
     """
 
     def __init__(self, call: Any, target: str) -> None:
-        self._call = call
-        self._target = target
+        super().__init__(call, target)
         self._responses: AsyncIterator[llm_pb2.StreamChatResponse] = call.__aiter__()
-        self._pieces: list[str] = []
-        self._result: ChatResult | None = None
-        self._cancelled = False
-
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return "".join(self._pieces)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> str:
-        if self._result is not None or self._cancelled:
+        if self._over:
             raise StopAsyncIteration
         try:
-            response = await self._responses.__anext__()
-        except StopAsyncIteration:
-            raise UpstreamStreamTruncated(
-                "the stream ended without its final message", service=LLM, target=self._target
-            ) from None
+            delta = self._read(await anext(self._responses, None))
         except grpc.aio.AioRpcError as exc:
-            if self._cancelled:
-                raise StopAsyncIteration from None
-            raise from_grpc_error(exc, service=LLM, target=self._target) from exc
+            self._raise_unless_cancelled(exc)
+            delta = None
         except asyncio.CancelledError:
-            if self._cancelled:  # cancel() from another task while this one was reading
-                raise StopAsyncIteration from None
-            raise
-        if response.WhichOneof("event") == "done":
-            self._result = ChatResult.from_stream(self.text, response.done)
+            if not self._cancelled:  # else cancel() came from another task while this one read
+                raise
+            delta = None
+        if delta is None:
             raise StopAsyncIteration
-        self._pieces.append(response.delta)
-        return response.delta
+        return delta
 
     @property
     def result(self) -> ChatResult:
         """The completion, once the stream is finished."""
-        if self._result is None:
-            if self._cancelled:
-                raise Cancelled("the stream was cancelled", service=LLM, target=self._target)
+        if self._result is None and not self._cancelled:
             raise RuntimeError("the stream is not finished: iterate it to the end or await final()")
-        return self._result
+        return self._finished()
 
     async def final(self) -> ChatResult:
         """Read the rest of the stream and return the completion."""
         async for _ in self:
             pass
         return self.result
-
-    def cancel(self) -> None:
-        """Cancel the RPC (the server sees CANCELLED); iteration stops."""
-        if self._result is None and not self._cancelled:
-            self._cancelled = True
-            self._call.cancel()
 
     async def __aenter__(self) -> Self:
         return self
@@ -130,38 +91,11 @@ class AsyncChatStream:
         self.cancel()
 
 
-class AsyncClient:
+class AsyncClient(ClientCore[grpc.aio.Channel]):
     """Asyncio client for both services; see the module docstring for an example."""
 
-    def __init__(
-        self,
-        token: str,
-        *,
-        llm_target: str = DEFAULT_LLM_TARGET,
-        vault_target: str = DEFAULT_VAULT_TARGET,
-        tls: Tls | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        chat_timeout: float = DEFAULT_CHAT_TIMEOUT,
-        channel_options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        self.options = ClientOptions(
-            token=token,
-            llm_target=llm_target,
-            vault_target=vault_target,
-            tls=tls,
-            timeout=timeout,
-            chat_timeout=chat_timeout,
-            channel_options=tuple(channel_options),
-        )
-        self._llm_channel = aio_channel(self.options, llm_target)
-        self._vault_channel = aio_channel(self.options, vault_target)
-        self._llm = llm_pb2_grpc.LLMServiceStub(self._llm_channel)
-        self._vault = vault_pb2_grpc.VaultServiceStub(self._vault_channel)
-
-    def __repr__(self) -> str:
-        return (
-            f"AsyncClient(llm_target={self.options.llm_target!r}, vault_target={self.options.vault_target!r})"
-        )
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        return aio_channel(self.options, target)
 
     async def close(self) -> None:
         """Close both channels."""
@@ -176,166 +110,60 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    async def _call(
-        self, method: Callable[..., Awaitable[R]], request: Any, timeout: float | None, *, vault: bool
-    ) -> R:
-        target = self.options.vault_target if vault else self.options.llm_target
+    async def _run(self, call: Call[R]) -> R:
         try:
-            return await method(
-                request,
-                timeout=timeout if timeout is not None else self.options.timeout,
-                metadata=self.options.metadata(),
-            )
+            response = await self._start(call)
         except grpc.aio.AioRpcError as exc:
-            raise from_grpc_error(exc, service=VAULT if vault else LLM, target=target) from exc
+            raise self._error(call, exc) from exc
+        return call.result(response)
 
     # LLM service
 
     async def chat(
-        self,
-        provider: str,
-        prompt: str | Sequence[Message],
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
-        timeout: float | None = None,
+        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[ChatOptions]
     ) -> ChatResult:
-        """One completion. ``prompt`` is a user message or a list of ``Message``."""
-        request = calls.chat_request(
-            provider,
-            prompt,
-            model=model,
-            system=system,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            top_p=top_p,
-            stop=stop,
-        )
-        response = await self._call(
-            self._llm.Chat, request, timeout or self.options.chat_timeout, vault=False
-        )
-        return ChatResult.from_proto(response)
+        """One completion (arguments and options as ``Client.chat``)."""
+        return await self._run(self._calls.chat(provider, prompt, options))
 
     def stream_chat(
-        self,
-        provider: str,
-        prompt: str | Sequence[Message],
-        *,
-        model: str | None = None,
-        system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
-        timeout: float | None = None,
+        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[ChatOptions]
     ) -> AsyncChatStream:
-        """The completion as an ``AsyncChatStream`` of text deltas, then ``.result``."""
-        request = calls.stream_request(
-            calls.chat_request(
-                provider,
-                prompt,
-                model=model,
-                system=system,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                top_p=top_p,
-                stop=stop,
-            )
-        )
-        call = self._llm.StreamChat(
-            request, timeout=timeout or self.options.chat_timeout, metadata=self.options.metadata()
-        )
-        return AsyncChatStream(call, self.options.llm_target)
+        """The completion as an ``AsyncChatStream`` (not a coroutine: no ``await``)."""
+        call = self._calls.stream_chat(provider, prompt, options)
+        return AsyncChatStream(self._start(call), self.options.llm_target)
 
     async def test_key(
-        self,
-        provider: str,
-        api_key: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float | None = None,
+        self, provider: str, api_key: str | None = None, **options: Unpack[TestKeyOptions]
     ) -> TestKeyResult:
-        """Check ``api_key`` (or, when None, the stored key) against the provider."""
-        request = llm_pb2.TestKeyRequest(provider=provider, api_key=api_key or "", base_url=base_url or "")
-        return TestKeyResult.from_proto(await self._call(self._llm.TestKey, request, timeout, vault=False))
+        """Check ``api_key`` (or, when None, the stored key); options ``base_url``, ``timeout``."""
+        return await self._run(self._calls.test_key(provider, api_key, options))
 
     async def providers(self, *, timeout: float | None = None) -> list[ProviderInfo]:
         """The provider registry, ordered by id."""
-        request = llm_pb2.ListProvidersRequest()
-        response = await self._call(self._llm.ListProviders, request, timeout, vault=False)
-        return [ProviderInfo.from_proto(p) for p in response.providers]
+        return await self._run(self._calls.providers(timeout))
 
     async def models(self, provider: str, *, timeout: float | None = None) -> ModelList:
         """The models available to the caller for ``provider``."""
-        request = llm_pb2.ListModelsRequest(provider=provider)
-        return ModelList.from_proto(await self._call(self._llm.ListModels, request, timeout, vault=False))
+        return await self._run(self._calls.models(provider, timeout))
 
     # Vault
 
-    async def put_config(
-        self,
-        provider: str,
-        api_key: str,
-        *,
-        base_url: str | None = None,
-        default_model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        timeout: float | None = None,
-    ) -> ProviderConfig:
-        """Store (create or replace) the key and settings for ``provider``."""
-        request = calls.put_request(
-            provider,
-            api_key,
-            base_url=base_url,
-            default_model=default_model,
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
-        response = await self._call(self._vault.PutProviderConfig, request, timeout, vault=True)
-        return ProviderConfig.from_proto(response.config)
+    async def put_config(self, provider: str, api_key: str, **options: Unpack[PutOptions]) -> ProviderConfig:
+        """Store (create or replace) the key and settings (options as ``Client.put_config``)."""
+        return await self._run(self._calls.put_config(provider, api_key, options))
 
     async def get_config(self, provider: str, *, timeout: float | None = None) -> ProviderConfig:
         """The stored configuration for ``provider`` (``ConfigNotFound`` when none)."""
-        request = vault_pb2.GetProviderConfigRequest(provider=provider)
-        response = await self._call(self._vault.GetProviderConfig, request, timeout, vault=True)
-        return ProviderConfig.from_proto(response.config)
+        return await self._run(self._calls.get_config(provider, timeout))
 
     async def list_configs(self, *, timeout: float | None = None) -> list[ProviderConfig]:
         """All of the caller's configurations, ordered by provider."""
-        request = vault_pb2.ListProviderConfigsRequest()
-        response = await self._call(self._vault.ListProviderConfigs, request, timeout, vault=True)
-        return [ProviderConfig.from_proto(c) for c in response.configs]
+        return await self._run(self._calls.list_configs(timeout))
 
-    async def update_config(
-        self,
-        provider: str,
-        *,
-        base_url: Maybe[str] = UNSET,
-        is_active: Maybe[bool] = UNSET,
-        default_model: Maybe[str] = UNSET,
-        temperature: Maybe[float | None] = UNSET,
-        max_tokens: Maybe[int | None] = UNSET,
-        timeout: float | None = None,
-    ) -> ProviderConfig:
-        """Change only the fields given (``None`` clears temperature/max_tokens); never the key."""
-        request = calls.update_request(
-            provider,
-            base_url=base_url,
-            is_active=is_active,
-            default_model=default_model,
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
-        response = await self._call(self._vault.UpdateProviderConfig, request, timeout, vault=True)
-        return ProviderConfig.from_proto(response.config)
+    async def update_config(self, provider: str, **options: Unpack[UpdateOptions]) -> ProviderConfig:
+        """Change only the fields given (as ``Client.update_config``); never the key."""
+        return await self._run(self._calls.update_config(provider, options))
 
     async def delete_config(self, provider: str, *, timeout: float | None = None) -> str:
         """Remove the key and configuration; returns the canonical provider id."""
-        request = vault_pb2.DeleteProviderConfigRequest(provider=provider)
-        response = await self._call(self._vault.DeleteProviderConfig, request, timeout, vault=True)
-        return response.provider
+        return await self._run(self._calls.delete_config(provider, timeout))

@@ -5,6 +5,8 @@ built at the client edge by ``from_grpc_error``: the class comes from the
 ``google.rpc.ErrorInfo`` reason the services put in the rich status (for example
 ``KEY_NOT_CONFIGURED`` -> ``KeyNotConfigured``), and an unknown or missing reason
 falls back to the class of the gRPC code (``UNAVAILABLE`` -> ``Unavailable``). Each
+class registers itself when it is defined: under its ``reason``, and, for the one
+class per gRPC code marked ``code_class=True``, under its code. Each
 error exposes ``code``, ``reason``, ``message``, ``metadata`` (``provider`` where one
 is involved), ``retry_after`` (seconds, from ``RetryInfo``) and ``field_violations``
 (from ``BadRequest``), plus the ``service`` and ``target`` the call went to::
@@ -36,11 +38,23 @@ class FieldViolation:
     description: str
 
 
+_BY_CODE: dict[grpc.StatusCode, type[RmllmClientError]] = {}
+_BY_REASON: dict[str, type[RmllmClientError]] = {}
+
+
 class RmllmClientError(Exception):
     """Base of every error a RealMultiLLM call raises."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     reason: str = "UNKNOWN"
+
+    def __init_subclass__(cls, *, code_class: bool = False, **kwargs: Any) -> None:
+        """Register the class under its reason (and its code, for a code's own class)."""
+        super().__init_subclass__(**kwargs)
+        if "reason" in cls.__dict__:
+            _BY_REASON[cls.reason] = cls
+        if code_class:
+            _BY_CODE[cls.code] = cls
 
     def __init__(
         self,
@@ -78,7 +92,7 @@ class RmllmClientError(Exception):
         return f"{type(self).__name__}({self.reason}: {self.message!r})"
 
 
-class InvalidRequest(RmllmClientError):
+class InvalidRequest(RmllmClientError, code_class=True):
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_REQUEST"
 
@@ -87,14 +101,20 @@ class UnknownProvider(InvalidRequest):
     reason = "UNKNOWN_PROVIDER"
 
 
-class Unauthenticated(RmllmClientError):
+class MalformedRequest(InvalidRequest):
+    """The request bytes could not be decoded as the method's message."""
+
+    reason = "MALFORMED_REQUEST"
+
+
+class Unauthenticated(RmllmClientError, code_class=True):
     """The token is missing, unknown or revoked (TOKEN_INVALID)."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "TOKEN_INVALID"
 
 
-class PermissionDenied(RmllmClientError):
+class PermissionDenied(RmllmClientError, code_class=True):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
 
@@ -103,7 +123,13 @@ class ServiceCredentialRequired(PermissionDenied):
     reason = "SERVICE_CREDENTIAL_REQUIRED"
 
 
-class NotFound(RmllmClientError):
+class MethodNotAllowed(PermissionDenied):
+    """The method is not open to any caller."""
+
+    reason = "METHOD_NOT_ALLOWED"
+
+
+class NotFound(RmllmClientError, code_class=True):
     code = grpc.StatusCode.NOT_FOUND
     reason = "NOT_FOUND"
 
@@ -114,12 +140,12 @@ class ConfigNotFound(NotFound):
     reason = "CONFIG_NOT_FOUND"
 
 
-class AlreadyExists(RmllmClientError):
+class AlreadyExists(RmllmClientError, code_class=True):
     code = grpc.StatusCode.ALREADY_EXISTS
     reason = "ALREADY_EXISTS"
 
 
-class FailedPrecondition(RmllmClientError):
+class FailedPrecondition(RmllmClientError, code_class=True):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
 
@@ -136,7 +162,7 @@ class ProviderKeyInvalid(FailedPrecondition):
     reason = "PROVIDER_KEY_INVALID"
 
 
-class ResourceExhausted(RmllmClientError):
+class ResourceExhausted(RmllmClientError, code_class=True):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
@@ -159,7 +185,13 @@ class ProviderQuotaExhausted(ResourceExhausted):
     reason = "PROVIDER_QUOTA_EXHAUSTED"
 
 
-class Unavailable(RmllmClientError):
+class UpstreamResponseTooLarge(ResourceExhausted):
+    """The provider's answer went past one of the gateway's limits (use StreamChat for long answers)."""
+
+    reason = "UPSTREAM_RESPONSE_TOO_LARGE"
+
+
+class Unavailable(RmllmClientError, code_class=True):
     """The service (or what it depends on) cannot be reached right now."""
 
     code = grpc.StatusCode.UNAVAILABLE
@@ -168,6 +200,12 @@ class Unavailable(RmllmClientError):
 
 class VaultUnavailable(Unavailable):
     reason = "VAULT_UNAVAILABLE"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The vault's database is unavailable; retrying shortly helps."""
+
+    reason = "DATABASE_UNAVAILABLE"
 
 
 class ProviderUnavailable(Unavailable):
@@ -180,17 +218,17 @@ class UpstreamStreamTruncated(Unavailable):
     reason = "UPSTREAM_STREAM_TRUNCATED"
 
 
-class DeadlineExceeded(RmllmClientError):
+class DeadlineExceeded(RmllmClientError, code_class=True):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
 
 
-class Cancelled(RmllmClientError):
+class Cancelled(RmllmClientError, code_class=True):
     code = grpc.StatusCode.CANCELLED
     reason = "CANCELLED"
 
 
-class Internal(RmllmClientError):
+class Internal(RmllmClientError, code_class=True):
     code = grpc.StatusCode.INTERNAL
     reason = "INTERNAL"
 
@@ -201,7 +239,7 @@ class KeyDecryptionFailed(Internal):
     reason = "KEY_DECRYPTION_FAILED"
 
 
-class Unimplemented(RmllmClientError):
+class Unimplemented(RmllmClientError, code_class=True):
     code = grpc.StatusCode.UNIMPLEMENTED
     reason = "UNIMPLEMENTED"
 
@@ -211,48 +249,6 @@ class ProviderError(RmllmClientError):
 
     code = grpc.StatusCode.UNKNOWN
     reason = "PROVIDER_ERROR"
-
-
-_BY_CODE: dict[grpc.StatusCode, type[RmllmClientError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidRequest,
-        Unauthenticated,
-        PermissionDenied,
-        NotFound,
-        AlreadyExists,
-        FailedPrecondition,
-        ResourceExhausted,
-        Unavailable,
-        DeadlineExceeded,
-        Cancelled,
-        Internal,
-        Unimplemented,
-    )
-}
-
-_BY_REASON: dict[str, type[RmllmClientError]] = {
-    cls.reason: cls
-    for cls in (
-        InvalidRequest,
-        UnknownProvider,
-        Unauthenticated,
-        ServiceCredentialRequired,
-        ConfigNotFound,
-        KeyNotConfigured,
-        ProviderKeyInvalid,
-        RateLimited,
-        ProviderRateLimited,
-        ProviderQuotaExhausted,
-        VaultUnavailable,
-        ProviderUnavailable,
-        UpstreamStreamTruncated,
-        DeadlineExceeded,
-        KeyDecryptionFailed,
-        Internal,
-        ProviderError,
-    )
-}
 
 
 def error_class(code: grpc.StatusCode, reason: str) -> type[RmllmClientError]:

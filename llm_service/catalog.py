@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import logging
 
-import aiohttp
 from realmultillm.llm.v1 import llm_pb2
 
-from llm_service.adapters.base import Endpoint, ListedModel
-from llm_service.chat import AdapterLookup, credentials_for, stored_base_url
+from llm_service.adapters.base import ListedModel
 from llm_service.deadline import Deadline
+from llm_service.endpoints import EndpointResolver
 from llm_service.ratelimit import Limiter
-from llm_service.vault_client import VaultClient
 from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RateLimited, RmllmError, Unavailable
-from rmllm_common.registry import ModelSpec, ProviderSpec, Registry
+from rmllm_common.registry import ModelSpec, ProviderSpec
 from rmllm_common.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -74,25 +72,12 @@ def merge_listed(spec: ProviderSpec, listed: list[ListedModel]) -> list[llm_pb2.
 
 
 class Catalog:
-    """ListProviders and ListModels, minus authentication."""
+    """ListProviders and ListModels, minus the proto framing."""
 
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        vault: VaultClient,
-        adapters: AdapterLookup,
-        http: aiohttp.ClientSession,
-        limiter: Limiter,
-        allow_custom_base_url: bool,
-    ) -> None:
-        self._registry = registry
-        self._vault = vault
-        self._adapters = adapters
-        self._http = http
+    def __init__(self, endpoints: EndpointResolver, limiter: Limiter) -> None:
+        self._endpoints = endpoints
         self._limiter = limiter
-        self._allow_custom = allow_custom_base_url
-        specs = list(registry.providers.values())
+        specs = list(endpoints.registry.providers.values())
         self.providers = llm_pb2.ListProvidersResponse(providers=[provider_info(s) for s in specs])
         self._static = {
             s.id: llm_pb2.ListModelsResponse(
@@ -101,32 +86,27 @@ class Catalog:
             for s in specs
         }
 
-    async def authenticate(self, token: Secret, deadline: Deadline) -> None:
-        """Check that the caller is a known user (every RPC needs one)."""
-        await self._vault.authenticate(token, deadline)
-
     async def list_models(
         self, request: llm_pb2.ListModelsRequest, token: Secret, deadline: Deadline
     ) -> llm_pb2.ListModelsResponse:
         """Live models where possible, else the registry's."""
-        spec = self._registry.resolve(request.provider)
+        spec = self._endpoints.provider(request.provider)
         static = self._static[spec.id]
         if not spec.models_path:
-            await self._vault.authenticate(token, deadline)
+            await self._endpoints.authenticate(token, deadline)
             return static
         try:
-            credentials = await credentials_for(self._vault, spec, token, deadline)
+            account = await self._endpoints.stored(spec, token, deadline)
         except KeyNotConfigured:
             return static
-        endpoint = Endpoint(spec, stored_base_url(spec, credentials, self._allow_custom), credentials.api_key)
         try:
             # A live listing is a call on the user's provider account, like a TestKey
             # probe: it draws on the same per-user budget, and past it the registry answers.
-            await self._limiter.take(credentials.user_id)
+            await self._limiter.take(account.user_id)
         except (RateLimited, Unavailable):  # past the budget, or a fail-closed shared limiter that is down
             return static
         try:
-            listed = await self._adapters(spec).list_models(self._http, endpoint, deadline.remaining())
+            listed = await account.list_models(deadline.remaining())
         except DeadlineExceeded:
             raise
         except RmllmError as exc:

@@ -16,7 +16,7 @@ import sys
 from llm_service.server import build_server
 from llm_service.settings import DEFAULT_LISTEN, LLMSettings, SettingsError
 from rmllm_common import logs
-from rmllm_common.cli import add_serve_flags, child_argv, fail, run_serve, worker_count
+from rmllm_common.cli import add_serve_flags, child_argv, fail, run_serve
 from rmllm_common.workers import supervise
 
 
@@ -39,15 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = LLMSettings.from_env(
-            os.environ, listen=args.listen, data_dir=args.data_dir, log_level=args.log_level
+            os.environ,
+            listen=args.listen,
+            data_dir=args.data_dir,
+            log_level=args.log_level,
+            workers=args.workers,
         )
-        workers = worker_count(args.workers, os.environ)
-    except (SettingsError, ValueError, OSError) as exc:  # OSError: an unusable data directory
+    except (SettingsError, OSError) as exc:  # OSError: an unusable data directory
         return fail(str(exc))
     logs.configure(settings.log_level)
-    if workers > 1:
+    if settings.workers > 1:
         return supervise(
-            child_argv("llm_service.cli", args), settings.listen, workers, settings.grace_seconds
+            child_argv("llm_service.cli", args), settings.listen, settings.workers, settings.grace_seconds
         )
     return serve(settings)
 

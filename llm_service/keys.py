@@ -12,66 +12,45 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 from realmultillm.llm.v1 import llm_pb2
 
-from llm_service.adapters.base import Endpoint, ProbeOutcome
-from llm_service.chat import AdapterLookup, credentials_for, stored_base_url, take_before_vault
+from llm_service.adapters.base import ProbeOutcome
+from llm_service.chat import take_before_vault
 from llm_service.deadline import Deadline
+from llm_service.endpoints import EndpointResolver
 from llm_service.ratelimit import Limiter
-from llm_service.validation import check_api_key, check_base_url, raise_violations
-from llm_service.vault_client import VaultClient
+from llm_service.validation import check_api_key, raise_violations
 from rmllm_common.errors import FieldViolation
-from rmllm_common.registry import Registry
 from rmllm_common.secret import Secret
 
 
 class KeyTester:
     """The TestKey RPC, minus the proto framing."""
 
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        vault: VaultClient,
-        adapters: AdapterLookup,
-        http: aiohttp.ClientSession,
-        limiter: Limiter,
-        allow_custom_base_url: bool,
-    ) -> None:
-        self._registry = registry
-        self._vault = vault
-        self._adapters = adapters
-        self._http = http
+    def __init__(self, endpoints: EndpointResolver, limiter: Limiter) -> None:
+        self._endpoints = endpoints
         self._limiter = limiter
-        self._allow_custom = allow_custom_base_url
 
     async def test(
         self, request: llm_pb2.TestKeyRequest, token: Secret, deadline: Deadline
     ) -> llm_pb2.TestKeyResponse:
         """Probe the explicit or stored key and say what the provider thought of it."""
         api_key = Secret(request.api_key)
-        spec = self._registry.resolve(request.provider)
+        spec = self._endpoints.provider(request.provider)
         bad: list[FieldViolation] = []
         if api_key:
             check_api_key(api_key.reveal(), bad)
-        base_url = check_base_url(request.base_url, spec, self._allow_custom, bad)
+        base_url = self._endpoints.check_override(spec, request.base_url, bad)
         raise_violations(bad, spec.id)
-        charged = await take_before_vault(self._limiter, self._vault, token)
+        charged = await take_before_vault(self._limiter, self._endpoints, token)
         if api_key:
-            user_id = await self._vault.authenticate(token, deadline)
-            if charged != user_id:
-                await self._limiter.take(user_id)
-            endpoint = Endpoint(spec, base_url or spec.base_url, api_key)
+            account = await self._endpoints.explicit(spec, api_key, base_url, token, deadline)
         else:
-            credentials = await credentials_for(self._vault, spec, token, deadline)
-            if charged != credentials.user_id:
-                await self._limiter.take(credentials.user_id)
-            base_url = base_url or stored_base_url(spec, credentials, self._allow_custom)
-            endpoint = Endpoint(spec, base_url, credentials.api_key)
-        adapter = self._adapters(spec)
+            account = await self._endpoints.stored(spec, token, deadline, base_url=base_url)
+        if charged != account.user_id:
+            await self._limiter.take(account.user_id)
         started = time.perf_counter()
-        result = await adapter.probe_key(self._http, endpoint, deadline.remaining())
+        result = await account.probe_key(deadline.remaining())
         latency_ms = int((time.perf_counter() - started) * 1000)
         return llm_pb2.TestKeyResponse(
             valid=result.outcome is ProbeOutcome.VALID,

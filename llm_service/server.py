@@ -1,8 +1,7 @@
 """The LLM service's server factory: ``build_server(settings)`` returns a bound server.
 
-It creates the process-wide resources once (the vault channel and client with
-its watch stream, the aiohttp session, the limits: in memory or on Redis, the
-retry policy, the static catalog), wires
+It creates the process-wide resources once (the vault channel and client, the
+aiohttp session, the rate limiters, the retry policy, the static catalog), wires
 them into the servicer, and closes them in ``ServerHandle.on_stop`` after the
 server has drained. The adapter lookup is injected (tests pass scripted adapters);
 by default it is ``llm_service.adapters.adapter_for``, looked up at call time.
@@ -21,9 +20,11 @@ import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service.adapters.base import Adapter
+from llm_service.auth import AuthInterceptor
 from llm_service.catalog import Catalog
-from llm_service.chat import AdapterLookup, ChatService
+from llm_service.chat import ChatService
 from llm_service.deadline import Clock
+from llm_service.endpoints import AdapterLookup, EndpointResolver
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
 from llm_service.ratelimit import Limiter, LocalStreamSlots, RateLimiter, StreamSlots
@@ -150,36 +151,20 @@ async def build_server(
         retry_after_cap=settings.retry_after_cap_seconds,
         sleep=sleep,
     )
-    allow = settings.allow_custom_base_url
-    chat = ChatService(
+    endpoints = EndpointResolver(
         registry=registry,
         vault=vault,
         adapters=lookup,
         http=http,
-        limiter=limits.chat,
-        streams=limits.streams,
-        policy=policy,
-        allow_custom_base_url=allow,
+        allow_custom_base_url=settings.allow_custom_base_url,
     )
-    account_calls = limits.account_calls
-    keys = KeyTester(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
-    catalog = Catalog(
-        registry=registry,
-        vault=vault,
-        adapters=lookup,
-        http=http,
-        limiter=account_calls,
-        allow_custom_base_url=allow,
-    )
+    chat = ChatService(endpoints, limits.chat, limits.streams, policy)
+    keys = KeyTester(endpoints, limits.account_calls)
+    catalog = Catalog(endpoints, limits.account_calls)
 
-    server = new_server(max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS)
+    server = new_server(
+        [AuthInterceptor(vault, clock)], max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS
+    )
     servicer = LLMServicer(chat, keys, catalog, clock, max_answer_chars=settings.chat_max_answer_chars)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])

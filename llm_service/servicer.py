@@ -1,14 +1,14 @@
 """The LLMService servicer: proto framing around the chat, key and catalog services.
 
-Each method reads the caller's bearer token and deadline, delegates, and frames
-the answer; errors are raised as ``rmllm_common.errors`` and become statuses in the
+Each method takes the caller's token (admitted by ``auth.AuthInterceptor``) and
+deadline, delegates, and frames the answer, pricing a completion's usage from the
+registry. Errors are raised as ``rmllm_common.errors`` and become statuses in the
 server's error interceptor (no ``try`` ladders here). StreamChat forwards the
 shared event stream as deltas and one final ``done``, and closes it (and with it
-the upstream HTTP response) and gives back the caller's stream slot whatever way
-the call ends; Chat collects the same stream, at most ``max_answer_chars``
-characters of it (past that the upstream is closed and the call ends with
-UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends without its final event is
-never a success.
+the upstream HTTP response) whatever way the call ends; Chat collects the same
+stream, at most ``max_answer_chars`` characters of it (past that the upstream is
+closed and the call ends with UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends
+without its final event is never a success.
 """
 
 from __future__ import annotations
@@ -20,15 +20,55 @@ from typing import Any
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
-from llm_service.adapters.base import Finished, TextDelta
-from llm_service.auth import bearer_token
+from llm_service.adapters.base import ChatParams, Finished, TextDelta
+from llm_service.auth import current_token
 from llm_service.catalog import Catalog
-from llm_service.chat import ChatService, chat_response, done_message
+from llm_service.chat import ChatService
 from llm_service.deadline import Clock, Deadline
 from llm_service.keys import KeyTester
 from rmllm_common.errors import UpstreamResponseTooLarge, UpstreamStreamTruncated
+from rmllm_common.registry import ProviderSpec
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def usage_of(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_pb2.Usage:
+    """Token counts and their price (by the answering model, else the requested one)."""
+    usage = finished.usage
+    priced = finished.model if spec.model(finished.model) is not None else params.model
+    return llm_pb2.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
+        cost_usd=spec.cost(priced, usage.input_tokens, usage.output_tokens),
+    )
+
+
+def done_message(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_pb2.StreamChatResponse:
+    """StreamChat's last message."""
+    return llm_pb2.StreamChatResponse(
+        done=llm_pb2.StreamChatDone(
+            finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
+            usage=usage_of(spec, params, finished),
+            model=finished.model or params.model,
+            provider=spec.id,
+            response_id=finished.response_id,
+        )
+    )
+
+
+def chat_response(
+    spec: ProviderSpec, params: ChatParams, content: str, finished: Finished
+) -> llm_pb2.ChatResponse:
+    """Chat's answer."""
+    return llm_pb2.ChatResponse(
+        content=content,
+        finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
+        usage=usage_of(spec, params, finished),
+        model=finished.model or params.model,
+        provider=spec.id,
+        response_id=finished.response_id,
+    )
 
 
 def _truncated(provider: str) -> UpstreamStreamTruncated:
@@ -58,7 +98,7 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
 
     async def Chat(self, request: llm_pb2.ChatRequest, context: Context) -> llm_pb2.ChatResponse:
         deadline = self._deadline(context)
-        prepared = await self._chat.prepare(request, bearer_token(context), deadline)
+        prepared = await self._chat.prepare(request, current_token(), deadline)
         parts: list[str] = []
         size, limit = 0, self._max_answer_chars
         async with aclosing(self._chat.events(prepared, deadline)) as events:
@@ -74,14 +114,14 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
                         )
                     parts.append(event.text)
                 elif isinstance(event, Finished):
-                    return chat_response(prepared, "".join(parts), event)
+                    return chat_response(prepared.spec, prepared.params, "".join(parts), event)
         raise _truncated(prepared.spec.id)
 
     async def StreamChat(
         self, request: llm_pb2.StreamChatRequest, context: Context
     ) -> AsyncIterator[llm_pb2.StreamChatResponse]:
         deadline = self._deadline(context)
-        prepared = await self._chat.prepare(request, bearer_token(context), deadline)
+        prepared = await self._chat.prepare(request, current_token(), deadline)
         slot = await self._chat.stream_slot(prepared)
         try:
             async with aclosing(self._chat.events(prepared, deadline)) as events:
@@ -90,22 +130,21 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
                         if event.text:
                             yield llm_pb2.StreamChatResponse(delta=event.text)
                     elif isinstance(event, Finished):
-                        yield done_message(prepared, event)
+                        yield done_message(prepared.spec, prepared.params, event)
                         return
             raise _truncated(prepared.spec.id)
         finally:
             await slot.release()
 
     async def TestKey(self, request: llm_pb2.TestKeyRequest, context: Context) -> llm_pb2.TestKeyResponse:
-        return await self._keys.test(request, bearer_token(context), self._deadline(context))
+        return await self._keys.test(request, current_token(), self._deadline(context))
 
     async def ListProviders(
         self, request: llm_pb2.ListProvidersRequest, context: Context
     ) -> llm_pb2.ListProvidersResponse:
-        await self._catalog.authenticate(bearer_token(context), self._deadline(context))
-        return self._catalog.providers
+        return self._catalog.providers  # the auth interceptor has had the vault check the token
 
     async def ListModels(
         self, request: llm_pb2.ListModelsRequest, context: Context
     ) -> llm_pb2.ListModelsResponse:
-        return await self._catalog.list_models(request, bearer_token(context), self._deadline(context))
+        return await self._catalog.list_models(request, current_token(), self._deadline(context))

@@ -11,7 +11,6 @@ retry and cache knobs below. A rate of 0 turns that limit off (for benchmarks).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,69 +18,22 @@ from pathlib import Path
 
 from llm_service.http import KIB, MIB, UpstreamLimits
 from llm_service.netpolicy import DEFAULT_ALLOWED_ENDPOINT_NETWORKS, EndpointPolicy
+from rmllm_common import settings as parse
 from rmllm_common import state
 from rmllm_common.secret import Secret
 
+# The shared parsers (rmllm_common.settings), under the names this module reads them by.
+from rmllm_common.settings import SettingsError, check_address
+from rmllm_common.settings import flag as _flag
+from rmllm_common.settings import integer as _integer
+from rmllm_common.settings import number as _number
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAULT_ADDR = "127.0.0.1:50052"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_CREDENTIAL_CACHE_SECONDS = 60.0
 DEFAULT_CREDENTIAL_CACHE_SECONDS = 30.0
 REDIS_FAILURE_MODES = ("open", "closed")
 _REDIS_PREFIX = re.compile(r"^[A-Za-z0-9:._{}-]{0,64}$")
-_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
-
-
-class SettingsError(ValueError):
-    """A configuration problem, with a message saying how to fix it."""
-
-
-def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number from {low:g} to {high:g}, not {raw[:40]!r}") from None
-    if not math.isfinite(value) or not low <= value <= high:
-        raise SettingsError(f"{name} must be a number from {low:g} to {high:g}, not {raw[:40]!r}")
-    return value
-
-
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
-        raise SettingsError(f"{name} must be a whole number from {low} to {high}, not {raw[:40]!r}")
-    return int(raw)
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SettingsError(f"{name} must be 1 (on) or 0 (off), not {raw[:40]!r}")
-
-
-_TARGET_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")
-
-
-def check_address(name: str, value: str, *, targets: bool = False) -> str:
-    """``HOST:PORT`` (IPv6 in brackets) or a ``unix:`` path, else a SettingsError.
-
-    With ``targets``, gRPC name-resolver targets (``dns:///vault:50052``) are accepted too.
-    """
-    schemes = _TARGET_SCHEMES if targets else ("unix:",)
-    if any(value.startswith(s) and len(value) > len(s) for s in schemes):
-        return value
-    match = _ADDRESS.match(value)
-    if not match or int(match.group(2)) > 65535:
-        raise SettingsError(f"{name} must be HOST:PORT (for example 127.0.0.1:50052), not {value[:80]!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -94,6 +46,7 @@ class LLMSettings:
     allow_custom_base_url: bool = False
     grace_seconds: float = 10.0
     log_level: str = "info"
+    workers: int = 1
     # The vault: an upper bound per call (the caller's deadline, when shorter, wins).
     vault_timeout_seconds: float = 10.0
     credential_cache_seconds: float = DEFAULT_CREDENTIAL_CACHE_SECONDS
@@ -131,22 +84,13 @@ class LLMSettings:
         listen: str | None = None,
         data_dir: str | None = None,
         log_level: str | None = None,
+        workers: int | None = None,
     ) -> LLMSettings:
         """Read and validate settings; share the service credential file on first run."""
-        level = (log_level or env.get("RMLLM_LOG_LEVEL") or "info").strip().lower()
-        if level not in LOG_LEVELS:
-            raise SettingsError(f"RMLLM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level[:20]!r}")
+        level = parse.log_level(env, log_level)
         directory = Path(data_dir).expanduser() if data_dir else state.default_data_dir(env)
-        token, _ = state.service_token(env, directory)
-        if len(token) < 32:
-            raise SettingsError(
-                "RMLLM_SERVICE_TOKEN must be at least 32 characters; generate one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-            )
-        if any(c.isspace() or not c.isprintable() for c in token):
-            raise SettingsError("RMLLM_SERVICE_TOKEN must not contain whitespace or control characters")
         return cls(
-            service_token=Secret(token),
+            service_token=parse.service_credential(env, directory),
             listen=check_address("--listen", listen or env.get("RMLLM_LLM_LISTEN") or DEFAULT_LISTEN),
             vault_addr=check_address(
                 "RMLLM_VAULT_ADDR", env.get("RMLLM_VAULT_ADDR") or DEFAULT_VAULT_ADDR, targets=True
@@ -154,6 +98,7 @@ class LLMSettings:
             allow_custom_base_url=_flag(env, "RMLLM_ALLOW_CUSTOM_BASE_URL"),
             grace_seconds=_number(env, "RMLLM_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 3600.0),
             log_level=level,
+            workers=parse.workers(env, workers),
             vault_timeout_seconds=_number(env, "RMLLM_VAULT_TIMEOUT_SECONDS", 10.0, 0.1, 300.0),
             credential_cache_seconds=_number(
                 env,
@@ -171,14 +116,14 @@ class LLMSettings:
             testkey_rate_per_minute=_number(env, "RMLLM_TESTKEY_RATE_PER_MINUTE", 60.0, 0.0, 1e9),
             testkey_burst=_integer(env, "RMLLM_TESTKEY_BURST", 10, 1, 1_000_000),
             http_max_connections=_integer(env, "RMLLM_HTTP_MAX_CONNECTIONS", 8192, 1, 1_000_000),
+            endpoint_policy=_endpoint_policy(env),
+            upstream=_upstream_limits(env),
+            chat_max_answer_chars=_integer(env, "RMLLM_CHAT_MAX_ANSWER_CHARS", 2_000_000, 1, 100_000_000),
             max_concurrent_streams=_integer(env, "RMLLM_MAX_CONCURRENT_STREAMS", 100, 0, 1_000_000),
             stream_lease_seconds=_number(env, "RMLLM_STREAM_LEASE_SECONDS", 30.0, 1.0, 3600.0),
             redis_url=_redis_url(env),
             redis_prefix=_redis_prefix(env),
             redis_failure_mode=_choice(env, "RMLLM_REDIS_FAILURE_MODE", REDIS_FAILURE_MODES),
-            endpoint_policy=_endpoint_policy(env),
-            upstream=_upstream_limits(env),
-            chat_max_answer_chars=_integer(env, "RMLLM_CHAT_MAX_ANSWER_CHARS", 2_000_000, 1, 100_000_000),
         )
 
 
@@ -230,3 +175,6 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if raw not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {raw[:40]!r}")
     return raw
+
+
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_VAULT_ADDR", "LLMSettings", "SettingsError", "check_address"]

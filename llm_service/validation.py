@@ -13,7 +13,7 @@ base URL are checked by ``check_api_key`` and ``check_base_url``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llm_service.adapters.base import ChatParams, Message, Role
@@ -43,27 +43,25 @@ def _printable_word(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ChatInput:
-    """A valid chat request, before the caller's stored defaults are applied."""
+    """A valid chat request: its provider, and its parameters as the caller sent them.
+
+    In ``request`` the fields the caller left unset are still unset (model "",
+    temperature and max_tokens None); ``params`` fills them, once, for the adapter.
+    """
 
     spec: ProviderSpec
-    model: str
-    messages: tuple[Message, ...]
-    temperature: float | None
-    max_tokens: int | None
-    top_p: float | None
-    stop: tuple[str, ...]
+    request: ChatParams
 
     def params(
         self, default_model: str = "", temperature: float | None = None, max_tokens: int | None = None
     ) -> ChatParams:
         """Request fields win over the caller's settings, which win over the registry's defaults."""
-        return ChatParams(
-            model=self.model or default_model or self.spec.default_model,
-            messages=self.messages,
-            temperature=self.temperature if self.temperature is not None else temperature,
-            max_tokens=self.max_tokens or max_tokens or self.spec.default_max_tokens,
-            top_p=self.top_p,
-            stop=self.stop,
+        request = self.request
+        return replace(
+            request,
+            model=request.model or default_model or self.spec.default_model,
+            temperature=request.temperature if request.temperature is not None else temperature,
+            max_tokens=request.max_tokens or max_tokens or self.spec.default_max_tokens,
         )
 
 
@@ -143,7 +141,7 @@ def validate_chat(request: Any, registry: Registry) -> ChatInput:
         if not 1 <= len(sequence) <= MAX_STOP_CHARS:
             bad.append(FieldViolation(f"stop[{index}]", f"must be 1 to {MAX_STOP_CHARS} characters"))
     raise_violations(bad, spec.id)
-    return ChatInput(spec, model, messages, temperature, max_tokens, top_p, stop)
+    return ChatInput(spec, ChatParams(model, messages, temperature, max_tokens, top_p, stop))
 
 
 def check_api_key(api_key: str, bad: list[FieldViolation]) -> None:

@@ -6,12 +6,10 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from rmllm_common import logs
 from rmllm_common.server import ServerHandle
-from rmllm_common.workers import default_workers
 
 S = TypeVar("S")
 log = logging.getLogger(__name__)
@@ -34,22 +32,6 @@ def add_serve_flags(parser: argparse.ArgumentParser, default_listen: str) -> Non
     )
 
 
-def worker_count(flag: int | None, env: Mapping[str, str]) -> int:
-    """``--workers``, else ``RMLLM_WORKERS``, else the number of cores; at least 1."""
-    raw = flag if flag is not None else env.get("RMLLM_WORKERS", "").strip()
-    if raw in ("", None):
-        return default_workers()
-    try:
-        count = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"RMLLM_WORKERS must be a whole number from 1 to 256, not {str(raw)[:20]!r}"
-        ) from None
-    if not 1 <= count <= 256:
-        raise ValueError(f"--workers / RMLLM_WORKERS must be from 1 to 256, not {count}")
-    return count
-
-
 def child_argv(module: str, args: argparse.Namespace) -> list[str]:
     """The ``serve`` arguments a worker process gets (the supervisor adds --listen and --workers)."""
     argv = [module, "serve"]
@@ -58,11 +40,6 @@ def child_argv(module: str, args: argparse.Namespace) -> list[str]:
     if args.log_level:
         argv += ["--log-level", args.log_level]
     return argv
-
-
-def configure_logging(flag: str | None, env: Mapping[str, str]) -> None:
-    """JSON logs at ``--log-level``, else ``RMLLM_LOG_LEVEL``, else info."""
-    logs.configure(flag or env.get("RMLLM_LOG_LEVEL") or "info")
 
 
 def run_serve(

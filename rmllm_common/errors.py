@@ -7,6 +7,11 @@ these; exactly one place (``to_status``, used by the server interceptor in
 ``rmllm_common.server``) turns them into a ``google.rpc.Status`` with exactly one
 ``ErrorInfo``, plus ``RetryInfo`` and ``BadRequest`` where they apply. Messages
 must never contain a key, a token or the seed: build them from hints, not values.
+
+``REASONS`` is the one list of the contract's reasons: each with its gRPC code and
+the services that answer it. Every error class, every ``reason=`` a service passes,
+the client's classes (``clients.errors``) and the list in ``llm.proto`` are checked
+against it by tests (``tests/rmllm_common/test_error_contract.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,61 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "realmultillm"
+Code = grpc.StatusCode
+LLM, VAULT = "llm", "vault"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One ErrorInfo reason of the contract: its gRPC code, and who answers it over gRPC.
+
+    ``services`` is empty for reasons only the operator commands (``rmllm-vault``) print.
+    """
+
+    code: grpc.StatusCode
+    services: frozenset[str]
+
+
+def _reason(code: grpc.StatusCode, *services: str) -> Reason:
+    return Reason(code, frozenset(services))
+
+
+# The one table of reasons. Add a row here first; the tests then name what else must follow.
+REASONS: dict[str, Reason] = {
+    "INVALID_REQUEST": _reason(Code.INVALID_ARGUMENT, LLM, VAULT),
+    "UNKNOWN_PROVIDER": _reason(Code.INVALID_ARGUMENT, LLM, VAULT),
+    "MALFORMED_REQUEST": _reason(Code.INVALID_ARGUMENT, LLM, VAULT),
+    "TOKEN_INVALID": _reason(Code.UNAUTHENTICATED, LLM, VAULT),
+    "USER_DISABLED": _reason(Code.UNAUTHENTICATED, LLM, VAULT),
+    "SERVICE_CREDENTIAL_REQUIRED": _reason(Code.PERMISSION_DENIED, VAULT),
+    "METHOD_NOT_ALLOWED": _reason(Code.PERMISSION_DENIED, LLM, VAULT),
+    "MODEL_NOT_ALLOWED": _reason(Code.PERMISSION_DENIED, LLM),
+    "CONFIG_NOT_FOUND": _reason(Code.NOT_FOUND, VAULT),
+    "ALREADY_EXISTS": _reason(Code.ALREADY_EXISTS, VAULT),
+    "FAILED_PRECONDITION": _reason(Code.FAILED_PRECONDITION, LLM, VAULT),
+    "KEY_NOT_CONFIGURED": _reason(Code.FAILED_PRECONDITION, LLM, VAULT),
+    "PROVIDER_KEY_INVALID": _reason(Code.FAILED_PRECONDITION, LLM),
+    "CAPABILITY_UNSUPPORTED": _reason(Code.FAILED_PRECONDITION, LLM),
+    "RATE_LIMITED": _reason(Code.RESOURCE_EXHAUSTED, LLM),
+    "PROVIDER_RATE_LIMITED": _reason(Code.RESOURCE_EXHAUSTED, LLM),
+    "PROVIDER_QUOTA_EXHAUSTED": _reason(Code.RESOURCE_EXHAUSTED, LLM),
+    "UPSTREAM_RESPONSE_TOO_LARGE": _reason(Code.RESOURCE_EXHAUSTED, LLM),
+    "BUDGET_EXCEEDED": _reason(Code.RESOURCE_EXHAUSTED, LLM),
+    "UNAVAILABLE": _reason(Code.UNAVAILABLE),
+    "PROVIDER_UNAVAILABLE": _reason(Code.UNAVAILABLE, LLM),
+    "UPSTREAM_STREAM_TRUNCATED": _reason(Code.UNAVAILABLE, LLM),
+    "VAULT_UNAVAILABLE": _reason(Code.UNAVAILABLE, LLM),
+    "DATABASE_UNAVAILABLE": _reason(Code.UNAVAILABLE, VAULT),
+    "DEADLINE_EXCEEDED": _reason(Code.DEADLINE_EXCEEDED, LLM),
+    "INTERNAL": _reason(Code.INTERNAL, LLM, VAULT),
+    "KEY_DECRYPTION_FAILED": _reason(Code.INTERNAL, LLM, VAULT),
+    "UNIMPLEMENTED": _reason(Code.UNIMPLEMENTED, LLM, VAULT),
+    "PROVIDER_ERROR": _reason(Code.UNKNOWN, LLM),
+    # Operator commands only (rmllm-vault users/tokens).
+    "USER_NOT_FOUND": _reason(Code.NOT_FOUND),
+    "USER_EXISTS": _reason(Code.ALREADY_EXISTS),
+    "TOKEN_NOT_FOUND": _reason(Code.NOT_FOUND),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +241,18 @@ class ProviderError(RmllmError):
 
     code = grpc.StatusCode.UNKNOWN
     reason = "PROVIDER_ERROR"
+
+
+class MethodNotAllowed(PermissionDenied):
+    """A method missing from a service's access table: refused to every caller."""
+
+    reason = "METHOD_NOT_ALLOWED"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The vault's database cannot be reached or is locked; retrying shortly helps."""
+
+    reason = "DATABASE_UNAVAILABLE"
 
 
 def to_status(error: RmllmError) -> status_pb2.Status:

@@ -23,6 +23,8 @@ WireFormat = Literal["openai", "anthropic", "gemini"]
 AuthStyle = Literal["bearer", "x-api-key", "x-goog-api-key", "none"]
 _WIRE_FORMATS = ("openai", "anthropic", "gemini")
 _AUTH_STYLES = ("bearer", "x-api-key", "x-goog-api-key", "none")
+# Wire formats whose API refuses a request without max_tokens.
+_NEEDS_MAX_TOKENS = ("anthropic",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,8 @@ def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
         for m in raw.get("models", [])
     )
     default_max = raw.get("default_max_tokens")
+    if wire in _NEEDS_MAX_TOKENS and default_max is None:
+        raise ValueError(f"{where}: the {wire} API requires max_tokens, so set default_max_tokens")
     return ProviderSpec(
         id=pid,
         display_name=raw["display_name"],

@@ -148,15 +148,22 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
     return handler
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Sets the request id, and turns every exception into the contract's status.
+class MethodInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps the handler of each of our methods once (``wrap``).
 
-    The wrapped handler of a method is built once and reused for as long as the
-    next link of the chain hands back the same handler object.
+    Health and reflection pass untouched. The wrapped handler of a method is built
+    once and reused for as long as the next link of the chain hands back the same
+    handler object.
     """
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """``handler`` wrapped for ``method`` (None: the method is not served)."""
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -170,9 +177,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
+        wrapped = self.wrap(method, handler)
+        if wrapped is not None:
+            self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class ErrorInterceptor(MethodInterceptor):
+    """Sets the request id, and turns every exception into the contract's status."""
+
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return _wrap(method, handler)
 
 
 def new_server(

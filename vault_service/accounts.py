@@ -19,16 +19,16 @@ from typing import Any, Final
 
 import peewee as pw
 
+from rmllm_common import bearer
 from rmllm_common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
 from rmllm_common.secret import Secret
 from vault_service import audit
 from vault_service.database import Database
 from vault_service.invalidations import Kind, record_change
 
-TOKEN_PREFIX: Final = "rmk_"  # noqa: S105 - a prefix, not a secret
+TOKEN_PREFIX: Final = bearer.USER_TOKEN_PREFIX
 OPERATOR: Final = "operator"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_TOKEN_SHAPE = re.compile(r"^rmk_[A-Za-z0-9_-]{43}$")
 _AUTHENTICATE = (
     "SELECT u.id, u.name FROM tokens t JOIN users u ON u.id = t.user_id "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
@@ -66,7 +66,7 @@ class TokenInfo:
 
 def new_token() -> Secret:
     """A fresh user token: the prefix and 256 random bits."""
-    return Secret(TOKEN_PREFIX + secrets.token_urlsafe(32))
+    return bearer.new_user_token()
 
 
 def token_hash(token: str) -> str:
@@ -140,7 +140,7 @@ def create_token(db: Database, name: str) -> tuple[str, Secret]:
     with db.write():
         user = _user_by_name(db, name)
         if user.disabled:
-            raise FailedPrecondition(f"user {name!r} is disabled", reason="USER_DISABLED")
+            raise FailedPrecondition(f"user {name!r} is disabled")
         return _issue(db, user)
 
 
@@ -170,7 +170,7 @@ def revoke_token(db: Database, token_id: str) -> None:
 
 def plausible(token: str) -> bool:
     """Whether ``token`` has the shape of a user token (checked before any lookup)."""
-    return bool(_TOKEN_SHAPE.match(token))
+    return bearer.is_user_token(token)
 
 
 def authenticate(db: Database, token: str) -> Principal | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from enum import Enum
 from typing import Any, Final
@@ -21,7 +21,8 @@ from typing import Any, Final
 import grpc
 from realmultillm.vault.v1 import vault_pb2
 
-from rmllm_common.errors import PermissionDenied, TokenInvalid
+from rmllm_common.bearer import bearer_token
+from rmllm_common.errors import MethodNotAllowed, PermissionDenied, TokenInvalid
 from rmllm_common.secret import Secret
 from rmllm_common.server import is_standard_method
 from vault_service.accounts import Principal
@@ -65,18 +66,6 @@ def current_user() -> Principal:
     return user
 
 
-def bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The token of ``authorization: Bearer <token>``, or TOKEN_INVALID."""
-    for key, value in metadata or ():
-        if key.lower() == "authorization":
-            text = value.decode("latin-1") if isinstance(value, bytes) else value
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            raise TokenInvalid("the authorization metadata must be `Bearer <token>`")
-    raise TokenInvalid("missing authorization metadata: send `authorization: Bearer <token>`")
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every VaultService call before the servicer sees it."""
 
@@ -88,7 +77,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def _check(self, access: Access | None, metadata: Any) -> Principal | None:
-        token = bearer(metadata)
+        token = bearer_token(metadata).reveal()
         if access is Access.SERVICE:
             if not hmac.compare_digest(token.encode(), self._service_token):
                 raise PermissionDenied(
@@ -100,7 +89,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if user is None:
                 raise TokenInvalid("the token is unknown or revoked; ask the operator for a new one")
             return user
-        raise PermissionDenied("this method is not open to any caller", reason="METHOD_NOT_ALLOWED")
+        raise MethodNotAllowed("this method is not open to any caller")
 
     async def intercept_service(
         self,

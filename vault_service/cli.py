@@ -17,8 +17,9 @@ from collections.abc import Callable
 
 import peewee as pw
 
-from rmllm_common.cli import add_serve_flags, child_argv, configure_logging, fail, run_serve, worker_count
+from rmllm_common.cli import add_serve_flags, child_argv, fail, run_serve
 from rmllm_common.errors import RmllmError
+from rmllm_common.logs import configure as configure_logging
 from rmllm_common.workers import supervise
 from vault_service import accounts, audit, migrations, rewrap
 from vault_service.crypto import Keyring
@@ -140,11 +141,8 @@ def _audit(db: Database) -> int:
     return 0
 
 
-def _operate(args: argparse.Namespace) -> int:
-    with_secrets = args.command == "rewrap"
-    settings = VaultSettings.from_env(
-        os.environ, data_dir=args.data_dir, with_secrets=with_secrets, generate_seed=False
-    )
+def _operate(args: argparse.Namespace, base: VaultSettings) -> int:
+    settings = base.with_secrets(os.environ, generate_seed=False) if args.command == "rewrap" else base
     db = Database(settings.effective_database_url)
     try:
         migrations.migrate(db)
@@ -162,17 +160,24 @@ def _operate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rmllm-vault``."""
     args = parser().parse_args(argv)
-    configure_logging(getattr(args, "log_level", None), os.environ)
     try:
+        base = VaultSettings.from_env(
+            os.environ,
+            listen=getattr(args, "listen", None),
+            data_dir=args.data_dir,
+            with_secrets=False,
+            log_level=getattr(args, "log_level", None),
+            workers=getattr(args, "workers", None),
+        )
+        configure_logging(base.log_level)
         if args.command == "serve":
-            settings = VaultSettings.from_env(os.environ, listen=args.listen, data_dir=args.data_dir)
-            workers = worker_count(args.workers, os.environ)
-            if workers > 1:
+            settings = base.with_secrets(os.environ)
+            if settings.workers > 1:
                 prepare_database(settings)
                 argv = child_argv("vault_service.cli", args)
-                return supervise(argv, settings.listen, workers, settings.grace_seconds)
+                return supervise(argv, settings.listen, settings.workers, settings.grace_seconds)
             return run_serve(settings, settings.listen, settings.grace_seconds, build_server)
-        return _operate(args)
+        return _operate(args, base)
     except (SettingsError, DatabaseUrlError, migrations.SchemaTooNew, PermissionError, ValueError) as exc:
         return fail(str(exc))
     except RmllmError as exc:

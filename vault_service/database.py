@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import peewee as pw
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
-from rmllm_common.errors import Unavailable
+from rmllm_common.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -224,9 +224,7 @@ class Database:
         except (pw.OperationalError, pw.InterfaceError) as exc:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             log.error("database call failed: %s", first_line, extra={"event": "database_error"})
-            raise Unavailable(
-                "the vault database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"
-            ) from exc
+            raise DatabaseUnavailable("the vault database is unavailable; retry shortly") from exc
 
     def write(self) -> Any:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""

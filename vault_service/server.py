@@ -15,6 +15,7 @@ import logging
 import peewee as pw
 from realmultillm.vault.v1 import vault_pb2_grpc
 
+from rmllm_common.registry import Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
 from vault_service import accounts, migrations
 from vault_service.auth import SERVICE_NAME, AuthInterceptor
@@ -74,17 +75,17 @@ def prepare_database(settings: VaultSettings) -> None:
         db.close()
 
 
-async def build_server(settings: VaultSettings) -> ServerHandle:
+async def build_server(settings: VaultSettings, *, registry: Registry | None = None) -> ServerHandle:
     """A vault server bound to ``settings.listen`` (port 0 picks a free port)."""
     db = Database(settings.effective_database_url)
     try:
-        return await _assemble(settings, db)
+        return await _assemble(settings, db, registry or default_registry())
     except BaseException:
         await asyncio.to_thread(db.close)
         raise
 
 
-async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
+async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -> ServerHandle:
     applied = await asyncio.to_thread(migrations.migrate, db)
     if applied:
         log.info("database schema migrated", extra={"versions": ",".join(map(str, applied))})
@@ -101,7 +102,9 @@ async def _assemble(settings: VaultSettings, db: Database) -> ServerHandle:
     hub = InvalidationHub(db)
     await hub.start()
     server = new_server([AuthInterceptor(settings.service_token, authenticate)])
-    servicer = VaultServicer(db, keyring, hub, allow_custom_base_url=settings.allow_custom_base_url)
+    servicer = VaultServicer(
+        db, keyring, hub, registry=registry, allow_custom_base_url=settings.allow_custom_base_url
+    )
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
 

@@ -19,6 +19,7 @@ from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from rmllm_common import requestctx
 from rmllm_common.errors import TokenInvalid, Unimplemented, invalid
+from rmllm_common.registry import Registry
 from vault_service import accounts, configs, validation
 from vault_service.auth import current_user
 from vault_service.crypto import Keyring
@@ -78,17 +79,24 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     """The seven VaultService RPCs over one database and keyring."""
 
     def __init__(
-        self, db: Database, keyring: Keyring, hub: InvalidationHub, *, allow_custom_base_url: bool
+        self,
+        db: Database,
+        keyring: Keyring,
+        hub: InvalidationHub,
+        *,
+        registry: Registry,
+        allow_custom_base_url: bool,
     ) -> None:
         self._db = db
         self._hub = hub
         self._keyring = keyring
+        self._registry = registry
         self._allow_custom = allow_custom_base_url
 
     async def PutProviderConfig(
         self, request: vault_pb2.PutProviderConfigRequest, context: Context
     ) -> vault_pb2.PutProviderConfigResponse:
-        spec = validation.provider(request.provider)
+        spec = validation.provider(self._registry, request.provider)
         key = validation.api_key(request.api_key, spec)
         url = validation.base_url(request.base_url, spec, self._allow_custom)
         chat_settings = validation.settings(request.settings, spec)
@@ -103,7 +111,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     async def UpdateProviderConfig(
         self, request: vault_pb2.UpdateProviderConfigRequest, context: Context
     ) -> vault_pb2.UpdateProviderConfigResponse:
-        spec = validation.provider(request.config.provider, "config.provider")
+        spec = validation.provider(self._registry, request.config.provider, "config.provider")
         changes = validation.changes(request, spec, self._allow_custom)
         user = current_user()
         record = await self._db.run(
@@ -114,7 +122,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     async def GetProviderConfig(
         self, request: vault_pb2.GetProviderConfigRequest, context: Context
     ) -> vault_pb2.GetProviderConfigResponse:
-        spec = validation.provider(request.provider)
+        spec = validation.provider(self._registry, request.provider)
         record = await self._db.run(configs.get, self._db, current_user().user_id, spec.id)
         return vault_pb2.GetProviderConfigResponse(config=to_proto(record))
 
@@ -127,14 +135,14 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     async def DeleteProviderConfig(
         self, request: vault_pb2.DeleteProviderConfigRequest, context: Context
     ) -> vault_pb2.DeleteProviderConfigResponse:
-        spec = validation.provider(request.provider)
+        spec = validation.provider(self._registry, request.provider)
         await self._db.run(configs.delete, self._db, current_user().user_id, spec.id, requestctx.request_id())
         return vault_pb2.DeleteProviderConfigResponse(provider=spec.id)
 
     async def ResolveCredentials(
         self, request: vault_pb2.ResolveCredentialsRequest, context: Context
     ) -> vault_pb2.ResolveCredentialsResponse:
-        spec = validation.provider(request.provider)
+        spec = validation.provider(self._registry, request.provider)
         if request.request_id and not _REQUEST_ID.match(request.request_id):
             raise invalid("request_id", "at most 128 characters: letters, digits and . _ : -")
         if not request.user_token:

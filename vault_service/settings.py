@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from rmllm_common import settings as parse
 from rmllm_common import state
 from rmllm_common.secret import Secret
+from rmllm_common.settings import SettingsError
 from vault_service import seed as seed_policy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
 DATABASE_FILE = "vault.sqlite3"
-
-
-class SettingsError(ValueError):
-    """A configuration problem, with a message saying how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,8 @@ class VaultSettings:
     database_url: str = ""
     allow_custom_base_url: bool = False
     grace_seconds: float = 10.0
+    log_level: str = "info"
+    workers: int = 1
     # Set when this start generated the seed file (first run).
     generated_seed_file: Path | None = None
 
@@ -58,6 +58,8 @@ class VaultSettings:
         data_dir: str | None = None,
         with_secrets: bool = True,
         generate_seed: bool = True,
+        log_level: str | None = None,
+        workers: int | None = None,
     ) -> VaultSettings:
         """Read and validate settings; generate the embedded defaults on first run.
 
@@ -66,45 +68,28 @@ class VaultSettings:
         ``generate_seed=False`` (``rewrap``) refuses to run without an existing seed.
         """
         directory = state.ensure_dir(Path(data_dir).expanduser() if data_dir else state.default_data_dir(env))
-        try:
-            grace = float(env.get("RMLLM_SHUTDOWN_GRACE_SECONDS", "10"))
-        except ValueError as exc:
-            raise SettingsError("RMLLM_SHUTDOWN_GRACE_SECONDS must be a number of seconds") from exc
         base = cls(
             data_dir=directory,
-            listen=listen or env.get("RMLLM_VAULT_LISTEN", DEFAULT_LISTEN),
+            listen=parse.check_address("--listen", listen or env.get("RMLLM_VAULT_LISTEN") or DEFAULT_LISTEN),
             database_url=env.get("RMLLM_DATABASE_URL", "").strip(),
-            allow_custom_base_url=env.get("RMLLM_ALLOW_CUSTOM_BASE_URL", "") == "1",
-            grace_seconds=grace,
+            allow_custom_base_url=parse.flag(env, "RMLLM_ALLOW_CUSTOM_BASE_URL"),
+            grace_seconds=parse.number(env, "RMLLM_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 3600.0),
+            log_level=parse.log_level(env, log_level),
+            workers=parse.workers(env, workers),
         )
-        if not with_secrets:
-            return base
-        seed, generated = _seed(env, directory, generate_seed)
-        return cls(
-            data_dir=directory,
-            service_token=_service_token(env, directory),
+        return base.with_secrets(env, generate_seed=generate_seed) if with_secrets else base
+
+    def with_secrets(self, env: Mapping[str, str], *, generate_seed: bool = True) -> VaultSettings:
+        """These settings with the service credential and the seeds read (see ``from_env``)."""
+        service_token = parse.service_credential(env, self.data_dir)
+        seed, generated = _seed(env, self.data_dir, generate_seed)
+        return replace(
+            self,
+            service_token=service_token,
             seed=seed,
             generated_seed_file=generated,
             old_seeds=_old_seeds(env),
-            listen=base.listen,
-            database_url=base.database_url,
-            allow_custom_base_url=base.allow_custom_base_url,
-            grace_seconds=base.grace_seconds,
         )
-
-
-def _service_token(env: Mapping[str, str], directory: Path) -> Secret:
-    token, created = state.service_token(env, directory)
-    if created:
-        log.info(
-            "generated the service credential", extra={"path": str(directory / state.SERVICE_TOKEN_FILE)}
-        )
-    if len(token) < 32:
-        raise SettingsError(
-            "RMLLM_SERVICE_TOKEN must be at least 32 characters; generate one with: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
-    return Secret(token)
 
 
 def _seed(env: Mapping[str, str], directory: Path, generate: bool) -> tuple[Secret, Path | None]:
@@ -149,3 +134,6 @@ def _old_seeds(env: Mapping[str, str]) -> tuple[Secret, ...]:
         except seed_policy.WeakSeed as exc:
             raise SettingsError(str(exc)) from exc
     return tuple(Secret(v) for v in olds)
+
+
+__all__ = ["DEFAULT_LISTEN", "SettingsError", "VaultSettings"]

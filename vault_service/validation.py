@@ -19,7 +19,7 @@ from realmultillm.vault.v1 import vault_pb2
 
 from rmllm_common import urls
 from rmllm_common.errors import invalid
-from rmllm_common.registry import ProviderSpec, default_registry
+from rmllm_common.registry import ProviderSpec, Registry
 from rmllm_common.secret import Secret
 from vault_service.configs import Changes, Settings
 
@@ -41,9 +41,9 @@ def _has_control_or_space(text: str) -> bool:
     return any(c.isspace() or unicodedata.category(c).startswith("C") for c in text)
 
 
-def provider(name: str, field: str = "provider") -> ProviderSpec:
+def provider(registry: Registry, name: str, field: str = "provider") -> ProviderSpec:
     """The registry entry for an id or alias."""
-    return default_registry().resolve(name, field)
+    return registry.resolve(name, field)
 
 
 def api_key(key: str, spec: ProviderSpec, field: str = "api_key") -> Secret:

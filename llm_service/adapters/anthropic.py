@@ -1,9 +1,9 @@
 """The Anthropic Messages wire format.
 
 ``POST {base_url}/messages`` with the registry's headers (``anthropic-version``)
-and ``x-api-key``. System messages go in the top-level ``system``; ``max_tokens``
-is always sent (the request's, else ``spec.default_max_tokens``), since the API
-requires it. Stream events: ``message_start`` (id, model, input tokens),
+and ``x-api-key``. System messages go in the top-level ``system``. The API requires
+``max_tokens``; the registry must give this format a ``default_max_tokens``, so the
+resolved parameters always carry one. Stream events: ``message_start`` (id, model, input tokens),
 ``content_block_delta`` (only ``text_delta`` is answer text; thinking and
 signature deltas are not), ``message_delta`` (``stop_reason``, and
 ``usage.output_tokens`` as the final total, not an increment), ``message_stop``
@@ -33,7 +33,6 @@ from llm_service.adapters.errors import from_stream_error, unexpected_shapes
 from llm_service.adapters.exchange import EventStream, load_event
 from rmllm_common.errors import UpstreamStreamTruncated
 
-FALLBACK_MAX_TOKENS = 4096  # the API requires max_tokens; used only if the registry gives none
 STOP_REASONS = {
     "end_turn": FinishReason.STOP,
     "stop_sequence": FinishReason.STOP,
@@ -46,17 +45,12 @@ STOP_REASONS = {
 
 def build_body(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
     """The JSON request body for a chat."""
-    spec = endpoint.spec
     system = [m.content for m in params.messages if m.role == "system"]
-    max_tokens = params.max_tokens
-    if max_tokens is None:
-        max_tokens = spec.default_max_tokens or FALLBACK_MAX_TOKENS
-    body: dict[str, Any] = {
-        "model": params.model,
-        "max_tokens": max_tokens,
-        "messages": [{"role": m.role, "content": m.content} for m in params.messages if m.role != "system"],
-        "stream": True,
-    }
+    body: dict[str, Any] = {"model": params.model}
+    if params.max_tokens is not None:  # always set: the registry gives this format a default
+        body["max_tokens"] = params.max_tokens
+    body["messages"] = [{"role": m.role, "content": m.content} for m in params.messages if m.role != "system"]
+    body["stream"] = True
     if system:
         body["system"] = "\n\n".join(system)
     if params.temperature is not None:

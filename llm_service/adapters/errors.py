@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import re
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
@@ -46,6 +48,8 @@ from rmllm_common.errors import (
     UpstreamStreamTruncated,
 )
 from rmllm_common.registry import ProviderSpec
+
+log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 300
 _MAX_SCANNED = 4096  # characters of provider text looked at before redaction
@@ -351,6 +355,16 @@ def unexpected_shapes(spec: ProviderSpec) -> Iterator[None]:
     try:
         yield
     except (AttributeError, TypeError, KeyError, ValueError, RecursionError) as e:
+        # Either the provider changed its format or the adapter has a bug: either way an
+        # operator must see it. The traceback names the code; the exception's own text is
+        # left out, since it may quote the provider's data.
+        log.error(
+            "%s stream event of an unexpected shape: %s in the adapter; answered PROVIDER_ERROR\n%s",
+            spec.display_name,
+            type(e).__name__,
+            "".join(traceback.format_tb(e.__traceback__)).rstrip(),
+            extra={"provider": spec.id, "event": "adapter_unexpected_shape", "exception": type(e).__name__},
+        )
         raise ProviderError(
             f"{spec.display_name} sent a stream event of an unexpected shape ({type(e).__name__})",
             provider=spec.id,

@@ -54,7 +54,6 @@ def model_path(model: str) -> str:
 
 def build_body(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
     """The JSON request body for a chat."""
-    max_tokens = params.max_tokens if params.max_tokens is not None else endpoint.spec.default_max_tokens
     body: dict[str, Any] = {
         "contents": [
             {"role": _ROLES[m.role], "parts": [{"text": m.content}]}
@@ -68,8 +67,8 @@ def build_body(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if params.temperature is not None:
         config["temperature"] = params.temperature
-    if max_tokens is not None:
-        config["maxOutputTokens"] = max_tokens
+    if params.max_tokens is not None:
+        config["maxOutputTokens"] = params.max_tokens
     if params.top_p is not None:
         config["topP"] = params.top_p
     if params.stop:

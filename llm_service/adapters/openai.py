@@ -52,9 +52,8 @@ def build_body(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    max_tokens = params.max_tokens if params.max_tokens is not None else spec.default_max_tokens
-    if max_tokens is not None:
-        body[spec.max_tokens_field] = max_tokens
+    if params.max_tokens is not None:
+        body[spec.max_tokens_field] = params.max_tokens
     if params.temperature is not None:
         body["temperature"] = params.temperature
     if params.top_p is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -14,37 +15,42 @@ from clients import Client, RmllmClientError
 from clients.channels import SERVICE_CONFIG
 from rmllm_common import errors
 
-# (server error, the client class it must become)
+
+def _subclasses(cls: Any) -> list[Any]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+def _client_class(reason: str, code: grpc.StatusCode) -> type[RmllmClientError]:
+    """The client class declaring ``reason`` for ``code`` (found among all of them)."""
+    found: list[type[RmllmClientError]] = [
+        c for c in _subclasses(RmllmClientError) if c.__dict__.get("reason") == reason and c.code == code
+    ]
+    assert len(found) == 1, (reason, found)
+    return found[0]
+
+
+def _server_error(cls: type[errors.RmllmError]) -> errors.RmllmError:
+    """One error of each class, with the details a caller reads."""
+    return cls(f"{cls.__name__} happened", provider="openai", retry_after=2.5)
+
+
+# (server error, the client class it must become): every server class, from the code.
 CASES: list[tuple[errors.RmllmError, type[RmllmClientError]]] = [
-    (errors.InvalidRequest("bad"), clients.InvalidRequest),
-    (errors.UnknownProvider("who?"), clients.UnknownProvider),
-    (errors.TokenInvalid("no"), clients.Unauthenticated),
-    (errors.PermissionDenied("service only"), clients.ServiceCredentialRequired),
-    (errors.NotFound("none"), clients.ConfigNotFound),
-    (errors.KeyNotConfigured("none", provider="openai"), clients.KeyNotConfigured),
-    (errors.ProviderKeyInvalid("401", provider="openai"), clients.ProviderKeyInvalid),
-    (errors.RateLimited("slow down", retry_after=2.5), clients.RateLimited),
-    (errors.ProviderRateLimited("429", provider="openai", retry_after=7), clients.ProviderRateLimited),
-    (errors.ProviderQuotaExhausted("no credit", provider="openai"), clients.ProviderQuotaExhausted),
-    (errors.ProviderUnavailable("503", provider="openai"), clients.ProviderUnavailable),
-    (errors.UpstreamStreamTruncated("cut", provider="openai"), clients.UpstreamStreamTruncated),
-    (errors.VaultUnavailable("vault down"), clients.VaultUnavailable),
-    (errors.DeadlineExceeded("late"), clients.DeadlineExceeded),
-    (errors.KeyDecryptionFailed("seed changed", provider="openai"), clients.KeyDecryptionFailed),
-    (errors.Internal("boom"), clients.Internal),
-    (errors.ProviderError("odd", provider="openai"), clients.ProviderError),
-    (errors.Unimplemented("later"), clients.Unimplemented),
+    (_server_error(cls), _client_class(cls.reason, cls.code))
+    for cls in sorted(set(_subclasses(errors.RmllmError)), key=lambda c: c.__name__)
+] + [
     # Reasons the client does not know fall back to the class of the code.
     (errors.Unavailable("x", reason="SOMETHING_NEW"), clients.Unavailable),
     (errors.FailedPrecondition("x", reason="CONFIG_INACTIVE"), clients.FailedPrecondition),
     (errors.ResourceExhausted("x", reason="TOO_BIG"), clients.ResourceExhausted),
-    (errors.AlreadyExists("x"), clients.AlreadyExists),
     # A reason whose usual code disagrees with the status code: the code wins.
     (errors.Internal("x", reason="KEY_NOT_CONFIGURED"), clients.Internal),
 ]
 
 
-@pytest.mark.parametrize(("server_error", "expected"), CASES, ids=[e.reason for e, _ in CASES])
+@pytest.mark.parametrize(
+    ("server_error", "expected"), CASES, ids=[f"{type(e).__name__}-{e.reason}" for e, _ in CASES]
+)
 def test_reason_selects_the_class(
     client: Client, fake: FakeServers, server_error: errors.RmllmError, expected: type[RmllmClientError]
 ) -> None:

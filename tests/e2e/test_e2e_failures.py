@@ -7,9 +7,12 @@ import json
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from fakes import transcripts
 from fakes.harness import KEYS
+from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
+from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 from testkit import grpcurl
 from testkit.stack import Stack
 
@@ -118,3 +121,33 @@ def test_grpcurl_shows_error_info(stack: Stack, token: str) -> None:
     ]
     assert details and details[0]["reason"] == "KEY_NOT_CONFIGURED"
     assert details[0]["domain"] == "realmultillm" and details[0]["metadata"]["provider"] == "google"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("authorization", "Basic abc"),),
+        (("authorization", "Bearer "),),
+        (("authorization", "Bearer a b"),),
+    ],
+    ids=["missing", "not-bearer", "empty", "spaces"],
+)
+def test_both_services_refuse_a_bad_bearer_with_one_message(
+    stack: Stack, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    answers = []
+    with grpc.insecure_channel(stack.llm.address) as llm, grpc.insecure_channel(stack.vault.address) as vault:
+        for call in (
+            lambda: llm_pb2_grpc.LLMServiceStub(llm).ListProviders(
+                llm_pb2.ListProvidersRequest(), metadata=metadata, timeout=10
+            ),
+            lambda: vault_pb2_grpc.VaultServiceStub(vault).ListProviderConfigs(
+                vault_pb2.ListProviderConfigsRequest(), metadata=metadata, timeout=10
+            ),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            answers.append((caught.value.code(), caught.value.details()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == grpc.StatusCode.UNAUTHENTICATED

@@ -171,6 +171,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "RMLLM_VAULT_SEED": SEED,
             "RMLLM_SERVICE_TOKEN": SERVICE_TOKEN,
             "RMLLM_ALLOW_CUSTOM_BASE_URL": "1",
+            "RMLLM_ALLOWED_ENDPOINT_NETWORKS": "127.0.0.0/8",  # the fake provider on loopback
             "RMLLM_RETRY_ATTEMPTS": "1",
             "RMLLM_REDIS_URL": SHARED_URL,
             "RMLLM_REDIS_PREFIX": prefix,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from fakes.server import FakeProvider
 from llm_service.adapters.base import ChatEvent, ChatParams, Endpoint, Finished, Message, TextDelta
+from llm_service.validation import ChatInput
 from rmllm_common.errors import RmllmError
 from rmllm_common.registry import default_registry
 from rmllm_common.secret import Secret
@@ -38,7 +39,7 @@ def endpoint(fake: FakeProvider, provider: str, key: str | None = None) -> Endpo
 
 
 def params(provider: str, **changes: object) -> ChatParams:
-    """A small chat with a system message, for ``provider``'s default model."""
+    """A small chat with a system message, for ``provider``'s default model, resolved."""
     spec = default_registry().providers[provider]
     fields: dict[str, object] = {
         "model": spec.default_model,
@@ -50,7 +51,8 @@ def params(provider: str, **changes: object) -> ChatParams:
         ),
     }
     fields.update(changes)
-    return ChatParams(**fields)  # type: ignore[arg-type]
+    # Resolved as the service resolves a request, so the registry's defaults apply.
+    return ChatInput(spec, ChatParams(**fields)).params()  # type: ignore[arg-type]
 
 
 @dataclass

@@ -5,6 +5,8 @@ The request each provider receives, and each trap of the format with its own tes
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 import pytest
 from fakes import FakeProvider, Scenario
@@ -13,8 +15,10 @@ from fakes.harness import KEYS, Collected, collect, endpoint, params
 from llm_service.adapters import adapter_for
 from llm_service.adapters.base import FinishReason, Usage
 from rmllm_common import errors
+from rmllm_common.registry import default_registry
 
-OPENAI_FORMAT = ["github", "grok", "llama", "openai", "openrouter"]
+# Every provider the registry serves with the OpenAI wire format.
+OPENAI_FORMAT = sorted(p for p, spec in default_registry().providers.items() if spec.wire_format == "openai")
 PATHS = {
     "openai": "/v1/chat/completions",
     "openrouter": "/api/v1/chat/completions",
@@ -192,3 +196,21 @@ async def test_only_the_first_choice_is_the_answer(fake: FakeProvider, http: aio
     out = await run(fake, http, "openai", Scenario(body=chunk, headers={"Content-Type": "text/event-stream"}))
     assert out.text == "first"
     assert out.finished is not None and out.finished.finish_reason is FinishReason.STOP
+
+
+async def test_an_event_of_unexpected_shape_is_logged_as_an_adapter_bug(
+    fake: FakeProvider, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = b'data: {"choices": "SHAPE-MARKER"}\n\ndata: [DONE]\n\n'
+    with caplog.at_level(logging.ERROR, logger="llm_service.adapters.errors"):
+        out = await run(
+            fake, http, "openai", Scenario(body=body, headers={"Content-Type": "text/event-stream"})
+        )
+    assert isinstance(out.error, errors.ProviderError)
+    assert out.error.reason == "PROVIDER_ERROR"
+    [record] = [r for r in caplog.records if getattr(r, "event", "") == "adapter_unexpected_shape"]
+    assert record.levelno == logging.ERROR
+    assert (record.provider, record.exception) == ("openai", "AttributeError")  # type: ignore[attr-defined]
+    logged = record.getMessage()
+    assert "openai.py" in logged and "stream_chat" in logged  # the traceback names the adapter code
+    assert "SHAPE-MARKER" not in logged and KEYS["openai"] not in logged

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from realmultillm.llm.v1 import llm_pb2
-from testkit.llm_harness import ALICE_OPENAI_KEY, LLMHarness, auth, llm_harness, rich_error
+from testkit.llm_harness import ALICE_OPENAI_KEY, LLMHarness, auth, llm_harness, rich_error, user_token
 
 from llm_service.adapters.base import ListedModel
 from rmllm_common import errors
@@ -36,7 +36,7 @@ async def test_list_providers_is_the_registry(llm: LLMHarness) -> None:
 
 async def test_list_providers_needs_a_known_token(llm: LLMHarness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await llm.stub.ListProviders(llm_pb2.ListProvidersRequest(), metadata=auth("rmk_unknown_0000"))
+        await llm.stub.ListProviders(llm_pb2.ListProvidersRequest(), metadata=auth(user_token("unknown")))
     assert rich_error(caught.value).reason == "TOKEN_INVALID"
 
 
@@ -86,7 +86,7 @@ async def test_list_models_errors(llm: LLMHarness) -> None:
     assert rich_error(caught.value).reason == "UNKNOWN_PROVIDER"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await llm.stub.ListModels(
-            llm_pb2.ListModelsRequest(provider="openai"), metadata=auth("rmk_unknown_0000")
+            llm_pb2.ListModelsRequest(provider="openai"), metadata=auth(user_token("unknown"))
         )
     assert rich_error(caught.value).reason == "TOKEN_INVALID"
 

@@ -16,6 +16,7 @@ from testkit.llm_harness import (
     chat_request,
     rich_error,
     stream_request,
+    user_token,
 )
 from testkit.llm_scripted import answer, finished
 
@@ -189,10 +190,10 @@ async def test_missing_or_malformed_token_is_refused_without_the_vault(
 
 async def test_unknown_token_is_unauthenticated(llm: LLMHarness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await llm.stub.Chat(chat_request(), metadata=auth("rmk_nobody_000000"))
+        await llm.stub.Chat(chat_request(), metadata=auth(user_token("nobody")))
     error = rich_error(caught.value)
     assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")
-    assert "rmk_nobody" not in error.message
+    assert "nobody" not in error.message
     assert llm.adapter.calls == []
 
 

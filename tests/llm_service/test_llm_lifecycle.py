@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
-from testkit.llm_harness import auth, chat_request, llm_harness, stream_request
+from realmultillm.llm.v1 import llm_pb2
+from testkit.llm_harness import LLMHarness, auth, chat_request, llm_harness, stream_request
 from testkit.llm_scripted import STALL, Gate, ScriptedAdapter, finished
 
 from llm_service.adapters.base import TextDelta
@@ -51,6 +53,17 @@ async def test_cancelling_a_chat_closes_the_upstream() -> None:
         await asyncio.wait_for(adapter.closed_event.wait(), 10)
 
 
+async def refused_before(llm: LLMHarness, deadline: float) -> bool:
+    """Whether a new (side-effect-free) call is refused before ``deadline`` (monotonic seconds)."""
+    while time.monotonic() < deadline:
+        try:
+            await llm.stub.ListProviders(llm_pb2.ListProvidersRequest(), metadata=auth(), timeout=2)
+        except grpc.aio.AioRpcError:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 async def test_in_flight_stream_finishes_within_the_grace_period() -> None:
     gate = Gate()
     adapter = ScriptedAdapter(scripts=[[TextDelta("before"), gate, TextDelta(" after"), finished()]])
@@ -59,8 +72,8 @@ async def test_in_flight_stream_finishes_within_the_grace_period() -> None:
         assert (await call.read()).delta == "before"
         await gate.reached.wait()
         stopping = asyncio.ensure_future(llm.handle.stop(10))
-        await asyncio.sleep(0.05)
-        # New calls are refused while draining...
+        # New calls are refused while draining (polled: the stop takes effect when it runs)...
+        assert await refused_before(llm, time.monotonic() + 10)
         with pytest.raises(grpc.aio.AioRpcError):
             await llm.stub.Chat(chat_request(), metadata=auth(), timeout=2)
         gate.open()

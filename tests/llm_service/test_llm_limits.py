@@ -9,7 +9,16 @@ from __future__ import annotations
 import grpc
 import pytest
 from realmultillm.llm.v1 import llm_pb2
-from testkit.llm_harness import ALICE, BOB, auth, chat_request, llm_harness, rich_error, stream_request
+from testkit.llm_harness import (
+    ALICE,
+    BOB,
+    auth,
+    chat_request,
+    llm_harness,
+    rich_error,
+    stream_request,
+    user_token,
+)
 
 from llm_service.ratelimit import RateLimiter
 from rmllm_common.errors import RateLimited
@@ -27,10 +36,10 @@ async def test_chat_limit_per_user_with_retry_info() -> None:
     clock = Clock()
     env = {"RMLLM_CHAT_RATE_PER_MINUTE": "60", "RMLLM_CHAT_BURST": "2"}
     async with llm_harness(env, clock=clock) as llm:
-        llm.vault.users["rmk_alice_second_token_000"] = "u-alice"
+        llm.vault.users[user_token("alice_second_token")] = "u-alice"
         await llm.stub.Chat(chat_request(), metadata=auth())
         _ = [m async for m in llm.stub.StreamChat(stream_request(), metadata=auth())]
-        for token in (ALICE, "rmk_alice_second_token_000"):  # the limit follows the user, not the token
+        for token in (ALICE, user_token("alice_second_token")):  # the limit follows the user, not the token
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await llm.stub.Chat(chat_request(), metadata=auth(token))
             rich = rich_error(caught.value)

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 from testkit import procs
+from testkit.llm_harness import user_token
 
 from llm_service.cli import main
 from llm_service.settings import LLMSettings, SettingsError
@@ -124,14 +125,11 @@ def test_service_token_file_is_created_private(data_dir: Path) -> None:
     assert LLMSettings.from_env({}, data_dir=str(data_dir)).service_token == first.service_token
 
 
-def test_cli_refuses_bad_settings(capsys: pytest.CaptureFixture[str], data_dir: Path) -> None:
-    import os
-
-    os.environ["RMLLM_RETRY_ATTEMPTS"] = "99"
-    try:
-        assert main(["serve", "--data-dir", str(data_dir)]) == 2
-    finally:
-        del os.environ["RMLLM_RETRY_ATTEMPTS"]
+def test_cli_refuses_bad_settings(
+    capsys: pytest.CaptureFixture[str], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RMLLM_RETRY_ATTEMPTS", "99")
+    assert main(["serve", "--data-dir", str(data_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: RMLLM_RETRY_ATTEMPTS")
 
@@ -148,7 +146,7 @@ def test_served_process_answers_vault_unavailable_when_the_vault_is_down(data_di
                 provider="openai", messages=[llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content="hi")]
             )
             with pytest.raises(grpc.RpcError) as caught:
-                stub.Chat(request, metadata=(("authorization", "Bearer rmk_x_000000000"),), timeout=10)
+                stub.Chat(request, metadata=(("authorization", f"Bearer {user_token('x')}"),), timeout=10)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ListProviders(llm_pb2.ListProvidersRequest(), timeout=10)
@@ -156,4 +154,4 @@ def test_served_process_answers_vault_unavailable_when_the_vault_is_down(data_di
     finally:
         assert running.stop() == 0
     assert TOKEN not in running.logs
-    assert "rmk_x_000000000" not in running.logs
+    assert user_token("x") not in running.logs

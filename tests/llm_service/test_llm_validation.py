@@ -150,7 +150,8 @@ def test_validator_accepts_or_explains(  # noqa: PLR0917 - one argument per hypo
         assert exc.violations
         assert exc.message.startswith(exc.violations[0].field)
         return
-    assert 1 <= len(chat.messages) <= 1000
-    assert all(m.content and m.role in ("system", "user", "assistant") for m in chat.messages)
-    assert chat.temperature is None or 0 <= chat.temperature <= 2
-    assert chat.max_tokens is None or 1 <= chat.max_tokens <= 1_000_000
+    sent = chat.request
+    assert 1 <= len(sent.messages) <= 1000
+    assert all(m.content and m.role in ("system", "user", "assistant") for m in sent.messages)
+    assert sent.temperature is None or 0 <= sent.temperature <= 2
+    assert sent.max_tokens is None or 1 <= sent.max_tokens <= 1_000_000

@@ -19,6 +19,7 @@ from testkit.llm_harness import (
     chat_request,
     llm_harness,
     rich_error,
+    user_token,
 )
 
 from llm_service import credential_cache
@@ -28,7 +29,7 @@ from rmllm_common import errors
 from rmllm_common.secret import Secret
 
 CACHED = {"RMLLM_CREDENTIAL_CACHE_SECONDS": "5"}
-SECOND_TOKEN = "rmk_alice_second_token_000"
+SECOND_TOKEN = user_token("alice_second_token")
 
 
 class Clock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 
 from fakes import transcripts
 from hypothesis import given, settings
@@ -94,10 +95,29 @@ def test_generated_streams_decode_the_same_in_every_split(
 @given(name=st.sampled_from(transcripts.names()), seed=st.integers(min_value=0, max_value=2**32))
 def test_recorded_transcripts_decode_the_same_in_every_split(name: str, seed: int) -> None:
     body = transcripts.load(name).body
-    whole = feed_all([body])
-    assert whole[0], "a transcript with no events"
-    assert feed_all([body[i : i + 1] for i in range(len(body))]) == whole
-    assert feed_all(splits(body, random.Random(seed)))  # noqa: S311 - reproducible splits, not crypto == whole
+    assert feed_all([body])[0], "a transcript with no events"
+    assert split_differences(body, seed, feed_all) == []
+
+
+def split_differences(body: bytes, seed: int, feed: Callable[[list[bytes]], object]) -> list[str]:
+    """The splits of ``body`` (byte by byte, random pieces) whose result differs from the whole's."""
+    whole = feed([body])
+    rng = random.Random(seed)  # noqa: S311 - reproducible splits, not crypto
+    pieces = {"bytewise": [body[i : i + 1] for i in range(len(body))], "random": splits(body, rng)}
+    return [name for name, chunks in pieces.items() if feed(chunks) != whole]
+
+
+def test_the_split_check_catches_a_decoder_that_loses_state_between_reads() -> None:
+    def forgetful(chunks: list[bytes]) -> tuple[list[SSEEvent], bool]:
+        # A fresh decoder per read: what a decoder that drops partial lines would give.
+        events: list[SSEEvent] = []
+        for chunk in chunks:
+            events.extend(SSEDecoder().feed(chunk))
+        return events, False
+
+    body = transcripts.load("openai_basic").body
+    assert split_differences(body, 7, forgetful) == ["bytewise", "random"]
+    assert split_differences(body, 7, feed_all) == []
 
 
 # --- the traps, one by one ----------------------------------------------------------

@@ -30,8 +30,15 @@ from testkit.llm_fake_vault import FakeVault, StoredKey
 from testkit.llm_scripted import ScriptedAdapter
 
 SERVICE_TOKEN = "svc-test-credential-0123456789abcdefghijklmnop"
-ALICE = "rmk_alice_token_0123456789"
-BOB = "rmk_bob_token_0123456789"
+
+
+def user_token(label: str) -> str:
+    """A well-formed user token (``rmk_`` and 43 characters) starting with ``label``."""
+    return "rmk_" + label.ljust(43, "0")
+
+
+ALICE = user_token("alice_token")
+BOB = user_token("bob_token")
 ALICE_OPENAI_KEY = "sk-alice-PLANTED-openai-key-7a1c"
 ALICE_ANTHROPIC_KEY = "sk-ant-alice-PLANTED-anthropic-9f2e"
 

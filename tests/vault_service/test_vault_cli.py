@@ -22,7 +22,7 @@ def run(data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     monkeypatch.setenv("RMLLM_DATA_DIR", str(data_dir))
     for name in ("RMLLM_VAULT_SEED", "RMLLM_VAULT_OLD_SEEDS", "RMLLM_DATABASE_URL", "RMLLM_SERVICE_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(cli, "configure_logging", lambda flag, env: None)  # keep pytest's log capture
+    monkeypatch.setattr(cli, "configure_logging", lambda level: None)  # keep pytest's log capture
 
     def invoke(*argv: str) -> tuple[int, str, str]:
         code = cli.main(list(argv))

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from realmultillm.vault.v1 import vault_pb2 as pb
 from testkit.vault import SERVICE_TOKEN, Failure, Vault, md
 
-from rmllm_common.errors import InvalidRequest
-from rmllm_common.registry import default_registry
+from rmllm_common.errors import InvalidRequest, UnknownProvider
+from rmllm_common.registry import Registry, default_registry
 from vault_service import validation
 
 Fails = Callable[[Awaitable[Any]], Awaitable[Failure]]
@@ -198,3 +198,12 @@ def test_temperature_range(value: float) -> None:
     else:
         with pytest.raises(InvalidRequest):
             validation.settings(message, OPENAI)
+
+
+def test_the_provider_is_resolved_in_the_registry_the_vault_was_given() -> None:
+    registry = default_registry()
+    only_openai = Registry([registry.providers["openai"]])
+    assert validation.provider(registry, "claude").id == "anthropic"
+    assert validation.provider(only_openai, "openai-api").id == "openai"
+    with pytest.raises(UnknownProvider):
+        validation.provider(only_openai, "claude")

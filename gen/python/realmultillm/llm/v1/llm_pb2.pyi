@@ -10,15 +10,39 @@ key from the vault per request; it never stores keys.
 Errors carry a google.rpc.Status with exactly one google.rpc.ErrorInfo
 (domain "realmultillm", reason in UPPER_SNAKE_CASE, metadata with `provider`
 where one is involved), plus google.rpc.RetryInfo where waiting helps and
-google.rpc.BadRequest for invalid fields. Reasons: INVALID_REQUEST,
-UNKNOWN_PROVIDER, TOKEN_INVALID, KEY_NOT_CONFIGURED, PROVIDER_KEY_INVALID,
-PROVIDER_RATE_LIMITED, RATE_LIMITED, PROVIDER_QUOTA_EXHAUSTED,
-PROVIDER_UNAVAILABLE, UPSTREAM_STREAM_TRUNCATED, PROVIDER_ERROR,
-VAULT_UNAVAILABLE, DEADLINE_EXCEEDED, KEY_DECRYPTION_FAILED, INTERNAL,
-CAPABILITY_UNSUPPORTED (FAILED_PRECONDITION: the model lacks a feature the
-request needs), BUDGET_EXCEEDED (RESOURCE_EXHAUSTED: the user's or token's
-spend budget is used up), MODEL_NOT_ALLOWED (PERMISSION_DENIED: the user's or
-token's model policy refuses the model).
+google.rpc.BadRequest for invalid fields. Reasons, with their status codes
+(the source is REASONS in rmllm_common/errors.py; a test keeps the two equal):
+  INVALID_REQUEST (INVALID_ARGUMENT): a field is invalid; see BadRequest.
+  UNKNOWN_PROVIDER (INVALID_ARGUMENT): no provider has that id or alias.
+  MALFORMED_REQUEST (INVALID_ARGUMENT): the bytes are not the method's message.
+  TOKEN_INVALID (UNAUTHENTICATED): the user token is missing, malformed,
+    unknown or revoked.
+  USER_DISABLED (UNAUTHENTICATED): the token is real, its user is disabled.
+  METHOD_NOT_ALLOWED (PERMISSION_DENIED): the method is open to no caller.
+  MODEL_NOT_ALLOWED (PERMISSION_DENIED): the user's or token's model policy
+    refuses the model.
+  FAILED_PRECONDITION (FAILED_PRECONDITION): e.g. a stored custom endpoint this
+    server does not allow.
+  KEY_NOT_CONFIGURED (FAILED_PRECONDITION): no active key is stored.
+  PROVIDER_KEY_INVALID (FAILED_PRECONDITION): the provider refused the key.
+  CAPABILITY_UNSUPPORTED (FAILED_PRECONDITION): the model lacks a feature the
+    request needs.
+  RATE_LIMITED (RESOURCE_EXHAUSTED): this gateway's per-user limit.
+  PROVIDER_RATE_LIMITED (RESOURCE_EXHAUSTED): the provider's limit.
+  PROVIDER_QUOTA_EXHAUSTED (RESOURCE_EXHAUSTED): no quota or credit left.
+  UPSTREAM_RESPONSE_TOO_LARGE (RESOURCE_EXHAUSTED): the answer passed a limit
+    of this server.
+  BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the user's or token's spend budget is
+    used up.
+  PROVIDER_UNAVAILABLE (UNAVAILABLE): the provider failed or could not be
+    reached.
+  UPSTREAM_STREAM_TRUNCATED (UNAVAILABLE): the provider's stream was cut short.
+  VAULT_UNAVAILABLE (UNAVAILABLE): the vault could not be used.
+  DEADLINE_EXCEEDED (DEADLINE_EXCEEDED): the caller's deadline passed.
+  INTERNAL (INTERNAL): a bug; quote the request id to the operator.
+  KEY_DECRYPTION_FAILED (INTERNAL): the vault cannot decrypt the stored key.
+  UNIMPLEMENTED (UNIMPLEMENTED): not implemented by this server version.
+  PROVIDER_ERROR (UNKNOWN): a provider failure that fits none of the above.
 """
 
 from collections import abc as _abc
