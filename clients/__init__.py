@@ -38,6 +38,7 @@ from clients.datatypes import (
 )
 from clients.errors import (
     AlreadyExists,
+    BudgetExceeded,
     Cancelled,
     ConfigNotFound,
     DatabaseUnavailable,
@@ -50,6 +51,7 @@ from clients.errors import (
     KeyNotConfigured,
     MalformedRequest,
     MethodNotAllowed,
+    ModelNotAllowed,
     NotFound,
     PermissionDenied,
     ProviderError,
@@ -71,6 +73,7 @@ from clients.errors import (
     from_grpc_error,
 )
 from clients.sync import ChatStream, Client
+from clients.usage import UsageGroup, UsagePage, UsageRecord, UsageSummary, UsageTotals
 
 __all__ = [
     "DEFAULT_LLM_TARGET",
@@ -79,6 +82,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncChatStream",
     "AsyncClient",
+    "BudgetExceeded",
     "Cancelled",
     "ChatResult",
     "ChatStream",
@@ -99,6 +103,7 @@ __all__ = [
     "MethodNotAllowed",
     "ModelInfo",
     "ModelList",
+    "ModelNotAllowed",
     "NotFound",
     "PermissionDenied",
     "ProviderConfig",
@@ -124,6 +129,11 @@ __all__ = [
     "UpstreamResponseTooLarge",
     "UpstreamStreamTruncated",
     "Usage",
+    "UsageGroup",
+    "UsagePage",
+    "UsageRecord",
+    "UsageSummary",
+    "UsageTotals",
     "VaultUnavailable",
     "from_grpc_error",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar
 
@@ -20,6 +21,7 @@ from google.protobuf import field_mask_pb2
 from realmultillm.llm.v1 import llm_pb2
 from realmultillm.vault.v1 import vault_pb2
 
+from clients import usage
 from clients.channels import ClientOptions
 from clients.datatypes import (
     ChatResult,
@@ -31,6 +33,7 @@ from clients.datatypes import (
     TestKeyResult,
     conversation,
 )
+from clients.usage import UsagePage, UsageSummary
 
 
 class _Unset(Enum):
@@ -263,3 +266,24 @@ class Calls:
 
         request = vault_pb2.DeleteProviderConfigRequest(provider=provider)
         return Call("DeleteProviderConfig", request, self._timeout(timeout), True, read)
+
+    def usage_summary(
+        self, since: datetime, until: datetime | None, provider: str, timeout: float | None
+    ) -> Call[UsageSummary]:
+        """The caller's usage over ``[since, until)``: totals, and by day, provider and model."""
+        request = usage.summary_request(since, until, provider)
+        return Call("GetUsageSummary", request, self._timeout(timeout), True, UsageSummary.from_proto)
+
+    def usage_records(
+        self,
+        since: datetime | None,
+        until: datetime | None,
+        *,
+        provider: str,
+        page_size: int,
+        page_token: str,
+        timeout: float | None,
+    ) -> Call[UsagePage]:
+        """One page of the caller's usage records, newest first."""
+        request = usage.records_request(since, until, provider, page_size, page_token)
+        return Call("ListUsageRecords", request, self._timeout(timeout), True, UsagePage.from_proto)

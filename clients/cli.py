@@ -1,4 +1,4 @@
-"""``rmllm``: the command line for people (keys, test-key, chat, providers, models, login).
+"""``rmllm``: the command line for people (keys, test-key, chat, providers, models, usage, login).
 
 Examples::
 
@@ -11,6 +11,7 @@ Examples::
     rmllm chat -p openai "Write a haiku about gRPC"
     echo "Summarise this" | rmllm chat -p claude --system "Be brief"
     rmllm providers; rmllm models google
+    rmllm usage --since 30d --by provider   # your calls, tokens and cost, and a per-day chart
 
 Keys and tokens are never taken from the command line (where ``ps`` and shell
 history would keep them): a hidden prompt when stdin is a terminal, else stdin.
@@ -28,10 +29,11 @@ import getpass
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from clients import cli_format as out
-from clients import config
+from clients import cli_usage, config
 from clients.channels import DEFAULT_CHAT_TIMEOUT, DEFAULT_TIMEOUT
 from clients.datatypes import TestKeyReason
 from clients.errors import RmllmClientError
@@ -160,6 +162,10 @@ def parser() -> argparse.ArgumentParser:
     add("providers", help="list the providers")
     models = add("models", help="list the models of a provider")
     models.add_argument("provider")
+    usage = add("usage", help="your usage: calls, tokens and cost, with a per-day chart")
+    usage.add_argument("--since", default="7d", help="an age (24h, 7d) or a UTC date; default 7d")
+    usage.add_argument("--by", choices=["model", "provider", "day"], default="model", help="default model")
+    usage.add_argument("--provider", default="", help="only this provider")
     login = add("login", help="save your token (read from a prompt or stdin) to the config file")
     login.add_argument(
         "--no-verify", action="store_true", help="save without checking the token with the vault"
@@ -218,6 +224,7 @@ class Cli:
             "chat": self.chat,
             "providers": self.providers,
             "models": self.models,
+            "usage": self.usage,
             "login": self.login,
         }
         return handlers[self.args.command]()
@@ -322,6 +329,20 @@ class Cli:
         self.print(out.models_table(models))
         source = "listed live by the provider" if models.live else "from the registry (no live listing)"
         self.note(f"{len(models.models)} {models.provider} models, {source}")
+        return out.EXIT_OK
+
+    def usage(self) -> int:
+        now = datetime.now(UTC)
+        try:
+            start = cli_usage.since(self.args.since, now)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        with self.client() as client:
+            summary = client.usage_summary(start, now, provider=self.args.provider)
+        self.print(f"usage since {start:%Y-%m-%d %H:%M} UTC, by {self.args.by}")
+        self.print(cli_usage.usage_table(summary, self.args.by))
+        self.print("")
+        self.print(cli_usage.day_chart(summary, start, now))
         return out.EXIT_OK
 
     def login(self) -> int:

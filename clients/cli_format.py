@@ -69,6 +69,8 @@ def describe(error: errors.RmllmClientError, provider: str | None = None) -> str
         return f"no {p} key stored: run `rmllm keys set {p}`"
     if isinstance(error, errors.Unauthenticated):
         return "the token was refused: set RMLLM_TOKEN or run `rmllm login`"
+    if isinstance(error, errors.ModelNotAllowed):
+        return f"not allowed: {error.message}"
     if isinstance(error, errors.PermissionDenied):
         return f"permission denied by {where}: {error.message}"
     if isinstance(error, errors.ProviderKeyInvalid):
@@ -82,6 +84,8 @@ def describe(error: errors.RmllmClientError, provider: str | None = None) -> str
         return f"the {p} account has no quota or credit left: add credit, or `rmllm keys set {p}` another key"
     if isinstance(error, errors.ProviderRateLimited):
         return f"{p} is rate limiting this key: {_wait(error)}"
+    if isinstance(error, errors.BudgetExceeded):
+        return f"over budget: {error.message}; see `rmllm usage`"
     if isinstance(error, errors.ResourceExhausted):
         return f"rate limited ({error.message}): {_wait(error)}"
     if isinstance(error, errors.VaultUnavailable):

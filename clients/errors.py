@@ -129,6 +129,12 @@ class MethodNotAllowed(PermissionDenied):
     reason = "METHOD_NOT_ALLOWED"
 
 
+class ModelNotAllowed(PermissionDenied):
+    """The caller's model policy does not allow this provider and model."""
+
+    reason = "MODEL_NOT_ALLOWED"
+
+
 class NotFound(RmllmClientError, code_class=True):
     code = grpc.StatusCode.NOT_FOUND
     reason = "NOT_FOUND"
@@ -177,6 +183,12 @@ class ProviderRateLimited(ResourceExhausted):
     """The provider answered 429; ``retry_after`` says how long to wait."""
 
     reason = "PROVIDER_RATE_LIMITED"
+
+
+class BudgetExceeded(ResourceExhausted):
+    """The user's or token's spend budget is used up; ``metadata`` has the budget, spend and reset time."""
+
+    reason = "BUDGET_EXCEEDED"
 
 
 class ProviderQuotaExhausted(ResourceExhausted):

@@ -22,6 +22,7 @@ method takes ``timeout=`` to override it) and raises a typed
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Self, TypeVar, Unpack
 
@@ -31,6 +32,7 @@ from clients.calls import Call, ChatOptions, PutOptions, TestKeyOptions, UpdateO
 from clients.channels import sync_channel
 from clients.core import ChatStreamCore, ClientCore
 from clients.datatypes import ChatResult, Message, ModelList, ProviderConfig, ProviderInfo, TestKeyResult
+from clients.usage import UsagePage, UsageSummary
 
 R = TypeVar("R")
 
@@ -168,3 +170,38 @@ class Client(ClientCore[grpc.Channel]):
     def delete_config(self, provider: str, *, timeout: float | None = None) -> str:
         """Remove the key and configuration; returns the canonical provider id."""
         return self._run(self._calls.delete_config(provider, timeout))
+
+    # The caller's own usage (vault)
+
+    def usage_summary(
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        provider: str = "",
+        timeout: float | None = None,
+    ) -> UsageSummary:
+        """Totals, and usage by UTC day, provider and model, over ``[since, until)`` (default: now)."""
+        return self._run(self._calls.usage_summary(since, until, provider, timeout))
+
+    def usage_records(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        provider: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> UsagePage:
+        """One page of the caller's usage records, newest first (pass ``next_page_token`` on)."""
+        return self._run(
+            self._calls.usage_records(
+                since,
+                until,
+                provider=provider,
+                page_size=page_size,
+                page_token=page_token,
+                timeout=timeout,
+            )
+        )

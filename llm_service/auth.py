@@ -53,7 +53,7 @@ POLICY: Final[dict[str, Access]] = {
         ("Chat", Access.USER_VIA_VAULT),
         ("StreamChat", Access.USER_VIA_VAULT),
         ("TestKey", Access.USER_VIA_VAULT),
-        ("ListProviders", Access.USER),
+        ("ListProviders", Access.USER_VIA_VAULT),  # the handler asks who, for the model policy
         ("ListModels", Access.USER_VIA_VAULT),
     )
 }

@@ -8,7 +8,8 @@ live ids are enriched with the registry's context windows and prices. A live
 listing draws on the per-user budget it shares with TestKey (both are calls on the
 user's provider account). Without a listing, without a key, past that budget, or
 when the live call fails (logged), the answer is the registry's list with
-``live=false``.
+``live=false``. Both answers leave out what the caller's model policy refuses
+(a provider entirely denied, and each model not allowed).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import logging
 
 from realmultillm.llm.v1 import llm_pb2
 
+from llm_service import accounting
 from llm_service.adapters.base import ListedModel
 from llm_service.deadline import Deadline
 from llm_service.endpoints import EndpointResolver
+from llm_service.limits import NO_LIMITS, CallerLimits
 from llm_service.ratelimit import Limiter
 from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RateLimited, RmllmError, Unavailable
 from rmllm_common.registry import ModelSpec, ProviderSpec
@@ -86,25 +89,39 @@ class Catalog:
             for s in specs
         }
 
+    async def providers_for(self, token: Secret, deadline: Deadline) -> llm_pb2.ListProvidersResponse:
+        """The registry, less the providers and models the caller's model policy refuses."""
+        limits = (await self._endpoints.identify(token, deadline)).limits
+        if limits is NO_LIMITS:
+            return self.providers
+        return llm_pb2.ListProvidersResponse(
+            providers=[
+                _only_allowed(p, limits) for p in self.providers.providers if limits.allows_provider(p.id)
+            ]
+        )
+
     async def list_models(
         self, request: llm_pb2.ListModelsRequest, token: Secret, deadline: Deadline
     ) -> llm_pb2.ListModelsResponse:
         """Live models where possible, else the registry's."""
         spec = self._endpoints.provider(request.provider)
+        accounting.note_target(spec.id)
         static = self._static[spec.id]
         if not spec.models_path:
-            await self._endpoints.authenticate(token, deadline)
-            return static
+            return _filtered(static, (await self._endpoints.identify(token, deadline)).limits)
         try:
             account = await self._endpoints.stored(spec, token, deadline)
         except KeyNotConfigured:
-            return static
+            return _filtered(static, (await self._endpoints.identify(token, deadline)).limits)
+        limits = account.credentials.limits
+        static = _filtered(static, limits)
         try:
             # A live listing is a call on the user's provider account, like a TestKey
             # probe: it draws on the same per-user budget, and past it the registry answers.
             await self._limiter.take(account.user_id)
         except (RateLimited, Unavailable):  # past the budget, or a fail-closed shared limiter that is down
             return static
+        accounting.note_provider_call()
         try:
             listed = await account.list_models(deadline.remaining())
         except DeadlineExceeded:
@@ -115,4 +132,25 @@ class Catalog:
                 extra={"provider": spec.id, "error": repr(exc)},
             )
             return static
-        return llm_pb2.ListModelsResponse(provider=spec.id, models=merge_listed(spec, listed), live=True)
+        live = llm_pb2.ListModelsResponse(provider=spec.id, models=merge_listed(spec, listed), live=True)
+        return _filtered(live, limits)
+
+
+def _only_allowed(provider: llm_pb2.ProviderInfo, limits: CallerLimits) -> llm_pb2.ProviderInfo:
+    """A provider's entry with only the models ``limits`` allow."""
+    allowed = llm_pb2.ProviderInfo()
+    allowed.CopyFrom(provider)
+    del allowed.models[:]
+    allowed.models.extend(m for m in provider.models if limits.allows(provider.id, m.id))
+    return allowed
+
+
+def _filtered(listing: llm_pb2.ListModelsResponse, limits: CallerLimits) -> llm_pb2.ListModelsResponse:
+    """A model listing with only the models ``limits`` allow."""
+    if limits is NO_LIMITS:
+        return listing
+    return llm_pb2.ListModelsResponse(
+        provider=listing.provider,
+        models=[m for m in listing.models if limits.allows(listing.provider, m.id)],
+        live=listing.live,
+    )

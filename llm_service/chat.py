@@ -1,15 +1,17 @@
 """The one code path of Chat and StreamChat: validate, resolve, limit, stream, retry.
 
-``ChatService.prepare`` validates the request, takes a token from the caller's
-rate-limit bucket (before the vault call when this process has seen whose token
-it is: ``take_before_vault``), has the ``EndpointResolver`` find the caller's key,
-endpoint and adapter (bounded by the caller's deadline), and resolves the
+``ChatService.prepare`` validates the request, has the ``EndpointResolver`` find the
+caller's key, endpoint and adapter (bounded by the caller's deadline), takes a
+token from the caller's rate-limit bucket (before the vault call when this
+process has seen whose token it is: ``take_before_vault``), and resolves the
 request's parameters against the caller's stored defaults and the registry's,
 once. StreamChat also holds one of the caller's concurrent-stream slots
 (``stream_slot``) until the stream ends. ``ChatService.events``
 then yields the adapter's normalised events (``TextDelta``\\ s, then one
 ``Finished``) with transient failures retried before the first event (see
 ``retrying``). The servicer frames them: StreamChat forwards them, Chat collects them.
+Before any of that reaches a provider, ``enforce`` applies the caller's model
+policy and budgets (``limits``), counting this replica's unreported spend.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from llm_service import accounting
 from llm_service.adapters.base import ChatEvent, ChatParams
 from llm_service.deadline import Deadline
 from llm_service.endpoints import Account, EndpointResolver
 from llm_service.ratelimit import Limiter, StreamLease, StreamSlots
 from llm_service.retrying import RetryPolicy, stream_with_retries
+from llm_service.usage import UsageReporter
 from llm_service.validation import validate_chat
+from llm_service.vault_client import Credentials
 from rmllm_common.registry import ProviderSpec
 from rmllm_common.secret import Secret
 
@@ -39,6 +44,21 @@ async def take_before_vault(limiter: Limiter, endpoints: EndpointResolver, token
     if user_id is not None:
         await limiter.take(user_id)
     return user_id
+
+
+def enforce(credentials: Credentials, provider: str, model: str, usage: UsageReporter | None) -> None:
+    """The caller's model policy and budgets, checked before the provider is called."""
+    limits = credentials.limits
+    if not limits.budgets and not limits.user_policy and not limits.token_policy:
+        return
+    pending = None
+    if usage is not None:
+        reporter = usage
+
+        def pending(scope: str) -> float:
+            return reporter.pending(credentials.user_id, credentials.token_id, scope)
+
+    limits.check(provider, model, pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +78,14 @@ class ChatService:
     """Chat and StreamChat, minus the proto framing."""
 
     def __init__(
-        self, endpoints: EndpointResolver, limiter: Limiter, streams: StreamSlots, policy: RetryPolicy
+        self,
+        endpoints: EndpointResolver,
+        limiter: Limiter,
+        streams: StreamSlots,
+        policy: RetryPolicy,
+        usage: UsageReporter | None = None,
     ) -> None:
+        self._usage = usage
         self._endpoints = endpoints
         self._limiter = limiter
         self._streams = streams
@@ -68,12 +94,15 @@ class ChatService:
     async def prepare(self, request: Any, token: Secret, deadline: Deadline) -> PreparedChat:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
         chat = validate_chat(request, self._endpoints.registry)
+        accounting.note_target(chat.spec.id)
         charged = await take_before_vault(self._limiter, self._endpoints, token)
         account = await self._endpoints.stored(chat.spec, token, deadline)
-        if charged != account.user_id:
-            await self._limiter.take(account.user_id)
         stored = account.credentials
         params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
+        accounting.note_target(chat.spec.id, params.model)
+        enforce(stored, chat.spec.id, params.model, self._usage)
+        if charged != account.user_id:
+            await self._limiter.take(account.user_id)
         return PreparedChat(account, params)
 
     async def stream_slot(self, prepared: PreparedChat) -> StreamLease:

@@ -30,6 +30,7 @@ from typing import Any, Final
 import grpc
 from realmultillm.vault.v1 import vault_pb2
 
+from llm_service.limits import NO_LIMITS, CallerLimits
 from rmllm_common.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ class Credentials:
     default_model: str
     temperature: float | None
     max_tokens: int | None
+    # The id of the caller's token (never the token), and its budgets and model policies.
     token_id: str = ""
+    limits: CallerLimits = NO_LIMITS
 
 
 @dataclass(frozen=True, slots=True)

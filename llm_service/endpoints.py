@@ -28,7 +28,7 @@ from llm_service.adapters.base import (
 )
 from llm_service.deadline import Deadline
 from llm_service.validation import check_base_url
-from llm_service.vault_client import Credentials, VaultClient
+from llm_service.vault_client import Credentials, Identity, VaultClient
 from rmllm_common import urls
 from rmllm_common.errors import FailedPrecondition, FieldViolation, KeyNotConfigured
 from rmllm_common.registry import ProviderSpec, Registry
@@ -122,6 +122,10 @@ class EndpointResolver:
         """The id of the user the token belongs to (TOKEN_INVALID otherwise)."""
         return await self._vault.authenticate(token, deadline)
 
+    async def identify(self, token: Secret, deadline: Deadline) -> Identity:
+        """Who the token belongs to, with its token id, budgets and model policies."""
+        return await self._vault.identify(token, deadline)
+
     async def credentials(self, spec: ProviderSpec, token: Secret, deadline: Deadline) -> Credentials:
         """The caller's stored credentials for ``spec``; keyless ones for a provider needing no key."""
         try:
@@ -129,8 +133,8 @@ class EndpointResolver:
         except KeyNotConfigured:
             if spec.requires_key:
                 raise
-        user_id = await self._vault.authenticate(token, deadline)
-        return Credentials(user_id, spec.id, _NO_KEY, "", "", None, None)
+        who = await self._vault.identify(token, deadline)
+        return Credentials(who.user_id, spec.id, _NO_KEY, "", "", None, None, who.token_id, who.limits)
 
     async def stored(
         self, spec: ProviderSpec, token: Secret, deadline: Deadline, *, base_url: str = ""

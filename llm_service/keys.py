@@ -14,6 +14,7 @@ import time
 
 from realmultillm.llm.v1 import llm_pb2
 
+from llm_service import accounting
 from llm_service.adapters.base import ProbeOutcome
 from llm_service.chat import take_before_vault
 from llm_service.deadline import Deadline
@@ -37,6 +38,7 @@ class KeyTester:
         """Probe the explicit or stored key and say what the provider thought of it."""
         api_key = Secret(request.api_key)
         spec = self._endpoints.provider(request.provider)
+        accounting.note_target(spec.id)
         bad: list[FieldViolation] = []
         if api_key:
             check_api_key(api_key.reveal(), bad)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from llm_service import accounting
 from llm_service.adapters.base import ChatEvent
 from llm_service.deadline import Deadline
 from rmllm_common import errors
@@ -96,6 +97,7 @@ async def _open_with_retries(
 
     def log_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
+        accounting.note_retry()
         log.debug(
             "retrying provider call",
             extra={

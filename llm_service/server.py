@@ -1,11 +1,13 @@
 """The LLM service's server factory: ``build_server(settings)`` returns a bound server.
 
 It creates the process-wide resources once (the vault channel and client, the
-aiohttp session, the rate limiters, the retry policy, the static catalog), wires
-them into the servicer, and closes them in ``ServerHandle.on_stop`` after the
-server has drained. The adapter lookup is injected (tests pass scripted adapters);
-by default it is ``llm_service.adapters.adapter_for``, looked up at call time.
-``sleep`` and ``clock`` are injectable for retry and rate-limit tests.
+aiohttp session, the rate limiters, the retry policy, the static catalog, the
+usage reporter), wires them into the servicer, and closes them in
+``ServerHandle.on_stop`` after the server has drained (the usage reporter first:
+it flushes the records of every call served to the vault). The adapter lookup
+is injected (tests pass scripted adapters); by default it is
+``llm_service.adapters.adapter_for``, looked up at call time. ``sleep`` and
+``clock`` are injectable for retry and rate-limit tests.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from llm_service.ratelimit import Limiter, LocalStreamSlots, RateLimiter, Stream
 from llm_service.retrying import RetryPolicy, Sleep
 from llm_service.servicer import LLMServicer
 from llm_service.settings import LLMSettings
+from llm_service.usage import UsageReporter
 from llm_service.vault_client import VaultClient
 from rmllm_common.registry import ProviderSpec, Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
@@ -151,6 +154,12 @@ async def build_server(
         retry_after_cap=settings.retry_after_cap_seconds,
         sleep=sleep,
     )
+    usage = UsageReporter(
+        vault.report_usage,
+        interval=settings.usage_flush_seconds,
+        batch_size=settings.usage_batch_records,
+        max_buffer=settings.usage_buffer_records,
+    )
     endpoints = EndpointResolver(
         registry=registry,
         vault=vault,
@@ -158,18 +167,20 @@ async def build_server(
         http=http,
         allow_custom_base_url=settings.allow_custom_base_url,
     )
-    chat = ChatService(endpoints, limits.chat, limits.streams, policy)
+    chat = ChatService(endpoints, limits.chat, limits.streams, policy, usage)
     keys = KeyTester(endpoints, limits.account_calls)
     catalog = Catalog(endpoints, limits.account_calls)
 
     server = new_server(
         [AuthInterceptor(vault, clock)], max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS
     )
-    servicer = LLMServicer(chat, keys, catalog, clock, max_answer_chars=settings.chat_max_answer_chars)
+    servicer = LLMServicer(chat, keys, catalog, clock, usage, max_answer_chars=settings.chat_max_answer_chars)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
 
     async def release() -> None:
+        # After the server drained: deliver the usage records of every call it served.
+        await usage.close(max(1.0, settings.grace_seconds))
         await http.close()
         await vault.close()
         await limits.close()
@@ -179,6 +190,7 @@ async def build_server(
     except OSError:
         await release()
         raise
+    usage.start()
     return LLMServerHandle(
         server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=release, vault=vault
     )

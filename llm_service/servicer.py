@@ -5,10 +5,13 @@ deadline, delegates, and frames the answer, pricing a completion's usage from th
 registry. Errors are raised as ``rmllm_common.errors`` and become statuses in the
 server's error interceptor (no ``try`` ladders here). StreamChat forwards the
 shared event stream as deltas and one final ``done``, and closes it (and with it
-the upstream HTTP response) whatever way the call ends; Chat collects the same
+the upstream HTTP response) and gives back the caller's stream slot whatever way
+the call ends; Chat collects the same
 stream, at most ``max_answer_chars`` characters of it (past that the upstream is
 closed and the call ends with UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends
-without its final event is never a success.
+without its final event is never a success. Every Chat, StreamChat, TestKey and
+live ListModels call is accounted: one usage record per call, whatever its
+outcome (``accounting.recorded``).
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from typing import Any
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
+from llm_service import accounting
+from llm_service.accounting import note_first_token, recorded
 from llm_service.adapters.base import ChatParams, Finished, TextDelta
 from llm_service.auth import current_token
 from llm_service.catalog import Catalog
 from llm_service.chat import ChatService
 from llm_service.deadline import Clock, Deadline
 from llm_service.keys import KeyTester
+from llm_service.usage import UsageReporter
 from rmllm_common.errors import UpstreamResponseTooLarge, UpstreamStreamTruncated
 from rmllm_common.registry import ProviderSpec
 
@@ -36,12 +42,14 @@ def usage_of(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_
     """Token counts and their price (by the answering model, else the requested one)."""
     usage = finished.usage
     priced = finished.model if spec.model(finished.model) is not None else params.model
-    return llm_pb2.Usage(
+    result = llm_pb2.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
         cost_usd=spec.cost(priced, usage.input_tokens, usage.output_tokens),
     )
+    accounting.note_usage(result, finished.model, getattr(usage, "usage_reported", None))
+    return result
 
 
 def done_message(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_pb2.StreamChatResponse:
@@ -84,9 +92,11 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         keys: KeyTester,
         catalog: Catalog,
         clock: Clock,
+        usage: UsageReporter | None = None,
         *,
         max_answer_chars: int = 2_000_000,
     ) -> None:
+        self._usage = usage
         self._chat = chat
         self._keys = keys
         self._catalog = catalog
@@ -98,53 +108,63 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
 
     async def Chat(self, request: llm_pb2.ChatRequest, context: Context) -> llm_pb2.ChatResponse:
         deadline = self._deadline(context)
-        prepared = await self._chat.prepare(request, current_token(), deadline)
-        parts: list[str] = []
-        size, limit = 0, self._max_answer_chars
-        async with aclosing(self._chat.events(prepared, deadline)) as events:
-            async for event in events:
-                if type(event) is TextDelta:
-                    size += len(event.text)
-                    if size > limit:  # leaving the block closes the upstream response
-                        parts.clear()
-                        raise UpstreamResponseTooLarge(
-                            f"the answer is longer than this server's limit for Chat ({limit} characters); "
-                            "use StreamChat for long answers",
-                            provider=prepared.spec.id,
-                        )
-                    parts.append(event.text)
-                elif isinstance(event, Finished):
-                    return chat_response(prepared.spec, prepared.params, "".join(parts), event)
-        raise _truncated(prepared.spec.id)
+        with recorded(self._usage, "Chat", False, deadline) as call:
+            prepared = await self._chat.prepare(request, current_token(), deadline)
+            parts: list[str] = []
+            size, limit = 0, self._max_answer_chars
+            async with aclosing(self._chat.events(prepared, deadline)) as events:
+                async for event in events:
+                    if type(event) is TextDelta:
+                        if call.first_token is None:
+                            note_first_token()
+                        size += len(event.text)
+                        if size > limit:  # leaving the block closes the upstream response
+                            parts.clear()
+                            raise UpstreamResponseTooLarge(
+                                f"the answer is longer than this server's limit for Chat ({limit} "
+                                "characters); use StreamChat for long answers",
+                                provider=prepared.spec.id,
+                            )
+                        parts.append(event.text)
+                    elif isinstance(event, Finished):
+                        return chat_response(prepared.spec, prepared.params, "".join(parts), event)
+            raise _truncated(prepared.spec.id)
 
     async def StreamChat(
         self, request: llm_pb2.StreamChatRequest, context: Context
     ) -> AsyncIterator[llm_pb2.StreamChatResponse]:
         deadline = self._deadline(context)
-        prepared = await self._chat.prepare(request, current_token(), deadline)
-        slot = await self._chat.stream_slot(prepared)
-        try:
-            async with aclosing(self._chat.events(prepared, deadline)) as events:
-                async for event in events:
-                    if type(event) is TextDelta:
-                        if event.text:
-                            yield llm_pb2.StreamChatResponse(delta=event.text)
-                    elif isinstance(event, Finished):
-                        yield done_message(prepared.spec, prepared.params, event)
-                        return
-            raise _truncated(prepared.spec.id)
-        finally:
-            await slot.release()
+        with recorded(self._usage, "StreamChat", True, deadline) as call:
+            prepared = await self._chat.prepare(request, current_token(), deadline)
+            slot = await self._chat.stream_slot(prepared)
+            try:
+                async with aclosing(self._chat.events(prepared, deadline)) as events:
+                    async for event in events:
+                        if type(event) is TextDelta:
+                            if event.text:
+                                if call.first_token is None:
+                                    note_first_token()
+                                yield llm_pb2.StreamChatResponse(delta=event.text)
+                        elif isinstance(event, Finished):
+                            yield done_message(prepared.spec, prepared.params, event)
+                            return
+                raise _truncated(prepared.spec.id)
+            finally:
+                await slot.release()
 
     async def TestKey(self, request: llm_pb2.TestKeyRequest, context: Context) -> llm_pb2.TestKeyResponse:
-        return await self._keys.test(request, current_token(), self._deadline(context))
+        deadline = self._deadline(context)
+        with recorded(self._usage, "TestKey", False, deadline):
+            return await self._keys.test(request, current_token(), deadline)
 
     async def ListProviders(
         self, request: llm_pb2.ListProvidersRequest, context: Context
     ) -> llm_pb2.ListProvidersResponse:
-        return self._catalog.providers  # the auth interceptor has had the vault check the token
+        return await self._catalog.providers_for(current_token(), self._deadline(context))
 
     async def ListModels(
         self, request: llm_pb2.ListModelsRequest, context: Context
     ) -> llm_pb2.ListModelsResponse:
-        return await self._catalog.list_models(request, current_token(), self._deadline(context))
+        deadline = self._deadline(context)
+        with recorded(self._usage, "ListModels", False, deadline, needs_provider_call=True):
+            return await self._catalog.list_models(request, current_token(), deadline)

@@ -69,6 +69,11 @@ class LLMSettings:
     redis_failure_mode: str = "open"
     # The one HTTP connection pool towards providers.
     http_max_connections: int = 8192
+    # Usage records: sent to the vault every this many seconds or this many records,
+    # held in a buffer of at most this many while the vault cannot take them.
+    usage_flush_seconds: float = 0.2
+    usage_batch_records: int = 500
+    usage_buffer_records: int = 100_000
     # Where provider connections may go beyond public addresses (llm_service.netpolicy).
     endpoint_policy: EndpointPolicy = field(default_factory=EndpointPolicy.default)
     # Server-side bounds of every provider exchange, whatever the caller's deadline.
@@ -116,6 +121,9 @@ class LLMSettings:
             testkey_rate_per_minute=_number(env, "RMLLM_TESTKEY_RATE_PER_MINUTE", 60.0, 0.0, 1e9),
             testkey_burst=_integer(env, "RMLLM_TESTKEY_BURST", 10, 1, 1_000_000),
             http_max_connections=_integer(env, "RMLLM_HTTP_MAX_CONNECTIONS", 8192, 1, 1_000_000),
+            usage_flush_seconds=_number(env, "RMLLM_USAGE_FLUSH_SECONDS", 0.2, 0.01, 10.0),
+            usage_batch_records=_integer(env, "RMLLM_USAGE_BATCH_RECORDS", 500, 1, 1000),
+            usage_buffer_records=_integer(env, "RMLLM_USAGE_BUFFER_RECORDS", 100_000, 1000, 10_000_000),
             endpoint_policy=_endpoint_policy(env),
             upstream=_upstream_limits(env),
             chat_max_answer_chars=_integer(env, "RMLLM_CHAT_MAX_ANSWER_CHARS", 2_000_000, 1, 100_000_000),

@@ -20,15 +20,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
+from llm_service import accounting
 from llm_service.credential_cache import CredentialCache, Credentials, InvalidationWatcher
 from llm_service.deadline import Deadline
+from llm_service.limits import NO_LIMITS, CallerLimits, from_reply
 from rmllm_common import errors, requestctx
 from rmllm_common.requestctx import REQUEST_ID_HEADER
 from rmllm_common.secret import Secret
@@ -36,12 +39,23 @@ from rmllm_common.secret import Secret
 log = logging.getLogger(__name__)
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
-__all__ = ["Credentials", "VaultClient", "token_digest"]
+
+
+__all__ = ["Credentials", "Identity", "VaultClient", "token_digest"]
 
 
 def token_digest(user_token: Secret) -> str:
     """What the cache keys a user token by (never the token itself)."""
     return hashlib.sha256(user_token.reveal().encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a token belongs to, for calls that need no stored key."""
+
+    user_id: str
+    token_id: str = ""
+    limits: CallerLimits = NO_LIMITS
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
@@ -107,6 +121,7 @@ class VaultClient:
         cache_key = (token_digest(user_token), provider)
         hit = cache.get(cache_key)
         if hit is not None:
+            accounting.note_caller(hit.user_id, hit.token_id)
             return hit
         generation = cache.generation
         timeout, caller_bound, metadata = self._call_options(deadline)
@@ -135,12 +150,18 @@ class VaultClient:
             temperature=settings.temperature if settings.HasField("temperature") else None,
             max_tokens=settings.max_tokens if settings.HasField("max_tokens") else None,
             token_id=reply.token_id,
+            limits=from_reply(reply),
         )
+        accounting.note_caller(credentials.user_id, credentials.token_id)
         cache.put(cache_key, credentials, generation)
         return credentials
 
     async def authenticate(self, user_token: Secret, deadline: Deadline) -> str:
         """The id of the user a token belongs to (TOKEN_INVALID when it is unknown)."""
+        return (await self.identify(user_token, deadline)).user_id
+
+    async def identify(self, user_token: Secret, deadline: Deadline) -> Identity:
+        """Who a token belongs to, with its token id and limits (TOKEN_INVALID when unknown)."""
         timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.AuthenticateTokenRequest(user_token=user_token.reveal())
         try:
@@ -152,8 +173,24 @@ class VaultClient:
             if isinstance(error, errors.TokenInvalid):
                 self.cache.forget_owner(token_digest(user_token))
             raise error from None
+        accounting.note_caller(reply.user_id, reply.token_id)
         self.cache.remember_owner(token_digest(user_token), reply.user_id, reply.token_id)
-        return str(reply.user_id)
+        return Identity(str(reply.user_id), str(reply.token_id), from_reply(reply))
+
+    async def report_usage(
+        self, batches: Sequence[Sequence[vault_pb2.UsageRecord]], timeout: float
+    ) -> vault_pb2.ReportUsageResponse:
+        """Send usage records in batches over one ReportUsage stream (raises ``grpc.aio.AioRpcError``)."""
+
+        async def messages() -> AsyncIterator[vault_pb2.ReportUsageRequest]:
+            for batch in batches:
+                yield vault_pb2.ReportUsageRequest(records=batch)
+
+        metadata = (self._authorization,)
+        reply: vault_pb2.ReportUsageResponse = await self._stub.ReportUsage(
+            messages(), timeout=timeout, metadata=metadata, wait_for_ready=False
+        )
+        return reply
 
     def _translate(  # noqa: PLR0911 - one translation table, read top to bottom
         self, exc: grpc.aio.AioRpcError, provider: str | None, caller_bound: bool, timeout: float

@@ -149,6 +149,12 @@ class PermissionDenied(RmllmError):
     reason = "SERVICE_CREDENTIAL_REQUIRED"
 
 
+class ModelNotAllowed(PermissionDenied):
+    """The caller's model policy (user or token) refuses this provider and model."""
+
+    reason = "MODEL_NOT_ALLOWED"
+
+
 class NotFound(RmllmError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "CONFIG_NOT_FOUND"
@@ -185,6 +191,12 @@ class RateLimited(ResourceExhausted):
 
 class ProviderRateLimited(ResourceExhausted):
     reason = "PROVIDER_RATE_LIMITED"
+
+
+class BudgetExceeded(ResourceExhausted):
+    """A user's or token's spend budget is used up until its period resets."""
+
+    reason = "BUDGET_EXCEEDED"
 
 
 class ProviderQuotaExhausted(ResourceExhausted):

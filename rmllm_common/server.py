@@ -99,16 +99,33 @@ def _begin_call(context: grpc.aio.ServicerContext[Any, Any]) -> None:
 
 
 def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with the request id set and every exception translated."""
-    if handler.unary_unary is not None:
-        unary: Any = handler.unary_unary  # an async function under grpc.aio
+    """``handler`` with the request id set and every exception translated, whatever its kind.
 
-        async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    A unary-response handler (unary-unary, stream-unary) is awaited; a
+    streaming-response one (unary-stream, stream-stream) is an async generator
+    whose messages are forwarded. Requests are decoded tolerantly: an undecodable
+    request (or request message of a stream) is INVALID_ARGUMENT / MALFORMED_REQUEST.
+    """
+
+    def checked(request: Any, streamed: bool) -> Any:
+        if not streamed:
+            if request is UNDECODABLE:
+                raise _malformed(method)
+            return request
+
+        async def each() -> AsyncIterator[Any]:
+            async for item in request:
+                if item is UNDECODABLE:
+                    raise _malformed(method)
+                yield item
+
+        return each()
+
+    def unary_response(inner: Any, streamed: bool) -> Any:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _begin_call(context)
             try:
-                if request is UNDECODABLE:
-                    raise _malformed(method)
-                return await unary(request, context)
+                return await inner(checked(request, streamed), context)
             except RmllmError as exc:
                 await abort_with(context, exc)
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -116,22 +133,13 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
             except Exception as exc:
                 await abort_with(context, _unexpected(method, exc))
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_behavior,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        streaming: Any = handler.unary_stream  # an async generator function under grpc.aio
+        return behavior
 
-        async def stream_behavior(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+    def stream_response(inner: Any, streamed: bool) -> Any:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             _begin_call(context)
             try:
-                if request is UNDECODABLE:
-                    raise _malformed(method)
-                async for item in streaming(request, context):
+                async for item in inner(checked(request, streamed), context):
                     yield item
             except RmllmError as exc:
                 await abort_with(context, exc)
@@ -140,10 +148,23 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
             except Exception as exc:
                 await abort_with(context, _unexpected(method, exc))
 
+        return behavior
+
+    serializers: Any = {
+        "request_deserializer": _tolerant(handler.request_deserializer),
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary, False), **serializers)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary, True), **serializers)
+    if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            stream_behavior,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
+            stream_response(handler.unary_stream, False), **serializers
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            stream_response(handler.stream_stream, True), **serializers
         )
     return handler
 

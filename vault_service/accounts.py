@@ -14,7 +14,7 @@ import hashlib
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import peewee as pw
@@ -30,7 +30,7 @@ TOKEN_PREFIX: Final = bearer.USER_TOKEN_PREFIX
 OPERATOR: Final = "operator"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _AUTHENTICATE = (
-    "SELECT u.id, u.name FROM tokens t JOIN users u ON u.id = t.user_id "
+    "SELECT u.id, u.name, t.id FROM tokens t JOIN users u ON u.id = t.user_id "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
 )
 
@@ -41,6 +41,8 @@ class Principal:
 
     user_id: str
     user_name: str
+    # Which of the user's tokens authenticated (not part of the user's identity).
+    token_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,7 @@ def create_user(db: Database, name: str) -> tuple[Principal, str, Secret]:
             token_id, token = _issue(db, db.tables.user.get_by_id(user_id))
     except pw.IntegrityError as exc:
         raise AlreadyExists(f"a user named {name!r} already exists", reason="USER_EXISTS") from exc
-    return Principal(user_id, name), token_id, token
+    return Principal(user_id, name, token_id), token_id, token
 
 
 def list_users(db: Database) -> list[UserInfo]:
@@ -178,4 +180,4 @@ def authenticate(db: Database, token: str) -> Principal | None:
     if not plausible(token):
         return None
     row = db.execute(_AUTHENTICATE, (token_hash(token),)).fetchone()
-    return Principal(row[0], row[1]) if row else None
+    return Principal(row[0], row[1], row[2]) if row else None

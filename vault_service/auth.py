@@ -1,10 +1,11 @@
 """Authentication of every VaultService call, in one interceptor.
 
-``AuthInterceptor`` wraps each VaultService handler once (health and reflection
-stay open) with a check driven by ``POLICY``: user RPCs need ``authorization: Bearer
-<user token>``, service RPCs need the service credential, compared in constant
-time. A method missing from the table is refused (deny by default). The check runs
-inside the wrapped handler, so the error interceptor (outermost) turns its
+``AuthInterceptor`` wraps each VaultService handler once, of whatever kind (unary or
+streaming, either way; health and reflection stay open), with a check driven by
+``POLICY``: user RPCs need ``authorization: Bearer <user token>``, service RPCs
+need the service credential, compared in constant time. A method missing from
+the table is refused (deny by default). The check runs before the handler reads
+anything, inside the wrapped handler, so the error interceptor (outermost) turns its
 failures into the contract's status. The authenticated user is put in a context
 variable for the servicer (``current_user``).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from enum import Enum
 from typing import Any, Final
 
@@ -24,7 +25,7 @@ from realmultillm.vault.v1 import vault_pb2
 from rmllm_common.bearer import bearer_token
 from rmllm_common.errors import MethodNotAllowed, PermissionDenied, TokenInvalid
 from rmllm_common.secret import Secret
-from rmllm_common.server import is_standard_method
+from rmllm_common.server import MethodInterceptor
 from vault_service.accounts import Principal
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,15 @@ def current_user() -> Principal:
     return user
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(MethodInterceptor):
     """Authenticates every VaultService call before the servicer sees it."""
 
     def __init__(
         self, service_token: Secret, authenticate: Callable[[str], Awaitable[Principal | None]]
     ) -> None:
+        super().__init__()
         self._service_token = service_token.reveal().encode()
         self._authenticate = authenticate
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def _check(self, access: Access | None, metadata: Any) -> Principal | None:
         token = bearer_token(metadata).reveal()
@@ -91,79 +92,60 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return user
         raise MethodNotAllowed("this method is not open to any caller")
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or is_standard_method(method):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    async def _admit(self, method: str, access: Access | None, context: Any) -> Principal | None:
+    async def _enter(self, method: str, access: Access | None, context: Any) -> Token[Principal | None]:
+        """Check the call's credentials; set the caller for the servicer (reset it after)."""
         try:
-            return await self._check(access, context.invocation_metadata())
+            principal = await self._check(access, context.invocation_metadata())
         except (TokenInvalid, PermissionDenied) as exc:
             log.info("call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"})
             raise
+        return _current_user.set(principal)
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        """``handler`` behind the check for ``method``, for each of the four call kinds; built once.
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` behind the check for ``method``, whatever its kind; built once per method.
 
-        Each call runs in a task of its own, so the authenticated user set for a
-        streaming call stays with that call; unary calls reset it on the way out.
+        Unary-response kinds (unary-unary, stream-unary) await the inner handler;
+        streaming-response kinds (unary-stream, stream-stream) are async generators
+        that check before their first message and forward every message after.
+        The check runs before the request stream is read.
         """
         access = POLICY.get(method)
-        codec = {
+        serializers: Any = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
-        if handler.unary_unary is not None:
-            unary: Any = handler.unary_unary
 
+        def unary_response(inner: Any) -> Any:
             async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                reset = _current_user.set(await self._admit(method, access, context))
+                reset = await self._enter(method, access, context)
                 try:
-                    return await unary(request, context)
+                    return await inner(request, context)
                 finally:
                     _current_user.reset(reset)
 
-            return grpc.unary_unary_rpc_method_handler(authenticated, **codec)
-        if handler.unary_stream is not None:
-            server_streaming: Any = handler.unary_stream
+            return authenticated
 
-            async def authenticated_stream(
+        def stream_response(inner: Any) -> Any:
+            async def authenticated(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                _current_user.set(await self._admit(method, access, context))
-                async for item in server_streaming(request, context):
-                    yield item
+                reset = await self._enter(method, access, context)
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                finally:
+                    _current_user.reset(reset)
 
-            return grpc.unary_stream_rpc_method_handler(authenticated_stream, **codec)
+            return authenticated
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **serializers)
         if handler.stream_unary is not None:
-            client_streaming: Any = handler.stream_unary
-
-            async def authenticated_upload(
-                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-            ) -> Any:
-                _current_user.set(await self._admit(method, access, context))
-                return await client_streaming(requests, context)
-
-            return grpc.stream_unary_rpc_method_handler(authenticated_upload, **codec)
-        bidi: Any = handler.stream_stream
-
-        async def authenticated_bidi(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            _current_user.set(await self._admit(method, access, context))
-            async for item in bidi(requests, context):
-                yield item
-
-        return grpc.stream_stream_rpc_method_handler(authenticated_bidi, **codec)
+            return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **serializers)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **serializers)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                stream_response(handler.stream_stream), **serializers
+            )
+        raise TypeError(f"{method}: a handler of no known kind")

@@ -1,4 +1,4 @@
-"""``rmllm-vault``: serve the vault, and operate it (users, tokens, rewrap, audit).
+"""``rmllm-vault``: serve the vault, and operate it (users, tokens, budgets, policies, usage, rewrap, audit).
 
 Every command reads the same settings as ``serve`` (data directory, database URL,
 seed) and brings the schema up to date first. Errors are one line on stderr with a
@@ -9,11 +9,14 @@ print the new token once, as the last line of stdout.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import peewee as pw
 
@@ -21,7 +24,7 @@ from rmllm_common.cli import add_serve_flags, child_argv, fail, run_serve
 from rmllm_common.errors import RmllmError
 from rmllm_common.logs import configure as configure_logging
 from rmllm_common.workers import supervise
-from vault_service import accounts, audit, migrations, rewrap
+from vault_service import accounts, audit, ledger, limits, migrations, rewrap, usage_report
 from vault_service.crypto import Keyring
 from vault_service.database import Database, DatabaseUrlError
 from vault_service.server import build_server, prepare_database
@@ -57,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     users.add_parser("list", parents=[common], help="list users")
     disable = users.add_parser("disable", parents=[common], help="disable a user (its tokens stop working)")
     disable.add_argument("name")
+    _limit_parsers(users, common, "name", "a user (every token of the user)")
 
     tokens = commands.add_parser("tokens", help="create, list and revoke user tokens").add_subparsers(
         dest="action", required=True
@@ -67,6 +71,14 @@ def parser() -> argparse.ArgumentParser:
     token_list.add_argument("user", nargs="?")
     revoke = tokens.add_parser("revoke", parents=[common], help="revoke a token by its id (tok_...)")
     revoke.add_argument("token_id")
+    _limit_parsers(tokens, common, "token_id", "one token (a virtual key)")
+
+    usage = commands.add_parser("usage", help="usage reports").add_subparsers(dest="action", required=True)
+    report = usage.add_parser("report", parents=[common], help="every user's usage, from the daily rollups")
+    report.add_argument("--since", default="7d", help="UTC date, time, or age (24h, 7d); default 7d")
+    report.add_argument("--until", default="0m", help="UTC date, time, or age; default now")
+    report.add_argument("--by", choices=["user", "provider", "model", "day"], default="user")
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     commands.add_parser("rewrap", parents=[common], help="re-encrypt every stored key under the current seed")
     audit_cmd = commands.add_parser("audit", help="check the audit log").add_subparsers(
@@ -74,6 +86,61 @@ def parser() -> argparse.ArgumentParser:
     )
     audit_cmd.add_parser("verify", parents=[common], help="verify the audit hash chain")
     return top
+
+
+def _limit_parsers(group: Any, common: argparse.ArgumentParser, target: str, whom: str) -> None:
+    """``budget`` and ``policy`` under ``users`` or ``tokens``."""
+    budget = group.add_parser("budget", parents=[common], help=f"set the spend budgets of {whom}")
+    budget.add_argument(target)
+    budget.add_argument("--daily-usd", metavar="X", help="budget per UTC day, in US dollars")
+    budget.add_argument("--monthly-usd", metavar="Y", help="budget per UTC calendar month, in US dollars")
+    budget.add_argument("--clear", action="store_true", help="remove both budgets")
+    policy = group.add_parser("policy", parents=[common], help=f"set the model policy of {whom}")
+    policy.add_argument(target)
+    policy.add_argument(
+        "--allow", metavar="PATTERNS", help="provider/model patterns, comma-separated ('' clears)"
+    )
+    policy.add_argument(
+        "--deny", metavar="PATTERNS", help="provider/model patterns; a deny wins over an allow"
+    )
+
+
+def _limits(args: argparse.Namespace, db: Database, target: limits.Target) -> int:
+    if args.action == "budget":
+        daily = usage_report.dollars(args.daily_usd, "--daily-usd")
+        monthly = usage_report.dollars(args.monthly_usd, "--monthly-usd")
+        found = db.call(
+            functools.partial(limits.set_budget, daily=daily, monthly=monthly, clear=args.clear), db, target
+        )
+        shown = [b for b in found.budgets if b.scope.name.lower() == ("token" if target.token_id else "user")]
+        if not shown:
+            print(f"{target.label}: no budget")
+        for b in shown:
+            reset = b.reset_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+            print(
+                f"{target.label}: {b.period.name.lower()} budget ${b.limit_usd:,.2f}, "
+                f"spent ${b.spent_usd:,.4f}, resets {reset}"
+            )
+        return 0
+    policy = db.call(functools.partial(limits.set_policy, allow=args.allow, deny=args.deny), db, target)
+    print(
+        f"{target.label}: allow {','.join(policy.allow) or '(all)'}; deny {','.join(policy.deny) or '(none)'}"
+    )
+    return 0
+
+
+def _usage(args: argparse.Namespace, db: Database) -> int:
+    now = datetime.now(UTC)
+    since = usage_report.when(args.since, now, "--since")
+    until = usage_report.when(args.until, now, "--until")
+    if until <= since:
+        raise usage_report.ArgumentError("--until must be after --since")
+    if until - since > timedelta(days=ledger.MAX_RANGE_DAYS):
+        raise usage_report.ArgumentError(f"a report spans at most {ledger.MAX_RANGE_DAYS} days")
+    start, end = ledger.check_range(int(since.timestamp() * 1e6), int(until.timestamp() * 1e6))
+    groups = db.call(ledger.report, db, start, end, args.by)
+    print(usage_report.render(groups, args.by, args.format))
+    return 0
 
 
 def _print_token(token_id: str, token: str) -> None:
@@ -93,6 +160,8 @@ def _users(args: argparse.Namespace, db: Database) -> int:
             status = "disabled" if info.disabled else "active"
             created = _when(info.create_time)
             print(f"{info.name:<24} {info.user_id:<22} {status:<9} {info.active_tokens:>6}  {created}")
+    elif args.action in ("budget", "policy"):
+        return _limits(args, db, db.call(limits.user_target, db, args.name))
     else:
         user_id = db.call(accounts.disable_user, db, args.name)
         print(f"disabled user {args.name} ({user_id})")
@@ -109,6 +178,8 @@ def _tokens(args: argparse.Namespace, db: Database) -> int:
         for info in db.call(accounts.list_tokens, db, args.user):
             status = f"revoked {_when(info.revoke_time)}" if info.revoke_time else "active"
             print(f"{info.token_id:<18} {info.user_name:<24} {_when(info.create_time):<21} {status}")
+    elif args.action in ("budget", "policy"):
+        return _limits(args, db, db.call(limits.token_target, db, args.token_id))
     else:
         db.call(accounts.revoke_token, db, args.token_id)
         print(f"revoked {args.token_id}")
@@ -151,6 +222,7 @@ def _operate(args: argparse.Namespace, base: VaultSettings) -> int:
             "tokens": lambda: _tokens(args, db),
             "rewrap": lambda: _rewrap(settings, db),
             "audit": lambda: _audit(db),
+            "usage": lambda: _usage(args, db),
         }
         return handlers[args.command]()
     finally:
@@ -178,7 +250,14 @@ def main(argv: list[str] | None = None) -> int:
                 return supervise(argv, settings.listen, settings.workers, settings.grace_seconds)
             return run_serve(settings, settings.listen, settings.grace_seconds, build_server)
         return _operate(args, base)
-    except (SettingsError, DatabaseUrlError, migrations.SchemaTooNew, PermissionError, ValueError) as exc:
+    except (
+        SettingsError,
+        DatabaseUrlError,
+        migrations.SchemaTooNew,
+        PermissionError,
+        usage_report.ArgumentError,
+        ValueError,
+    ) as exc:
         return fail(str(exc))
     except RmllmError as exc:
         return fail(exc.message)

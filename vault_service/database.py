@@ -103,6 +103,9 @@ class Tables:
     audit: Any
     audit_head: Any
     migration: Any
+    usage_record: Any
+    usage_daily: Any
+    usage_limits: Any
 
 
 def define_tables(db: Any) -> Tables:
@@ -181,8 +184,74 @@ def define_tables(db: Any) -> Tables:
         class Meta:
             table_name = "schema_migrations"
 
+    class UsageRecord(Base):
+        request_id = pw.TextField(primary_key=True)
+        time = pw.BigIntegerField()
+        user_id = pw.TextField()
+        token_id = pw.TextField()
+        provider = pw.TextField()
+        model = pw.TextField()
+        method = pw.TextField()
+        stream = pw.BooleanField()
+        input_tokens = pw.BigIntegerField()
+        output_tokens = pw.BigIntegerField()
+        cache_read_input_tokens = pw.BigIntegerField()
+        cache_creation_input_tokens = pw.BigIntegerField()
+        reasoning_tokens = pw.BigIntegerField()
+        usage_reported = pw.BooleanField()
+        cost_usd = pw.DoubleField()
+        latency_us = pw.BigIntegerField()
+        ttft_us = pw.BigIntegerField(null=True)
+        status_code = pw.TextField()
+        reason = pw.TextField()
+        retries = pw.IntegerField()
+        ingest_time = pw.BigIntegerField()
+
+        class Meta:
+            table_name = "usage_records"
+
+    class UsageDaily(Base):
+        user_id = pw.TextField()
+        token_id = pw.TextField()
+        day = pw.TextField()
+        provider = pw.TextField()
+        model = pw.TextField()
+        calls = pw.BigIntegerField()
+        failed_calls = pw.BigIntegerField()
+        input_tokens = pw.BigIntegerField()
+        output_tokens = pw.BigIntegerField()
+        cache_read_input_tokens = pw.BigIntegerField()
+        cache_creation_input_tokens = pw.BigIntegerField()
+        reasoning_tokens = pw.BigIntegerField()
+        cost_usd = pw.DoubleField()
+
+        class Meta:
+            table_name = "usage_daily"
+            primary_key = pw.CompositeKey("user_id", "day", "provider", "model", "token_id")
+
+    class UsageLimits(Base):
+        user_id = pw.TextField()
+        token_id = pw.TextField()
+        daily_usd = pw.DoubleField(null=True)
+        monthly_usd = pw.DoubleField(null=True)
+        allow_models = pw.TextField(default="")
+        deny_models = pw.TextField(default="")
+        update_time = pw.BigIntegerField()
+
+        class Meta:
+            table_name = "usage_limits"
+            primary_key = pw.CompositeKey("user_id", "token_id")
+
     return Tables(
-        user=User, token=Token, config=Config, audit=Audit, audit_head=AuditHead, migration=Migration
+        user=User,
+        token=Token,
+        config=Config,
+        audit=Audit,
+        audit_head=AuditHead,
+        migration=Migration,
+        usage_record=UsageRecord,
+        usage_daily=UsageDaily,
+        usage_limits=UsageLimits,
     )
 
 

@@ -87,6 +87,65 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         3,
+        "usage ledger, daily rollups, budgets and model policies",
+        (
+            # One row per LLM-service call; request_id is the idempotency key of ingestion.
+            """CREATE TABLE usage_records (
+                request_id TEXT PRIMARY KEY,
+                time BIGINT NOT NULL,
+                user_id TEXT NOT NULL,
+                token_id TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                model TEXT NOT NULL,
+                method TEXT NOT NULL,
+                stream BOOLEAN NOT NULL,
+                input_tokens BIGINT NOT NULL,
+                output_tokens BIGINT NOT NULL,
+                cache_read_input_tokens BIGINT NOT NULL,
+                cache_creation_input_tokens BIGINT NOT NULL,
+                reasoning_tokens BIGINT NOT NULL,
+                usage_reported BOOLEAN NOT NULL,
+                cost_usd DOUBLE PRECISION NOT NULL,
+                latency_us BIGINT NOT NULL,
+                ttft_us BIGINT,
+                status_code TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                retries INTEGER NOT NULL,
+                ingest_time BIGINT NOT NULL)""",
+            # Newest-first paging of one user's records, and retention by time.
+            "CREATE INDEX usage_records_user_time ON usage_records (user_id, time, request_id)",
+            "CREATE INDEX usage_records_time ON usage_records (time)",
+            # Per user, token, UTC day, provider and model: summaries and budget spend read these.
+            """CREATE TABLE usage_daily (
+                user_id TEXT NOT NULL,
+                token_id TEXT NOT NULL,
+                day TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                model TEXT NOT NULL,
+                calls BIGINT NOT NULL,
+                failed_calls BIGINT NOT NULL,
+                input_tokens BIGINT NOT NULL,
+                output_tokens BIGINT NOT NULL,
+                cache_read_input_tokens BIGINT NOT NULL,
+                cache_creation_input_tokens BIGINT NOT NULL,
+                reasoning_tokens BIGINT NOT NULL,
+                cost_usd DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (user_id, day, provider, model, token_id))""",
+            "CREATE INDEX usage_daily_day ON usage_daily (day)",
+            # Budgets and model policy of a user (token_id '') or of one of its tokens.
+            """CREATE TABLE usage_limits (
+                user_id TEXT NOT NULL REFERENCES users (id),
+                token_id TEXT NOT NULL,
+                daily_usd DOUBLE PRECISION,
+                monthly_usd DOUBLE PRECISION,
+                allow_models TEXT NOT NULL DEFAULT '',
+                deny_models TEXT NOT NULL DEFAULT '',
+                update_time BIGINT NOT NULL,
+                PRIMARY KEY (user_id, token_id))""",
+        ),
+    ),
+    Migration(
+        4,
         "change sequence for cache invalidation",
         (
             """CREATE TABLE invalidations (

@@ -2,9 +2,11 @@
 
 It opens the database, applies pending migrations, derives the keyring from the
 seed(s), and assembles the gRPC server: the error interceptor (outermost), the
-auth interceptor, the VaultService, health and reflection, and starts the
-process's ``InvalidationHub`` (the WatchInvalidations fan-out). Stopping the
-server ends the watch streams first, then closes the database.
+auth interceptor, the VaultService, health and reflection; it starts the
+process's ``InvalidationHub`` (the WatchInvalidations fan-out) and the hourly
+pruning of raw usage records past ``RMLLM_USAGE_RETENTION_DAYS``. Stopping the
+server ends the watch streams first, then stops the pruning and closes the
+database.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import logging
 import peewee as pw
 from realmultillm.vault.v1 import vault_pb2_grpc
 
+from rmllm_common.errors import Unavailable
 from rmllm_common.registry import Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
-from vault_service import accounts, migrations
+from vault_service import accounts, ledger, migrations
 from vault_service.auth import SERVICE_NAME, AuthInterceptor
 from vault_service.crypto import Keyring
 from vault_service.database import Database
@@ -26,6 +29,7 @@ from vault_service.settings import SettingsError, VaultSettings
 from vault_service.watch import InvalidationHub
 
 log = logging.getLogger(__name__)
+PRUNE_INTERVAL_SECONDS = 3600.0
 
 
 def check_seed_matches(db: Database, keyring: Keyring, settings: VaultSettings) -> None:
@@ -75,6 +79,18 @@ def prepare_database(settings: VaultSettings) -> None:
         db.close()
 
 
+async def _prune_usage(db: Database, retention_days: float) -> None:
+    """Delete raw usage records past retention now and then every hour (the rollups stay)."""
+    while True:
+        try:
+            deleted = await db.run(ledger.prune, db, retention_days)
+        except Unavailable:
+            deleted = 0  # logged by Database.run; try again next time
+        if deleted:
+            log.info("pruned usage records", extra={"count": deleted, "event": "usage_pruned"})
+        await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
+
 async def build_server(settings: VaultSettings, *, registry: Registry | None = None) -> ServerHandle:
     """A vault server bound to ``settings.listen`` (port 0 picks a free port)."""
     db = Database(settings.effective_database_url)
@@ -108,15 +124,19 @@ async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
 
-    async def close() -> None:
-        await hub.close()
-        await asyncio.to_thread(db.close)
-
     try:
         port = bind(server, settings.listen)
     except OSError:
         await hub.close()
         raise
+    pruner = asyncio.create_task(_prune_usage(db, settings.usage_retention_days), name="usage-prune")
+
+    async def close() -> None:
+        await hub.close()
+        pruner.cancel()
+        await asyncio.gather(pruner, return_exceptions=True)
+        await asyncio.to_thread(db.close)
+
     return ServerHandle(
         server=server,
         port=port,

@@ -9,18 +9,20 @@ translates. No response of a user RPC contains a key.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from rmllm_common import requestctx
-from rmllm_common.errors import TokenInvalid, Unimplemented, invalid
+from rmllm_common.errors import TokenInvalid, invalid
+from rmllm_common.modelpolicy import ModelPolicy
 from rmllm_common.registry import Registry
-from vault_service import accounts, configs, validation
+from vault_service import accounts, configs, ledger, limits, validation
 from vault_service.auth import current_user
 from vault_service.crypto import Keyring
 from vault_service.database import Database
@@ -42,6 +44,126 @@ def _settings(value: configs.Settings) -> vault_pb2.ProviderSettings:
     return vault_pb2.ProviderSettings(
         default_model=value.default_model, temperature=value.temperature, max_tokens=value.max_tokens
     )
+
+
+def _micros(stamp: timestamp_pb2.Timestamp) -> int:
+    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
+
+
+def _duration(micros: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
+
+
+def _policy(policy: ModelPolicy) -> vault_pb2.ModelPolicy | None:
+    return vault_pb2.ModelPolicy(allow=policy.allow, deny=policy.deny) if policy else None
+
+
+def _limits(found: limits.Limits) -> dict[str, Any]:
+    """The budget and policy fields of ResolveCredentials' and AuthenticateToken's answers."""
+    budgets = [
+        vault_pb2.BudgetStatus(
+            scope=b.scope.value,  # type: ignore[arg-type]
+            period=b.period.value,  # type: ignore[arg-type]
+            limit_usd=b.limit_usd,
+            spent_usd=b.spent_usd,
+            reset_time=timestamp_pb2.Timestamp(seconds=int(b.reset_time.timestamp())),
+        )
+        for b in found.budgets
+    ]
+    return {
+        "budgets": budgets,
+        "user_policy": _policy(found.user_policy),
+        "token_policy": _policy(found.token_policy),
+    }
+
+
+def _totals(totals: ledger.Totals) -> vault_pb2.UsageTotals:
+    return vault_pb2.UsageTotals(
+        calls=totals.calls,
+        failed_calls=totals.failed_calls,
+        input_tokens=totals.input_tokens,
+        output_tokens=totals.output_tokens,
+        cache_read_input_tokens=totals.cache_read_input_tokens,
+        cache_creation_input_tokens=totals.cache_creation_input_tokens,
+        reasoning_tokens=totals.reasoning_tokens,
+        cost_usd=totals.cost_usd,
+    )
+
+
+def _group(group: ledger.Group) -> vault_pb2.UsageGroup:
+    return vault_pb2.UsageGroup(
+        day=group.day, provider=group.provider, model=group.model, totals=_totals(group.totals)
+    )
+
+
+def entry_from_proto(record: vault_pb2.UsageRecord) -> ledger.Entry:
+    """A reported record in the ledger's units."""
+    return ledger.Entry(
+        request_id=record.request_id,
+        time=_micros(record.time),
+        user_id=record.user_id,
+        token_id=record.token_id,
+        provider=record.provider,
+        model=record.model,
+        method=record.method,
+        stream=record.stream,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cache_read_input_tokens=record.cache_read_input_tokens,
+        cache_creation_input_tokens=record.cache_creation_input_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        usage_reported=record.usage_reported,
+        cost_usd=record.cost_usd,
+        latency_us=record.latency.seconds * 1_000_000 + record.latency.nanos // 1000,
+        ttft_us=(
+            record.time_to_first_token.seconds * 1_000_000 + record.time_to_first_token.nanos // 1000
+            if record.HasField("time_to_first_token")
+            else None
+        ),
+        status_code=record.status_code,
+        reason=record.reason,
+        retries=record.retries,
+    )
+
+
+def entry_to_proto(entry: ledger.Entry) -> vault_pb2.UsageRecord:
+    """A stored record as the API shows it."""
+    return vault_pb2.UsageRecord(
+        request_id=entry.request_id,
+        time=_timestamp(entry.time),
+        user_id=entry.user_id,
+        token_id=entry.token_id,
+        provider=entry.provider,
+        model=entry.model,
+        method=entry.method,
+        stream=entry.stream,
+        input_tokens=entry.input_tokens,
+        output_tokens=entry.output_tokens,
+        cache_read_input_tokens=entry.cache_read_input_tokens,
+        cache_creation_input_tokens=entry.cache_creation_input_tokens,
+        reasoning_tokens=entry.reasoning_tokens,
+        usage_reported=entry.usage_reported,
+        cost_usd=entry.cost_usd,
+        latency=_duration(entry.latency_us),
+        time_to_first_token=_duration(entry.ttft_us) if entry.ttft_us is not None else None,
+        status_code=entry.status_code,
+        reason=entry.reason,
+        retries=entry.retries,
+    )
+
+
+def _resolve_with_limits(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int
+) -> tuple[configs.Resolved, limits.Limits]:
+    resolved = configs.resolve(db, keyring, token, provider, request_id, lease_seconds)
+    return resolved, limits.lookup(db, resolved.user_id, resolved.token_id)
+
+
+def _authenticate_with_limits(db: Database, token: str) -> tuple[accounts.Principal, limits.Limits] | None:
+    user = accounts.authenticate(db, token)
+    if user is None:
+        return None
+    return user, limits.lookup(db, user.user_id, user.token_id)
 
 
 def change_to_proto(item: Change | Resync) -> vault_pb2.WatchInvalidationsResponse:
@@ -76,7 +198,7 @@ def to_proto(record: configs.Record) -> vault_pb2.ProviderConfig:
 
 
 class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
-    """The seven VaultService RPCs over one database and keyring."""
+    """The VaultService RPCs over one database and keyring."""
 
     def __init__(
         self,
@@ -149,8 +271,8 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             raise TokenInvalid("user_token is empty: pass the caller's token (without `Bearer `)")
         if not 0 <= request.lease_seconds <= MAX_LEASE_SECONDS:
             raise invalid("lease_seconds", f"from 0 to {MAX_LEASE_SECONDS}")
-        resolved = await self._db.run(
-            configs.resolve,
+        resolved, found = await self._db.run(
+            _resolve_with_limits,
             self._db,
             self._keyring,
             request.user_token,
@@ -166,34 +288,73 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             settings=_settings(resolved.settings),
             key_hint=resolved.key_hint,
             token_id=resolved.token_id,
+            **_limits(found),
         )
 
     async def AuthenticateToken(
         self, request: vault_pb2.AuthenticateTokenRequest, context: Context
     ) -> vault_pb2.AuthenticateTokenResponse:
-        user = await self._db.run(accounts.authenticate, self._db, request.user_token)
-        if user is None:
+        found = await self._db.run(_authenticate_with_limits, self._db, request.user_token)
+        if found is None:
             raise TokenInvalid("the user token is unknown or revoked")
-        return vault_pb2.AuthenticateTokenResponse(user_id=user.user_id, user_name=user.user_name)
-
-    # The second wave's ledger RPCs (CONTRACT §8) are declared in the contract ahead
-    # of their implementations, which land with the usage ledger (#10); until then
-    # they answer UNIMPLEMENTED explicitly.
+        user, user_limits = found
+        return vault_pb2.AuthenticateTokenResponse(
+            user_id=user.user_id, user_name=user.user_name, token_id=user.token_id, **_limits(user_limits)
+        )
 
     async def GetUsageSummary(
         self, request: vault_pb2.GetUsageSummaryRequest, context: Context
     ) -> vault_pb2.GetUsageSummaryResponse:
-        raise Unimplemented("GetUsageSummary is not served by this vault yet")
+        start = _micros(request.start_time) if request.HasField("start_time") else None
+        end = _micros(request.end_time) if request.HasField("end_time") else None
+        start_us, end_us = ledger.check_range(start, end)
+        provider = validation.provider(self._registry, request.provider).id if request.provider else ""
+        found = await self._db.run(
+            ledger.summary, self._db, current_user().user_id, start_us, end_us, provider
+        )
+        return vault_pb2.GetUsageSummaryResponse(
+            totals=_totals(found.totals),
+            by_day=[_group(g) for g in found.by_day],
+            by_provider=[_group(g) for g in found.by_provider],
+            by_model=[_group(g) for g in found.by_model],
+        )
 
     async def ListUsageRecords(
         self, request: vault_pb2.ListUsageRecordsRequest, context: Context
     ) -> vault_pb2.ListUsageRecordsResponse:
-        raise Unimplemented("ListUsageRecords is not served by this vault yet")
+        start = _micros(request.start_time) if request.HasField("start_time") else None
+        end = _micros(request.end_time) if request.HasField("end_time") else None
+        provider = validation.provider(self._registry, request.provider).id if request.provider else ""
+        page = await self._db.run(
+            functools.partial(
+                ledger.records,
+                page_size=request.page_size,
+                page_token=request.page_token,
+                provider=provider,
+            ),
+            self._db,
+            current_user().user_id,
+            start,
+            end,
+        )
+        return vault_pb2.ListUsageRecordsResponse(
+            records=[entry_to_proto(e) for e in page.entries], next_page_token=page.next_token
+        )
 
     async def ReportUsage(
         self, request_iterator: AsyncIterator[vault_pb2.ReportUsageRequest], context: Context
     ) -> vault_pb2.ReportUsageResponse:
-        raise Unimplemented("ReportUsage is not served by this vault yet")
+        accepted = duplicates = 0
+        async for batch in request_iterator:
+            if len(batch.records) > ledger.MAX_BATCH:
+                raise invalid("records", f"at most {ledger.MAX_BATCH} records per message")
+            entries = [entry_from_proto(r) for r in batch.records]
+            if not entries:
+                continue
+            done = await self._db.run(ledger.ingest, self._db, entries)
+            accepted += done.accepted
+            duplicates += done.duplicates
+        return vault_pb2.ReportUsageResponse(accepted=accepted, duplicates=duplicates)
 
     async def WatchInvalidations(
         self, request: vault_pb2.WatchInvalidationsRequest, context: Context

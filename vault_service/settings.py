@@ -41,6 +41,9 @@ class VaultSettings:
     grace_seconds: float = 10.0
     log_level: str = "info"
     workers: int = 1
+    # Raw usage records older than this are deleted (the daily rollups are kept). At least
+    # a day: ingestion is idempotent on the raw rows, and a retried batch can come minutes late.
+    usage_retention_days: float = 90.0
     # Set when this start generated the seed file (first run).
     generated_seed_file: Path | None = None
 
@@ -76,6 +79,7 @@ class VaultSettings:
             grace_seconds=parse.number(env, "RMLLM_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 3600.0),
             log_level=parse.log_level(env, log_level),
             workers=parse.workers(env, workers),
+            usage_retention_days=parse.number(env, "RMLLM_USAGE_RETENTION_DAYS", 90.0, 1.0, 36_500.0),
         )
         return base.with_secrets(env, generate_seed=generate_seed) if with_secrets else base
 

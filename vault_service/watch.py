@@ -152,11 +152,12 @@ class InvalidationHub:
     async def _read(self) -> None:
         try:
             changes = await self._db.run(invalidations.since, self._db, self._last)
-        except Unavailable:
+        except Exception as exc:  # whatever the reason, the hub cannot vouch for the sequence
             if not self._read_failed_logged:
                 self._read_failed_logged = True
                 log.error(
-                    "cannot read the change sequence; ending watch streams until the database is back",
+                    "cannot read the change sequence (%s); ending watch streams until it is readable",
+                    type(exc).__name__,
                     extra={"event": "invalidation_read_failed"},
                 )
             self._ready = False

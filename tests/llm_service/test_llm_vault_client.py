@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from realmultillm.vault.v1 import vault_pb2
-from testkit.llm_fake_vault import FakeVault, StoredKey, token_id_of
+from testkit.llm_fake_vault import FakeVault, StoredKey
 from testkit.llm_harness import (
     ALICE,
     BOB,
@@ -102,6 +102,7 @@ async def test_each_change_drops_what_it_makes_stale() -> None:
     async with llm_harness(CACHED) as llm:
         await synced(llm)
         llm.vault.users[SECOND_TOKEN] = "u-alice"
+        llm.vault.token_ids[SECOND_TOKEN] = "tok_alice_second"
         llm.vault.keys[("u-bob", "openai")] = StoredKey("sk-bob-key-0123456789")
 
         async def warm() -> int:
@@ -121,9 +122,7 @@ async def test_each_change_drops_what_it_makes_stale() -> None:
         assert len(llm.vault.calls) == calls + 1
         assert await warm() == 4
         # A revoked token: its entries go, the user's other token stays.
-        llm.vault.invalidate(
-            vault_pb2.INVALIDATION_KIND_TOKEN_REVOKED, "u-alice", token_id=token_id_of(ALICE)
-        )
+        llm.vault.invalidate(vault_pb2.INVALIDATION_KIND_TOKEN_REVOKED, "u-alice", token_id="tok_u-alice")
         await llm.until(lambda: len(llm.cache) == 2)
         assert await warm() == 4
         # A changed user (disabled, say): all of that user's entries go.

@@ -8,13 +8,14 @@ SERVICE_CREDENTIAL_REQUIRED), answers unknown tokens with UNAUTHENTICATED /
 TOKEN_INVALID and missing keys with FAILED_PRECONDITION / KEY_NOT_CONFIGURED, all as
 rich statuses. It records each call (method, token, provider, metadata), and can be
 told to fail the next calls with any error or to stall, to test the LLM service's
-translation and deadlines.
+translation and deadlines. ReportUsage keeps the usage records it is sent
+(idempotent on the request id, like the real vault); ``limits`` adds budgets and
+model policies (the response fields) to a user's answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +28,6 @@ from rmllm_common.registry import default_registry
 from rmllm_common.server import abort_with
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def token_id_of(token: str) -> str:
-    """The fake vault's public id of a token."""
-    return "tok_" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -64,8 +60,12 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
 
     service_token: str
     users: dict[str, str] = field(default_factory=dict)
+    # token -> token id, for tokens that are not their user's first (``tok_<user id>``)
+    token_ids: dict[str, str] = field(default_factory=dict)
     keys: dict[tuple[str, str], StoredKey] = field(default_factory=dict)
     calls: list[VaultCall] = field(default_factory=list)
+    usage: dict[str, vault_pb2.UsageRecord] = field(default_factory=dict)
+    limits: dict[str, dict[str, Any]] = field(default_factory=dict)
     fail_with: errors.RmllmError | None = None
     stall: bool = False
     address: str = ""
@@ -113,20 +113,40 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
         if stored.max_tokens is not None:
             settings.max_tokens = stored.max_tokens
         return vault_pb2.ResolveCredentialsResponse(
-            token_id=token_id_of(request.user_token),
             user_id=user_id,
             provider=spec.id,
             api_key=stored.api_key,
             base_url=stored.base_url,
             settings=settings,
             key_hint=stored.api_key[-4:],
+            token_id=self.token_ids.get(request.user_token, f"tok_{user_id}"),
+            **self.limits.get(user_id, {}),
         )
 
     async def AuthenticateToken(
         self, request: vault_pb2.AuthenticateTokenRequest, context: Context
     ) -> vault_pb2.AuthenticateTokenResponse:
         user_id = await self._enter("AuthenticateToken", request.user_token, "", context)
-        return vault_pb2.AuthenticateTokenResponse(user_id=user_id, user_name=f"name-{user_id}")
+        return vault_pb2.AuthenticateTokenResponse(
+            user_id=user_id,
+            user_name=f"name-{user_id}",
+            token_id=self.token_ids.get(request.user_token, f"tok_{user_id}"),
+            **self.limits.get(user_id, {}),
+        )
+
+    async def ReportUsage(self, request_iterator: Any, context: Context) -> vault_pb2.ReportUsageResponse:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        if metadata.get("authorization") != f"Bearer {self.service_token}":
+            await abort_with(context, errors.PermissionDenied("this RPC needs the service credential"))
+        accepted = duplicates = 0
+        async for batch in request_iterator:
+            for record in batch.records:
+                if record.request_id in self.usage:
+                    duplicates += 1
+                else:
+                    self.usage[record.request_id] = record
+                    accepted += 1
+        return vault_pb2.ReportUsageResponse(accepted=accepted, duplicates=duplicates)
 
     async def WatchInvalidations(
         self, request: vault_pb2.WatchInvalidationsRequest, context: Context

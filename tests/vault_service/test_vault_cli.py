@@ -137,3 +137,108 @@ def test_configuration_errors_are_one_line(
         monkeypatch.setenv(name, value)
     code, _, err = invoke(*argv)
     assert code != 0 and expected in one_line_error(err)
+
+
+def test_budgets_policies_and_the_usage_report(run: Invoke, data_dir: Path) -> None:
+    import json
+
+    from vault_service import ledger, limits
+
+    invoke = run
+    code, out, _ = invoke("users", "create", "alice")
+    assert code == 0
+    code, out, _ = invoke("tokens", "list", "alice")
+    token_id = out.splitlines()[1].split()[0]
+    code, out, _ = invoke("users", "budget", "alice", "--daily-usd", "5", "--monthly-usd", "$50")
+    assert code == 0 and "daily budget $5.00" in out and "monthly budget $50.00" in out
+    code, out, _ = invoke("tokens", "budget", token_id, "--daily-usd", "0.5")
+    assert code == 0 and f"token {token_id}: daily budget $0.50" in out
+    for bad, says in (
+        ("-1", "from 0 to"),
+        ("abc", "a number of US dollars"),
+        ("1e9", "at most"),
+        ("inf", "from 0"),
+    ):
+        code, _, err = invoke("users", "budget", "alice", "--daily-usd", bad)
+        assert code == 2 and says in one_line_error(err), bad
+    code, _, err = invoke("users", "budget", "alice")
+    assert code == 2 and "--daily-usd" in one_line_error(err)
+    code, _, err = invoke("users", "budget", "nobody", "--daily-usd", "1")
+    assert code == 2 and "no user named" in one_line_error(err)
+    code, out, _ = invoke(
+        "users", "policy", "alice", "--allow", "openai/gpt-4o-mini,anthropic/*", "--deny", "openai/gpt-4o"
+    )
+    assert code == 0 and "allow openai/gpt-4o-mini,anthropic/*; deny openai/gpt-4o" in out
+    code, _, err = invoke("tokens", "policy", token_id, "--allow", "no-slash")
+    assert code == 2 and "not a model pattern" in one_line_error(err)
+
+    db = Database(f"sqlite:///{data_dir / 'vault.sqlite3'}")
+    try:
+        user_id = db.call(lambda: db.tables.user.get(db.tables.user.name == "alice").id)
+        found = db.call(limits.lookup, db, user_id, token_id)
+        assert sorted((b.scope.name, b.period.name, b.limit_usd) for b in found.budgets) == [
+            ("TOKEN", "DAILY", 0.5),
+            ("USER", "DAILY", 5.0),
+            ("USER", "MONTHLY", 50.0),
+        ]
+        assert found.user_policy.allow == ("openai/gpt-4o-mini", "anthropic/*")
+        now = ledger.now_us()
+        entries = [
+            ledger.Entry(
+                f"r{i}",
+                now - i,
+                user_id,
+                token_id,
+                provider,
+                "m1",
+                "Chat",
+                False,
+                100,
+                10,
+                0,
+                0,
+                0,
+                True,
+                0.25,
+                1000,
+                None,
+                "OK" if i else "UNAVAILABLE",
+                "",
+                0,
+            )
+            for i, provider in enumerate(("openai", "openai", "anthropic"))
+        ]
+        db.call(ledger.ingest, db, entries)
+    finally:
+        db.close()
+    code, out, _ = invoke("usage", "report", "--by", "provider")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["PROVIDER", "CALLS", "FAILED"]
+    assert lines[1].split()[:3] == ["anthropic", "1", "0"] and lines[2].split()[:3] == ["openai", "2", "1"]
+    assert lines[-1].split()[:3] == ["TOTAL", "3", "1"] and lines[-1].endswith("0.750000")
+    code, out, _ = invoke("usage", "report", "--by", "user", "--format", "json", "--since", "1d")
+    assert json.loads(out) == [
+        {
+            "user": "alice",
+            "calls": 3,
+            "failed": 1,
+            "input": 300,
+            "output": 30,
+            "cache_read": 0,
+            "cache_write": 0,
+            "reasoning": 0,
+            "cost_usd": 0.75,
+        }
+    ]
+    code, out, _ = invoke("usage", "report", "--by", "model", "--format", "csv")
+    assert (
+        out.splitlines()[0]
+        == "provider,model,calls,failed,input,output,cache_read,cache_write,reasoning,cost_usd"
+    )
+    for argv, says in (
+        (("--since", "2026-12-02", "--until", "2026-12-01"), "--until must be after --since"),
+        (("--since", "400d"), "at most 366 days"),
+        (("--since", "yesterday"), "--since must be"),
+    ):
+        code, _, err = invoke("usage", "report", *argv)
+        assert code == 2 and says in one_line_error(err), argv

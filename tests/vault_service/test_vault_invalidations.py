@@ -88,7 +88,7 @@ def test_the_tables_exist_only_through_the_migration(database: Database) -> None
 
 
 async def test_watch_streams_every_change_from_every_vault_process(
-    vault_factory: Callable[..., Awaitable[Vault]], db_url: str
+    db_url: str, vault_factory: Callable[..., Awaitable[Vault]]
 ) -> None:
     first = await vault_factory(db_url)
     second = await vault_factory(db_url)
