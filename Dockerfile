@@ -11,7 +11,8 @@ COPY clients ./clients
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --home-dir /data --create-home rmllm
+# The services refuse a data directory other users can reach.
+RUN useradd --system --uid 10001 --home-dir /data --create-home rmllm && chmod 0700 /data
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER rmllm

@@ -147,7 +147,7 @@ def vault_pieces(repeat: int) -> dict[str, float]:
             select = configs._RESOLVE  # the resolve's one SELECT, as the vault runs it
 
             def lookup() -> None:
-                db.call(lambda: db.execute(select, ("openai", digest)).fetchone())
+                db.call(lambda: db.execute(select, ("openai", digest, time.time_ns() // 1000)).fetchone())
 
             resolve_repeat = max(100, repeat // 10)
             wall = time.perf_counter()

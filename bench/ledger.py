@@ -8,6 +8,9 @@ Two measurements, printed as one JSON object:
   (caller, target, first token, usage), building the ``UsageRecord``, submitting
   it to the reporter, and the reporter's share of sending it (serialising it in a
   batch of 500). Nothing of it waits on I/O, so it adds no latency to the call.
+* ``vault``: the vault's CPU per ResolveCredentials / AuthenticateToken for reading
+  the caller's limits (one primary-key lookup; with a budget, the spend summed
+  from the rollups too), each inside its own pooled connection as the service runs it.
 * the soak: a real stack (fake provider in fast mode, vault on SQLite, LLM
   service) serves ``--calls`` Chats at ``--concurrency``; the LLM service is then
   stopped (SIGTERM flushes its buffer) and the ledger must hold exactly one record
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import sys
@@ -38,6 +42,8 @@ from clients import Client
 from llm_service import accounting
 from llm_service.deadline import Deadline
 from llm_service.usage import UsageReporter
+from vault_service import accounts, limits, migrations
+from vault_service.database import Database
 
 BATCH = 500
 
@@ -83,6 +89,27 @@ def accounting_cpu(repeat: int = 20_000) -> dict[str, float]:
         "cpu_us_per_call": record_us + send_us,
         "record_bytes": len(message.SerializeToString()) / len(records),
     }
+
+
+def vault_lookup_cpu(repeat: int = 5_000) -> dict[str, float]:
+    """The vault's CPU per resolve for the limits it now returns (SQLite, as the service runs it)."""
+    with tempfile.TemporaryDirectory(prefix="rmllm-ledger-bench-") as tmp:
+        db = Database(f"sqlite:///{tmp}/vault.sqlite3")
+        try:
+            migrations.migrate(db)
+            principal, token_id, _ = db.call(accounts.create_user, db, "bench")
+            user_id = principal.user_id
+
+            def lookup() -> None:
+                db.call(limits.lookup, db, user_id, token_id)
+
+            none_us = _per_call(lookup, repeat)
+            target = db.call(limits.user_target, db, "bench")
+            db.call(functools.partial(limits.set_budget, daily=5.0, monthly=50.0), db, target)
+            budget_us = _per_call(lookup, repeat)
+        finally:
+            db.close()
+    return {"limits_lookup_us": none_us, "limits_lookup_with_budget_us": budget_us}
 
 
 async def _drive(address: str, token: str, calls: int, concurrency: int) -> dict[str, int]:
@@ -155,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[bench.ledger {time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    result: dict[str, Any] = {"accounting": accounting_cpu(args.repeat)}
+    result: dict[str, Any] = {"accounting": accounting_cpu(args.repeat), "vault": vault_lookup_cpu()}
     say(f"accounting: {result['accounting']['cpu_us_per_call']:.1f} us of CPU per Chat")
     if args.calls > 0:
         result["soak"] = soak(args.calls, args.concurrency, say)

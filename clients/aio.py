@@ -29,7 +29,8 @@ from typing import Any, Self, TypeVar, Unpack
 import grpc
 from realmultillm.llm.v1 import llm_pb2
 
-from clients.calls import Call, ChatOptions, PutOptions, TestKeyOptions, UpdateOptions
+from clients import calls
+from clients.calls import Call
 from clients.channels import aio_channel
 from clients.core import ChatStreamCore, ClientCore
 from clients.datatypes import ChatResult, Message, ModelList, ProviderConfig, ProviderInfo, TestKeyResult
@@ -122,20 +123,20 @@ class AsyncClient(ClientCore[grpc.aio.Channel]):
     # LLM service
 
     async def chat(
-        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[ChatOptions]
+        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[calls.ChatOptions]
     ) -> ChatResult:
         """One completion (arguments and options as ``Client.chat``)."""
         return await self._run(self._calls.chat(provider, prompt, options))
 
     def stream_chat(
-        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[ChatOptions]
+        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[calls.ChatOptions]
     ) -> AsyncChatStream:
         """The completion as an ``AsyncChatStream`` (not a coroutine: no ``await``)."""
         call = self._calls.stream_chat(provider, prompt, options)
         return AsyncChatStream(self._start(call), self.options.llm_target)
 
     async def test_key(
-        self, provider: str, api_key: str | None = None, **options: Unpack[TestKeyOptions]
+        self, provider: str, api_key: str | None = None, **options: Unpack[calls.TestKeyOptions]
     ) -> TestKeyResult:
         """Check ``api_key`` (or, when None, the stored key); options ``base_url``, ``timeout``."""
         return await self._run(self._calls.test_key(provider, api_key, options))
@@ -150,7 +151,9 @@ class AsyncClient(ClientCore[grpc.aio.Channel]):
 
     # Vault
 
-    async def put_config(self, provider: str, api_key: str, **options: Unpack[PutOptions]) -> ProviderConfig:
+    async def put_config(
+        self, provider: str, api_key: str, **options: Unpack[calls.PutOptions]
+    ) -> ProviderConfig:
         """Store (create or replace) the key and settings (options as ``Client.put_config``)."""
         return await self._run(self._calls.put_config(provider, api_key, options))
 
@@ -162,7 +165,7 @@ class AsyncClient(ClientCore[grpc.aio.Channel]):
         """All of the caller's configurations, ordered by provider."""
         return await self._run(self._calls.list_configs(timeout))
 
-    async def update_config(self, provider: str, **options: Unpack[UpdateOptions]) -> ProviderConfig:
+    async def update_config(self, provider: str, **options: Unpack[calls.UpdateOptions]) -> ProviderConfig:
         """Change only the fields given (as ``Client.update_config``); never the key."""
         return await self._run(self._calls.update_config(provider, options))
 
@@ -173,34 +176,22 @@ class AsyncClient(ClientCore[grpc.aio.Channel]):
     # The caller's own usage (vault)
 
     async def usage_summary(
-        self,
-        since: datetime,
-        until: datetime | None = None,
-        *,
-        provider: str = "",
-        timeout: float | None = None,
+        self, since: datetime, until: datetime | None = None, **options: Unpack[calls.UsageSummaryOptions]
     ) -> UsageSummary:
-        """Totals, and usage by UTC day, provider and model, over ``[since, until)`` (default: now)."""
-        return await self._run(self._calls.usage_summary(since, until, provider, timeout))
+        """Totals, and usage by UTC day, provider and model, over ``[since, until)`` (default: now).
+
+        Options: ``provider`` (one only; "" for all) and ``timeout``.
+        """
+        return await self._run(self._calls.usage_summary(since, until, options))
 
     async def usage_records(
         self,
         since: datetime | None = None,
         until: datetime | None = None,
-        *,
-        provider: str = "",
-        page_size: int = 100,
-        page_token: str = "",
-        timeout: float | None = None,
+        **options: Unpack[calls.UsageRecordsOptions],
     ) -> UsagePage:
-        """One page of the caller's usage records, newest first (pass ``next_page_token`` on)."""
-        return await self._run(
-            self._calls.usage_records(
-                since,
-                until,
-                provider=provider,
-                page_size=page_size,
-                page_token=page_token,
-                timeout=timeout,
-            )
-        )
+        """One page of the caller's usage records, newest first (pass ``next_page_token`` on).
+
+        Options: ``provider``, ``page_size`` (default 100), ``page_token`` and ``timeout``.
+        """
+        return await self._run(self._calls.usage_records(since, until, options))

@@ -90,6 +90,23 @@ class UpdateOptions(TypedDict, total=False):
     timeout: float | None
 
 
+class UsageSummaryOptions(TypedDict, total=False):
+    """The keyword arguments of ``usage_summary``: one provider only ("" for all), the deadline."""
+
+    provider: str
+    timeout: float | None
+
+
+class UsageRecordsOptions(TypedDict, total=False):
+    """The keyword arguments of ``usage_records``: provider ("" for all), page size (default
+    100) and the ``next_page_token`` of the previous page, and the deadline."""
+
+    provider: str
+    page_size: int
+    page_token: str
+    timeout: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class Call(Generic[R]):
     """One unary RPC: the stub method's name, its request and deadline, and the result's reader."""
@@ -268,22 +285,23 @@ class Calls:
         return Call("DeleteProviderConfig", request, self._timeout(timeout), True, read)
 
     def usage_summary(
-        self, since: datetime, until: datetime | None, provider: str, timeout: float | None
+        self, since: datetime, until: datetime | None, options: UsageSummaryOptions
     ) -> Call[UsageSummary]:
         """The caller's usage over ``[since, until)``: totals, and by day, provider and model."""
-        request = usage.summary_request(since, until, provider)
-        return Call("GetUsageSummary", request, self._timeout(timeout), True, UsageSummary.from_proto)
+        request = usage.summary_request(since, until, options.get("provider", ""))
+        timeout = self._timeout(options.get("timeout"))
+        return Call("GetUsageSummary", request, timeout, True, UsageSummary.from_proto)
 
     def usage_records(
-        self,
-        since: datetime | None,
-        until: datetime | None,
-        *,
-        provider: str,
-        page_size: int,
-        page_token: str,
-        timeout: float | None,
+        self, since: datetime | None, until: datetime | None, options: UsageRecordsOptions
     ) -> Call[UsagePage]:
         """One page of the caller's usage records, newest first."""
-        request = usage.records_request(since, until, provider, page_size, page_token)
-        return Call("ListUsageRecords", request, self._timeout(timeout), True, UsagePage.from_proto)
+        request = usage.records_request(
+            since,
+            until,
+            options.get("provider", ""),
+            options.get("page_size", 100),
+            options.get("page_token", ""),
+        )
+        timeout = self._timeout(options.get("timeout"))
+        return Call("ListUsageRecords", request, timeout, True, UsagePage.from_proto)

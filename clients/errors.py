@@ -102,7 +102,7 @@ class UnknownProvider(InvalidRequest):
 
 
 class MalformedRequest(InvalidRequest):
-    """The request bytes could not be decoded as the method's message."""
+    """The request's bytes could not be decoded (a client built from other protos)."""
 
     reason = "MALFORMED_REQUEST"
 
@@ -198,7 +198,8 @@ class ProviderQuotaExhausted(ResourceExhausted):
 
 
 class UpstreamResponseTooLarge(ResourceExhausted):
-    """The provider's answer went past one of the gateway's limits (use StreamChat for long answers)."""
+    """The provider's answer went past one of the gateway's limits; retrying will not help
+    (for a long answer use streaming)."""
 
     reason = "UPSTREAM_RESPONSE_TOO_LARGE"
 

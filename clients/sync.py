@@ -28,7 +28,8 @@ from typing import Self, TypeVar, Unpack
 
 import grpc
 
-from clients.calls import Call, ChatOptions, PutOptions, TestKeyOptions, UpdateOptions
+from clients import calls
+from clients.calls import Call
 from clients.channels import sync_channel
 from clients.core import ChatStreamCore, ClientCore
 from clients.datatypes import ChatResult, Message, ModelList, ProviderConfig, ProviderInfo, TestKeyResult
@@ -111,7 +112,7 @@ class Client(ClientCore[grpc.Channel]):
     # LLM service
 
     def chat(
-        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[ChatOptions]
+        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[calls.ChatOptions]
     ) -> ChatResult:
         """One completion. ``prompt`` is a user message or a list of ``Message``.
 
@@ -121,7 +122,7 @@ class Client(ClientCore[grpc.Channel]):
         return self._run(self._calls.chat(provider, prompt, options))
 
     def stream_chat(
-        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[ChatOptions]
+        self, provider: str, prompt: str | Sequence[Message], **options: Unpack[calls.ChatOptions]
     ) -> ChatStream:
         """The completion as a ``ChatStream`` of text deltas, then ``.result`` (options as ``chat``)."""
         return ChatStream(
@@ -129,7 +130,7 @@ class Client(ClientCore[grpc.Channel]):
         )
 
     def test_key(
-        self, provider: str, api_key: str | None = None, **options: Unpack[TestKeyOptions]
+        self, provider: str, api_key: str | None = None, **options: Unpack[calls.TestKeyOptions]
     ) -> TestKeyResult:
         """Check ``api_key`` (or, when None, the stored key); options ``base_url``, ``timeout``."""
         return self._run(self._calls.test_key(provider, api_key, options))
@@ -144,7 +145,7 @@ class Client(ClientCore[grpc.Channel]):
 
     # Vault
 
-    def put_config(self, provider: str, api_key: str, **options: Unpack[PutOptions]) -> ProviderConfig:
+    def put_config(self, provider: str, api_key: str, **options: Unpack[calls.PutOptions]) -> ProviderConfig:
         """Store (create or replace) the key and settings for ``provider``.
 
         Options: ``base_url``, ``default_model``, ``temperature``, ``max_tokens``, ``timeout``.
@@ -159,7 +160,7 @@ class Client(ClientCore[grpc.Channel]):
         """All of the caller's configurations, ordered by provider."""
         return self._run(self._calls.list_configs(timeout))
 
-    def update_config(self, provider: str, **options: Unpack[UpdateOptions]) -> ProviderConfig:
+    def update_config(self, provider: str, **options: Unpack[calls.UpdateOptions]) -> ProviderConfig:
         """Change only the fields given (``None`` clears temperature/max_tokens); never the key.
 
         Fields: ``base_url``, ``is_active``, ``default_model``, ``temperature``,
@@ -174,34 +175,22 @@ class Client(ClientCore[grpc.Channel]):
     # The caller's own usage (vault)
 
     def usage_summary(
-        self,
-        since: datetime,
-        until: datetime | None = None,
-        *,
-        provider: str = "",
-        timeout: float | None = None,
+        self, since: datetime, until: datetime | None = None, **options: Unpack[calls.UsageSummaryOptions]
     ) -> UsageSummary:
-        """Totals, and usage by UTC day, provider and model, over ``[since, until)`` (default: now)."""
-        return self._run(self._calls.usage_summary(since, until, provider, timeout))
+        """Totals, and usage by UTC day, provider and model, over ``[since, until)`` (default: now).
+
+        Options: ``provider`` (one only; "" for all) and ``timeout``.
+        """
+        return self._run(self._calls.usage_summary(since, until, options))
 
     def usage_records(
         self,
         since: datetime | None = None,
         until: datetime | None = None,
-        *,
-        provider: str = "",
-        page_size: int = 100,
-        page_token: str = "",
-        timeout: float | None = None,
+        **options: Unpack[calls.UsageRecordsOptions],
     ) -> UsagePage:
-        """One page of the caller's usage records, newest first (pass ``next_page_token`` on)."""
-        return self._run(
-            self._calls.usage_records(
-                since,
-                until,
-                provider=provider,
-                page_size=page_size,
-                page_token=page_token,
-                timeout=timeout,
-            )
-        )
+        """One page of the caller's usage records, newest first (pass ``next_page_token`` on).
+
+        Options: ``provider``, ``page_size`` (default 100), ``page_token`` and ``timeout``.
+        """
+        return self._run(self._calls.usage_records(since, until, options))

@@ -8,10 +8,11 @@ malformed or wrongly shaped one is refused as TOKEN_INVALID here, before any
 vault call. The vault then judges the token, once per call:
 
 * ``Access.USER``: the interceptor asks the vault (AuthenticateToken) before the
-  handler runs;
+  handler runs, for a method whose handler would not ask the vault itself;
 * ``Access.USER_VIA_VAULT``: the handler's own vault call (ResolveCredentials, or
-  AuthenticateToken where it needs no key) judges it, so a chat costs one round
-  trip, not two.
+  AuthenticateToken where it needs no key) judges it, so a call costs one round
+  trip, not two. Every RPC today is of this kind (ListProviders asks the vault
+  for the caller's model policy).
 
 The check runs inside the wrapped handler, so the error interceptor (outermost)
 turns its failures into the contract's status. The token is put in a context

@@ -10,6 +10,7 @@ on one port (``rmllm_common.workers``, SO_REUSEPORT).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level,
             workers=args.workers,
         )
+        settings = dataclasses.replace(settings, reuse_port=args.shared_port)
     except (SettingsError, OSError) as exc:  # OSError: an unusable data directory
         return fail(str(exc))
     logs.configure(settings.log_level)

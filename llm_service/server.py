@@ -172,7 +172,10 @@ async def build_server(
     catalog = Catalog(endpoints, limits.account_calls)
 
     server = new_server(
-        [AuthInterceptor(vault, clock)], max_message_bytes=MAX_MESSAGE_BYTES, options=SERVER_OPTIONS
+        [AuthInterceptor(vault, clock)],
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        options=SERVER_OPTIONS,
+        reuse_port=settings.reuse_port,
     )
     servicer = LLMServicer(chat, keys, catalog, clock, usage, max_answer_chars=settings.chat_max_answer_chars)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)

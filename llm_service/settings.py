@@ -47,6 +47,8 @@ class LLMSettings:
     grace_seconds: float = 10.0
     log_level: str = "info"
     workers: int = 1
+    # SO_REUSEPORT: only for a worker of ``serve --workers N`` (the hidden --shared-port).
+    reuse_port: bool = False
     # The vault: an upper bound per call (the caller's deadline, when shorter, wins).
     vault_timeout_seconds: float = 10.0
     credential_cache_seconds: float = DEFAULT_CREDENTIAL_CACHE_SECONDS

@@ -147,7 +147,12 @@ class UsageReporter:
             self._wake.clear()
             if self._closing:
                 return
-            if await self._flush_once():
+            try:
+                delivered = await self._flush_once()
+            except Exception:  # a bug must not stop delivery for the life of the process
+                log.exception("usage reporter failed; retrying", extra={"event": "usage_reporter_error"})
+                delivered = False
+            if delivered:
                 backoff = self._interval
             else:
                 await asyncio.sleep(backoff)

@@ -12,7 +12,8 @@ VAULT_UNAVAILABLE, since from their side the vault cannot be used.
 Resolved credentials are cached (``credential_cache``) for at most
 ``credential_cache_seconds``, and only while this client's one WatchInvalidations
 stream to the vault is in sync; each resolve tells the vault how long its answer
-may be kept (the lease the vault audits).
+may be kept (the lease the vault audits). Credentials that carry a spend budget
+are not cached: a budget is checked against the vault's latest spend.
 """
 
 from __future__ import annotations
@@ -153,7 +154,10 @@ class VaultClient:
             limits=from_reply(reply),
         )
         accounting.note_caller(credentials.user_id, credentials.token_id)
-        cache.put(cache_key, credentials, generation)
+        # Credentials with a budget are not cached: their spend must be the vault's latest,
+        # or a replica would admit calls on a stale figure until the entry expired.
+        if not credentials.limits.budgets:
+            cache.put(cache_key, credentials, generation)
         return credentials
 
     async def authenticate(self, user_token: Secret, deadline: Deadline) -> str:

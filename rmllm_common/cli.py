@@ -9,7 +9,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from rmllm_common import logs
 from rmllm_common.server import ServerHandle
+from rmllm_common.workers import SHARED_PORT_FLAG
 
 S = TypeVar("S")
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ def add_serve_flags(parser: argparse.ArgumentParser, default_listen: str) -> Non
         metavar="N",
         help="server processes sharing the port (SO_REUSEPORT); default RMLLM_WORKERS, else one per core",
     )
+    # Set by the supervisor on its own workers only: they alone share the port.
+    parser.add_argument(SHARED_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
 
 
 def child_argv(module: str, args: argparse.Namespace) -> list[str]:
@@ -60,10 +64,13 @@ def run_serve(
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
+    finally:
+        logs.flush()
     return 0
 
 
 def fail(message: str) -> int:
-    """Print one line to stderr and return exit status 2."""
+    """Print one line to stderr (after any queued log lines) and return exit status 2."""
+    logs.flush()
     print(f"error: {message}", file=sys.stderr)
     return 2

@@ -16,8 +16,10 @@ logs one structured line with its address, and on SIGTERM or SIGINT flips health
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -218,14 +220,20 @@ def new_server(
     *,
     max_message_bytes: int = 8 * 1024 * 1024,
     options: Sequence[tuple[str, Any]] = (),
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with the error interceptor first and size limits set."""
+    """A ``grpc.aio`` server with the error interceptor first and size limits set.
+
+    ``SO_REUSEPORT`` is off unless ``reuse_port`` (a worker of ``serve --workers N``,
+    whose supervisor checked the port): with it on, a second server would bind a
+    port already in use without a word and take half its connections.
+    """
     return grpc.aio.server(
         interceptors=[ErrorInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 1),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             *options,
         ],
     )
@@ -249,11 +257,48 @@ async def add_standard_services(server: grpc.aio.Server, service_names: Sequence
 
 
 def bind(server: grpc.aio.Server, listen: str) -> int:
-    """Bind ``HOST:PORT`` (port 0 picks a free one) and return the port bound."""
-    port = server.add_insecure_port(listen)
+    """Bind ``HOST:PORT`` (port 0 picks a free one) and return the port bound.
+
+    A port in use is an ``OSError`` saying "address in use", raised here, at start.
+    """
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"could not listen on {listen}: address in use or not available")
+        raise bind_error(listen)
     return port
+
+
+def bind_error(listen: str) -> OSError:
+    """Why ``HOST:PORT`` cannot be bound, as a one-line ``OSError``."""
+    try:
+        with socket_for(listen) as probe:
+            probe.bind(address_of(listen))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return OSError(exc.errno, f"could not listen on {listen}: address in use")
+        return OSError(exc.errno, f"could not listen on {listen}: {exc.strerror or exc}")
+    return OSError(errno.EADDRNOTAVAIL, f"could not listen on {listen}: address not available")
+
+
+def address_of(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a socket address."""
+    host, port = listen.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def socket_for(listen: str) -> socket.socket:
+    """A TCP socket of the family of ``HOST:PORT``'s host, with ``SO_REUSEADDR`` as gRPC sets it.
+
+    ``SO_REUSEADDR`` lets it bind over connections in TIME_WAIT but never over a
+    listening socket, so binding it tells "in use" from "free".
+    """
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
 
 
 async def run_until_signal(

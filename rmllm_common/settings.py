@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from rmllm_common import state
+from rmllm_common import randomsecret, state
 from rmllm_common.secret import Secret
 from rmllm_common.workers import default_workers
 
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_WORKERS = 256
-MIN_SERVICE_TOKEN_CHARS = 32
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _TARGET_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:")
 _TRUE = ("1", "true", "yes", "on")
@@ -100,17 +99,17 @@ def workers(env: Mapping[str, str], given: int | None = None) -> int:
 
 
 def service_credential(env: Mapping[str, str], directory: Path) -> Secret:
-    """The service credential (``RMLLM_SERVICE_TOKEN``, its file, else the shared one, made on first run)."""
-    token, created = state.service_token(env, directory)
+    """The service credential (``RMLLM_SERVICE_TOKEN``, its file, else the shared one, made on first run).
+
+    Refused unless it is 32+ random bytes as hex or base64, ``rms_`` prefix optional:
+    the seed's rule (``rmllm_common.randomsecret``), checked by ``state.service_token``.
+    """
+    try:
+        token, created = state.service_token(env, directory)
+    except randomsecret.WeakSecret as exc:
+        raise SettingsError(str(exc)) from None
     if created:
         log.info(
             "generated the service credential", extra={"path": str(directory / state.SERVICE_TOKEN_FILE)}
         )
-    if len(token) < MIN_SERVICE_TOKEN_CHARS:
-        raise SettingsError(
-            f"RMLLM_SERVICE_TOKEN must be at least {MIN_SERVICE_TOKEN_CHARS} characters; generate one with: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
-    if any(c.isspace() or not c.isprintable() for c in token):
-        raise SettingsError("RMLLM_SERVICE_TOKEN must not contain whitespace or control characters")
     return Secret(token)

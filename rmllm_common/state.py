@@ -16,8 +16,11 @@ import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from rmllm_common import randomsecret
+
 SERVICE_TOKEN_FILE = "service_token"  # noqa: S105 - a file name, not a secret
 SEED_FILE = "vault_seed"
+SERVICE_TOKEN_PREFIX = "rms_"  # noqa: S105 - a prefix, not a secret
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -29,11 +32,18 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (mode 0700) if needed; refuse one others can read."""
+    """Create ``path`` (mode 0700) if needed; refuse one that other users can reach.
+
+    An existing directory is never chmodded behind the operator's back (it may be
+    shared on purpose, or the wrong one): a ``PermissionError`` says what to run.
+    """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        os.chmod(path, 0o700)
+        raise PermissionError(
+            f"the data directory {path} is open to other users (mode {mode:o}); it holds the seed, the "
+            f"service credential and the database: run: chmod 700 {path}"
+        )
     return path
 
 
@@ -71,15 +81,42 @@ def read_or_create_secret(path: Path, make: Callable[[], str]) -> tuple[str, boo
 
 
 def new_service_token() -> str:
-    """A random service credential (256 bits)."""
-    return "rms_" + secrets.token_urlsafe(32)
+    """A random service credential: ``rms_`` and 32 random bytes as base64url (256 bits).
+
+    Drawn again in the (below one in a million) case that the policy would refuse it.
+    """
+    while True:
+        candidate = SERVICE_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        try:
+            check_service_token(candidate, "the generated service credential")
+        except randomsecret.WeakSecret:
+            continue
+        return candidate
+
+
+def check_service_token(token: str, name: str = "RMLLM_SERVICE_TOKEN") -> None:
+    """Refuse a credential that is not 32+ random bytes as hex or base64 (``rms_`` prefix optional).
+
+    The rule of ``rmllm_common.randomsecret``, the seed's: ``'a' * 32`` or a passphrase
+    is refused with the command that generates a good one.
+    """
+    randomsecret.check(token, name, prefix=SERVICE_TOKEN_PREFIX)
 
 
 def service_token(env: Mapping[str, str], data_dir: Path) -> tuple[str, bool]:
     """The service credential: ``RMLLM_SERVICE_TOKEN``, else ``RMLLM_SERVICE_TOKEN_FILE``,
-    else the data directory's generated file. Returns ``(token, generated_now)``."""
+    else the data directory's generated file. Returns ``(token, generated_now)``.
+
+    Both services read it here, and both refuse a weak one (``randomsecret.WeakSecret``).
+    """
     if env.get("RMLLM_SERVICE_TOKEN"):
-        return env["RMLLM_SERVICE_TOKEN"].strip(), False
-    if env.get("RMLLM_SERVICE_TOKEN_FILE"):
-        return read_secret_file(Path(env["RMLLM_SERVICE_TOKEN_FILE"]).expanduser()), False
-    return read_or_create_secret(data_dir / SERVICE_TOKEN_FILE, new_service_token)
+        token, created, name = env["RMLLM_SERVICE_TOKEN"].strip(), False, "RMLLM_SERVICE_TOKEN"
+    elif env.get("RMLLM_SERVICE_TOKEN_FILE"):
+        path = Path(env["RMLLM_SERVICE_TOKEN_FILE"]).expanduser()
+        token, created, name = read_secret_file(path), False, f"RMLLM_SERVICE_TOKEN_FILE ({path})"
+    else:
+        path = data_dir / SERVICE_TOKEN_FILE
+        token, created = read_or_create_secret(path, new_service_token)
+        name = f"the service credential file {path}"
+    check_service_token(token, name)
+    return token, created

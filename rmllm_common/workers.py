@@ -1,14 +1,16 @@
 """``serve --workers N``: N server processes sharing one port with SO_REUSEPORT.
 
 A Python gRPC server runs on one core; to use every core, the ``serve`` command
-becomes a small supervisor that starts N copies of itself (``--workers 1``) on the
-same address. The kernel spreads incoming connections across them. When the
-requested port is 0, the supervisor first reserves a free port with a
-SO_REUSEPORT socket (bound, never listening) so that every worker binds the same
-one. SIGTERM or SIGINT to the supervisor is passed to every worker, which drain
-gracefully; the supervisor exits with the first non-zero worker status, and if a
-worker dies unexpectedly it stops the others rather than serve at reduced
-capacity unnoticed.
+becomes a small supervisor that starts N copies of itself (``--workers 1
+--shared-port``) on the same address. The kernel spreads incoming connections
+across them. Only these workers turn SO_REUSEPORT on, so only they share the port:
+the supervisor first checks once that nothing else holds it (a plain bind, which
+fails with "address in use" if any socket is bound there, SO_REUSEPORT or not),
+then reserves it, for port 0 a free one, with a SO_REUSEPORT socket (bound, never
+listening) that every worker joins and that keeps any other server out. SIGTERM
+or SIGINT to the supervisor is passed to every worker, which drain gracefully;
+the supervisor exits with the first non-zero worker status, and if a worker dies
+unexpectedly it stops the others rather than serve at reduced capacity unnoticed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from rmllm_common.server import address_of, bind_error, socket_for
+
 log = logging.getLogger(__name__)
 
 
@@ -30,20 +34,44 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+SHARED_PORT_FLAG = "--shared-port"
+
+
 def reserve_port(listen: str) -> tuple[str, socket.socket]:
-    """Bind ``HOST:PORT`` with SO_REUSEPORT (without listening); return the concrete address."""
-    host, port = listen.rsplit(":", 1)
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """Check that ``HOST:PORT`` is free, then hold it with SO_REUSEPORT (never listening).
+
+    Returns the concrete address (port 0 becomes a free port). Raises ``OSError``
+    ("address in use") when any other socket is bound there.
+    """
+    host = listen.rsplit(":", 1)[0]
+    with socket_for(listen) as probe:
+        try:
+            probe.bind(address_of(listen))
+        except OSError:
+            raise bind_error(listen) from None
+        port = probe.getsockname()[1]
+    concrete = f"{host}:{port}"
+    sock = socket_for(concrete)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host.strip("[]"), int(port)))
-    bound_port = sock.getsockname()[1]
-    return f"{host}:{bound_port}", sock
+    try:
+        sock.bind(address_of(concrete))
+    except OSError:
+        sock.close()
+        raise bind_error(concrete) from None
+    return concrete, sock
 
 
 def supervise(child_argv: Sequence[str], listen: str, workers: int, grace_seconds: float) -> int:
-    """Run ``workers`` copies of ``child_argv + ['--listen', ADDRESS, '--workers', '1']``."""
-    address, reservation = reserve_port(listen)
+    """Run ``workers`` copies of ``child_argv + ['--listen', ADDRESS, '--workers', '1', '--shared-port']``.
+
+    A port held by anything else ends the supervisor at once, before any worker
+    starts: one error line ("address in use") and exit status 1.
+    """
+    try:
+        address, reservation = reserve_port(listen)
+    except OSError as exc:
+        log.error("cannot serve: %s", exc, extra={"event": "bind_failed"})
+        return 1
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -58,7 +86,10 @@ def supervise(child_argv: Sequence[str], listen: str, workers: int, grace_second
     signal.signal(signal.SIGINT, forward)
     try:
         for _ in range(workers):
-            argv = [sys.executable, "-m", *child_argv, "--listen", address, "--workers", "1"]
+            argv = [
+                *(sys.executable, "-m", *child_argv),
+                *("--listen", address, "--workers", "1", SHARED_PORT_FLAG),
+            ]
             children.append(subprocess.Popen(argv))
         log.info("supervising workers", extra={"workers": workers, "address": address, "event": "workers"})
         while True:

@@ -7,7 +7,10 @@ here wrote.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,3 +114,61 @@ def test_workers_share_one_port_and_stop_together(kind: str, data_dir: Path) -> 
         code = running.stop()
     assert code == 0, running.logs
     assert sum(e.get("event") == "stopped" for e in running.events()) == 2, running.logs
+
+
+def _run_to_exit(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        cwd=procs.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("kind", ["llm", "vault"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_server_on_a_port_in_use_fails_at_start(
+    kind: str, workers: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 13 item 4: SO_REUSEPORT was always on, so a second server bound silently and took
+    half the calls. Now one process refuses the port, and a supervisor checks before its workers."""
+    module, _ = SERVICES[kind]
+    first = procs.start([module, "serve", "--listen", "127.0.0.1:0"], {"RMLLM_DATA_DIR": str(data_dir)})
+    other_dir = tmp_path / "other"
+    other_dir.mkdir(mode=0o700)
+    try:
+        second = _run_to_exit(
+            [module, "serve", "--listen", first.address, "--workers", workers],
+            {"RMLLM_DATA_DIR": str(other_dir), "RMLLM_WORKERS": "1"},
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"could not listen on {first.address}: address in use" in second.stderr
+        assert "serving" not in second.stderr  # no worker started
+        with grpc.insecure_channel(first.address) as channel:
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
+    finally:
+        assert first.stop() == 0
+
+
+def test_a_single_server_does_not_join_a_supervisors_workers(data_dir: Path, tmp_path: Path) -> None:
+    """The workers set SO_REUSEPORT, but a server outside their group still cannot share the port."""
+    module, _ = SERVICES["vault"]
+    group = procs.start(
+        [module, "serve", "--listen", "127.0.0.1:0", "--workers", "2"], {"RMLLM_DATA_DIR": str(data_dir)}
+    )
+    other_dir = tmp_path / "other"
+    other_dir.mkdir(mode=0o700)
+    try:
+        intruder = _run_to_exit(
+            [module, "serve", "--listen", group.address, "--workers", "1"], {"RMLLM_DATA_DIR": str(other_dir)}
+        )
+        assert intruder.returncode == 1, intruder.stderr
+        assert "address in use" in intruder.stderr
+    finally:
+        assert group.stop() == 0

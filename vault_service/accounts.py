@@ -6,6 +6,11 @@ right for a high-entropy random token: there is nothing to brute-force), under a
 unique index, so authenticating is one indexed lookup. A token has a public id
 (``tok_…``) for listing and revoking. Revoked tokens and tokens of disabled users
 authenticate as unknown. Every token create and revoke is audited.
+
+A token may carry an expiry (``tokens create NAME --expires-in 90d``): past it, the
+token authenticates as unknown, exactly like a revoked one (``TOKEN_INVALID``).
+The check is part of the authenticating query, so an expired token costs no more
+than an unknown one. ``parse_duration`` reads the ``--expires-in`` forms.
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _AUTHENTICATE = (
     "SELECT u.id, u.name, t.id FROM tokens t JOIN users u ON u.id = t.user_id "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+    " AND (t.expire_time IS NULL OR t.expire_time > ?)"
 )
+UNKNOWN_TOKEN_MESSAGE: Final = "the user token is unknown, revoked or expired"  # noqa: S105
+_DURATION = re.compile(r"^([1-9][0-9]{0,6})([smhdw])$")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_EXPIRY_SECONDS: Final = 10 * 366 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,11 @@ class TokenInfo:
     user_name: str
     create_time: int
     revoke_time: int | None
+    expire_time: int | None = None
+
+    def expired(self, now: int) -> bool:
+        """Whether the token's expiry (if any) has passed at ``now`` (microseconds)."""
+        return self.expire_time is not None and self.expire_time <= now
 
 
 def new_token() -> Secret:
@@ -80,6 +95,20 @@ def _now() -> int:
     return time.time_ns() // 1000
 
 
+def parse_duration(text: str) -> int:
+    """Seconds in ``90d``, ``12h``, ``30m``, ``2w`` or ``3600s`` (at most ten years)."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise InvalidRequest(
+            "--expires-in takes a whole number and a unit s, m, h, d or w (for example 90d), "
+            f"not {text[:20]!r}"
+        )
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_EXPIRY_SECONDS:
+        raise InvalidRequest("--expires-in is at most ten years (3660d)")
+    return seconds
+
+
 def _user_by_name(db: Database, name: str) -> Any:
     user = db.tables.user.get_or_none(db.tables.user.name == name)
     if user is None:
@@ -87,18 +116,28 @@ def _user_by_name(db: Database, name: str) -> Any:
     return user
 
 
-def _issue(db: Database, user: Any) -> tuple[str, Secret]:
+def _issue(db: Database, user: Any, expires_in: int | None = None) -> tuple[str, Secret]:
     token = new_token()
     token_id = "tok_" + secrets.token_hex(6)
+    now = _now()
+    expire_time = None if expires_in is None else now + expires_in * 1_000_000
     db.tables.token.insert(
-        id=token_id, user=user.id, token_hash=token_hash(token.reveal()), create_time=_now()
+        id=token_id,
+        user=user.id,
+        token_hash=token_hash(token.reveal()),
+        create_time=now,
+        expire_time=expire_time,
     ).execute()
-    audit.append(db, audit.Event(actor=OPERATOR, action="token.create", detail=f"{user.id} {token_id}"))
+    detail = f"{user.id} {token_id}" + ("" if expire_time is None else f" expire_time={expire_time}")
+    audit.append(db, audit.Event(actor=OPERATOR, action="token.create", detail=detail))
     return token_id, token
 
 
-def create_user(db: Database, name: str) -> tuple[Principal, str, Secret]:
-    """A new user and its first token: ``(principal, token_id, token)``."""
+def create_user(db: Database, name: str, expires_in: int | None = None) -> tuple[Principal, str, Secret]:
+    """A new user and its first token: ``(principal, token_id, token)``.
+
+    ``expires_in`` (seconds) gives the token an expiry; None: it never expires.
+    """
     if not _NAME.match(name):
         raise InvalidRequest(
             "user names are 1 to 64 characters: letters, digits and . _ @ -, starting with a letter or digit"
@@ -108,7 +147,7 @@ def create_user(db: Database, name: str) -> tuple[Principal, str, Secret]:
         with db.write():
             db.tables.user.insert(id=user_id, name=name, disabled=False, create_time=_now()).execute()
             audit.append(db, audit.Event(actor=OPERATOR, action="user.create", detail=f"{user_id} {name}"))
-            token_id, token = _issue(db, db.tables.user.get_by_id(user_id))
+            token_id, token = _issue(db, db.tables.user.get_by_id(user_id), expires_in)
     except pw.IntegrityError as exc:
         raise AlreadyExists(f"a user named {name!r} already exists", reason="USER_EXISTS") from exc
     return Principal(user_id, name, token_id), token_id, token
@@ -117,7 +156,8 @@ def create_user(db: Database, name: str) -> tuple[Principal, str, Secret]:
 def list_users(db: Database) -> list[UserInfo]:
     """Every user, by name, with its count of usable tokens."""
     user, token = db.tables.user, db.tables.token
-    active = pw.fn.COUNT(token.id).filter(token.revoke_time.is_null())
+    usable = token.revoke_time.is_null() & (token.expire_time.is_null() | (token.expire_time > _now()))
+    active = pw.fn.COUNT(token.id).filter(usable)
     query = (
         user.select(user, active.alias("active"))
         .join(token, pw.JOIN.LEFT_OUTER)
@@ -137,13 +177,13 @@ def disable_user(db: Database, name: str) -> str:
     return str(user.id)
 
 
-def create_token(db: Database, name: str) -> tuple[str, Secret]:
-    """Another token for an enabled user: ``(token_id, token)``."""
+def create_token(db: Database, name: str, expires_in: int | None = None) -> tuple[str, Secret]:
+    """Another token for an enabled user: ``(token_id, token)``, expiring after ``expires_in`` s."""
     with db.write():
         user = _user_by_name(db, name)
         if user.disabled:
             raise FailedPrecondition(f"user {name!r} is disabled")
-        return _issue(db, user)
+        return _issue(db, user, expires_in)
 
 
 def list_tokens(db: Database, name: str | None = None) -> list[TokenInfo]:
@@ -152,7 +192,7 @@ def list_tokens(db: Database, name: str | None = None) -> list[TokenInfo]:
     query = token.select(token, user.name).join(user).order_by(token.create_time, token.id)
     if name is not None:
         query = query.where(user.id == _user_by_name(db, name).id)
-    return [TokenInfo(t.id, t.user.name, t.create_time, t.revoke_time) for t in query]
+    return [TokenInfo(t.id, t.user.name, t.create_time, t.revoke_time, t.expire_time) for t in query]
 
 
 def revoke_token(db: Database, token_id: str) -> None:
@@ -176,8 +216,8 @@ def plausible(token: str) -> bool:
 
 
 def authenticate(db: Database, token: str) -> Principal | None:
-    """The user a token belongs to, or None if it is unknown, revoked or disabled."""
+    """The user a token belongs to, or None if it is unknown, revoked, expired or disabled."""
     if not plausible(token):
         return None
-    row = db.execute(_AUTHENTICATE, (token_hash(token),)).fetchone()
+    row = db.execute(_AUTHENTICATE, (token_hash(token), _now())).fetchone()
     return Principal(row[0], row[1], row[2]) if row else None

@@ -7,7 +7,8 @@ need the service credential, compared in constant time. A method missing from
 the table is refused (deny by default). The check runs before the handler reads
 anything, inside the wrapped handler, so the error interceptor (outermost) turns its
 failures into the contract's status. The authenticated user is put in a context
-variable for the servicer (``current_user``).
+variable for the servicer (``current_user``). Failed user authentications go to
+the ``AuthGuard`` (limited per peer and token prefix, audited as counts).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import grpc
 from realmultillm.vault.v1 import vault_pb2
 
 from rmllm_common.bearer import bearer_token
-from rmllm_common.errors import MethodNotAllowed, PermissionDenied, TokenInvalid
+from rmllm_common.errors import MethodNotAllowed, PermissionDenied, RateLimited, TokenInvalid
 from rmllm_common.secret import Secret
 from rmllm_common.server import MethodInterceptor
 from vault_service.accounts import Principal
+from vault_service.authguard import AuthGuard
 
 log = logging.getLogger(__name__)
 SERVICE_NAME: Final = vault_pb2.DESCRIPTOR.services_by_name["VaultService"].full_name
@@ -71,14 +73,23 @@ class AuthInterceptor(MethodInterceptor):
     """Authenticates every VaultService call before the servicer sees it."""
 
     def __init__(
-        self, service_token: Secret, authenticate: Callable[[str], Awaitable[Principal | None]]
+        self,
+        service_token: Secret,
+        authenticate: Callable[[str], Awaitable[Principal | None]],
+        guard: AuthGuard | None = None,
     ) -> None:
         super().__init__()
         self._service_token = service_token.reveal().encode()
         self._authenticate = authenticate
+        self._guard = guard
 
-    async def _check(self, access: Access | None, metadata: Any) -> Principal | None:
-        token = bearer_token(metadata).reveal()
+    async def _check(self, access: Access | None, metadata: Any, peer: str) -> Principal | None:
+        try:
+            token = bearer_token(metadata).reveal()
+        except TokenInvalid:
+            if access is Access.USER and self._guard is not None:
+                self._guard.failed("auth.user", "", peer)
+            raise
         if access is Access.SERVICE:
             if not hmac.compare_digest(token.encode(), self._service_token):
                 raise PermissionDenied(
@@ -86,17 +97,21 @@ class AuthInterceptor(MethodInterceptor):
                 )
             return None
         if access is Access.USER:
+            if self._guard is not None:
+                self._guard.check("auth.user", token, peer)
             user = await self._authenticate(token)
             if user is None:
-                raise TokenInvalid("the token is unknown or revoked; ask the operator for a new one")
+                if self._guard is not None:
+                    self._guard.failed("auth.user", token, peer)
+                raise TokenInvalid("the token is unknown, revoked or expired; ask the operator for a new one")
             return user
         raise MethodNotAllowed("this method is not open to any caller")
 
     async def _enter(self, method: str, access: Access | None, context: Any) -> Token[Principal | None]:
         """Check the call's credentials; set the caller for the servicer (reset it after)."""
         try:
-            principal = await self._check(access, context.invocation_metadata())
-        except (TokenInvalid, PermissionDenied) as exc:
+            principal = await self._check(access, context.invocation_metadata(), context.peer())
+        except (TokenInvalid, PermissionDenied, RateLimited) as exc:
             log.info("call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"})
             raise
         return _current_user.set(principal)

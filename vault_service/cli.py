@@ -9,6 +9,7 @@ print the new token once, as the last line of stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import os
@@ -57,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     )
     create = users.add_parser("create", parents=[common], help="create a user and print its first token")
     create.add_argument("name")
+    _add_expires_in(create)
     users.add_parser("list", parents=[common], help="list users")
     disable = users.add_parser("disable", parents=[common], help="disable a user (its tokens stop working)")
     disable.add_argument("name")
@@ -67,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     )
     token_create = tokens.add_parser("create", parents=[common], help="create another token for a user")
     token_create.add_argument("user")
+    _add_expires_in(token_create)
     token_list = tokens.add_parser("list", parents=[common], help="list tokens (never their values)")
     token_list.add_argument("user", nargs="?")
     revoke = tokens.add_parser("revoke", parents=[common], help="revoke a token by its id (tok_...)")
@@ -86,6 +89,18 @@ def parser() -> argparse.ArgumentParser:
     )
     audit_cmd.add_parser("verify", parents=[common], help="verify the audit hash chain")
     return top
+
+
+def _add_expires_in(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--expires-in",
+        metavar="DURATION",
+        help="the token stops working after this long: 90d, 12h, 30m, 2w, 3600s (default: never)",
+    )
+
+
+def _expires_in(args: argparse.Namespace) -> int | None:
+    return None if args.expires_in is None else accounts.parse_duration(args.expires_in)
 
 
 def _limit_parsers(group: Any, common: argparse.ArgumentParser, target: str, whom: str) -> None:
@@ -151,7 +166,7 @@ def _print_token(token_id: str, token: str) -> None:
 
 def _users(args: argparse.Namespace, db: Database) -> int:
     if args.action == "create":
-        user, token_id, token = db.call(accounts.create_user, db, args.name)
+        user, token_id, token = db.call(accounts.create_user, db, args.name, _expires_in(args))
         print(f"created user {user.user_name} ({user.user_id})")
         _print_token(token_id, token.reveal())
     elif args.action == "list":
@@ -170,14 +185,20 @@ def _users(args: argparse.Namespace, db: Database) -> int:
 
 def _tokens(args: argparse.Namespace, db: Database) -> int:
     if args.action == "create":
-        token_id, token = db.call(accounts.create_token, db, args.user)
+        token_id, token = db.call(accounts.create_token, db, args.user, _expires_in(args))
         print(f"created a token for {args.user}")
         _print_token(token_id, token.reveal())
     elif args.action == "list":
-        print(f"{'ID':<18} {'USER':<24} {'CREATED':<21} STATUS")
+        print(f"{'ID':<18} {'USER':<24} {'CREATED':<21} {'EXPIRES':<21} STATUS")
+        now = time.time_ns() // 1000
         for info in db.call(accounts.list_tokens, db, args.user):
-            status = f"revoked {_when(info.revoke_time)}" if info.revoke_time else "active"
-            print(f"{info.token_id:<18} {info.user_name:<24} {_when(info.create_time):<21} {status}")
+            if info.revoke_time:
+                status = f"revoked {_when(info.revoke_time)}"
+            else:
+                status = "expired" if info.expired(now) else "active"
+            expires = _when(info.expire_time) if info.expire_time is not None else "never"
+            created = _when(info.create_time)
+            print(f"{info.token_id:<18} {info.user_name:<24} {created:<21} {expires:<21} {status}")
     elif args.action in ("budget", "policy"):
         return _limits(args, db, db.call(limits.token_target, db, args.token_id))
     else:
@@ -243,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         configure_logging(base.log_level)
         if args.command == "serve":
-            settings = base.with_secrets(os.environ)
+            settings = dataclasses.replace(base.with_secrets(os.environ), reuse_port=args.shared_port)
             if settings.workers > 1:
                 prepare_database(settings)
                 argv = child_argv("vault_service.cli", args)

@@ -31,6 +31,7 @@ _RESOLVE = (
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+    " AND (t.expire_time IS NULL OR t.expire_time > ?)"
 )
 _COUNT_USE = "UPDATE provider_configs SET usage_count = usage_count + 1, last_used_time = ? WHERE id = ?"
 
@@ -233,8 +234,10 @@ def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's position
     """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited).
 
     The audit row records the grant as a lease of ``lease_seconds`` (how long the
-    caller will cache the key; 0: not cached) and the token id. A refusal is
-    audited and committed too, then raised.
+    caller will cache the key; 0: not cached) and the token id. A known user's
+    refusal is audited and committed too, then raised. An unknown token is raised
+    without a row of its own: the caller counts it (``vault_service.authguard``),
+    so junk tokens cannot force a write each.
     """
     with db.write():
         outcome = _resolve_in_transaction(db, keyring, token, provider, request_id, lease_seconds)
@@ -251,12 +254,13 @@ def _resolve_in_transaction(  # noqa: PLR0917 - the resolve's inputs, passed thr
         return error
 
     row = (
-        db.execute(_RESOLVE, (provider, accounts.token_hash(token))).fetchone()
+        db.execute(_RESOLVE, (provider, accounts.token_hash(token), _now())).fetchone()
         if accounts.plausible(token)
         else None
     )
     if row is None:
-        return refuse("-", TokenInvalid("the user token is unknown or revoked"))
+        # Not audited row by row: vault_service.authguard counts these (one row per interval).
+        return TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
     user_id, config_id, blob, active, hint, base_url, settings, token_id = row
     if config_id is None:
         return refuse(

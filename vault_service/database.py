@@ -17,10 +17,11 @@ made by ``vault_service.migrations``, not by the models.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,17 @@ log = logging.getLogger(__name__)
 WORKERS = 4
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 POOL_WAIT_SECONDS = 10
+
+
+_SECONDARY = "no transaction is active"
+
+
+def original_error(exc: BaseException) -> BaseException:
+    """The error that ended a transaction, not the failed rollback that followed it."""
+    current: BaseException | None = exc
+    while current is not None and _SECONDARY in str(current):
+        current = current.__context__
+    return current if isinstance(current, pw.DatabaseError) else exc
 
 
 class DatabaseUrlError(ValueError):
@@ -130,6 +142,7 @@ def define_tables(db: Any) -> Tables:
         token_hash = pw.TextField(unique=True)
         create_time = pw.BigIntegerField()
         revoke_time = pw.BigIntegerField(null=True)
+        expire_time = pw.BigIntegerField(null=True)
 
         class Meta:
             table_name = "tokens"
@@ -290,14 +303,29 @@ class Database:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(self.call, fn, *args))
-        except (pw.OperationalError, pw.InterfaceError) as exc:
+        except (pw.OperationalError, pw.InterfaceError) as raised:
+            exc = original_error(raised)
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             log.error("database call failed: %s", first_line, extra={"event": "database_error"})
             raise DatabaseUnavailable("the vault database is unavailable; retry shortly") from exc
 
-    def write(self) -> Any:
-        """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        return self.db.atomic()
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite).
+
+        When SQLite ends a transaction itself (a full disk, a read-only file, an I/O
+        error), peewee's rollback fails with "cannot rollback - no transaction is
+        active" and that secondary error used to hide the real one; the real one is
+        raised instead.
+        """
+        try:
+            with self.db.atomic():
+                yield
+        except pw.DatabaseError as exc:
+            original = original_error(exc)
+            if original is exc:
+                raise
+            raise original from None
 
     def lock_for_update(self, query: Any) -> Any:
         """``query`` with ``FOR UPDATE`` where the database has row locks."""

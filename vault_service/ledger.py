@@ -203,7 +203,10 @@ def ingest(db: Database, entries: Sequence[Entry]) -> Ingested:
             groups.setdefault(key, Totals()).add_entry(entry)
         for key in sorted(groups):  # one order in every transaction: no lock-order deadlocks
             db.execute(_ROLLUP, (*key, *groups[key].values()))
-        limits.note_spend(db, stored)
+        limits.note_spend(
+            db,
+            [limits.Spend(e.user_id, e.token_id, day_of(e.time), e.cost_usd) for e in stored if e.cost_usd],
+        )
     return Ingested(accepted=len(stored), duplicates=len(entries) - len(stored))
 
 

@@ -20,16 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from rmllm_common.errors import InvalidRequest, NotFound
 from rmllm_common.modelpolicy import ModelPolicy, PolicyError, parse
 from vault_service import audit, invalidations
 from vault_service.database import Database
-
-if TYPE_CHECKING:
-    from vault_service.ledger import Entry
-
 
 MAX_BUDGET_USD: Final = 1_000_000.0
 OPERATOR: Final = "operator"
@@ -138,7 +134,17 @@ def _record_change(db: Database, kind: str, user_id: str, token_id: str) -> None
     invalidations.record_change(db, invalidations.Kind[kind], user_id, token_id=token_id)
 
 
-def note_spend(db: Database, stored: Sequence[Entry]) -> None:
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """What one stored record added: whose, which UTC day (``YYYY-MM-DD``), how much."""
+
+    user_id: str
+    token_id: str
+    day: str
+    cost_usd: float
+
+
+def note_spend(db: Database, stored: Sequence[Spend]) -> None:
     """Inside ingestion's transaction: record a change for every budget these records crossed."""
     spenders = {entry.user_id for entry in stored if entry.cost_usd > 0}
     if not spenders:
@@ -151,13 +157,11 @@ def note_spend(db: Database, stored: Sequence[Entry]) -> None:
     ).fetchall()
     if not rows:
         return
-    from vault_service.ledger import day_of  # noqa: PLC0415 - ledger imports this module
-
     today, first, _, _ = period_bounds(datetime.now(UTC))
     for user_id, token_id, daily, monthly in rows:
         mine = [e for e in stored if e.user_id == user_id and (not token_id or e.token_id == token_id)]
-        added_day = sum(e.cost_usd for e in mine if day_of(e.time) == today)
-        added_month = sum(e.cost_usd for e in mine if first <= day_of(e.time) <= today)
+        added_day = sum(e.cost_usd for e in mine if e.day == today)
+        added_month = sum(e.cost_usd for e in mine if first <= e.day <= today)
         if not added_month:
             continue
         spent_day, spent_month = _spend(db, user_id, token_id, today, first)

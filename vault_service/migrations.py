@@ -146,6 +146,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "optional token expiry",
+        ("ALTER TABLE tokens ADD COLUMN expire_time BIGINT",),
+    ),
+    Migration(
+        5,
         "change sequence for cache invalidation",
         (
             """CREATE TABLE invalidations (

@@ -1,16 +1,18 @@
-"""The encryption seed: where it comes from, and the policy that refuses weak ones.
+"""The encryption seed: the policy that refuses weak ones, and the generator.
 
-A seed is a string. Its UTF-8 bytes, unchanged, are the input keying material of
-HKDF-SHA256 (``vault_service.crypto``); nothing decodes it. Its strength is
-estimated as ``length * log2(alphabet)``, where the alphabet is the smallest
-standard one holding every character: hex digits (4 bits a character), base64 or
-base64url (6 bits), other printable ASCII (log2 95 ≈ 6.57 bits), anything else 8
-bits a UTF-8 byte. At least 256 bits are required, so the shortest accepted seeds
-are 64 hex digits, 43 base64url characters (``secrets.token_urlsafe(32)``) or 39
-printable characters. Well-known example values, placeholders, periodic strings
-and strings of too few distinct characters are refused whatever their length.
-There is no built-in default: with no seed configured, the vault generates one
-into its data directory on first start and says it must be backed up.
+The seed (``RMLLM_VAULT_SEED``, a seed file, or the file the first start generates)
+must be at least 32 random bytes written as hex or base64: the shared policy of
+``rmllm_common.randomsecret``, which refuses passphrases and values that do not
+look random, and says how to generate one. The text is only *checked* as an
+encoding: its UTF-8 bytes, unchanged, stay the input keying material of
+HKDF-SHA256 (``vault_service.crypto``), so every seed accepted before keeps its
+key id. There is no built-in default: with no seed configured, the vault generates
+one into its data directory on first start and says it must be backed up.
+
+Previous seeds (``RMLLM_VAULT_OLD_SEEDS``) decrypt only, so that keys can be
+re-encrypted under the current one with ``rmllm-vault rewrap``. They are held to
+the rule the vault had before (``check_legacy``: about 256 bits by an alphabet
+estimate), so a seed that an earlier version accepted can still be rotated out.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ import string
 from collections import Counter
 from typing import Final
 
+from rmllm_common import randomsecret
+
 MIN_BITS: Final = 256
-GENERATE_HINT: Final = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+GENERATE_HINT: Final = randomsecret.GENERATE_HINT
+ROTATE_HINT: Final = (
+    "if keys are already stored under this seed, move it to RMLLM_VAULT_OLD_SEEDS, set a new "
+    "RMLLM_VAULT_SEED and run: rmllm-vault rewrap"
+)
+WeakSeed = randomsecret.WeakSecret
 
 _HEX = frozenset(string.hexdigits)
 _BASE64 = frozenset(string.ascii_letters + string.digits + "-_+/=")
@@ -64,14 +73,10 @@ _PLACEHOLDER_MARKS: Final = (
 )
 
 
-class WeakSeed(ValueError):
-    """A seed the vault refuses, with a message saying why and how to make one."""
-
-
 def generate() -> str:
     """A new random seed: 32 random bytes as 43 base64url characters (258 bits).
 
-    Drawn again in the (about one in a million) case that ``check`` would refuse it,
+    Drawn again in the (below one in a million) case that ``check`` would refuse it,
     so the vault never generates a seed it then declines to use.
     """
     while True:
@@ -105,7 +110,15 @@ def _is_periodic(seed: str) -> bool:
 
 
 def check(seed: str, name: str = "RMLLM_VAULT_SEED") -> None:
-    """Raise ``WeakSeed`` unless ``seed`` is strong enough; the message never echoes it."""
+    """Raise ``WeakSeed`` unless ``seed`` is 32+ random bytes as hex or base64 (never echoed)."""
+    try:
+        randomsecret.check(seed, name)
+    except randomsecret.WeakSecret as exc:
+        raise WeakSeed(f"{exc}; {ROTATE_HINT}" if seed else str(exc)) from None
+
+
+def check_legacy(seed: str, name: str) -> None:
+    """The rule of earlier versions, for decrypt-only old seeds: about 256 bits by alphabet."""
     lowered = seed.lower()
     if not seed:
         raise WeakSeed(f"{name} is empty; {GENERATE_HINT}")

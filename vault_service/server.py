@@ -22,6 +22,7 @@ from rmllm_common.registry import Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
 from vault_service import accounts, ledger, migrations
 from vault_service.auth import SERVICE_NAME, AuthInterceptor
+from vault_service.authguard import AuthGuard
 from vault_service.crypto import Keyring
 from vault_service.database import Database
 from vault_service.servicer import VaultServicer
@@ -117,9 +118,17 @@ async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -
 
     hub = InvalidationHub(db)
     await hub.start()
-    server = new_server([AuthInterceptor(settings.service_token, authenticate)])
+    guard = AuthGuard(db, settings.auth_limits)
+    server = new_server(
+        [AuthInterceptor(settings.service_token, authenticate, guard)], reuse_port=settings.reuse_port
+    )
     servicer = VaultServicer(
-        db, keyring, hub, registry=registry, allow_custom_base_url=settings.allow_custom_base_url
+        db,
+        keyring,
+        hub,
+        registry=registry,
+        allow_custom_base_url=settings.allow_custom_base_url,
+        guard=guard,
     )
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
@@ -131,11 +140,16 @@ async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -
         raise
     pruner = asyncio.create_task(_prune_usage(db, settings.usage_retention_days), name="usage-prune")
 
+    guard.start()
+
     async def close() -> None:
         await hub.close()
         pruner.cancel()
         await asyncio.gather(pruner, return_exceptions=True)
-        await asyncio.to_thread(db.close)
+        try:
+            await guard.stop()  # the last counts of failed authentications reach the audit log
+        finally:
+            await asyncio.to_thread(db.close)
 
     return ServerHandle(
         server=server,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -24,12 +24,14 @@ from rmllm_common.modelpolicy import ModelPolicy
 from rmllm_common.registry import Registry
 from vault_service import accounts, configs, ledger, limits, validation
 from vault_service.auth import current_user
+from vault_service.authguard import AuthGuard
 from vault_service.crypto import Keyring
 from vault_service.database import Database
 from vault_service.invalidations import Change
 from vault_service.watch import InvalidationHub, Resync
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_LEASE_SECONDS = 3600
 
@@ -208,12 +210,28 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         *,
         registry: Registry,
         allow_custom_base_url: bool,
+        guard: AuthGuard | None = None,
     ) -> None:
         self._db = db
         self._hub = hub
         self._keyring = keyring
         self._registry = registry
         self._allow_custom = allow_custom_base_url
+        self._guard = guard
+
+    async def _with_user_token(self, action: str, token: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, behind the failed-authentication limit of ``token``'s prefix.
+
+        An unknown token is counted (one audit row per interval), then re-raised.
+        """
+        if self._guard is None:
+            return await call()
+        self._guard.check(action, token)
+        try:
+            return await call()
+        except TokenInvalid:
+            self._guard.failed(action, token)
+            raise
 
     async def PutProviderConfig(
         self, request: vault_pb2.PutProviderConfigRequest, context: Context
@@ -271,14 +289,18 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             raise TokenInvalid("user_token is empty: pass the caller's token (without `Bearer `)")
         if not 0 <= request.lease_seconds <= MAX_LEASE_SECONDS:
             raise invalid("lease_seconds", f"from 0 to {MAX_LEASE_SECONDS}")
-        resolved, found = await self._db.run(
-            _resolve_with_limits,
-            self._db,
-            self._keyring,
+        resolved, found = await self._with_user_token(
+            "config.resolve",
             request.user_token,
-            spec.id,
-            request.request_id or requestctx.request_id(),
-            request.lease_seconds,
+            lambda: self._db.run(
+                _resolve_with_limits,
+                self._db,
+                self._keyring,
+                request.user_token,
+                spec.id,
+                request.request_id or requestctx.request_id(),
+                request.lease_seconds,
+            ),
         )
         return vault_pb2.ResolveCredentialsResponse(
             user_id=resolved.user_id,
@@ -294,13 +316,18 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     async def AuthenticateToken(
         self, request: vault_pb2.AuthenticateTokenRequest, context: Context
     ) -> vault_pb2.AuthenticateTokenResponse:
-        found = await self._db.run(_authenticate_with_limits, self._db, request.user_token)
-        if found is None:
-            raise TokenInvalid("the user token is unknown or revoked")
-        user, user_limits = found
+        user, user_limits = await self._with_user_token(
+            "auth.token", request.user_token, lambda: self._authenticate(request.user_token)
+        )
         return vault_pb2.AuthenticateTokenResponse(
             user_id=user.user_id, user_name=user.user_name, token_id=user.token_id, **_limits(user_limits)
         )
+
+    async def _authenticate(self, token: str) -> tuple[accounts.Principal, limits.Limits]:
+        found = await self._db.run(_authenticate_with_limits, self._db, token)
+        if found is None:
+            raise TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
+        return found
 
     async def GetUsageSummary(
         self, request: vault_pb2.GetUsageSummaryRequest, context: Context

@@ -19,6 +19,7 @@ from rmllm_common import settings as parse
 from rmllm_common import state
 from rmllm_common.secret import Secret
 from rmllm_common.settings import SettingsError
+from vault_service import authguard
 from vault_service import seed as seed_policy
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class VaultSettings:
     # Raw usage records older than this are deleted (the daily rollups are kept). At least
     # a day: ingestion is idempotent on the raw rows, and a retried batch can come minutes late.
     usage_retention_days: float = 90.0
+    # SO_REUSEPORT: only for a worker of ``serve --workers N`` (the hidden --shared-port).
+    reuse_port: bool = False
+    # Failed authentications: budgets per peer and per token prefix, and the audit interval.
+    auth_limits: authguard.Limits = field(default_factory=authguard.Limits)
     # Set when this start generated the seed file (first run).
     generated_seed_file: Path | None = None
 
@@ -80,6 +85,7 @@ class VaultSettings:
             log_level=parse.log_level(env, log_level),
             workers=parse.workers(env, workers),
             usage_retention_days=parse.number(env, "RMLLM_USAGE_RETENTION_DAYS", 90.0, 1.0, 36_500.0),
+            auth_limits=_auth_limits(env),
         )
         return base.with_secrets(env, generate_seed=generate_seed) if with_secrets else base
 
@@ -94,6 +100,25 @@ class VaultSettings:
             generated_seed_file=generated,
             old_seeds=_old_seeds(env),
         )
+
+
+def _auth_limits(env: Mapping[str, str]) -> authguard.Limits:
+    default = authguard.Limits()
+    return authguard.Limits(
+        peer_per_minute=parse.number(
+            env, "RMLLM_VAULT_AUTH_FAILURES_PER_MINUTE", default.peer_per_minute, 0, 1_000_000
+        ),
+        peer_burst=parse.integer(env, "RMLLM_VAULT_AUTH_FAILURE_BURST", default.peer_burst, 1, 1_000_000),
+        prefix_per_minute=parse.number(
+            env, "RMLLM_VAULT_TOKEN_FAILURES_PER_MINUTE", default.prefix_per_minute, 0, 1_000_000
+        ),
+        prefix_burst=parse.integer(
+            env, "RMLLM_VAULT_TOKEN_FAILURE_BURST", default.prefix_burst, 1, 1_000_000
+        ),
+        audit_interval_seconds=parse.number(
+            env, "RMLLM_VAULT_AUTH_AUDIT_INTERVAL_SECONDS", default.audit_interval_seconds, 1, 86_400
+        ),
+    )
 
 
 def _seed(env: Mapping[str, str], directory: Path, generate: bool) -> tuple[Secret, Path | None]:
@@ -134,7 +159,7 @@ def _old_seeds(env: Mapping[str, str]) -> tuple[Secret, ...]:
     olds = tuple(part.strip() for part in env.get("RMLLM_VAULT_OLD_SEEDS", "").split(",") if part.strip())
     for index, value in enumerate(olds):
         try:
-            seed_policy.check(value, f"RMLLM_VAULT_OLD_SEEDS[{index}]")
+            seed_policy.check_legacy(value, f"RMLLM_VAULT_OLD_SEEDS[{index}]")
         except seed_policy.WeakSeed as exc:
             raise SettingsError(str(exc)) from exc
     return tuple(Secret(v) for v in olds)

@@ -14,6 +14,7 @@ from fakes.harness import KEYS
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 from testkit import grpcurl
+from testkit.llm_harness import BAD_BEARERS
 from testkit.stack import Stack
 
 from clients import Client
@@ -123,16 +124,7 @@ def test_grpcurl_shows_error_info(stack: Stack, token: str) -> None:
     assert details[0]["domain"] == "realmultillm" and details[0]["metadata"]["provider"] == "google"
 
 
-@pytest.mark.parametrize(
-    "metadata",
-    [
-        (),
-        (("authorization", "Basic abc"),),
-        (("authorization", "Bearer "),),
-        (("authorization", "Bearer a b"),),
-    ],
-    ids=["missing", "not-bearer", "empty", "spaces"],
-)
+@pytest.mark.parametrize("metadata", BAD_BEARERS.values(), ids=BAD_BEARERS.keys())
 def test_both_services_refuse_a_bad_bearer_with_one_message(
     stack: Stack, metadata: tuple[tuple[str, str], ...]
 ) -> None:

@@ -211,3 +211,41 @@ def test_a_budget_and_a_policy_set_by_the_operator_are_enforced(stack: Stack) ->
         client.chat("openai", "Hello", model="gpt-4o-mini")
         assert [m.id for m in client.models("openai").models] == ["gpt-4o-mini"]
         assert [p.id for p in client.providers()] == ["openai"]
+
+
+def test_a_token_budget_and_policy_make_a_virtual_key(stack: Stack) -> None:
+    first = stack.create_user("virtual")
+    made = stack.vault_cli("tokens", "create", "virtual")
+    assert made.returncode == 0, made.stderr
+    second = made.stdout.strip().splitlines()[-1]
+    token_id = made.stdout.split("token id: ", 1)[1].split()[0]
+    with (
+        Client(first, llm_target=stack.llm.address, vault_target=stack.vault.address) as owner,
+        Client(second, llm_target=stack.llm.address, vault_target=stack.vault.address) as service,
+    ):
+        owner.put_config("openai", KEYS["openai"], base_url=stack.base_url("openai"))
+        stack.enqueue({"transcript": "openai_basic"})
+        cost = service.chat("openai", "Hello").usage.cost_usd
+        budget = stack.vault_cli("tokens", "budget", token_id, "--daily-usd", f"{cost * 1.5:.10f}")
+        assert budget.returncode == 0 and f"token {token_id}: daily budget" in budget.stdout
+        policy = stack.vault_cli("tokens", "policy", token_id, "--allow", "openai/gpt-4o-mini*")
+        assert policy.returncode == 0, policy.stderr
+        stack.control("PUT", "default", {"transcript": "openai_basic", "route": "chat"})
+        try:
+            with pytest.raises(cerr.ModelNotAllowed):  # the token's policy
+                service.chat("openai", "Hello", model="gpt-4o")
+            service.chat("openai", "Hello")  # one call spent of a budget of 1.5: still under
+            with pytest.raises(cerr.BudgetExceeded) as caught:
+                service.chat("openai", "Hello")
+            assert caught.value.metadata["scope"] == "token"
+            # The user's other token is neither limited nor restricted.
+            owner.chat("openai", "Hello", model="gpt-4o")
+            owner.chat("openai", "Hello")
+        finally:
+            stack.reset_fake()
+        until(lambda: len(all_records(owner)) == 6)
+        by_token: dict[str, list[str]] = {}
+        for record in all_records(owner):
+            by_token.setdefault(record.token_id, []).append(record.reason)
+        assert sorted(by_token[token_id]) == ["", "", "BUDGET_EXCEEDED", "MODEL_NOT_ALLOWED"]
+        assert sorted(by_token.values(), key=len)[0] == ["", ""]

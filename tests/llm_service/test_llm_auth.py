@@ -2,8 +2,8 @@
 
 Every LLMService RPC is in ``auth.POLICY``; a method missing from it is refused
 before its handler runs. A token that is not a user token's shape is refused
-before any vault call; ListProviders (``Access.USER``) has the vault judge the
-token in the interceptor, the others in their own first vault call.
+before any vault call. The vault judges the token once per call: in the
+interceptor (``Access.USER``) or in the handler's own first vault call.
 """
 
 from __future__ import annotations
@@ -88,12 +88,24 @@ async def test_a_token_not_shaped_like_a_user_token_never_reaches_the_vault(
     assert llm.vault.calls == []
 
 
-async def test_list_providers_has_the_vault_judge_the_token_in_the_interceptor(llm: LLMHarness) -> None:
+async def test_list_providers_asks_the_vault_once(llm: LLMHarness) -> None:
     await llm.stub.ListProviders(llm_pb2.ListProvidersRequest(), metadata=auth())
     assert [c.method for c in llm.vault.calls] == ["AuthenticateToken"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await llm.stub.ListProviders(llm_pb2.ListProvidersRequest(), metadata=auth(user_token("stranger")))
     assert rich_error(caught.value).reason == "TOKEN_INVALID"
+
+
+async def test_user_access_has_the_interceptor_ask_the_vault_before_the_handler(
+    llm: LLMHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(llm_auth.POLICY, f"/{SERVICE.full_name}/Chat", llm_auth.Access.USER)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.stub.Chat(chat_request(), metadata=auth(user_token("stranger")))
+    assert rich_error(caught.value).reason == "TOKEN_INVALID"
+    assert [c.method for c in llm.vault.calls] == ["AuthenticateToken"]  # the handler never ran
+    await llm.stub.Chat(chat_request(), metadata=auth())
+    assert [c.method for c in llm.vault.calls][1:] == ["AuthenticateToken", "ResolveCredentials"]
 
 
 async def test_a_chat_asks_the_vault_once(llm: LLMHarness) -> None:

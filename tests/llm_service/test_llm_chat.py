@@ -9,6 +9,7 @@ from testkit.llm_harness import (
     ALICE,
     ALICE_ANTHROPIC_KEY,
     ALICE_OPENAI_KEY,
+    BAD_BEARERS,
     BOB,
     SERVICE_TOKEN,
     LLMHarness,
@@ -158,16 +159,7 @@ async def test_stored_custom_base_url_allowed_by_operator() -> None:
         assert llm.adapter.calls[0].endpoint.base_url == "http://127.0.0.1:9/v1"
 
 
-@pytest.mark.parametrize(
-    "metadata",
-    [
-        (),
-        (("authorization", "Basic abc"),),
-        (("authorization", "Bearer "),),
-        (("authorization", "Bearer a b"),),
-    ],
-    ids=["missing", "not-bearer", "empty", "spaces"],
-)
+@pytest.mark.parametrize("metadata", BAD_BEARERS.values(), ids=BAD_BEARERS.keys())
 async def test_missing_or_malformed_token_is_refused_without_the_vault(
     llm: LLMHarness, metadata: tuple[tuple[str, str], ...]
 ) -> None:

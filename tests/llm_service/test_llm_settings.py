@@ -14,7 +14,7 @@ from testkit.llm_harness import user_token
 from llm_service.cli import main
 from llm_service.settings import LLMSettings, SettingsError
 
-TOKEN = "t" * 40
+TOKEN = "rms_JrlWV_yCtHiYNfpdWmKo5eWQLOzQhJUT5CXSFso7iDQ"  # random, as generated
 
 
 def test_defaults() -> None:

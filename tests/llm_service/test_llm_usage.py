@@ -247,3 +247,42 @@ async def test_unreported_spend_of_this_replica_counts_against_the_budget() -> N
             await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)
         assert rich_error(caught.value).reason == "BUDGET_EXCEEDED"
         assert len(llm.adapter.calls) == 3
+
+
+async def test_credentials_with_a_budget_are_never_served_from_the_cache() -> None:
+    cached = {**FAST, "RMLLM_CREDENTIAL_CACHE_SECONDS": "30"}
+    async with llm_harness(cached) as llm:
+        await llm.until(lambda: llm.cache.enabled)  # the cache works once the watch stream is in sync
+        for _ in range(3):
+            await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)
+        assert llm.vault.methods().count("ResolveCredentials") == 1  # no budget: cached
+    async with llm_harness(cached) as llm:
+        await llm.until(lambda: llm.cache.enabled)
+        budget = vault_pb2.BudgetStatus(
+            scope=vault_pb2.LIMIT_SCOPE_USER,
+            period=vault_pb2.BUDGET_PERIOD_DAILY,
+            limit_usd=5.0,
+            reset_time=timestamp_pb2.Timestamp(seconds=int(time.time()) + 60),
+        )
+        llm.vault.limits["u-alice"] = {"budgets": [budget]}
+        for _ in range(3):
+            await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)
+        # Each call asks the vault: the spend it compares is always the vault's latest.
+        assert llm.vault.methods().count("ResolveCredentials") == 3
+
+
+async def test_an_unexpected_send_error_does_not_stop_delivery() -> None:
+    sent: list[int] = []
+
+    async def send(batches: Any, timeout: float) -> vault_pb2.ReportUsageResponse:
+        sent.append(sum(len(b) for b in batches))
+        if len(sent) == 1:
+            raise RuntimeError("a bug in the send path")
+        return vault_pb2.ReportUsageResponse(accepted=sent[-1])
+
+    reporter = UsageReporter(send, interval=0.01, max_backoff=0.02)
+    reporter.start()
+    reporter.submit(vault_pb2.UsageRecord(request_id="r1", user_id="u"))
+    await until(lambda: reporter.stats.reported == 1)
+    assert sent == [1, 1] and reporter.buffered == 0
+    await reporter.close(1.0)

@@ -13,7 +13,7 @@ from rmllm_common import settings as shared
 from vault_service import settings as vault_settings
 from vault_service.settings import VaultSettings
 
-TOKEN = "t" * 40
+TOKEN = "rms_JrlWV_yCtHiYNfpdWmKo5eWQLOzQhJUT5CXSFso7iDQ"  # random, as generated
 
 
 def read_both(tmp_path: Path, env: dict[str, str]) -> tuple[Any, Any]:

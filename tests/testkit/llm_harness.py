@@ -29,7 +29,7 @@ from rmllm_common.server import ServerHandle
 from testkit.llm_fake_vault import FakeVault, StoredKey
 from testkit.llm_scripted import ScriptedAdapter
 
-SERVICE_TOKEN = "svc-test-credential-0123456789abcdefghijklmnop"
+SERVICE_TOKEN = "rms_qsRsrfIAoQvPJZyyQOqOrtRNUNYMrpZmgFNeJYmsLfQ"  # random, as generated
 
 
 def user_token(label: str) -> str:
@@ -41,6 +41,15 @@ ALICE = user_token("alice_token")
 BOB = user_token("bob_token")
 ALICE_OPENAI_KEY = "sk-alice-PLANTED-openai-key-7a1c"
 ALICE_ANTHROPIC_KEY = "sk-ant-alice-PLANTED-anthropic-9f2e"
+
+
+# Call metadata no service may accept as a bearer token, by what is wrong with it.
+BAD_BEARERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "missing": (),
+    "not-bearer": (("authorization", "Basic abc"),),
+    "empty": (("authorization", "Bearer "),),
+    "spaces": (("authorization", "Bearer a b"),),
+}
 
 
 def auth(token: str = ALICE) -> tuple[tuple[str, str], ...]:

@@ -21,7 +21,7 @@ from vault_service.settings import VaultSettings
 
 SEED = "q9Xl2mV7tR4pK8sW1zY6bN3cF5hJ0gD-aE_uLoIiQwM"  # a random test seed, 258 bits
 OLD_SEED = "Zr8Kp2Wq5Xm9Tn4Lv7Bc1Hy6Dj3Gs0Fa-Ne_MuQoPiR"
-SERVICE_TOKEN = "rms_test-service-credential-0123456789abcdef"
+SERVICE_TOKEN = "rms_cGxETFB3jsFrXrsJm9Xj1Z-F_6nxXMky6skswYAmVlE"  # random, as generated
 
 
 def md(token: str) -> tuple[tuple[str, str]]:

@@ -123,10 +123,11 @@ def test_rewrap_prints_counts(run: Invoke, data_dir: Path, monkeypatch: pytest.M
     [
         ({"RMLLM_VAULT_SEED": "changeme"}, ["serve"], "secrets.token_urlsafe(32)"),
         ({}, ["rewrap"], "no seed is configured"),
-        ({"RMLLM_VAULT_SEED": "Qk3Lp9Zr7Xw2Vt5N"}, ["rewrap"], "too weak"),
+        ({"RMLLM_VAULT_SEED": "Qk3Lp9Zr7Xw2Vt5N"}, ["rewrap"], "too short"),
         ({"RMLLM_DATABASE_URL": "mysql://x/y"}, ["users", "list"], "sqlite:/// or postgresql://"),
         ({"RMLLM_DATABASE_URL": "postgresql://127.0.0.1:1/x"}, ["users", "list"], "database is not usable"),
-        ({"RMLLM_SERVICE_TOKEN": "short"}, ["serve"], "at least 32 characters"),
+        ({"RMLLM_SERVICE_TOKEN": "short"}, ["serve"], "must be at least 32 random bytes"),
+        ({"RMLLM_SERVICE_TOKEN": "a" * 32}, ["serve"], "RMLLM_SERVICE_TOKEN is too short"),
     ],
 )
 def test_configuration_errors_are_one_line(

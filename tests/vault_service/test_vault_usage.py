@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from realmultillm.vault.v1 import vault_pb2 as pb
 from testkit.vault import SERVICE_TOKEN, Failure, Vault, md
 
-from vault_service import accounts, ledger, limits
+from vault_service import accounts, invalidations, ledger, limits
 
 Fails = Callable[[Awaitable[Any]], Awaitable[Failure]]
 SERVICE = md(SERVICE_TOKEN)
@@ -389,3 +389,79 @@ async def test_an_undecodable_report_message_is_malformed(ledger_vault: Vault, f
     call = chan.stream_unary("/realmultillm.vault.v1.VaultService/ReportUsage")(garbage(), metadata=SERVICE)
     failed = await fails(call)
     assert (failed.code, failed.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+
+
+class _Changes:
+    """The change sequence (``vault_service.invalidations``) as (kind, user id, token id), read back."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    @property
+    def calls(self) -> list[tuple[str, str, str]]:
+        changes = self._db.call(invalidations.since, self._db, 0)
+        return [(c.kind.value, c.user_id, c.token_id) for c in changes[self._skip :]]
+
+    _skip = 0
+
+    def clear(self) -> None:
+        self._skip += len(self.calls)
+
+
+def test_ingestion_records_a_change_when_spend_crosses_a_budget(database: Any) -> None:
+    db = database
+    changes = _Changes(db)
+    principal, token_id, _ = db.call(accounts.create_user, db, "alice")
+    db.call(
+        functools.partial(limits.set_budget, daily=1.0, monthly=None), db, limits.user_target(db, "alice")
+    )
+    db.call(
+        functools.partial(limits.set_budget, daily=None, monthly=0.6), db, limits.token_target(db, token_id)
+    )
+    assert changes.calls == [
+        ("BUDGET_CHANGED", principal.user_id, ""),
+        ("BUDGET_CHANGED", principal.user_id, token_id),
+    ]
+    changes.clear()
+    now = ledger.now_us()
+
+    def spend(request_id: str, cost: float) -> None:
+        entry = ledger.Entry(
+            request_id,
+            now,
+            principal.user_id,
+            token_id,
+            "openai",
+            "m",
+            "Chat",
+            False,
+            1,
+            1,
+            0,
+            0,
+            0,
+            True,
+            cost,
+            10,
+            None,
+            "OK",
+            "",
+            0,
+        )
+        db.call(ledger.ingest, db, [entry])
+
+    spend("a", 0.5)  # under both
+    assert changes.calls == []
+    spend("b", 0.25)  # the token's monthly 0.6 crossed (0.5 -> 0.75)
+    assert changes.calls == [("BUDGET_CHANGED", principal.user_id, token_id)]
+    spend("b", 0.25)  # a duplicate adds nothing, crosses nothing
+    spend("c", 0.1)  # over the token's budget already: no second change
+    assert len(changes.calls) == 1
+    spend("d", 0.2)  # the user's daily 1.0 crossed (0.85 -> 1.05)
+    assert changes.calls[1:] == [("BUDGET_CHANGED", principal.user_id, "")]
+    db.call(
+        functools.partial(limits.set_policy, allow="openai/*", deny=None),
+        db,
+        limits.token_target(db, token_id),
+    )
+    assert changes.calls[-1] == ("POLICY_CHANGED", principal.user_id, token_id)

@@ -1,0 +1,146 @@
+"""rmllm_common.logs: logging never blocks the thread that logs, and loses nothing it keeps.
+
+The first test models the deadlock of issue 13 item 3 with two threads and one
+lock: thread A logs a record whose argument needs lock L (as the collector's gRPC
+finalizer did) while thread B, holding L, logs too. With a handler that formats
+under its own lock in the caller's thread, A holds the handler lock waiting for L
+and B holds L waiting for the handler lock, forever.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rmllm_common import logs, requestctx
+
+LIVENESS = 20.0  # seconds a thread gets to finish a few log calls; only a deadlock needs more
+
+
+class StalledStream(io.StringIO):
+    """An output stream whose writes wait until ``release`` (a stuck stderr pipe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.gate.wait()
+        return super().write(text)
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.getvalue().splitlines()]
+
+
+@pytest.fixture
+def stream() -> Iterator[StalledStream]:
+    """A stalled stream for ``logs.configure``; the previous logging set-up restored after."""
+    out = StalledStream()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield out
+    out.gate.set()
+    logs._stop()
+    logs._listener = None
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_record_whose_argument_waits_on_a_lock_held_by_another_logger_does_not_deadlock(
+    stream: StalledStream,
+) -> None:
+    stream.gate.set()
+    logs.configure("debug", stream=stream)
+    log = logging.getLogger("deadlock-model")
+    lock_l = threading.Lock()
+    a_is_formatting = threading.Event()
+
+    class NeedsL:
+        def __str__(self) -> str:
+            a_is_formatting.set()
+            with lock_l:
+                return "needs-L"
+
+    def thread_b() -> None:
+        with lock_l:
+            a_is_formatting.wait(LIVENESS)
+            log.debug("B logs while holding L")
+
+    b = threading.Thread(target=thread_b, daemon=True)
+    a = threading.Thread(target=lambda: log.debug("A: %s", NeedsL()), daemon=True)
+    b.start()
+    a.start()
+    a.join(LIVENESS)
+    b.join(LIVENESS)
+    assert not a.is_alive() and not b.is_alive(), "logging deadlocked across two threads"
+    logs.flush()
+    messages = {line["message"] for line in stream.lines()}
+    assert {"A: needs-L", "B logs while holding L"} <= messages
+
+
+def test_a_stalled_output_never_blocks_the_logging_thread_and_nothing_kept_is_lost(
+    stream: StalledStream,
+) -> None:
+    logs.configure("info", stream=stream)
+    log = logging.getLogger("stalled")
+
+    def write_lines() -> None:
+        for i in range(200):
+            log.info("line %d", i)
+
+    worker = threading.Thread(target=write_lines, daemon=True)
+    worker.start()
+    worker.join(LIVENESS)
+    assert not worker.is_alive(), "a log call waited for the output"
+    stream.gate.set()
+    logs.flush()
+    assert [line["message"] for line in stream.lines()] == [f"line {i}" for i in range(200)]
+
+
+def test_past_the_queue_limit_records_are_dropped_counted_and_reported(stream: StalledStream) -> None:
+    logs.configure("info", queue_limit=50, stream=stream)
+    log = logging.getLogger("flood")
+    for i in range(500):
+        log.info("flood %d", i)  # returns at once although nothing can be written
+    stream.gate.set()
+    log.info("after the flood")
+    logs.flush()
+    lines = stream.lines()
+    reports = [line for line in lines if line.get("event") == "log_records_dropped"]
+    kept = [line for line in lines if line.get("event") != "log_records_dropped"]
+    assert 1 <= len(kept) < 501
+    assert reports and all(line["level"] == "warning" for line in reports)
+    reported = sum(int(line["message"].split(": ")[1].split()[0]) for line in reports)
+    assert reported == 501 - len(kept)
+
+
+def test_request_id_arguments_and_traceback_are_captured_in_the_logging_thread(stream: StalledStream) -> None:
+    stream.gate.set()
+    logs.configure("info", stream=stream)
+    log = logging.getLogger("capture")
+    mutable = ["before"]
+
+    def call() -> None:
+        requestctx.begin("req-capture-1")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed with %s", mutable, extra={"event": "x", "api_key": "sk-secret"})
+        mutable[0] = "after"  # changed once logged: the line shows the value at the call
+        requestctx.begin("req-other")
+
+    contextvars.copy_context().run(call)
+    logs.flush()
+    (line,) = [line for line in stream.lines() if line["logger"] == "capture"]
+    assert line["message"] == "failed with ['before']"
+    assert line["request_id"] == "req-capture-1"
+    assert "ValueError: boom" in line["exception"]
+    assert line["api_key"] == "[redacted]"
+    assert line["event"] == "x"
