@@ -143,14 +143,23 @@ class Stack:
         )
         return self.vault
 
-    def start_llm(self, name: str, *, cache_seconds: float = 0.0, workers: int = 1) -> Proc:
-        """An LLM service (rate limits off): one process, or a ``--workers N`` supervisor and its N."""
+    def start_llm(
+        self,
+        name: str,
+        *,
+        cache_seconds: float = 0.0,
+        workers: int = 1,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> Proc:
+        """An LLM service (rate limits off unless ``extra_env`` sets them): one process, or
+        a ``--workers N`` supervisor and its N."""
         assert self.vault is not None
         env = {
             **self.common_env,
             "RMLLM_VAULT_ADDR": self.vault.address,
             "RMLLM_CHAT_RATE_PER_MINUTE": "0",
             "RMLLM_CREDENTIAL_CACHE_SECONDS": f"{cache_seconds:g}",
+            **(extra_env or {}),
         }
         args = ["llm_service.cli", "serve", "--listen", "127.0.0.1:0", "--workers", str(workers)]
         return self._keep(start(name, args, env, serving_lines=workers))

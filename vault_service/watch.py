@@ -28,7 +28,7 @@ from vault_service.invalidations import Change
 
 log = logging.getLogger(__name__)
 
-SQLITE_POLL_SECONDS: Final = 0.05
+SQLITE_POLL_SECONDS: Final = 0.2
 POSTGRES_POLL_SECONDS: Final = 1.0
 LISTEN_RETRY_SECONDS: Final = 1.0
 QUEUE_BOUND: Final = 10_000
