@@ -9,7 +9,8 @@ makes stale (a user's or one provider's configs, a revoked token's entries, a
 changed user's entries); a gap in the sequence, the stream ending or failing,
 all drop everything and stop caching until the next RESYNC. A resolve that was
 in flight while anything was dropped is not cached (the generation check), so
-the cache and a revocation are never stale together.
+the cache and a revocation are never stale together. No entry outlives the
+expiry of the token it was resolved for.
 
 It also remembers which user each token seen belongs to (a fact that never
 changes), so the rate limit can be taken before the vault round trip; a
@@ -60,6 +61,8 @@ class Credentials:
     # The id of the caller's token (never the token), and its budgets and model policies.
     token_id: str = ""
     limits: CallerLimits = NO_LIMITS
+    # When the caller's token expires (Unix seconds); None: never. No cache entry outlives it.
+    token_expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +137,13 @@ class CredentialCache:
         self.remember_owner(key[0], credentials.user_id, credentials.token_id)
         if not self.enabled or generation != self.generation:
             return
+        lifetime = self.ttl
+        if credentials.token_expires_at is not None:
+            lifetime = min(lifetime, credentials.token_expires_at - time.time())
+            if lifetime <= 0:
+                return
         self._remove(key)
-        entry = _Entry(self._clock() + self.ttl, credentials, _size(credentials))
+        entry = _Entry(self._clock() + lifetime, credentials, _size(credentials))
         self._entries[key] = entry
         self._bytes += entry.size
         while self._entries and (len(self._entries) > self._max_entries or self._bytes > self._max_bytes):

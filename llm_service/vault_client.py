@@ -59,6 +59,13 @@ class Identity:
     limits: CallerLimits = NO_LIMITS
 
 
+def _expiry(reply: Any) -> float | None:
+    """When the caller's token expires (Unix seconds), if it does."""
+    if not reply.HasField("token_expire_time"):
+        return None
+    return float(reply.token_expire_time.ToMicroseconds()) / 1e6
+
+
 def _reason(error: grpc.aio.AioRpcError) -> str:
     """The ErrorInfo reason in the vault's status details ("" when there is none)."""
     for key, value in error.trailing_metadata() or ():
@@ -152,6 +159,11 @@ class VaultClient:
             max_tokens=settings.max_tokens if settings.HasField("max_tokens") else None,
             token_id=reply.token_id,
             limits=from_reply(reply),
+            token_expires_at=(
+                reply.token_expire_time.ToMicroseconds() / 1e6
+                if reply.HasField("token_expire_time")
+                else None
+            ),
         )
         accounting.note_caller(credentials.user_id, credentials.token_id)
         # Credentials with a budget are not cached: their spend must be the vault's latest,

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # The hot path's statements: one indexed lookup from token hash to user to config.
 _RESOLVE = (
-    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id "
+    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id, t.expire_time "
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
@@ -84,6 +84,7 @@ class Resolved:
     settings: Settings
     key_hint: str
     token_id: str = ""
+    token_expire_time: int | None = None  # microseconds; None: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +262,7 @@ def _resolve_in_transaction(  # noqa: PLR0917 - the resolve's inputs, passed thr
     if row is None:
         # Not audited row by row: vault_service.authguard counts these (one row per interval).
         return TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
-    user_id, config_id, blob, active, hint, base_url, settings, token_id = row
+    user_id, config_id, blob, active, hint, base_url, settings, token_id, expires = row
     if config_id is None:
         return refuse(
             user_id,
@@ -297,4 +298,4 @@ def _resolve_in_transaction(  # noqa: PLR0917 - the resolve's inputs, passed thr
     db.execute(_COUNT_USE, (_now(), config_id))
     lease = f"lease={lease_seconds}s token={token_id}"
     audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id, lease))
-    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id)
+    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id, expires)

@@ -310,6 +310,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             settings=_settings(resolved.settings),
             key_hint=resolved.key_hint,
             token_id=resolved.token_id,
+            token_expire_time=_timestamp(resolved.token_expire_time),
             **_limits(found),
         )
 

@@ -6,6 +6,9 @@ Every test here runs a real LLM server against the fake vault, which serves
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 import pytest
 from realmultillm.vault.v1 import vault_pb2
@@ -234,3 +237,25 @@ async def test_a_stalled_vault_is_deadline_exceeded_or_unavailable_by_whose_boun
         await client.close()
     finally:
         await vault.stop()
+
+
+async def test_no_cache_entry_outlives_its_tokens_expiry() -> None:
+    cache = credential_cache.CredentialCache(30)
+    cache.set_synced(True)
+
+    def creds(expires_at: float | None) -> credential_cache.Credentials:
+        key = Secret("sk-x-0123456789")
+        return credential_cache.Credentials(
+            "u-1", "openai", key, "", "", None, None, token_expires_at=expires_at
+        )
+
+    cache.put(("expired", "openai"), creds(time.time() - 1), cache.generation)
+    assert cache.get(("expired", "openai")) is None  # already expired: never cached
+    cache.put(("soon", "openai"), creds(time.time() + 0.3), cache.generation)
+    cache.put(("never", "openai"), creds(None), cache.generation)
+    assert cache.get(("soon", "openai")) is not None
+    deadline = time.monotonic() + 5
+    while cache.get(("soon", "openai")) is not None:  # gone at the token's expiry, not the TTL's
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert cache.get(("never", "openai")) is not None

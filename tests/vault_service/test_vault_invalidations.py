@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -150,3 +151,27 @@ async def test_a_resolve_is_audited_as_a_lease_grant(vault: Vault) -> None:
             metadata=md(SERVICE_TOKEN),
         )
     assert failure(caught.value).fields == ["lease_seconds"]
+
+
+async def test_a_resolve_says_when_the_token_expires(vault: Vault) -> None:
+    vault.make_user("cy")
+    token_id, token = vault.db.call(accounts.create_token, vault.db, "cy", 3600)
+    await vault.stub.PutProviderConfig(
+        pb.PutProviderConfigRequest(provider="openai", api_key="sk-test-0123456789abcdef"),
+        metadata=md(token.reveal()),
+    )
+    reply = await vault.stub.ResolveCredentials(
+        pb.ResolveCredentialsRequest(user_token=token.reveal(), provider="openai", lease_seconds=30),
+        metadata=md(SERVICE_TOKEN),
+    )
+    assert reply.token_id == token_id
+    assert 3500 < reply.token_expire_time.seconds - time.time() <= 3600
+    forever = vault.make_user("dee")
+    await vault.stub.PutProviderConfig(
+        pb.PutProviderConfigRequest(provider="openai", api_key="sk-test-0123456789abcdef"),
+        metadata=md(forever),
+    )
+    reply = await vault.stub.ResolveCredentials(
+        pb.ResolveCredentialsRequest(user_token=forever, provider="openai"), metadata=md(SERVICE_TOKEN)
+    )
+    assert not reply.HasField("token_expire_time")
