@@ -175,3 +175,32 @@ async def test_a_resolve_says_when_the_token_expires(vault: Vault) -> None:
         pb.ResolveCredentialsRequest(user_token=forever, provider="openai"), metadata=md(SERVICE_TOKEN)
     )
     assert not reply.HasField("token_expire_time")
+
+
+async def test_a_hub_that_cannot_read_ends_its_streams_and_recovers(vault: Vault) -> None:
+    token = vault.make_user("fay")
+    stream = vault.stub.WatchInvalidations(pb.WatchInvalidationsRequest(), metadata=md(SERVICE_TOKEN))
+    assert (await stream.read()).kind == pb.INVALIDATION_KIND_RESYNC
+    rename = "ALTER TABLE invalidations RENAME TO {}"
+    vault.db.call(lambda: vault.db.db.execute_sql(rename.format("invalidations_away")))
+    # The hub cannot vouch for the sequence: its streams end, new ones are refused for now.
+    assert await asyncio.wait_for(stream.read(), 5) is grpc.aio.EOF
+    refused = vault.stub.WatchInvalidations(pb.WatchInvalidationsRequest(), metadata=md(SERVICE_TOKEN))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await refused.read()
+    assert failure(caught.value).code == grpc.StatusCode.UNAVAILABLE
+    vault.db.call(lambda: vault.db.db.execute_sql("ALTER TABLE invalidations_away RENAME TO invalidations"))
+    deadline = time.monotonic() + 5
+    while True:  # readable again: a new watch gets a RESYNC, then the next change
+        again = vault.stub.WatchInvalidations(pb.WatchInvalidationsRequest(), metadata=md(SERVICE_TOKEN))
+        try:
+            first = await again.read()
+            break
+        except grpc.aio.AioRpcError:
+            assert time.monotonic() < deadline, "the hub never recovered"
+            await asyncio.sleep(0.1)
+    assert first.kind == pb.INVALIDATION_KIND_RESYNC
+    put = pb.PutProviderConfigRequest(provider="openai", api_key="sk-test-0123456789abcdef")
+    await vault.stub.PutProviderConfig(put, metadata=md(token))
+    change = await asyncio.wait_for(again.read(), 5)
+    assert (change.kind, change.sequence) == (pb.INVALIDATION_KIND_CONFIG_CHANGED, first.sequence + 1)
