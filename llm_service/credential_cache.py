@@ -217,6 +217,7 @@ class InvalidationWatcher:
         self._last = 0
         self._was_up = False
         self._down_logged = False
+        self._closing = False
         self.resyncs = 0
 
     def start(self) -> None:
@@ -224,6 +225,7 @@ class InvalidationWatcher:
             self._task = asyncio.create_task(self._run(), name="vault-invalidation-watch")
 
     async def close(self) -> None:
+        self._closing = True  # the stream ends because we stop: nothing to report
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -280,10 +282,11 @@ class InvalidationWatcher:
         self._down_logged = False
 
     def _went_down(self, why: str) -> None:
-        if self._down_logged:
+        if self._down_logged or self._closing:
             return
         self._down_logged = True
-        level = logging.WARNING if self._was_up else logging.INFO
+        # Before the first sync (the vault not up yet, or an older vault) it is the start-up state.
+        level = logging.WARNING if self._was_up else logging.DEBUG
         log.log(
             level,
             "vault watch stream down (%s): credential cache off until it is back",

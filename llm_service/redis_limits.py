@@ -39,7 +39,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from llm_service.ratelimit import NO_LEASE, StreamLease, rate_limited, too_many_streams
-from rmllm_common.errors import Unavailable
+from rmllm_common.errors import RateLimiterUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -166,12 +166,10 @@ class SharedStore:
             self._down_since = None
         return answer
 
-    def unavailable(self) -> Unavailable:
+    def unavailable(self) -> RateLimiterUnavailable:
         """The error of a fail-closed call during an outage."""
-        return Unavailable(
-            "the shared rate limiter is unavailable; try again shortly",
-            reason="RATE_LIMITER_UNAVAILABLE",
-            retry_after=RETRY_SECONDS,
+        return RateLimiterUnavailable(
+            "the shared rate limiter is unavailable; try again shortly", retry_after=RETRY_SECONDS
         )
 
     async def close(self) -> None:
