@@ -57,20 +57,22 @@ class AsyncChatStream(ChatStreamCore):
         return self
 
     async def __anext__(self) -> str:
-        if self._over:
-            raise StopAsyncIteration
-        try:
-            delta = self._read(await anext(self._responses, None))
-        except grpc.aio.AioRpcError as exc:
-            self._raise_unless_cancelled(exc)
-            delta = None
-        except asyncio.CancelledError:
-            if not self._cancelled:  # else cancel() came from another task while this one read
-                raise
-            delta = None
-        if delta is None:
-            raise StopAsyncIteration
-        return delta
+        while True:  # reasoning and tool-call pieces are kept by _read, not iterated
+            if self._over:
+                raise StopAsyncIteration
+            try:
+                delta = self._read(await anext(self._responses, None))
+            except grpc.aio.AioRpcError as exc:
+                self._raise_unless_cancelled(exc)
+                delta = None
+            except asyncio.CancelledError:
+                if not self._cancelled:  # else cancel() came from another task while this one read
+                    raise
+                delta = None
+            if delta is None:
+                raise StopAsyncIteration
+            if delta:
+                return delta
 
     @property
     def result(self) -> ChatResult:

@@ -30,7 +30,12 @@ from clients.datatypes import (
     ProviderConfig,
     ProviderInfo,
     ProviderSettings,
+    Reasoning,
+    ResponseFormat,
     TestKeyResult,
+    Tool,
+    ToolChoiceArg,
+    apply_features,
     conversation,
 )
 from clients.usage import UsagePage, UsageSummary
@@ -59,6 +64,11 @@ class ChatOptions(TypedDict, total=False):
     max_tokens: int | None
     top_p: float | None
     stop: Sequence[str]
+    tools: Sequence[Tool | Callable[..., Any]]
+    tool_choice: ToolChoiceArg | None
+    parallel_tool_calls: bool | None
+    response_format: ResponseFormat | None
+    reasoning: Reasoning | None
     timeout: float | None
 
 
@@ -146,7 +156,14 @@ def chat_request(provider: str, prompt: str | Sequence[Message], options: ChatOp
         request.max_tokens = max_tokens
     if top_p is not None:
         request.top_p = top_p
-    return request
+    return apply_features(
+        request,
+        tools=options.get("tools", ()),
+        tool_choice=options.get("tool_choice"),
+        parallel_tool_calls=options.get("parallel_tool_calls"),
+        response_format=options.get("response_format"),
+        reasoning=options.get("reasoning"),
+    )
 
 
 def stream_request(chat: llm_pb2.ChatRequest) -> llm_pb2.StreamChatRequest:

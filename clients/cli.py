@@ -9,6 +9,8 @@ Examples::
     rmllm keys update openai --model gpt-4o --disable
     rmllm test-key openai --stored
     rmllm chat -p openai "Write a haiku about gRPC"
+    rmllm chat -p google --image chart.png --pdf report.pdf "Do these agree?"
+    rmllm chat -p openai --tool weather.json --json-schema answer.json --reasoning high "..."
     echo "Summarise this" | rmllm chat -p claude --system "Be brief"
     rmllm providers; rmllm models google
     rmllm usage --since 30d --by provider   # your calls, tokens and cost, and a per-day chart
@@ -32,9 +34,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from clients import cli_chat, cli_usage, config
 from clients import cli_format as out
-from clients import cli_usage, config
 from clients.channels import DEFAULT_CHAT_TIMEOUT, DEFAULT_TIMEOUT
+from clients.cli_chat import UsageError
 from clients.datatypes import TestKeyReason
 from clients.errors import RmllmClientError
 from clients.sync import Client
@@ -56,10 +59,6 @@ SECRET_PREFIXES = ("sk-", "rmk_", "AIza", "xai-", "ghp_", "github_pat_")
 def looks_like_a_secret(word: str) -> bool:
     """A provider argument that is really a pasted key (so it must not be echoed or sent)."""
     return word.startswith(SECRET_PREFIXES) or len(word) > 64
-
-
-class UsageError(Exception):
-    """A command line that cannot be run; exit code 2."""
 
 
 def read_secret(label: str, stdin: TextIO) -> str:
@@ -157,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system instructions")
     chat.add_argument("--temperature", type=float)
     chat.add_argument("--max-tokens", type=int)
+    cli_chat.add_flags(chat)
     chat.add_argument("prompt", nargs="?", default="-", help="the prompt; '-' or omitted: read stdin")
 
     add("providers", help="list the providers")
@@ -294,15 +294,19 @@ class Cli:
         prompt = self.stdin.read() if args.prompt == "-" else args.prompt
         if not prompt.strip():
             raise UsageError("empty prompt: give one as an argument or on stdin")
+        messages, options = cli_chat.chat_options(args, prompt)
         with self.client() as client:
             stream = client.stream_chat(
                 args.provider,
-                prompt,
+                messages,
                 model=args.model,
                 system=args.system,
                 temperature=args.temperature,
                 max_tokens=args.max_tokens,
+                **options,
             )
+            if args.show_reasoning:
+                stream.on_reasoning = self.reasoning_printer()
             try:
                 for delta in stream:
                     self.stdout.write(delta)
@@ -315,8 +319,23 @@ class Cli:
                 if stream.text and not stream.text.endswith("\n"):
                     self.stdout.write("\n")
                 self.stdout.flush()
-            self.note(out.summary(stream.result))
+            result = stream.result
+            if result.tool_calls:
+                self.print(cli_chat.tool_calls_json(result.tool_calls))
+            if stream.reasoning and args.show_reasoning:
+                self.stderr.write("\n")
+            self.note(out.summary(result))
         return out.EXIT_OK
+
+    def reasoning_printer(self) -> Callable[[str], None]:
+        """Writes reasoning pieces to stderr as they arrive (dimmed on a terminal)."""
+        terminal = self.stderr.isatty()
+
+        def write(piece: str) -> None:
+            self.stderr.write(cli_chat.dimmed(piece, terminal))
+            self.stderr.flush()
+
+        return write
 
     def providers(self) -> int:
         with self.client() as client:

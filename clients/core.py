@@ -3,9 +3,11 @@
 ``ClientCore`` holds a client's options, its two channels and stubs, and its
 ``Calls``; it finds the stub method of a ``Call`` and turns a failed RPC into the
 typed error of ``clients.errors``. ``ChatStreamCore`` holds a StreamChat's state
-(text so far, the final result, cancellation) and reads each response: a delta
-becomes text, ``done`` becomes the ``ChatResult``, and a stream that ends without
-it is ``UpstreamStreamTruncated``. The subclasses in ``clients.sync`` and
+(text and reasoning so far, the final result, cancellation) and reads each
+response: a delta becomes text, a reasoning delta reasoning (tool-call pieces
+are left to the result, which carries the calls assembled), ``done`` becomes
+the ``ChatResult``, and a stream that ends without it is
+``UpstreamStreamTruncated``. The subclasses in ``clients.sync`` and
 ``clients.aio`` only move messages.
 """
 
@@ -92,6 +94,8 @@ class ChatStreamCore:
         self._call = call
         self._target = target
         self._pieces: list[str] = []
+        self._reasoning: list[str] = []
+        self.on_reasoning: Callable[[str], None] | None = None  # called with each reasoning piece
         self._result: ChatResult | None = None
         self._cancelled = False
 
@@ -99,6 +103,11 @@ class ChatStreamCore:
     def text(self) -> str:
         """The text received so far."""
         return "".join(self._pieces)
+
+    @property
+    def reasoning(self) -> str:
+        """The reasoning text received so far (with ``Reasoning(include=True)``)."""
+        return "".join(self._reasoning)
 
     @property
     def cancelled(self) -> bool:
@@ -110,7 +119,8 @@ class ChatStreamCore:
         return self._result is not None or self._cancelled
 
     def _read(self, response: llm_pb2.StreamChatResponse | None) -> str | None:
-        """The delta of the next response; None after the final message (kept as the result).
+        """The delta of the next response ("" for a reasoning or tool-call piece, which
+        is kept, not iterated); None after the final message (kept as the result).
 
         ``response`` None means the stream ended without its final message.
         """
@@ -118,9 +128,17 @@ class ChatStreamCore:
             raise UpstreamStreamTruncated(
                 "the stream ended without its final message", service=LLM, target=self._target
             )
-        if response.WhichOneof("event") == "done":
+        kind = response.WhichOneof("event")
+        if kind == "done":
             self._result = ChatResult.from_stream(self.text, response.done)
             return None
+        if kind == "reasoning_delta":
+            self._reasoning.append(response.reasoning_delta)
+            if self.on_reasoning is not None:
+                self.on_reasoning(response.reasoning_delta)
+            return ""
+        if kind != "delta":
+            return ""  # a tool-call piece: the calls come assembled in the result
         self._pieces.append(response.delta)
         return response.delta
 

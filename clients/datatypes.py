@@ -7,18 +7,39 @@ with short lowercase names (``FinishReason.STOP == "stop"``,
 ``TestKeyReason.INVALID_KEY == "invalid_key"``). Timestamps are timezone-aware UTC
 ``datetime`` values, ``None`` when unset. A conversation is a sequence of
 ``Message(role, content)``; a plain string is one user message.
+
+Tools, parts, formats and reasoning options live in ``clients.features`` (and
+are re-exported here). A ``ChatResult`` carries the assembled ``tool_calls``, the ``reasoning`` text and
+the opaque ``provider_state``; ``result.message()`` is the assistant message to
+send back on the next turn (state included, byte-exact) and
+``Message.tool_result(call, content)`` the answer to one call.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 from realmultillm.llm.v1 import llm_pb2
 from realmultillm.vault.v1 import vault_pb2
+
+from clients.features import (
+    Document,
+    Image,
+    Part,
+    Reasoning,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoiceArg,
+    apply_features,
+    struct,
+)
 
 
 class Role(StrEnum):
@@ -27,6 +48,7 @@ class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"
 
 
 class FinishReason(StrEnum):
@@ -58,22 +80,45 @@ _ROLE_TO_PROTO = {
     Role.SYSTEM: llm_pb2.ROLE_SYSTEM,
     Role.USER: llm_pb2.ROLE_USER,
     Role.ASSISTANT: llm_pb2.ROLE_ASSISTANT,
+    Role.TOOL: llm_pb2.ROLE_TOOL,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One message of a conversation."""
+    """One message of a conversation.
+
+    ``parts`` (text, ``Image``, ``Document``) follow ``content``; assistant
+    messages carry ``tool_calls`` and ``provider_state`` from an earlier answer;
+    tool messages name the call they answer in ``tool_call_id``.
+    """
 
     role: Role | str
-    content: str
+    content: str = ""
+    parts: Sequence[Part] = ()
+    tool_calls: Sequence[ToolCall] = ()
+    tool_call_id: str = ""
+    provider_state: bytes = b""
+
+    @classmethod
+    def tool_result(cls, call: ToolCall | str, content: Any) -> Message:
+        """The answer to one tool call; a non-string ``content`` is sent as JSON."""
+        text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+        return cls(Role.TOOL, text, tool_call_id=call if isinstance(call, str) else call.id)
 
     def to_proto(self) -> llm_pb2.ChatMessage:
         try:
             role = _ROLE_TO_PROTO[Role(self.role)]
         except ValueError:
-            raise ValueError(f"unknown role {self.role!r}: use system, user or assistant") from None
-        return llm_pb2.ChatMessage(role=role, content=self.content)
+            raise ValueError(f"unknown role {self.role!r}: use system, user, assistant or tool") from None
+        return llm_pb2.ChatMessage(
+            role=role,
+            content=self.content,
+            parts=[llm_pb2.ContentPart(text=p) if isinstance(p, str) else p.to_proto() for p in self.parts],
+            tool_calls=[c.to_proto() for c in self.tool_calls],
+            tool_call_id=self.tool_call_id,
+            provider_state=self.provider_state,
+        )
 
 
 def conversation(prompt: str | Sequence[Message], system: str | None = None) -> list[llm_pb2.ChatMessage]:
@@ -94,10 +139,23 @@ class Usage:
     output_tokens: int = 0
     total_tokens: int = 0
     cost_usd: float = 0.0
+    cache_read_input_tokens: int = 0  # included in input_tokens
+    cache_creation_input_tokens: int = 0  # included in input_tokens
+    reasoning_tokens: int = 0  # included in output_tokens
+    reported: bool = True  # False: the provider sent no usage; the counts are unknown
 
     @classmethod
     def from_proto(cls, usage: llm_pb2.Usage) -> Usage:
-        return cls(usage.input_tokens, usage.output_tokens, usage.total_tokens, usage.cost_usd)
+        return cls(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.total_tokens,
+            usage.cost_usd,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_input_tokens,
+            usage.reasoning_tokens,
+            usage.usage_reported,
+        )
 
 
 def _finish_reason(value: int) -> FinishReason:
@@ -115,6 +173,15 @@ class ChatResult:
     model: str
     provider: str
     response_id: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str = ""
+    provider_state: bytes = field(default=b"", repr=False)
+
+    def message(self) -> Message:
+        """This answer as the assistant message of the next turn (state sent back unchanged)."""
+        return Message(
+            Role.ASSISTANT, self.text, tool_calls=self.tool_calls, provider_state=self.provider_state
+        )
 
     @classmethod
     def from_proto(cls, response: llm_pb2.ChatResponse) -> ChatResult:
@@ -125,6 +192,9 @@ class ChatResult:
             model=response.model,
             provider=response.provider,
             response_id=response.response_id,
+            tool_calls=tuple(ToolCall.from_proto(c) for c in response.tool_calls),
+            reasoning=response.reasoning,
+            provider_state=response.provider_state,
         )
 
     @classmethod
@@ -137,6 +207,9 @@ class ChatResult:
             model=done.model,
             provider=done.provider,
             response_id=done.response_id,
+            tool_calls=tuple(ToolCall.from_proto(c) for c in done.tool_calls),
+            reasoning=done.reasoning,
+            provider_state=done.provider_state,
         )
 
 
@@ -286,3 +359,30 @@ class ProviderConfig:
             last_used_time=_time(config, "last_used_time"),
             usage_count=config.usage_count,
         )
+
+
+__all__ = [
+    "ChatResult",
+    "Document",
+    "FinishReason",
+    "Image",
+    "Message",
+    "ModelInfo",
+    "ModelList",
+    "Part",
+    "ProviderConfig",
+    "ProviderInfo",
+    "ProviderSettings",
+    "Reasoning",
+    "ResponseFormat",
+    "Role",
+    "TestKeyReason",
+    "TestKeyResult",
+    "Tool",
+    "ToolCall",
+    "ToolChoiceArg",
+    "Usage",
+    "apply_features",
+    "conversation",
+    "struct",
+]

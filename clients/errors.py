@@ -108,7 +108,7 @@ class MalformedRequest(InvalidRequest):
 
 
 class Unauthenticated(RmllmClientError, code_class=True):
-    """The token is missing, unknown or revoked (TOKEN_INVALID)."""
+    """The token is missing, unknown, revoked or expired (TOKEN_INVALID)."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "TOKEN_INVALID"
@@ -166,6 +166,13 @@ class ProviderKeyInvalid(FailedPrecondition):
     """The provider rejected the stored key (401/403)."""
 
     reason = "PROVIDER_KEY_INVALID"
+
+
+class CapabilityUnsupported(FailedPrecondition):
+    """The chosen model lacks a feature the request needs (``metadata`` names the
+    ``field`` and the ``model``): pick a model whose capabilities include it."""
+
+    reason = "CAPABILITY_UNSUPPORTED"
 
 
 class ResourceExhausted(RmllmClientError, code_class=True):
@@ -311,6 +318,12 @@ def from_grpc_error(error: grpc.RpcError, *, service: str = "", target: str = ""
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+    if not reason and code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in message:
+        # gRPC's own size check, before any handler: say what to do about it.
+        message = (
+            f"the request is larger than the server accepts ({message}); send fewer or smaller "
+            "images and documents (the operator sets the limit with RMLLM_MAX_REQUEST_BYTES)"
+        )
     cls = error_class(code, reason or code.name)
     return cls(
         message,

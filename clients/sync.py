@@ -52,16 +52,18 @@ class ChatStream(ChatStreamCore):
         return self
 
     def __next__(self) -> str:
-        if self._over:
-            raise StopIteration
-        try:
-            delta = self._read(next(self._call, None))
-        except grpc.RpcError as exc:
-            self._raise_unless_cancelled(exc)
-            delta = None
-        if delta is None:
-            raise StopIteration
-        return delta
+        while True:  # reasoning and tool-call pieces are kept by _read, not iterated
+            if self._over:
+                raise StopIteration
+            try:
+                delta = self._read(next(self._call, None))
+            except grpc.RpcError as exc:
+                self._raise_unless_cancelled(exc)
+                delta = None
+            if delta is None:
+                raise StopIteration
+            if delta:
+                return delta
 
     @property
     def result(self) -> ChatResult:
@@ -117,7 +119,9 @@ class Client(ClientCore[grpc.Channel]):
         """One completion. ``prompt`` is a user message or a list of ``Message``.
 
         Options: ``model``, ``system``, ``temperature``, ``max_tokens``, ``top_p``,
-        ``stop`` (unset ones take the server's defaults) and ``timeout``.
+        ``stop``, ``tools`` (``Tool``\\ s or plain functions), ``tool_choice``,
+        ``parallel_tool_calls``, ``response_format``, ``reasoning`` (unset ones take
+        the server's defaults) and ``timeout``.
         """
         return self._run(self._calls.chat(provider, prompt, options))
 

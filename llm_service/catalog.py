@@ -39,6 +39,9 @@ def model_info(model: ModelSpec) -> llm_pb2.ModelInfo:
         context_window=model.context_window,
         input_price_per_mtok=model.input_price,
         output_price_per_mtok=model.output_price,
+        capabilities=sorted(model.capabilities or ()),
+        cache_read_price_per_mtok=model.cache_read_price or 0.0,
+        cache_write_price_per_mtok=model.cache_write_price or 0.0,
     )
 
 
@@ -70,6 +73,9 @@ def merge_listed(spec: ProviderSpec, listed: list[ListedModel]) -> list[llm_pb2.
             context_window=item.context_window or (known.context_window if known else 0),
             input_price_per_mtok=known.input_price if known else 0.0,
             output_price_per_mtok=known.output_price if known else 0.0,
+            capabilities=sorted((known.capabilities or ()) if known else ()),
+            cache_read_price_per_mtok=(known.cache_read_price or 0.0) if known else 0.0,
+            cache_write_price_per_mtok=(known.cache_write_price or 0.0) if known else 0.0,
         )
     return [merged[key] for key in sorted(merged)]
 

@@ -2,13 +2,10 @@
 
 ``ChatService.prepare`` validates the request, has the ``EndpointResolver`` find the
 caller's key, endpoint and adapter (bounded by the caller's deadline), takes a
-token from the caller's rate-limit bucket (before the vault call when this
-process has seen whose token it is: ``take_before_vault``), and resolves the
-request's parameters against the caller's stored defaults and the registry's,
-once. StreamChat also holds one of the caller's concurrent-stream slots
-(``stream_slot``) until the stream ends. ``ChatService.events``
-then yields the adapter's normalised events (``TextDelta``\\ s, then one
-``Finished``) with transient failures retried before the first event (see
+token from the caller's rate-limit bucket, and resolves the request's parameters
+against the caller's stored defaults and the registry's, once. ``ChatService.events``
+then yields the adapter's normalised events (text, reasoning and tool-call
+deltas, then one ``Finished``) with transient failures retried before the first event (see
 ``retrying``). The servicer frames them: StreamChat forwards them, Chat collects them.
 Before any of that reaches a provider, ``enforce`` applies the caller's model
 policy and budgets (``limits``), counting this replica's unreported spend.
@@ -24,7 +21,8 @@ from llm_service import accounting
 from llm_service.adapters.base import ChatEvent, ChatParams
 from llm_service.deadline import Deadline
 from llm_service.endpoints import Account, EndpointResolver
-from llm_service.ratelimit import Limiter, StreamLease, StreamSlots
+from llm_service.features import FeatureLimits
+from llm_service.ratelimit import NO_STREAM_LIMIT, Limiter, StreamLease, StreamSlots
 from llm_service.retrying import RetryPolicy, stream_with_retries
 from llm_service.usage import UsageReporter
 from llm_service.validation import validate_chat
@@ -81,19 +79,22 @@ class ChatService:
         self,
         endpoints: EndpointResolver,
         limiter: Limiter,
-        streams: StreamSlots,
         policy: RetryPolicy,
+        limits: FeatureLimits | None = None,
         usage: UsageReporter | None = None,
+        *,
+        streams: StreamSlots = NO_STREAM_LIMIT,
     ) -> None:
+        self._streams = streams
         self._usage = usage
         self._endpoints = endpoints
+        self._limits = limits or FeatureLimits()
         self._limiter = limiter
-        self._streams = streams
         self._policy = policy
 
     async def prepare(self, request: Any, token: Secret, deadline: Deadline) -> PreparedChat:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
-        chat = validate_chat(request, self._endpoints.registry)
+        chat = validate_chat(request, self._endpoints.registry, self._limits)
         accounting.note_target(chat.spec.id)
         charged = await take_before_vault(self._limiter, self._endpoints, token)
         account = await self._endpoints.stored(chat.spec, token, deadline)

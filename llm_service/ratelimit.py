@@ -163,3 +163,6 @@ class LocalStreamSlots:
 
     def held(self, user_id: str) -> int:
         return self._open.get(user_id, 0)
+
+
+NO_STREAM_LIMIT = LocalStreamSlots(0)

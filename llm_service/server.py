@@ -27,6 +27,7 @@ from llm_service.catalog import Catalog
 from llm_service.chat import ChatService
 from llm_service.deadline import Clock
 from llm_service.endpoints import AdapterLookup, EndpointResolver
+from llm_service.features import FeatureLimits
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
 from llm_service.ratelimit import Limiter, LocalStreamSlots, RateLimiter, StreamSlots
@@ -143,7 +144,7 @@ async def build_server(
         clock=clock,
     )
     vault.start()
-    limits = build_limits(settings, clock)
+    rate_limits = build_limits(settings, clock)
     http = new_http_session(
         settings.http_max_connections, policy=settings.endpoint_policy, limits=settings.upstream
     )
@@ -167,13 +168,14 @@ async def build_server(
         http=http,
         allow_custom_base_url=settings.allow_custom_base_url,
     )
-    chat = ChatService(endpoints, limits.chat, limits.streams, policy, usage)
-    keys = KeyTester(endpoints, limits.account_calls)
-    catalog = Catalog(endpoints, limits.account_calls)
+    limits = FeatureLimits(settings.max_request_bytes, settings.max_image_bytes, settings.max_document_bytes)
+    chat = ChatService(endpoints, rate_limits.chat, policy, limits, usage, streams=rate_limits.streams)
+    keys = KeyTester(endpoints, rate_limits.account_calls)
+    catalog = Catalog(endpoints, rate_limits.account_calls)
 
     server = new_server(
         [AuthInterceptor(vault, clock)],
-        max_message_bytes=MAX_MESSAGE_BYTES,
+        max_message_bytes=max(MAX_MESSAGE_BYTES, limits.grpc_receive_bytes),
         options=SERVER_OPTIONS,
         reuse_port=settings.reuse_port,
     )
@@ -186,7 +188,7 @@ async def build_server(
         await usage.close(max(1.0, settings.grace_seconds))
         await http.close()
         await vault.close()
-        await limits.close()
+        await rate_limits.close()
 
     try:
         port = bind(server, settings.listen)

@@ -2,16 +2,18 @@
 
 Each method takes the caller's token (admitted by ``auth.AuthInterceptor``) and
 deadline, delegates, and frames the answer, pricing a completion's usage from the
-registry. Errors are raised as ``rmllm_common.errors`` and become statuses in the
-server's error interceptor (no ``try`` ladders here). StreamChat forwards the
-shared event stream as deltas and one final ``done``, and closes it (and with it
-the upstream HTTP response) and gives back the caller's stream slot whatever way
-the call ends; Chat collects the same
-stream, at most ``max_answer_chars`` characters of it (past that the upstream is
-closed and the call ends with UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends
-without its final event is never a success. Every Chat, StreamChat, TestKey and
-live ListModels call is accounted: one usage record per call, whatever its
-outcome (``accounting.recorded``).
+registry (cache reads and writes at their own prices). Errors are raised as
+``rmllm_common.errors`` and become statuses in the server's error interceptor (no
+``try`` ladders here). StreamChat forwards the shared event stream as text,
+reasoning and tool-call deltas, in the order they came, and one final ``done``
+(carrying the assembled tool calls), and closes it (and with it the upstream HTTP
+response) and gives back the caller's stream slot whatever way the call ends;
+Chat collects the same stream, at most ``max_answer_chars`` characters of its
+text (past that the upstream is closed and the call ends with
+UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends without its final event is
+never a success. Every Chat, StreamChat, TestKey and live
+ListModels call is accounted: one usage record per call, whatever its outcome
+(``accounting.recorded``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service import accounting
 from llm_service.accounting import note_first_token, recorded
-from llm_service.adapters.base import ChatParams, Finished, TextDelta
+from llm_service.adapters.base import ChatParams, Finished, ReasoningDelta, TextDelta, ToolCallDelta
 from llm_service.auth import current_token
 from llm_service.catalog import Catalog
 from llm_service.chat import ChatService
@@ -39,17 +41,34 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def usage_of(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_pb2.Usage:
-    """Token counts and their price (by the answering model, else the requested one)."""
+    """Token counts and their price (by the answering model, else the requested one),
+    cache reads and writes at the registry's cache prices; ``usage_reported`` false
+    when the provider sent no usage."""
     usage = finished.usage
     priced = finished.model if spec.model(finished.model) is not None else params.model
     result = llm_pb2.Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
-        cost_usd=spec.cost(priced, usage.input_tokens, usage.output_tokens),
+        cost_usd=spec.cost(
+            priced,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_input_tokens,
+            usage.cache_creation_input_tokens,
+        ),
+        cache_read_input_tokens=usage.cache_read_input_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        usage_reported=usage.reported,
     )
-    accounting.note_usage(result, finished.model, getattr(usage, "usage_reported", None))
+    accounting.note_usage(result, finished.model, usage.reported)
     return result
+
+
+def tool_calls_of(finished: Finished) -> list[llm_pb2.ToolCall]:
+    """The answer's assembled tool calls, in index order."""
+    return [llm_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in finished.tool_calls]
 
 
 def done_message(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_pb2.StreamChatResponse:
@@ -61,6 +80,9 @@ def done_message(spec: ProviderSpec, params: ChatParams, finished: Finished) -> 
             model=finished.model or params.model,
             provider=spec.id,
             response_id=finished.response_id,
+            tool_calls=tool_calls_of(finished),
+            reasoning=finished.reasoning,
+            provider_state=finished.provider_state,
         )
     )
 
@@ -76,6 +98,9 @@ def chat_response(
         model=finished.model or params.model,
         provider=spec.id,
         response_id=finished.response_id,
+        tool_calls=tool_calls_of(finished),
+        reasoning=finished.reasoning,
+        provider_state=finished.provider_state,
     )
 
 
@@ -145,6 +170,22 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
                                 if call.first_token is None:
                                     note_first_token()
                                 yield llm_pb2.StreamChatResponse(delta=event.text)
+                        elif type(event) is ToolCallDelta:
+                            if call.first_token is None:
+                                note_first_token()
+                            yield llm_pb2.StreamChatResponse(
+                                tool_call_delta=llm_pb2.ToolCallDelta(
+                                    index=event.index,
+                                    id=event.id,
+                                    name=event.name,
+                                    arguments_delta=event.arguments,
+                                )
+                            )
+                        elif type(event) is ReasoningDelta:
+                            if event.text:
+                                if call.first_token is None:
+                                    note_first_token()
+                                yield llm_pb2.StreamChatResponse(reasoning_delta=event.text)
                         elif isinstance(event, Finished):
                             yield done_message(prepared.spec, prepared.params, event)
                             return

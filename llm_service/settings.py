@@ -82,6 +82,10 @@ class LLMSettings:
     upstream: UpstreamLimits = field(default_factory=UpstreamLimits)
     # Answer characters a unary Chat collects (StreamChat forwards and keeps none).
     chat_max_answer_chars: int = 2_000_000
+    # Request size limits (images and documents travel inline).
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 5 * 1024 * 1024
+    max_document_bytes: int = 16 * 1024 * 1024
 
     @classmethod
     def from_env(
@@ -134,6 +138,9 @@ class LLMSettings:
             redis_url=_redis_url(env),
             redis_prefix=_redis_prefix(env),
             redis_failure_mode=_choice(env, "RMLLM_REDIS_FAILURE_MODE", REDIS_FAILURE_MODES),
+            max_request_bytes=_integer(env, "RMLLM_MAX_REQUEST_BYTES", 32 * MIB, 4 * MIB + 65536, 512 * MIB),
+            max_image_bytes=_integer(env, "RMLLM_MAX_IMAGE_BYTES", 5 * MIB, 1024, 256 * MIB),
+            max_document_bytes=_integer(env, "RMLLM_MAX_DOCUMENT_BYTES", 16 * MIB, 1024, 256 * MIB),
         )
 
 

@@ -2,7 +2,9 @@
 
 ``validate_chat`` checks a Chat/StreamChat request against the documented limits
 and returns it normalised (``ChatInput``): 1 to 1,000 messages, each with a role
-and non-empty content of at most 1 MiB (UTF-8), 4 MiB in all; temperature 0 to 2,
+and content of at most 1 MiB (UTF-8; not empty unless the message has parts or
+tool calls), 4 MiB of text in all; parts, tools, tool calls and results,
+response format and reasoning as ``llm_service.features`` checks them; temperature 0 to 2,
 top_p 0 to 1, max_tokens 1 to 1,000,000; at most 4 stop sequences of 1 to 256
 characters; a model id of at most 200 printable characters without spaces. All
 violations of one request are reported together in one BadRequest (one ErrorInfo,
@@ -16,7 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from llm_service.adapters.base import ChatParams, Message, Role
+from llm_service.adapters.base import (
+    ChatParams,
+    Message,
+    Role,
+)
+from llm_service.capabilities import check_capabilities
+from llm_service.features import (
+    FeatureLimits,
+    check_message_extras,
+    check_parts,
+    check_reasoning,
+    check_response_format,
+    check_tool_calls,
+    check_tools,
+)
 from rmllm_common import urls
 from rmllm_common.errors import FieldViolation, InvalidRequest
 from rmllm_common.registry import ProviderSpec, Registry
@@ -29,7 +45,7 @@ MAX_STOP_CHARS = 256
 MAX_MODEL_CHARS = 200
 MAX_TOKENS = 1_000_000
 MAX_API_KEY_BYTES = 4096
-_ROLES: dict[int, Role] = {1: "system", 2: "user", 3: "assistant"}
+_ROLES: dict[int, Role] = {1: "system", 2: "user", 3: "assistant", 4: "tool"}
 
 
 def _utf8_length(text: str) -> int:
@@ -55,14 +71,20 @@ class ChatInput:
     def params(
         self, default_model: str = "", temperature: float | None = None, max_tokens: int | None = None
     ) -> ChatParams:
-        """Request fields win over the caller's settings, which win over the registry's defaults."""
+        """Request fields win over the caller's settings, which win over the registry's defaults.
+
+        Raises ``CapabilityUnsupported`` when the chosen model lacks a feature the
+        request needs (see ``llm_service.capabilities``).
+        """
         request = self.request
-        return replace(
+        params = replace(
             request,
             model=request.model or default_model or self.spec.default_model,
             temperature=request.temperature if request.temperature is not None else temperature,
             max_tokens=request.max_tokens or max_tokens or self.spec.default_max_tokens,
         )
+        check_capabilities(self.spec, params)
+        return params
 
 
 def raise_violations(violations: list[FieldViolation], provider: str | None = None) -> None:
@@ -76,7 +98,7 @@ def raise_violations(violations: list[FieldViolation], provider: str | None = No
     )
 
 
-def _check_messages(request: Any, bad: list[FieldViolation]) -> tuple[Message, ...]:
+def _check_messages(request: Any, bad: list[FieldViolation], limits: FeatureLimits) -> tuple[Message, ...]:
     count = len(request.messages)
     if count == 0:
         bad.append(FieldViolation("messages", "at least one message is required"))
@@ -85,24 +107,30 @@ def _check_messages(request: Any, bad: list[FieldViolation]) -> tuple[Message, .
         bad.append(FieldViolation("messages", f"at most {MAX_MESSAGES} messages, got {count}"))
         return ()
     messages: list[Message] = []
+    seen_calls: dict[str, str] = {}
     total = 0
     for index, message in enumerate(request.messages):
+        where = f"messages[{index}]"
         role = _ROLES.get(message.role)
         if role is None:
             bad.append(
-                FieldViolation(f"messages[{index}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT")
+                FieldViolation(f"{where}.role", "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
             )
         content = message.content
         size = _utf8_length(content)
+        for part in message.parts:
+            if part.WhichOneof("part") == "text":
+                size += _utf8_length(part.text)
         total += size
-        if size == 0:
-            bad.append(FieldViolation(f"messages[{index}].content", "must not be empty"))
+        parts = check_parts(message, where, role or "", limits, bad)
+        calls = check_tool_calls(message, where, role or "", seen_calls, bad)
+        call_id, state = check_message_extras(message, where, role or "", seen_calls, bad)
+        if size == 0 and not message.parts and not message.tool_calls:
+            bad.append(FieldViolation(f"{where}.content", "must not be empty"))
         elif size > MAX_CONTENT_BYTES:
-            bad.append(
-                FieldViolation(f"messages[{index}].content", f"at most {MAX_CONTENT_BYTES} bytes, got {size}")
-            )
+            bad.append(FieldViolation(f"{where}.content", f"at most {MAX_CONTENT_BYTES} bytes, got {size}"))
         if role is not None:
-            messages.append(Message(role, content))
+            messages.append(Message(role, content, parts, calls, call_id, state))
     if total > MAX_TOTAL_BYTES:
         bad.append(
             FieldViolation("messages", f"at most {MAX_TOTAL_BYTES} bytes of content in all, got {total}")
@@ -123,16 +151,29 @@ def _check_sampling(request: Any, bad: list[FieldViolation]) -> tuple[float | No
     return temperature, max_tokens, top_p
 
 
-def validate_chat(request: Any, registry: Registry) -> ChatInput:
+def validate_chat(request: Any, registry: Registry, limits: FeatureLimits | None = None) -> ChatInput:
     """Check a ChatRequest or StreamChatRequest; raise INVALID_ARGUMENT on any bad field."""
     spec = registry.resolve(request.provider)
+    limits = limits or FeatureLimits()
+    size = request.ByteSize()
+    if size > limits.max_request_bytes:
+        raise_violations(
+            [
+                FieldViolation(
+                    "messages",
+                    f"the request is {size} bytes; at most {limits.max_request_bytes} "
+                    "(RMLLM_MAX_REQUEST_BYTES): send fewer or smaller images and documents",
+                )
+            ],
+            spec.id,
+        )
     bad: list[FieldViolation] = []
     model = request.model
     if len(model) > MAX_MODEL_CHARS:
         bad.append(FieldViolation("model", f"at most {MAX_MODEL_CHARS} characters, got {len(model)}"))
     elif model and not _printable_word(model):
         bad.append(FieldViolation("model", "must not contain whitespace or control characters"))
-    messages = _check_messages(request, bad)
+    messages = _check_messages(request, bad, limits)
     temperature, max_tokens, top_p = _check_sampling(request, bad)
     stop = tuple(request.stop)
     if len(stop) > MAX_STOP:
@@ -140,8 +181,27 @@ def validate_chat(request: Any, registry: Registry) -> ChatInput:
     for index, sequence in enumerate(stop):
         if not 1 <= len(sequence) <= MAX_STOP_CHARS:
             bad.append(FieldViolation(f"stop[{index}]", f"must be 1 to {MAX_STOP_CHARS} characters"))
+    tools, tool_choice = check_tools(request, bad)
+    response_format = check_response_format(request, bad)
+    reasoning = check_reasoning(request, bad)
+    parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None
     raise_violations(bad, spec.id)
-    return ChatInput(spec, ChatParams(model, messages, temperature, max_tokens, top_p, stop))
+    return ChatInput(
+        spec,
+        ChatParams(
+            model,
+            messages,
+            temperature,
+            max_tokens,
+            top_p,
+            stop,
+            tools,
+            tool_choice,
+            parallel,
+            response_format,
+            reasoning,
+        ),
+    )
 
 
 def check_api_key(api_key: str, bad: list[FieldViolation]) -> None:

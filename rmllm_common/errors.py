@@ -179,6 +179,12 @@ class ProviderKeyInvalid(FailedPrecondition):
     reason = "PROVIDER_KEY_INVALID"
 
 
+class CapabilityUnsupported(FailedPrecondition):
+    """The chosen model lacks a feature the request needs (tools, vision, ...)."""
+
+    reason = "CAPABILITY_UNSUPPORTED"
+
+
 class ResourceExhausted(RmllmError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RATE_LIMITED"

@@ -20,6 +20,11 @@ from urllib.parse import urlsplit
 from rmllm_common.errors import FieldViolation, UnknownProvider
 
 WireFormat = Literal["openai", "anthropic", "gemini"]
+ReasoningRequest = Literal["reasoning_effort", "reasoning_object", "none"]
+JsonSchemaMode = Literal["native", "tool"]
+CAPABILITIES = ("tools", "parallel_tools", "vision", "pdf", "json_schema", "reasoning")
+_REASONING_REQUESTS = ("reasoning_effort", "reasoning_object", "none")
+_EFFORTS = ("low", "medium", "high")
 AuthStyle = Literal["bearer", "x-api-key", "x-goog-api-key", "none"]
 _WIRE_FORMATS = ("openai", "anthropic", "gemini")
 _AUTH_STYLES = ("bearer", "x-api-key", "x-goog-api-key", "none")
@@ -36,10 +41,30 @@ class ModelSpec:
     context_window: int
     input_price: float  # USD per 1M input tokens
     output_price: float  # USD per 1M output tokens
+    capabilities: frozenset[str] | None = None  # None: unknown, the provider decides
+    cache_read_price: float | None = None  # USD per 1M cached input tokens read; None: input_price
+    cache_write_price: float | None = None  # USD per 1M input tokens written to the cache; None: input_price
+    reasoning_efforts: tuple[str, ...] = _EFFORTS  # the efforts the model takes
+    json_schema_mode: JsonSchemaMode = "native"  # anthropic: native output_config, or a forced tool
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        """USD for the given token counts."""
-        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1_000_000
+    def cost(
+        self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> float:
+        """USD for the given token counts; ``input_tokens`` includes the cache reads and writes,
+        which are priced at the cache prices where known."""
+        read = self.input_price if self.cache_read_price is None else self.cache_read_price
+        write = self.input_price if self.cache_write_price is None else self.cache_write_price
+        uncached = max(0, input_tokens - cache_read_tokens - cache_write_tokens)
+        return (
+            uncached * self.input_price
+            + cache_read_tokens * read
+            + cache_write_tokens * write
+            + output_tokens * self.output_price
+        ) / 1_000_000
+
+    def supports(self, capability: str) -> bool:
+        """Whether the model has ``capability`` (True when the registry does not say)."""
+        return self.capabilities is None or capability in self.capabilities
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +104,10 @@ class ProviderSpec:
     headers: tuple[tuple[str, str], ...] = ()
     max_tokens_field: str = "max_tokens"
     default_max_tokens: int | None = None
+    reasoning_request: ReasoningRequest = "reasoning_effort"  # openai format: how effort is sent
+    reasoning_fields: tuple[str, ...] = ()  # openai format: stream delta fields holding reasoning text
+    image_urls: bool = True  # whether the provider fetches http(s) image URLs itself
+    parallel_tool_switch: bool = True  # whether parallel tool calls can be turned off
     _by_model: dict[str, ModelSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def model(self, model_id: str) -> ModelSpec | None:
@@ -87,10 +116,17 @@ class ProviderSpec:
             self._by_model.update((m.id, m) for m in self.models)
         return self._by_model.get(model_id)
 
-    def cost(self, model_id: str, input_tokens: int, output_tokens: int) -> float:
+    def cost(
+        self,
+        model_id: str,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> float:
         """USD for a completion; 0 for a model without known prices."""
         spec = self.model(model_id)
-        return spec.cost(input_tokens, output_tokens) if spec else 0.0
+        return spec.cost(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens) if spec else 0.0
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """The headers that carry the key (and the provider's fixed headers)."""
@@ -151,19 +187,13 @@ def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
     if urlsplit(base).scheme not in ("http", "https"):
         raise ValueError(f"{where}: base_url must be http(s)")
     probe = raw["probe"]
-    models = tuple(
-        ModelSpec(
-            id=m["id"],
-            display_name=m.get("display_name", m["id"]),
-            context_window=int(m.get("context_window", 0)),
-            input_price=float(m.get("input_price", 0.0)),
-            output_price=float(m.get("output_price", 0.0)),
-        )
-        for m in raw.get("models", [])
-    )
+    models = tuple(_parse_model(where, m) for m in raw.get("models", []))
     default_max = raw.get("default_max_tokens")
     if wire in _NEEDS_MAX_TOKENS and default_max is None:
         raise ValueError(f"{where}: the {wire} API requires max_tokens, so set default_max_tokens")
+    reasoning_request = raw.get("reasoning_request", "reasoning_effort")
+    if reasoning_request not in _REASONING_REQUESTS:
+        raise ValueError(f"{where}: reasoning_request must be one of {_REASONING_REQUESTS}")
     return ProviderSpec(
         id=pid,
         display_name=raw["display_name"],
@@ -186,6 +216,41 @@ def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
         headers=tuple(sorted(raw.get("headers", {}).items())),
         max_tokens_field=raw.get("max_tokens_field", "max_tokens"),
         default_max_tokens=int(default_max) if default_max is not None else None,
+        reasoning_request=reasoning_request,
+        reasoning_fields=tuple(raw.get("reasoning_fields", [])),
+        image_urls=bool(raw.get("image_urls", True)),
+        parallel_tool_switch=bool(raw.get("parallel_tool_switch", True)),
+    )
+
+
+def _optional_price(raw: dict[str, Any], name: str) -> float | None:
+    value = raw.get(name)
+    return None if value is None else float(value)
+
+
+def _parse_model(where: str, m: dict[str, Any]) -> ModelSpec:
+    capabilities = m.get("capabilities")
+    if capabilities is not None:
+        unknown = set(capabilities) - set(CAPABILITIES)
+        if unknown:
+            raise ValueError(f"{where} model {m['id']}: unknown capabilities {sorted(unknown)}")
+    efforts = tuple(m.get("reasoning_efforts", _EFFORTS))
+    if set(efforts) - set(_EFFORTS):
+        raise ValueError(f"{where} model {m['id']}: reasoning_efforts must be among {_EFFORTS}")
+    mode = m.get("json_schema_mode", "native")
+    if mode not in ("native", "tool"):
+        raise ValueError(f"{where} model {m['id']}: json_schema_mode must be native or tool")
+    return ModelSpec(
+        id=m["id"],
+        display_name=m.get("display_name", m["id"]),
+        context_window=int(m.get("context_window", 0)),
+        input_price=float(m.get("input_price", 0.0)),
+        output_price=float(m.get("output_price", 0.0)),
+        capabilities=frozenset(capabilities) if capabilities is not None else None,
+        cache_read_price=_optional_price(m, "cache_read_price"),
+        cache_write_price=_optional_price(m, "cache_write_price"),
+        reasoning_efforts=efforts,
+        json_schema_mode=mode,
     )
 
 

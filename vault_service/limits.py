@@ -14,6 +14,7 @@ change sequence so cached credentials are dropped.
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from collections.abc import Sequence
@@ -24,8 +25,22 @@ from typing import Any, Final
 
 from rmllm_common.errors import InvalidRequest, NotFound
 from rmllm_common.modelpolicy import ModelPolicy, PolicyError, parse
-from vault_service import audit, invalidations
+from vault_service import audit
 from vault_service.database import Database
+
+
+def _change_sequence() -> Any:
+    """``vault_service.invalidations`` (the change sequence of the scale-out work, #12), if present.
+
+    Until it is, a budget or policy change is audited only.
+    """
+    try:
+        return importlib.import_module("vault_service.invalidations")
+    except ModuleNotFoundError:
+        return None
+
+
+_changes: Any = _change_sequence()
 
 MAX_BUDGET_USD: Final = 1_000_000.0
 OPERATOR: Final = "operator"
@@ -131,7 +146,8 @@ def lookup(db: Database, user_id: str, token_id: str, now: datetime | None = Non
 
 
 def _record_change(db: Database, kind: str, user_id: str, token_id: str) -> None:
-    invalidations.record_change(db, invalidations.Kind[kind], user_id, token_id=token_id)
+    if _changes is not None:
+        _changes.record_change(db, _changes.Kind[kind], user_id, token_id=token_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,17 @@
  *   for await (const event of rmllm.streamChat({ provider: 'openai',
  *       messages: [{ role: 'ROLE_USER', content: 'Hi' }] })) {
  *     if (event.delta !== undefined) process.stdout.write(event.delta);
- *     else console.log(event.done.finish_reason, event.done.usage);
+ *     else if (event.done) console.log(event.done.finish_reason, event.done.usage);
  *   }
  *   rmllm.close();
+ *
+ * Stream events: {delta} (text), {reasoning} (reasoning text, with
+ * reasoning.include_reasoning), {toolCall: {index, id, name, arguments_delta}}
+ * (pieces of a tool call; indices 0..n-1 per answer), then {done} once, carrying
+ * tool_calls assembled, reasoning and provider_state (a Buffer: send it back
+ * unchanged on the next turn's assistant message). Tools take a JSON Schema:
+ * tool({ name, description, parameters }) turns plain JSON into the
+ * google.protobuf.Struct the proto wants; struct() and fromStruct() convert.
  *
  * Every call sends `authorization: Bearer <token>` and has a deadline; failures
  * reject with an RmllmError carrying the ErrorInfo reason, metadata, retryAfter
@@ -178,6 +186,53 @@ function fromGrpcError(err) {
   return new RmllmError(err.details || err.message, fields);
 }
 
+// google.protobuf.Value comes from protobufjs's bundled descriptors, whose field
+// names are camelCase whatever keepCase says.
+/** A plain JSON value as a google.protobuf.Value message. */
+function value(v) {
+  if (v === null || v === undefined) return { nullValue: 'NULL_VALUE' };
+  if (Array.isArray(v)) return { listValue: { values: v.map(value) } };
+  switch (typeof v) {
+    case 'string':
+      return { stringValue: v };
+    case 'number':
+      return { numberValue: v };
+    case 'boolean':
+      return { boolValue: v };
+    default:
+      return { structValue: struct(v) };
+  }
+}
+
+/** A plain JSON object as a google.protobuf.Struct message. */
+function struct(object) {
+  return { fields: Object.fromEntries(Object.entries(object).map(([k, v]) => [k, value(v)])) };
+}
+
+function plain(v) {
+  const kind = v.kind || Object.keys(v).find((k) => k.endsWith('Value'));
+  switch (kind) {
+    case 'structValue':
+      return fromStruct(v.structValue);
+    case 'listValue':
+      return (v.listValue.values || []).map(plain);
+    case 'nullValue':
+      return null;
+    default:
+      return v[kind];
+  }
+}
+
+/** A google.protobuf.Struct message (as decoded, or as built by struct()) back to plain JSON. */
+function fromStruct(message) {
+  return Object.fromEntries(Object.entries(message.fields || {}).map(([k, v]) => [k, plain(v)]));
+}
+
+/** A Tool message from a name, a description and a JSON Schema object. */
+function tool({ name, description = '', parameters, strict = false }) {
+  return { name, description, strict, ...(parameters ? { parameters: struct(parameters) } : {}) };
+}
+
 let services = null;
 function loadServices() {
   if (services === null) {
@@ -221,7 +276,8 @@ function makeClients({
         err ? reject(fromGrpcError(err)) : resolve(response));
     });
 
-  /** Yields {delta} for each piece of text, then {done} once; throws RmllmError. */
+  /** Yields {delta}, {reasoning} and {toolCall} events as they come, then {done} once;
+   * throws RmllmError. */
   async function* streamChat(request, { timeoutMs: ms = chatTimeoutMs } = {}) {
     const call = llm.StreamChat(request, metadata(), { deadline: Date.now() + ms });
     // Errors reach the caller through the iterator below; this listener only makes
@@ -235,7 +291,9 @@ function makeClients({
           yield { done: message.done };
           return;
         }
-        yield { delta: message.delta };
+        if (message.event === 'reasoning_delta') yield { reasoning: message.reasoning_delta };
+        else if (message.event === 'tool_call_delta') yield { toolCall: message.tool_call_delta };
+        else yield { delta: message.delta };
       }
     } catch (err) {
       throw err instanceof RmllmError ? err : fromGrpcError(err);
@@ -271,5 +329,14 @@ function makeClients({
 }
 
 module.exports = {
-  makeClients, channelTarget, fromGrpcError, RmllmError, SERVICE_CONFIG, DEFAULT_LLM_TARGET, DEFAULT_VAULT_TARGET,
+  makeClients,
+  channelTarget,
+  fromGrpcError,
+  RmllmError,
+  tool,
+  struct,
+  fromStruct,
+  SERVICE_CONFIG,
+  DEFAULT_LLM_TARGET,
+  DEFAULT_VAULT_TARGET,
 };

@@ -168,6 +168,85 @@ def test_node_stream_stopped_early_is_cancelled(node_ready: str, fake: FakeServe
     assert fake.wait_cancelled()
 
 
+TOOL_LOOP = r"""
+const { makeClients, tool, fromStruct } = require('./index');
+(async () => {
+  const rmllm = makeClients({ llmTarget: process.env.RMLLM_TARGET, token: process.env.RMLLM_TOKEN });
+  const weather = tool({ name: 'get_weather', description: 'The weather now',
+    parameters: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } },
+                  required: ['city'], additionalProperties: false } });
+  const events = [];
+  try {
+    for await (const event of rmllm.streamChat({ provider: 'openai', tools: [weather],
+        tool_choice: { mode: 'TOOL_CHOICE_MODE_REQUIRED' },
+        reasoning: { effort: 'REASONING_EFFORT_LOW', include_reasoning: true },
+        messages: [{ role: 'ROLE_USER', content: 'weather?' }] })) {
+      const d = event.done;
+      if (d) events.push({ done: { tool_calls: d.tool_calls, reasoning: d.reasoning,
+        provider_state: d.provider_state.toString('utf8'), finish_reason: d.finish_reason } });
+      else events.push(event);
+    }
+    const done = events[events.length - 1].done;
+    const reply = await rmllm.chat({ provider: 'openai', tools: [weather], messages: [
+      { role: 'ROLE_USER', content: 'weather?' },
+      { role: 'ROLE_ASSISTANT', tool_calls: done.tool_calls,
+        provider_state: Buffer.from(done.provider_state) },
+      ...done.tool_calls.map((c) => ({ role: 'ROLE_TOOL', tool_call_id: c.id, content: '12C' })) ] });
+    events.push({ unary: reply.tool_calls.length, schema: fromStruct(weather.parameters) });
+    process.stdout.write(JSON.stringify(events) + '\n');
+  } finally {
+    rmllm.close();
+  }
+})().catch((err) => { process.stderr.write(`${err.reason}: ${err.message}\n`); process.exitCode = 1; });
+"""
+
+
+def test_node_stream_events_for_reasoning_and_tool_calls(node_ready: str, fake: FakeServers) -> None:
+    from realmultillm.llm.v1 import llm_pb2
+
+    fake.store("openai", "sk-good-1234")
+    fake.state.reasoning = ["Think ", "once."]
+    fake.state.tool_calls = [llm_pb2.ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')]
+    fake.state.provider_state = b'{"v":1,"format":"openai"}'
+    result = run_node(node_ready, ["-e", TOOL_LOOP], node_env(fake))
+    assert result.returncode == 0, result.stderr
+    events = json.loads(result.stdout)
+    assert [next(iter(e)) for e in events] == [
+        "reasoning",
+        "reasoning",
+        "delta",
+        "delta",
+        "delta",
+        "toolCall",
+        "toolCall",
+        "done",
+        "unary",
+    ]
+    pieces = [e["toolCall"] for e in events if "toolCall" in e]
+    assert (pieces[0]["index"], pieces[0]["id"], pieces[0]["name"]) == (0, "call_1", "get_weather")
+    assert "".join(p["arguments_delta"] for p in pieces) == '{"city": "Paris"}'
+    done = events[-2]["done"]
+    assert done["tool_calls"] == [{"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}]
+    assert done["reasoning"] == "Think once."
+    assert done["provider_state"] == '{"v":1,"format":"openai"}'
+    assert done["finish_reason"] == "FINISH_REASON_TOOL_CALLS"
+    assert events[-1] == {
+        "unary": 1,
+        "schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    }
+    stream_request, chat_request = fake.state.calls[-2][1], fake.state.calls[-1][1]
+    assert stream_request.tools[0].parameters["required"] == ["city"]
+    assert stream_request.tool_choice.mode == llm_pb2.TOOL_CHOICE_MODE_REQUIRED
+    assert stream_request.reasoning.include_reasoning
+    assert chat_request.messages[1].provider_state == b'{"v":1,"format":"openai"}'
+    assert chat_request.messages[2].tool_call_id == "call_1"
+
+
 def test_the_node_client_spreads_calls_over_every_replica(
     node_ready: str, replicas: list[FakeServers]
 ) -> None:

@@ -63,6 +63,7 @@ def test_readme_commands_run(stack: Stack) -> None:
     assert '"status": "SERVING"' in out
     assert out.count('"done"') >= 2, out  # the tour's StreamChat and the grpcurl section's
     assert "FINISH_REASON_STOP" in out
+    assert '"toolCallDelta"' in out and "FINISH_REASON_TOOL_CALLS" in out  # the tool round trip
     assert "TEST_KEY_REASON_VALID" in out
     assert '"provider": "anthropic"' in out
     assert "revoked" in (out + err).lower()

@@ -12,7 +12,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fakes.server import FakeProvider
-from llm_service.adapters.base import ChatEvent, ChatParams, Endpoint, Finished, Message, TextDelta
+from llm_service.adapters.base import (
+    ChatEvent,
+    ChatParams,
+    Endpoint,
+    Finished,
+    Message,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+)
 from llm_service.validation import ChatInput
 from rmllm_common.errors import RmllmError
 from rmllm_common.registry import default_registry
@@ -60,12 +69,27 @@ class Collected:
     """What a stream delivered before it ended."""
 
     deltas: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tool_deltas: list[ToolCallDelta] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # "text" / "reasoning" / "tool", as they came
     finished: Finished | None = None
     error: RmllmError | None = None
 
     @property
     def text(self) -> str:
         return "".join(self.deltas)
+
+    def assembled(self) -> list[tuple[str, str, str]]:
+        """The tool calls the deltas spell: (id, name, arguments) per index, 0..n-1."""
+        calls: list[list[str]] = []
+        for delta in self.tool_deltas:
+            if delta.index == len(calls):
+                calls.append([delta.id, delta.name, delta.arguments])
+            else:
+                assert delta.index < len(calls), f"index {delta.index} skipped ahead"
+                assert not delta.id and not delta.name, "id and name come with a call's first delta only"
+                calls[delta.index][2] += delta.arguments
+        return [(i, n, a) for i, n, a in calls]
 
 
 async def collect(stream: AsyncIterator[ChatEvent]) -> Collected:
@@ -77,6 +101,16 @@ async def collect(stream: AsyncIterator[ChatEvent]) -> Collected:
                 assert out.finished is None, "a TextDelta after Finished"
                 assert event.text, "an empty TextDelta"
                 out.deltas.append(event.text)
+                out.order.append("text")
+            elif isinstance(event, ReasoningDelta):
+                assert out.finished is None, "a ReasoningDelta after Finished"
+                assert event.text, "an empty ReasoningDelta"
+                out.reasoning.append(event.text)
+                out.order.append("reasoning")
+            elif isinstance(event, ToolCallDelta):
+                assert out.finished is None, "a ToolCallDelta after Finished"
+                out.tool_deltas.append(event)
+                out.order.append("tool")
             else:
                 assert out.finished is None, "two Finished events"
                 out.finished = event

@@ -4,9 +4,14 @@ Each transcript is two files under ``transcripts/``: ``NAME.sse`` holds the
 response body byte for byte (comments, pings, CRLFs and all), ``NAME.json`` its
 metadata: ``provider`` (registry id), ``description`` (the trap it covers),
 ``status``, ``headers``, and either ``expect`` (``text``, ``finish_reason`` as a
-``FinishReason`` name, ``usage`` as ``[input, output, total]``, ``model``,
-``response_id``) or ``expect_error`` (``class``: an ``rmllm_common.errors``
-class name, ``text_before``: the text delivered before the error).
+``FinishReason`` name, ``usage`` as ``[input, output, total]`` or an object of
+``Usage`` fields, ``model``, ``response_id``; optionally ``tool_calls`` as
+``[id, name, arguments]`` triples, ``reasoning``, ``provider_state`` as the
+exact JSON text) or ``expect_error`` (``class``: an ``rmllm_common.errors``
+class name, ``text_before``: the text delivered before the error). Optional:
+``request`` names a ``requests/NAME.json`` file with the conversation to send
+(``fakes.conversations``, with ``params`` changes such as ``model`` and
+``reasoning``), whose exact request body is ``requests/NAME.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class Transcript:
     body: bytes
     expect: dict[str, Any] = field(default_factory=dict)
     expect_error: dict[str, Any] = field(default_factory=dict)
+    request: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
 
     def end_offset(self, wire_format: str) -> int:
         """The offset where the format's end of stream starts (cut before it: truncated)."""
@@ -62,6 +69,8 @@ def load(name: str) -> Transcript:
         body=(DIRECTORY / f"{name}.sse").read_bytes(),
         expect=meta.get("expect", {}),
         expect_error=meta.get("expect_error", {}),
+        request=meta.get("request", ""),
+        params=meta.get("params", {}),
     )
 
 

@@ -136,4 +136,5 @@ async def test_stop_reason_mapping(
     out = await run(fake, http, Scenario(body=body, headers=SSE))
     assert out.finished is not None
     assert out.finished.finish_reason is finish
-    assert out.finished.usage == Usage(105, 9, 114)  # cached input tokens are input tokens too
+    # cached input tokens are input tokens too
+    assert out.finished.usage == Usage(105, 9, 114, cache_read_input_tokens=100)

@@ -85,7 +85,8 @@ async def test_crlf_events_and_cumulative_usage(
     out = await run(fake, http, Scenario.transcript("gemini_basic", chunks=chunks))
     assert out.text == "Bonjour ! Voilà la réponse : 東京は日本の首都です。🗼 Have a nice day."
     assert out.finished is not None
-    assert out.finished.usage == Usage(9, 49, 58)  # the last usageMetadata; thoughts count as output
+    # the last usageMetadata; thoughts count as output (and as reasoning)
+    assert out.finished.usage == Usage(9, 49, 58, reasoning_tokens=32)
 
 
 async def test_thought_parts_and_a_final_chunk_without_parts(

@@ -13,7 +13,7 @@ from fakes import FakeProvider, Scenario
 from fakes.harness import KEYS, Collected, collect, endpoint, params
 
 from llm_service.adapters import adapter_for
-from llm_service.adapters.base import FinishReason, Usage
+from llm_service.adapters.base import Finished, FinishReason, Reasoning, ReasoningDelta, TextDelta, Usage
 from rmllm_common import errors
 from rmllm_common.registry import default_registry
 
@@ -125,7 +125,27 @@ async def test_reasoning_deltas_are_not_answer_text_and_count_as_output(
     out = await run(fake, http, "grok", Scenario.transcript("grok_reasoning"))
     assert out.text == "Hi there!"
     assert out.finished is not None
-    assert out.finished.usage == Usage(15, 105, 120)  # 3 completion + 102 reasoning tokens
+    # 3 completion + 102 reasoning tokens (xAI leaves reasoning out of completion_tokens); 5 cached
+    assert out.finished.usage == Usage(15, 105, 120, cache_read_input_tokens=5, reasoning_tokens=102)
+    assert out.finished.reasoning == ""  # not asked for
+
+
+async def test_reasoning_text_is_delivered_when_asked_for(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    fake.enqueue(Scenario.transcript("grok_reasoning"))
+    ep = endpoint(fake, "grok")
+    events = [
+        e
+        async for e in adapter_for(ep.spec).stream_chat(
+            http, ep, params("grok", reasoning=Reasoning(include=True)), 10
+        )
+    ]
+    reasoning = [e.text for e in events if isinstance(e, ReasoningDelta)]
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert reasoning and "".join(reasoning) == finished.reasoning
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hi there!"
 
 
 async def test_error_object_mid_stream_ends_with_the_mapped_error_after_text(
@@ -144,12 +164,12 @@ async def test_synthetic_error_event_mid_stream(fake: FakeProvider, http: aiohtt
     assert isinstance(out.error, errors.ProviderUnavailable)
 
 
-async def test_no_usage_chunk_means_zero_usage_never_an_estimate(
+async def test_no_usage_chunk_means_usage_not_reported_never_an_estimate(
     fake: FakeProvider, http: aiohttp.ClientSession
 ) -> None:
     out = await run(fake, http, "llama", Scenario.transcript("ollama_no_usage"))
     assert out.finished is not None
-    assert out.finished.usage == Usage(0, 0, 0)
+    assert out.finished.usage == Usage(0, 0, 0, reported=False)
 
 
 async def test_multibyte_text_split_inside_characters(

@@ -65,6 +65,11 @@ def test_every_chat_params_field_is_filled_from_the_request() -> None:
         max_tokens=9,
         top_p=0.25,
         stop=["END"],
+        tools=[llm_pb2.Tool(name="f")],
+        tool_choice=llm_pb2.ToolChoice(mode=llm_pb2.TOOL_CHOICE_MODE_AUTO),
+        parallel_tool_calls=True,
+        response_format=llm_pb2.ResponseFormat(type=llm_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
+        reasoning=llm_pb2.ReasoningOptions(effort=llm_pb2.REASONING_EFFORT_LOW),
     )
     sent = validate_chat(request, default_registry()).request
     for field in dataclasses.fields(ChatParams):

@@ -29,6 +29,28 @@ def test_defaults() -> None:
     assert (settings.retry_attempts, settings.retry_after_cap_seconds) == (3, 10.0)
     assert (settings.chat_rate_per_minute, settings.testkey_rate_per_minute) == (600, 60)
     assert settings.log_level == "info"
+    mib = 1024 * 1024
+    assert (settings.max_request_bytes, settings.max_image_bytes, settings.max_document_bytes) == (
+        32 * mib,
+        5 * mib,
+        16 * mib,
+    )
+
+
+def test_size_limits_are_read() -> None:
+    settings = LLMSettings.from_env(
+        {
+            "RMLLM_SERVICE_TOKEN": TOKEN,
+            "RMLLM_MAX_REQUEST_BYTES": "67108864",
+            "RMLLM_MAX_IMAGE_BYTES": "1048576",
+            "RMLLM_MAX_DOCUMENT_BYTES": "2048",
+        }
+    )
+    assert (settings.max_request_bytes, settings.max_image_bytes, settings.max_document_bytes) == (
+        64 * 1024 * 1024,
+        1024 * 1024,
+        2048,
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,6 +130,9 @@ def test_redis_settings() -> None:
         ("RMLLM_SERVICE_TOKEN", "short"),
         ("RMLLM_SERVICE_TOKEN", "x" * 40 + " y"),
         ("RMLLM_HTTP_MAX_CONNECTIONS", "0"),
+        ("RMLLM_MAX_REQUEST_BYTES", "1024"),  # below the 4 MiB of text a request may carry
+        ("RMLLM_MAX_IMAGE_BYTES", "big"),
+        ("RMLLM_MAX_DOCUMENT_BYTES", "0"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from realmultillm.llm.v1 import llm_pb2
-from testkit.llm_harness import LLMHarness, auth, rich_error
+from testkit.llm_harness import LLMHarness, auth, llm_harness, rich_error
 
+from clients.errors import ResourceExhausted, from_grpc_error
 from llm_service.validation import MAX_CONTENT_BYTES, validate_chat
 from rmllm_common.errors import InvalidRequest
 from rmllm_common.registry import default_registry
@@ -105,12 +106,35 @@ async def test_limits_are_inclusive(llm: LLMHarness) -> None:
 
 
 async def test_a_request_over_the_grpc_size_limit_is_refused(llm: LLMHarness) -> None:
+    """Past twice RMLLM_MAX_REQUEST_BYTES (default 32 MiB), gRPC itself refuses the message."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await llm.stub.Chat(
-            _request(llm_pb2.ChatRequest, {"messages": [msg("x" * (9 * 1024 * 1024))]}), metadata=auth()
+            _request(llm_pb2.ChatRequest, {"messages": [msg("x" * (65 * 1024 * 1024))]}), metadata=auth()
         )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert llm.vault.calls == []
+    typed = from_grpc_error(caught.value)  # the Python client says what to do about it
+    assert isinstance(typed, ResourceExhausted)
+    assert "RMLLM_MAX_REQUEST_BYTES" in typed.message and "smaller" in typed.message
+
+
+async def test_a_request_over_the_request_limit_gets_a_clear_invalid_argument() -> None:
+    """Between RMLLM_MAX_REQUEST_BYTES and gRPC's own limit (twice it): a message that says what to do."""
+    limit = 4 * 1024 * 1024 + 65536
+    image = llm_pb2.ContentPart(image=llm_pb2.ImagePart(data=b"\x89PNG" * 300_000, mime_type="image/png"))
+    request = llm_pb2.ChatRequest(
+        provider="openai",
+        messages=[llm_pb2.ChatMessage(role=USER, content="what is in these?", parts=[image] * 5)],
+    )
+    async with llm_harness({"RMLLM_MAX_REQUEST_BYTES": str(limit)}) as llm:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.stub.Chat(request, metadata=auth())
+        assert llm.vault.calls == []
+    error = rich_error(caught.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == "INVALID_REQUEST"
+    assert "RMLLM_MAX_REQUEST_BYTES" in error.message
+    assert [field for field, _ in error.violations] == ["messages"]
 
 
 messages = st.lists(

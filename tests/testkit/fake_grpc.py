@@ -62,6 +62,9 @@ class FakeState:
     configs: dict[str, vault_pb2.ProviderConfig] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     deltas: list[str] = field(default_factory=lambda: ["Hel", "lo", " world"])
+    reasoning: list[str] = field(default_factory=list)  # reasoning deltas, sent before the text
+    tool_calls: list[llm_pb2.ToolCall] = field(default_factory=list)  # sent after the text, in 2 pieces each
+    provider_state: bytes = b""
     stream_error: errors.RmllmError | None = None
     stream_hang: bool = False
     stream_cancelled: threading.Event = field(default_factory=threading.Event)
@@ -241,13 +244,20 @@ class FakeLLM(llm_pb2_grpc.LLMServiceServicer):
         return pid, config.settings.default_model or DEFAULT_MODELS[pid]
 
     def _done(self, pid: str, model: str) -> llm_pb2.StreamChatDone:
-        usage = llm_pb2.Usage(input_tokens=12, output_tokens=34, total_tokens=46, cost_usd=0.000022)
+        usage = llm_pb2.Usage(
+            input_tokens=12, output_tokens=34, total_tokens=46, cost_usd=0.000022, usage_reported=True
+        )
         return llm_pb2.StreamChatDone(
-            finish_reason=llm_pb2.FINISH_REASON_STOP,
+            finish_reason=llm_pb2.FINISH_REASON_TOOL_CALLS
+            if self.state.tool_calls
+            else llm_pb2.FINISH_REASON_STOP,
             usage=usage,
             model=model,
             provider=pid,
             response_id="r-1",
+            tool_calls=self.state.tool_calls,
+            reasoning="".join(self.state.reasoning),
+            provider_state=self.state.provider_state,
         )
 
     async def Chat(self, request: llm_pb2.ChatRequest, context: Context) -> llm_pb2.ChatResponse:
@@ -261,6 +271,9 @@ class FakeLLM(llm_pb2_grpc.LLMServiceServicer):
             model=done.model,
             provider=pid,
             response_id=done.response_id,
+            tool_calls=done.tool_calls,
+            reasoning=done.reasoning,
+            provider_state=done.provider_state,
         )
 
     async def StreamChat(
@@ -268,6 +281,8 @@ class FakeLLM(llm_pb2_grpc.LLMServiceServicer):
     ) -> AsyncIterator[llm_pb2.StreamChatResponse]:
         self.state.enter("StreamChat", request, context)
         pid, model = self._resolve(request.provider)
+        for piece in self.state.reasoning:
+            yield llm_pb2.StreamChatResponse(reasoning_delta=piece)
         for index, delta in enumerate(self.state.deltas):
             yield llm_pb2.StreamChatResponse(delta=delta)
             if index == 0 and self.state.stream_hang:
@@ -276,6 +291,16 @@ class FakeLLM(llm_pb2_grpc.LLMServiceServicer):
                 except asyncio.CancelledError:
                     self.state.stream_cancelled.set()
                     raise
+        for index, call in enumerate(self.state.tool_calls):
+            half = len(call.arguments) // 2
+            yield llm_pb2.StreamChatResponse(
+                tool_call_delta=llm_pb2.ToolCallDelta(
+                    index=index, id=call.id, name=call.name, arguments_delta=call.arguments[:half]
+                )
+            )
+            yield llm_pb2.StreamChatResponse(
+                tool_call_delta=llm_pb2.ToolCallDelta(index=index, arguments_delta=call.arguments[half:])
+            )
         if self.state.stream_error is not None:
             raise self.state.stream_error
         yield llm_pb2.StreamChatResponse(done=self._done(pid, request.model or model))
