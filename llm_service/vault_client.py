@@ -29,7 +29,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from llm_service import accounting
+from llm_service import accounting, metrics, telemetry
 from llm_service.credential_cache import CredentialCache, Credentials, InvalidationWatcher
 from llm_service.deadline import Deadline
 from llm_service.limits import NO_LIMITS, CallerLimits, from_reply
@@ -93,7 +93,7 @@ class VaultClient:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
-        self._stub: Any = vault_pb2_grpc.VaultServiceStub(channel)
+        self._stub: Any = telemetry.vault_stub(vault_pb2_grpc.VaultServiceStub(channel))
         self._authorization = ("authorization", f"Bearer {service_token.reveal()}")
         self._timeout = timeout_seconds
         self.cache = CredentialCache(cache_seconds, clock=clock)
@@ -130,7 +130,10 @@ class VaultClient:
         hit = cache.get(cache_key)
         if hit is not None:
             accounting.note_caller(hit.user_id, hit.token_id)
+            metrics.credential_cache(hit=True)
             return hit
+        if cache.ttl > 0:
+            metrics.credential_cache(hit=False)
         generation = cache.generation
         timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.ResolveCredentialsRequest(

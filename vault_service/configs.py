@@ -18,7 +18,7 @@ from typing import Any
 
 from rmllm_common.errors import KeyDecryptionFailed, KeyNotConfigured, NotFound, RmllmError, TokenInvalid
 from rmllm_common.secret import Secret
-from vault_service import accounts, audit
+from vault_service import accounts, audit, metrics
 from vault_service.crypto import FORMAT_VERSION, DecryptionError, Keyring
 from vault_service.database import Database
 from vault_service.invalidations import Kind, record_change
@@ -283,6 +283,7 @@ def _resolve_in_transaction(  # noqa: PLR0917 - the resolve's inputs, passed thr
     try:
         key = keyring.decrypt(bytes(blob), user_id, provider)
     except DecryptionError as exc:
+        metrics.decrypt_failure()
         log.error(
             "key decryption failed: %s",
             exc.why,
