@@ -240,6 +240,12 @@ class DatabaseUnavailable(Unavailable):
     reason = "DATABASE_UNAVAILABLE"
 
 
+class RateLimiterUnavailable(Unavailable):
+    """The LLM service's shared rate limiter is down and fails closed; retrying shortly helps."""
+
+    reason = "RATE_LIMITER_UNAVAILABLE"
+
+
 class ProviderUnavailable(Unavailable):
     reason = "PROVIDER_UNAVAILABLE"
 

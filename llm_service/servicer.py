@@ -7,10 +7,11 @@ registry (cache reads and writes at their own prices). Errors are raised as
 ``try`` ladders here). StreamChat forwards the shared event stream as text,
 reasoning and tool-call deltas, in the order they came, and one final ``done``
 (carrying the assembled tool calls), and closes it (and with it the upstream HTTP
-response) whatever way the call ends; Chat collects the same stream, at most
-``max_answer_chars`` characters of its text (past that the upstream is closed and
-the call ends with UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends without its
-final event is never a success. Every Chat, StreamChat, TestKey and live
+response) and gives back the caller's stream slot whatever way the call ends;
+Chat collects the same stream, at most ``max_answer_chars`` characters of its
+text (past that the upstream is closed and the call ends with
+UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends without its final event is
+never a success. Every Chat, StreamChat, TestKey and live
 ListModels call is accounted: one usage record per call, whatever its outcome
 (``accounting.recorded``).
 """
@@ -161,33 +162,37 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         deadline = self._deadline(context)
         with recorded(self._usage, "StreamChat", True, deadline) as call:
             prepared = await self._chat.prepare(request, current_token(), deadline)
-            async with aclosing(self._chat.events(prepared, deadline)) as events:
-                async for event in events:
-                    if type(event) is TextDelta:
-                        if event.text:
+            slot = await self._chat.stream_slot(prepared)
+            try:
+                async with aclosing(self._chat.events(prepared, deadline)) as events:
+                    async for event in events:
+                        if type(event) is TextDelta:
+                            if event.text:
+                                if call.first_token is None:
+                                    note_first_token()
+                                yield llm_pb2.StreamChatResponse(delta=event.text)
+                        elif type(event) is ToolCallDelta:
                             if call.first_token is None:
                                 note_first_token()
-                            yield llm_pb2.StreamChatResponse(delta=event.text)
-                    elif type(event) is ToolCallDelta:
-                        if call.first_token is None:
-                            note_first_token()
-                        yield llm_pb2.StreamChatResponse(
-                            tool_call_delta=llm_pb2.ToolCallDelta(
-                                index=event.index,
-                                id=event.id,
-                                name=event.name,
-                                arguments_delta=event.arguments,
+                            yield llm_pb2.StreamChatResponse(
+                                tool_call_delta=llm_pb2.ToolCallDelta(
+                                    index=event.index,
+                                    id=event.id,
+                                    name=event.name,
+                                    arguments_delta=event.arguments,
+                                )
                             )
-                        )
-                    elif type(event) is ReasoningDelta:
-                        if event.text:
-                            if call.first_token is None:
-                                note_first_token()
-                            yield llm_pb2.StreamChatResponse(reasoning_delta=event.text)
-                    elif isinstance(event, Finished):
-                        yield done_message(prepared.spec, prepared.params, event)
-                        return
-            raise _truncated(prepared.spec.id)
+                        elif type(event) is ReasoningDelta:
+                            if event.text:
+                                if call.first_token is None:
+                                    note_first_token()
+                                yield llm_pb2.StreamChatResponse(reasoning_delta=event.text)
+                        elif isinstance(event, Finished):
+                            yield done_message(prepared.spec, prepared.params, event)
+                            return
+                raise _truncated(prepared.spec.id)
+            finally:
+                await slot.release()
 
     async def TestKey(self, request: llm_pb2.TestKeyRequest, context: Context) -> llm_pb2.TestKeyResponse:
         deadline = self._deadline(context)

@@ -328,6 +328,19 @@ def up(args: argparse.Namespace) -> int:
         stop_all()
 
 
+def ensure_redis_server() -> None:
+    """The Redis fault tests start private ``redis-server``s: install it (apt) when it is missing."""
+    if shutil.which("redis-server"):
+        return
+    apt = shutil.which("apt-get")
+    if apt is None:
+        say("redis-server is missing and apt-get is not available: install Redis 6+ for the Redis tests")
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    say("installing redis-server (apt-get)")
+    subprocess.run([*sudo, apt, "install", "-y", "-q", "redis-server"], check=False)
+
+
 PROMETHEUS_DEB = ("prometheus", "2.42.0+ds-5+deb12u1")  # Debian 12's package, as CI installs it
 
 
@@ -366,6 +379,7 @@ def test(pytest_args: list[str]) -> int:
     ensure_venv(TEST_EXTRA)
     ensure_node_packages()
     ensure_tmux()
+    ensure_redis_server()
     ensure_prometheus()
     env = dict(os.environ)
     env["PATH"] = (

@@ -81,11 +81,29 @@ def test_stack_shape() -> None:
     assert services["llm"]["depends_on"]["vault"]["condition"] == "service_healthy"
     data_dir = services["vault"]["environment"]["RMLLM_DATA_DIR"]
     assert any(v.endswith(f":{data_dir}") for v in services["vault"]["volumes"])
-    assert services["postgres"]["profiles"] == ["postgres"]
+    assert services["postgres"]["profiles"] == ["postgres", "scale"]
     assert "RMLLM_VAULT_SEED_FILE" in services["vault"]["environment"]
     assert "vault_seed" not in services["llm"].get("secrets", []), "the LLM service must never see the seed"
     for secret in COMPOSE["secrets"].values():
         assert secret["file"].startswith("./secrets/")
+
+
+def test_the_scale_profile_runs_two_llm_replicas_on_redis_and_one_vault() -> None:
+    services = COMPOSE["services"]
+    scale = {name for name, service in services.items() if "scale" in service.get("profiles", ())}
+    assert scale == {"llm-2", "redis", "postgres"}
+    first, second = services["llm"], services["llm-2"]
+    assert second["command"] == first["command"]
+    assert set(second["environment"]) == set(first["environment"])
+    assert second["environment"]["RMLLM_REDIS_URL"].endswith("redis://redis:6379/0}")
+    assert "RMLLM_REDIS_URL" in first["environment"]
+    assert second["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert second["depends_on"]["vault"]["condition"] == "service_healthy"
+    host_ports = {p.rsplit(":", 2)[-2] for s in (first, second) for p in s["ports"]}
+    assert len(host_ports) == 2  # each replica published on its own host port
+    assert "vault_seed" not in second.get("secrets", [])
+    for variable in second["environment"]:
+        assert f'"{variable}"' in source_text(), variable
 
 
 def test_dockerfile_uses_the_same_commands() -> None:

@@ -30,6 +30,7 @@ from rmllm_common.errors import AlreadyExists, FailedPrecondition, InvalidReques
 from rmllm_common.secret import Secret
 from vault_service import audit
 from vault_service.database import Database
+from vault_service.invalidations import Kind, record_change
 
 TOKEN_PREFIX: Final = bearer.USER_TOKEN_PREFIX
 OPERATOR: Final = "operator"
@@ -176,6 +177,7 @@ def disable_user(db: Database, name: str) -> str:
         user = _user_by_name(db, name)
         db.tables.user.update(disabled=True).where(db.tables.user.id == user.id).execute()
         audit.append(db, audit.Event(actor=OPERATOR, action="user.disable", detail=f"{user.id} {name}"))
+        record_change(db, Kind.USER_CHANGED, str(user.id))
     return str(user.id)
 
 
@@ -185,6 +187,7 @@ def enable_user(db: Database, name: str) -> str:
         user = _user_by_name(db, name)
         db.tables.user.update(disabled=False).where(db.tables.user.id == user.id).execute()
         audit.append(db, audit.Event(actor=OPERATOR, action="user.enable", detail=f"{user.id} {name}"))
+        record_change(db, Kind.USER_CHANGED, str(user.id))
     return str(user.id)
 
 
@@ -216,6 +219,7 @@ def delete_user(db: Database, name: str) -> Deleted:
                 detail=f"{user.id} {name} configs={configs} tokens={tokens}",
             ),
         )
+        record_change(db, Kind.USER_CHANGED, str(user.id))  # cached credentials must go at once
     return Deleted(str(user.id), int(configs), int(tokens))
 
 
@@ -246,6 +250,7 @@ def revoke_token(db: Database, token_id: str) -> None:
             raise NotFound(f"no token with id {token_id!r}", reason="TOKEN_NOT_FOUND")
         if row.revoke_time is None:
             model.update(revoke_time=_now()).where(model.id == token_id).execute()
+            record_change(db, Kind.TOKEN_REVOKED, str(row.user_id), token_id=token_id)
         audit.append(
             db, audit.Event(actor=OPERATOR, action="token.revoke", detail=f"{row.user_id} {token_id}")
         )

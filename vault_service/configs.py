@@ -28,12 +28,14 @@ from rmllm_common.secret import Secret
 from vault_service import accounts, audit, metrics
 from vault_service.crypto import FORMAT_VERSION, DecryptionError, Keyring
 from vault_service.database import Database
+from vault_service.invalidations import Kind, record_change
 
 log = logging.getLogger(__name__)
 
 # The hot path's statements: one indexed lookup from token hash to user to config.
 _RESOLVE = (
-    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id, u.disabled "
+    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id, u.disabled, "
+    "t.expire_time "
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL"
@@ -90,6 +92,7 @@ class Resolved:
     settings: Settings
     key_hint: str
     token_id: str = ""
+    token_expire_time: int | None = None  # microseconds; None: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ def put(db: Database, user_id: str, provider: str, draft: Draft, request_id: str
         ).execute()
         detail = f"key_id={draft.key_id}"
         audit.append(db, audit.Event(user_id, "config.put", provider, "ok", request_id, detail))
+        record_change(db, Kind.CONFIG_CHANGED, user_id, provider=provider)
         return _record(_row(db, user_id, provider))
 
 
@@ -198,6 +202,7 @@ def update(db: Database, user_id: str, provider: str, changes: Changes, request_
             model.update(**values).where(model.id == row.id).execute()
             detail = "fields=" + ",".join(sorted(changes.fields))
             audit.append(db, audit.Event(user_id, "config.update", provider, "ok", request_id, detail))
+            record_change(db, Kind.CONFIG_CHANGED, user_id, provider=provider)
             return _record(_row(db, user_id, provider))
     raise error
 
@@ -227,26 +232,31 @@ def delete(db: Database, user_id: str, provider: str, request_id: str) -> None:
             error = _missing(user_id, provider, "config.delete", request_id, db)
         else:
             audit.append(db, audit.Event(user_id, "config.delete", provider, "ok", request_id))
+            record_change(db, Kind.CONFIG_CHANGED, user_id, provider=provider)
             return
     raise error
 
 
-def resolve(db: Database, keyring: Keyring, token: str, provider: str, request_id: str) -> Resolved:
+def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int = 0
+) -> Resolved:
     """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited).
 
-    A known user's refusal is audited and committed too, then raised. An unknown
-    token is raised without a row of its own: the caller counts it
-    (``vault_service.authguard``), so junk tokens cannot force a write each.
+    The audit row records the grant as a lease of ``lease_seconds`` (how long the
+    caller will cache the key; 0: not cached) and the token id. A known user's
+    refusal is audited and committed too, then raised. An unknown token is raised
+    without a row of its own: the caller counts it (``vault_service.authguard``),
+    so junk tokens cannot force a write each.
     """
     with db.write():
-        outcome = _resolve_in_transaction(db, keyring, token, provider, request_id)
+        outcome = _resolve_in_transaction(db, keyring, token, provider, request_id, lease_seconds)
     if isinstance(outcome, RmllmError):
         raise outcome
     return outcome
 
 
-def _resolve_in_transaction(
-    db: Database, keyring: Keyring, token: str, provider: str, request_id: str
+def _resolve_in_transaction(  # noqa: PLR0917 - the resolve's inputs, passed through
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int
 ) -> Resolved | RmllmError:
     def refuse(actor: str, error: RmllmError, detail: str = "") -> RmllmError:
         audit.append(db, audit.Event(actor, "config.resolve", provider, error.reason, request_id, detail))
@@ -260,7 +270,7 @@ def _resolve_in_transaction(
     if row is None:
         # Not audited row by row: vault_service.authguard counts these (one row per interval).
         return TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
-    user_id, config_id, blob, active, hint, base_url, settings, token_id, disabled = row
+    user_id, config_id, blob, active, hint, base_url, settings, token_id, disabled, expires = row
     if disabled:
         return refuse(user_id, UserDisabled(accounts.USER_DISABLED_MESSAGE))
     if config_id is None:
@@ -297,5 +307,6 @@ def _resolve_in_transaction(
         )
         return refuse(user_id, error, f"key_id={exc.key_id}")
     db.execute(_COUNT_USE, (_now(), config_id))
-    audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id))
-    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id)
+    lease = f"lease={lease_seconds}s token={token_id}"
+    audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id, lease))
+    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id, expires)

@@ -272,3 +272,25 @@ def test_node_format_usd_matches_the_python_client(node_ready: str) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [format_usd(value) for value in values]
     assert json.loads(result.stdout)[:2] == ["$0.0000051", "$0.0000051"]
+
+
+def test_the_node_client_spreads_calls_over_every_replica(
+    node_ready: str, replicas: list[FakeServers]
+) -> None:
+    script = """
+const { makeClients } = require('./index');
+(async () => {
+  const rmllm = makeClients({ token: process.env.RMLLM_TOKEN, llmTarget: process.env.RMLLM_TARGET,
+                              vaultTarget: process.env.RMLLM_VAULT_TARGET });
+  for (let i = 0; i < 20; i++) {
+    await rmllm.chat({ provider: 'openai', messages: [{ role: 'ROLE_USER', content: 'Hi' }] });
+  }
+  rmllm.close();
+  console.log(JSON.stringify({ ok: true }));
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+    env = node_env(replicas[0], RMLLM_TARGET=",".join(fake.llm_target for fake in replicas))
+    result = run_node(node_ready, ["-e", script], env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"ok": True}
+    assert all(fake.state.methods().count("Chat") > 0 for fake in replicas)
