@@ -48,7 +48,7 @@ def test_every_change_gets_the_next_sequence_number(database: Database) -> None:
     assert changes[0].provider == "openai" and changes[2].token_id == token_id
     assert {c.user_id for c in changes} == {user.user_id}
     assert database.call(invalidations.head, database) == 6
-    assert [c.seq for c in database.call(invalidations.since, database, 2)] == [3, 4]
+    assert [c.seq for c in database.call(invalidations.since, database, 2)] == [3, 4, 5, 6]
 
 
 def test_a_rolled_back_change_leaves_no_row_and_no_gap(database: Database) -> None:
