@@ -119,6 +119,8 @@ def describe(  # noqa: PLR0911, PLR0912
         return f"{p} is unavailable right now ({error.message}): try again later"
     if isinstance(error, errors.UpstreamStreamTruncated):
         return f"the {p} answer was cut short before it finished: try again"
+    if isinstance(error, errors.RateLimiterUnavailable):
+        return f"{where} cannot check its shared rate limits right now (its Redis is down): {_wait(error)}"
     if isinstance(error, errors.Unavailable):
         return f"cannot reach {where}: is it running? {DEV_UP}"
     if isinstance(error, errors.DeadlineExceeded):

@@ -246,6 +246,11 @@ CLI_LINES: dict[type[clients.RmllmClientError], tuple[errors.RmllmError, int, st
         9,
         "cut short",
     ),
+    clients.RateLimiterUnavailable: (
+        errors.RateLimiterUnavailable("redis down", retry_after=1),
+        9,
+        "cannot check its shared rate limits right now (its Redis is down): retry in 1s",
+    ),
     clients.DeadlineExceeded: (errors.DeadlineExceeded("late"), 10, "--timeout"),
     clients.Cancelled: (with_code(grpc.StatusCode.CANCELLED, "stopped"), 1, "CANCELLED (CANCELLED): stopped"),
     clients.Internal: (errors.Internal("request id r-9"), 11, "failed: request id r-9"),

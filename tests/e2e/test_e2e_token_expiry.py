@@ -8,6 +8,8 @@ stored expiry into the past, as the clock would.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fakes.harness import KEYS
@@ -16,6 +18,16 @@ from testkit.stack import Stack
 from clients import Client
 from clients import errors as cerr
 from vault_service.database import Database
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    # The test moves a token's expiry in the database behind the vault's back, which no
+    # invalidation announces; a cached credential carries the expiry it was resolved
+    # with (an hour away), so the LLM service runs without the credential cache here.
+    running = Stack.start(tmp_path, RMLLM_CREDENTIAL_CACHE_SECONDS="0")
+    yield running
+    running.stop()
 
 
 def test_an_expired_token_is_refused_by_both_services(stack: Stack) -> None:
