@@ -20,7 +20,9 @@ When Redis cannot be reached, ``failure_mode`` decides: ``open`` (the default)
 lets calls through unlimited, ``closed`` refuses them with UNAVAILABLE /
 RATE_LIMITER_UNAVAILABLE. The outage is logged once when it starts and once when
 it ends, never per call; ``stats`` counts outages and the calls decided without
-Redis (for metrics). During an outage Redis is tried again at most once a second.
+Redis, and so do the metrics ``rmllm_llm_redis_outages_total`` and
+``rmllm_llm_calls_without_redis_total``. During an outage Redis is tried again at most
+once a second.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, Final, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from llm_service import metrics
 from llm_service.ratelimit import NO_LEASE, StreamLease, rate_limited, too_many_streams
 from rmllm_common.errors import RateLimiterUnavailable
 
@@ -124,11 +127,6 @@ class SharedStore:
         self.stats = RedisStats()
         self._down_since: float | None = None
         self._retry_at = 0.0
-        self._on_outage: list[Callable[[], None]] = []
-
-    def on_outage(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` when an outage starts (for a metrics counter)."""
-        self._on_outage.append(hook)
 
     @property
     def down(self) -> bool:
@@ -139,17 +137,18 @@ class SharedStore:
         now = time.monotonic()
         if self._down_since is not None and now < self._retry_at:
             self.stats.calls_without_redis += 1
+            metrics.call_without_redis()
             return None
         try:
             answer = await call()
         except (RedisError, OSError) as exc:
             self.stats.calls_without_redis += 1
+            metrics.call_without_redis()
             self._retry_at = now + RETRY_SECONDS
             if self._down_since is None:
                 self._down_since = now
                 self.stats.outages += 1
-                for hook in self._on_outage:
-                    hook()
+                metrics.redis_outage()
                 log.error(
                     "redis is unavailable (%s): shared limits are %s until it is back",
                     type(exc).__name__,

@@ -21,6 +21,7 @@ from testkit.llm_harness import ALICE, BOB, auth, chat_request, llm_harness, ric
 from testkit.llm_scripted import STALL, answer
 from testkit.redis import SHARED_URL, PrivateRedis, shared_prefix
 
+from llm_service import metrics
 from llm_service.adapters.base import TextDelta
 from llm_service.redis_limits import RedisRateLimiter, RedisStreamSlots, SharedStore
 from rmllm_common.errors import RateLimited, Unavailable
@@ -112,8 +113,9 @@ async def test_a_redis_outage_fails_open_or_closed_logged_once(
     server = PrivateRedis()
     server.start()
     shared = store("outage:", server.url, mode)
-    outages: list[int] = []
-    shared.on_outage(lambda: outages.append(1))
+    counted = metrics.enable()  # the outage and the calls decided without Redis are metrics
+    outages_before = counted.redis_outages._value.get()
+    without_before = counted.calls_without_redis._value.get()
     limiter = RedisRateLimiter(shared, "chat", "chat", 60, 1)
     slots = RedisStreamSlots(shared, 1, lease_seconds=30)
     try:
@@ -134,8 +136,10 @@ async def test_a_redis_outage_fails_open_or_closed_logged_once(
                 with pytest.raises(Unavailable):
                     await slots.acquire("u-1")
         down = [r for r in caplog.records if getattr(r, "event", "") == "redis_down"]
-        assert len(down) == 1 and outages == [1]
+        assert len(down) == 1
         assert shared.stats.outages == 1 and shared.stats.calls_without_redis == 40
+        assert counted.redis_outages._value.get() - outages_before == 1
+        assert counted.calls_without_redis._value.get() - without_before == 40
         # Back: limits are enforced again (after at most the retry interval), logged once.
         server.start()
         deadline = time.monotonic() + 5
