@@ -8,7 +8,8 @@ iterating it yields ``SSEEvent``\\ s decoded incrementally from whatever the
 network delivers, within the session's ``UpstreamLimits`` (bytes, events, line and
 event length: past one, the connection is closed and ``UpstreamResponseTooLarge``
 raised); leaving it releases the response, which closes the connection at once
-unless the body was read to the end. Redirects are never followed: a 3xx is a
+unless the body was read to the end. When a StreamChat coalesces deltas, a used-up
+read is reported as ``readends.READ_END`` (see ``readends``). Redirects are never followed: a 3xx is a
 provider error, so a key header can never travel to another origin. It is a class
 rather than an async generator on purpose: closing the adapter's generator early
 then closes the upstream response immediately, with no inner generator left for
@@ -29,6 +30,7 @@ import aiohttp
 
 from llm_service.adapters.base import Endpoint
 from llm_service.adapters.errors import from_response, from_stream_error, parse_json, transport_errors
+from llm_service.adapters.readends import READ_END, current
 from llm_service.http import UpstreamLimits, limits_of, request_timeout
 from llm_service.sse import SSEDecoder, SSEEvent, SSELimitExceeded
 from rmllm_common.errors import ProviderError, UpstreamResponseTooLarge
@@ -45,6 +47,7 @@ class EventStream:
         "_decoder",
         "_endpoint",
         "_events",
+        "_gauge",
         "_http",
         "_limits",
         "_pending",
@@ -73,6 +76,7 @@ class EventStream:
         self._resp: aiohttp.ClientResponse | None = None
         self._bytes = 0
         self._events = 0
+        self._gauge = current()
         self.cut = False  # the body ended in the middle of an event
 
     async def __aenter__(self) -> EventStream:
@@ -110,6 +114,8 @@ class EventStream:
 
     async def __anext__(self) -> SSEEvent:
         pending = self._pending
+        if not pending and self._gauge is not None and self._gauge.held:
+            return READ_END  # this read is used up: let the consumer send what it holds first
         while not pending:
             assert self._resp is not None
             with transport_errors(self._endpoint.spec, self._timeout.total, streaming=True):

@@ -55,6 +55,7 @@ from llm_service.adapters.base import (
 )
 from llm_service.adapters.errors import from_stream_error, unexpected_shapes
 from llm_service.adapters.exchange import EventStream, load_event
+from llm_service.adapters.readends import FLUSH, READ_END
 from rmllm_common.errors import UpstreamStreamTruncated
 
 FINISH_REASONS = {
@@ -219,6 +220,7 @@ class _Calls:
         self.details: dict[tuple[str, int], dict[str, Any]] = {}
         self.refused = False
         self.response_id = ""
+        self.finish = ""
 
     def add_details(self, pieces: list[Any]) -> None:
         for piece in pieces:
@@ -252,6 +254,20 @@ class _Calls:
             given = call_id or stable_call_id(self.response_id, key, name)
             return self.answer.start_call(key, given, name, arguments)
         return self.answer.add_arguments(known[0], arguments)
+
+    def choice_events(self, chunk: dict[str, Any], reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
+        """The events of a chunk's first choice (the answer), noting its finish reason."""
+        events: list[ChatEvent] = []
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0):  # only the first choice is the answer
+                continue
+            delta = choice.get("delta")
+            if delta:
+                events.extend(self.delta_events(delta, reasoning_fields))
+            reason = choice.get("finish_reason")
+            if reason:
+                self.finish = reason
+        return events
 
     def delta_events(self, delta: dict[str, Any], reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
         """One choice delta's reasoning, text and tool-call events, in that order."""
@@ -290,7 +306,6 @@ class OpenAIAdapter(AccountCalls):
         """Yield text, reasoning and tool-call deltas, then one ``Finished`` (see ``adapters.base``)."""
         spec = endpoint.spec
         url = endpoint.base_url.rstrip("/") + "/chat/completions"
-        finish = ""
         usage = NOT_REPORTED
         model = params.model
         response_id = ""
@@ -300,6 +315,9 @@ class OpenAIAdapter(AccountCalls):
         with unexpected_shapes(spec):
             async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
                 async for event in events:
+                    if event is READ_END:
+                        yield FLUSH
+                        continue
                     data = event.data
                     if data == "[DONE]":
                         break
@@ -311,16 +329,8 @@ class OpenAIAdapter(AccountCalls):
                     if not response_id:
                         response_id = calls.response_id = chunk.get("id") or ""
                         model = chunk.get("model") or model
-                    for choice in chunk.get("choices") or ():
-                        if choice.get("index", 0):  # only the first choice is the answer
-                            continue
-                        delta = choice.get("delta")
-                        if delta:
-                            for piece in calls.delta_events(delta, reasoning_fields):
-                                yield piece
-                        reason = choice.get("finish_reason")
-                        if reason:
-                            finish = reason
+                    for piece in calls.choice_events(chunk, reasoning_fields):
+                        yield piece
                     raw_usage = chunk.get("usage")
                     if raw_usage:
                         usage = _usage(raw_usage)
@@ -330,8 +340,9 @@ class OpenAIAdapter(AccountCalls):
                         + (" in the middle of an event" if events.cut else ""),
                         provider=spec.id,
                     )
+        reason = FINISH_REASONS.get(calls.finish, FinishReason.OTHER)
         yield Finished(
-            FinishReason.CONTENT_FILTER if calls.refused else FINISH_REASONS.get(finish, FinishReason.OTHER),
+            FinishReason.CONTENT_FILTER if calls.refused else reason,
             usage,
             model,
             response_id,
