@@ -23,7 +23,6 @@ nesting too deep to parse into a ``ValueError``. All failures go through
 from __future__ import annotations
 
 import json
-from collections import deque
 from typing import Any
 
 import aiohttp
@@ -35,6 +34,7 @@ from llm_service.http import UpstreamLimits, limits_of, request_timeout
 from llm_service.sse import SSEDecoder, SSEEvent, SSELimitExceeded
 from rmllm_common.errors import ProviderError, UpstreamResponseTooLarge
 
+_NONE: list[SSEEvent] = []  # shared, never changed: no events pending
 _STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
 
@@ -50,6 +50,7 @@ class EventStream:
         "_gauge",
         "_http",
         "_limits",
+        "_next",
         "_pending",
         "_resp",
         "_timeout",
@@ -72,7 +73,8 @@ class EventStream:
         self._timeout = request_timeout(http, timeout)
         limits = self._limits = limits_of(http)
         self._decoder = SSEDecoder(max_line=limits.max_event_bytes, max_event=limits.max_event_bytes)
-        self._pending: deque[SSEEvent] = deque()
+        self._pending = _NONE  # the events of the last read, ``_next`` the first not yet taken
+        self._next = 0
         self._resp: aiohttp.ClientResponse | None = None
         self._bytes = 0
         self._events = 0
@@ -114,12 +116,23 @@ class EventStream:
 
     async def __anext__(self) -> SSEEvent:
         pending = self._pending
-        if not pending and self._gauge is not None and self._gauge.held:
+        taken = self._next
+        if taken < len(pending):
+            if taken + 1 == len(pending):  # the last one: hold nothing while the next read waits
+                self._pending, self._next = _NONE, 0
+            else:
+                self._next = taken + 1
+            return pending[taken]
+        if self._gauge is not None and self._gauge.held:
             return READ_END  # this read is used up: let the consumer send what it holds first
-        while not pending:
+        while True:
             assert self._resp is not None
-            with transport_errors(self._endpoint.spec, self._timeout.total, streaming=True):
+            try:
                 chunk = await self._resp.content.readany()
+            except Exception as exc:  # translated only on failure: no context manager held per read
+                with transport_errors(self._endpoint.spec, self._timeout.total, streaming=True):
+                    raise exc
+                raise
             if not chunk:
                 self.cut = self._decoder.flush()
                 raise StopAsyncIteration
@@ -134,14 +147,16 @@ class EventStream:
             self._events += len(events)
             if self._events > limits.max_events:
                 raise self._too_large(f"more than {limits.max_events} events")
-            pending.extend(events)
-        return pending.popleft()
+            if events:
+                if len(events) > 1:
+                    self._pending, self._next = events, 1  # the decoder's fresh list, taken over
+                return events[0]
 
     def _too_large(self, what: str) -> UpstreamResponseTooLarge:
         """Close the upstream connection, drop what was buffered, and say which limit was passed."""
         if self._resp is not None:
             self._resp.close()
-        self._pending.clear()
+        self._pending, self._next = _NONE, 0
         self._decoder.flush()
         spec = self._endpoint.spec
         return UpstreamResponseTooLarge(

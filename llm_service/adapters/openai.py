@@ -214,8 +214,10 @@ class _Calls:
     """Maps the provider's tool-call indices to calls of the answer, and gathers the
     ``reasoning_details`` pieces (by type and index: text, summary and data concatenate)."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, model: str) -> None:
         self.answer = answer
+        self.model = model
+        self.usage = NOT_REPORTED
         self.current: dict[int, tuple[int, str]] = {}  # provider index -> (answer key, id)
         self.details: dict[tuple[str, int], dict[str, Any]] = {}
         self.refused = False
@@ -254,6 +256,20 @@ class _Calls:
             given = call_id or stable_call_id(self.response_id, key, name)
             return self.answer.start_call(key, given, name, arguments)
         return self.answer.add_arguments(known[0], arguments)
+
+    def take(self, endpoint: Endpoint, data: str, reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
+        """One chunk's events (its id, model and usage noted); a stream error is raised."""
+        chunk = load_event(endpoint, data)
+        if chunk.get("error"):
+            raise from_stream_error(endpoint.spec, chunk, endpoint.api_key.reveal())
+        if not self.response_id:
+            self.response_id = chunk.get("id") or ""
+            self.model = chunk.get("model") or self.model
+        events = self.choice_events(chunk, reasoning_fields)
+        raw_usage = chunk.get("usage")
+        if raw_usage:
+            self.usage = _usage(raw_usage)
+        return events
 
     def choice_events(self, chunk: dict[str, Any], reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
         """The events of a chunk's first choice (the answer), noting its finish reason."""
@@ -306,11 +322,8 @@ class OpenAIAdapter(AccountCalls):
         """Yield text, reasoning and tool-call deltas, then one ``Finished`` (see ``adapters.base``)."""
         spec = endpoint.spec
         url = endpoint.base_url.rstrip("/") + "/chat/completions"
-        usage = NOT_REPORTED
-        model = params.model
-        response_id = ""
         answer = Answer(params.include_reasoning)
-        calls = _Calls(answer)
+        calls = _Calls(answer, params.model)
         reasoning_fields = spec.reasoning_fields
         with unexpected_shapes(spec):
             async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
@@ -323,17 +336,8 @@ class OpenAIAdapter(AccountCalls):
                         break
                     if not data:
                         continue
-                    chunk = load_event(endpoint, data)
-                    if chunk.get("error"):
-                        raise from_stream_error(spec, chunk, endpoint.api_key.reveal())
-                    if not response_id:
-                        response_id = calls.response_id = chunk.get("id") or ""
-                        model = chunk.get("model") or model
-                    for piece in calls.choice_events(chunk, reasoning_fields):
+                    for piece in calls.take(endpoint, data, reasoning_fields):  # the chunk dies in there
                         yield piece
-                    raw_usage = chunk.get("usage")
-                    if raw_usage:
-                        usage = _usage(raw_usage)
                 else:
                     raise UpstreamStreamTruncated(
                         f"{spec.display_name} ended the stream without [DONE]"
@@ -343,9 +347,9 @@ class OpenAIAdapter(AccountCalls):
         reason = FINISH_REASONS.get(calls.finish, FinishReason.OTHER)
         yield Finished(
             FinishReason.CONTENT_FILTER if calls.refused else reason,
-            usage,
-            model,
-            response_id,
+            calls.usage,
+            calls.model,
+            calls.response_id,
             answer.tool_calls(),
             answer.reasoning,
             calls.state(spec.id),
