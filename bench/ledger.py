@@ -5,12 +5,13 @@ Two measurements, printed as one JSON object:
 * ``cpu_us_per_call``: the LLM service's CPU for accounting one Chat, timed with
   ``time.process_time`` over many repetitions in this process: opening and closing
   the call's record (``accounting.recorded``), the notes the call path makes
-  (caller, target, first token, usage), building the ``UsageRecord``, submitting
-  it to the reporter, and the reporter's share of sending it (serialising it in a
-  batch of 500). Nothing of it waits on I/O, so it adds no latency to the call.
+  (caller, target, first token, usage), submitting it to the reporter, and the
+  reporter's share of sending it (building its ``UsageRecord`` and serialising it
+  in a batch of 500). Nothing of it waits on I/O, so it adds no latency to the call.
 * ``vault``: the vault's CPU per ResolveCredentials / AuthenticateToken for reading
   the caller's limits (one primary-key lookup; with a budget, the spend summed
-  from the rollups too), each inside its own pooled connection as the service runs it.
+  from the rollups too), each inside its own pooled connection as the service runs it;
+  and its CPU per record to ingest a ReportUsage message of 500 (one transaction).
 * the soak: a real stack (fake provider in fast mode, vault on SQLite, LLM
   service) serves ``--calls`` Chats at ``--concurrency``; the LLM service is then
   stopped (SIGTERM flushes its buffer) and the ledger must hold exactly one record
@@ -42,7 +43,7 @@ from clients import Client
 from llm_service import accounting
 from llm_service.deadline import Deadline
 from llm_service.usage import UsageReporter
-from vault_service import accounts, limits, migrations
+from vault_service import accounts, ledger, limits, migrations
 from vault_service.database import Database
 
 BATCH = 500
@@ -76,18 +77,18 @@ def accounting_cpu(repeat: int = 20_000) -> dict[str, float]:
             accounting.note_usage(usage, "gpt-4o-mini-2024-07-18", True)
 
     record_us = _per_call(one_call, repeat)
-    records = list(reporter._buffer)[:BATCH]
-    message = vault_pb2.ReportUsageRequest(records=records)
+    finished = list(reporter._buffer)[:BATCH]
 
-    def serialise() -> None:
-        message.SerializeToString()
+    def serialise() -> None:  # what the reporter does per batch: build the protos, serialise
+        vault_pb2.ReportUsageRequest(records=[r.to_proto() for r in finished]).SerializeToString()
 
-    send_us = _per_call(serialise, max(1, repeat // BATCH)) / len(records)
+    send_us = _per_call(serialise, max(1, repeat // BATCH)) / len(finished)
+    message = vault_pb2.ReportUsageRequest(records=[r.to_proto() for r in finished])
     return {
         "record_and_submit_us": record_us,
         "send_share_us": send_us,
         "cpu_us_per_call": record_us + send_us,
-        "record_bytes": len(message.SerializeToString()) / len(records),
+        "record_bytes": len(message.SerializeToString()) / len(finished),
     }
 
 
@@ -107,9 +108,46 @@ def vault_lookup_cpu(repeat: int = 5_000) -> dict[str, float]:
             target = db.call(limits.user_target, db, "bench")
             db.call(functools.partial(limits.set_budget, daily=5.0, monthly=50.0), db, target)
             budget_us = _per_call(lookup, repeat)
+            batches = itertools.count()
+
+            def ingest() -> None:  # one ReportUsage message of BATCH new records, as the vault stores it
+                start = next(batches) * BATCH
+                now = ledger.now_us()
+                entries = [
+                    ledger.Entry(
+                        f"b{start + i}",
+                        now,
+                        user_id,
+                        token_id,
+                        "openai",
+                        "gpt-4o-mini",
+                        "Chat",
+                        False,
+                        24,
+                        8,
+                        0,
+                        0,
+                        0,
+                        True,
+                        8.4e-6,
+                        3000,
+                        2000,
+                        "OK",
+                        "",
+                        0,
+                    )
+                    for i in range(BATCH)
+                ]
+                db.call(ledger.ingest, db, entries)
+
+            ingest_us = _per_call(ingest, 8) / BATCH
         finally:
             db.close()
-    return {"limits_lookup_us": none_us, "limits_lookup_with_budget_us": budget_us}
+    return {
+        "limits_lookup_us": none_us,
+        "limits_lookup_with_budget_us": budget_us,
+        "ingest_us_per_record": ingest_us,
+    }
 
 
 async def _drive(address: str, token: str, calls: int, concurrency: int) -> dict[str, int]:

@@ -108,7 +108,7 @@ class MalformedRequest(InvalidRequest):
 
 
 class Unauthenticated(RmllmClientError, code_class=True):
-    """The token is missing, unknown or revoked (TOKEN_INVALID)."""
+    """The token is missing, unknown, revoked or expired (TOKEN_INVALID)."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "TOKEN_INVALID"

@@ -12,12 +12,15 @@ from how it ended and one ``UsageRecord`` is submitted to the reporter, which
 never blocks. A cancelled stream's record carries the usage known when it was
 cancelled. Calls that never got as far as an authenticated caller are not
 recorded: there is no one to account them to. ListModels is recorded only when
-it called the provider (``note_provider_call``).
+it called the provider (``note_provider_call``). The reporter keeps the finished
+``CallRecord`` itself (about a third of the memory of its proto) and builds the
+``UsageRecord`` only when it sends it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +36,11 @@ from llm_service.deadline import Deadline
 from llm_service.usage import UsageReporter
 from rmllm_common import requestctx
 from rmllm_common.errors import RmllmError
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    micros = max(0, round(seconds * 1_000_000))
+    return duration_pb2.Duration(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
 @dataclass(slots=True)
@@ -57,9 +65,43 @@ class CallRecord:
     cost_usd: float = 0.0
     first_token: float | None = None
     retries: int = 0
+    # Set when the call ends.
+    request_id: str = ""
+    status_code: str = ""
+    reason: str = ""
+    ended: float = 0.0
+
+    def to_proto(self) -> vault_pb2.UsageRecord:
+        """The finished call's record as the vault ingests it (built when it is sent)."""
+        whole = int(self.start_time)
+        return vault_pb2.UsageRecord(
+            request_id=self.request_id,
+            time=timestamp_pb2.Timestamp(seconds=whole, nanos=int((self.start_time - whole) * 1e9)),
+            user_id=self.user_id,
+            token_id=self.token_id,
+            provider=self.provider,
+            model=self.model,
+            method=self.method,
+            stream=self.stream,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_read_input_tokens=self.cache_read_input_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            usage_reported=self.usage_reported,
+            cost_usd=self.cost_usd,
+            latency=_duration(self.ended - self.started),
+            time_to_first_token=(
+                _duration(self.first_token - self.started) if self.first_token is not None else None
+            ),
+            status_code=self.status_code,
+            reason=self.reason,
+            retries=self.retries,
+        )
 
 
 DEADLINE_SLACK_SECONDS = 0.05
+MAX_MODEL_CHARS = 200
 _current: ContextVar[CallRecord | None] = ContextVar("rmllm_usage_record", default=None)
 
 
@@ -81,7 +123,7 @@ def note_target(provider: str, model: str = "") -> None:
     if record is not None:
         record.provider = provider
         if model:
-            record.model = model
+            record.model = model[:MAX_MODEL_CHARS]
 
 
 def note_provider_call() -> None:
@@ -114,17 +156,20 @@ def note_usage(usage: Any, model: str = "", reported: bool | None = None) -> Non
     record = _current.get()
     if record is None:
         return
-    record.input_tokens = usage.input_tokens
-    record.output_tokens = usage.output_tokens
-    record.cache_read_input_tokens = getattr(usage, "cache_read_input_tokens", 0)
-    record.cache_creation_input_tokens = getattr(usage, "cache_creation_input_tokens", 0)
-    record.reasoning_tokens = getattr(usage, "reasoning_tokens", 0)
+    # Counts a provider got wrong (negative) or a cost that is not a number are recorded as
+    # zero: the vault refuses such records, and a refused batch would drop its neighbours too.
+    record.input_tokens = max(0, usage.input_tokens)
+    record.output_tokens = max(0, usage.output_tokens)
+    record.cache_read_input_tokens = max(0, getattr(usage, "cache_read_input_tokens", 0))
+    record.cache_creation_input_tokens = max(0, getattr(usage, "cache_creation_input_tokens", 0))
+    record.reasoning_tokens = max(0, getattr(usage, "reasoning_tokens", 0))
     if reported is None:
         reported = bool(getattr(usage, "usage_reported", False) or usage.input_tokens or usage.output_tokens)
     record.usage_reported = reported
-    record.cost_usd = usage.cost_usd
-    if model:
-        record.model = model
+    cost = float(usage.cost_usd)
+    record.cost_usd = cost if math.isfinite(cost) and cost > 0 else 0.0
+    if model:  # the provider's own name for it: bounded, and printable for the ledger
+        record.model = "".join(c for c in model[:MAX_MODEL_CHARS] if c.isprintable())
 
 
 def _outcome(error: BaseException | None, deadline: Deadline) -> tuple[str, str]:
@@ -142,40 +187,6 @@ def _outcome(error: BaseException | None, deadline: Deadline) -> tuple[str, str]
     if isinstance(error, grpc.aio.AbortError):
         return "UNKNOWN", ""
     return "INTERNAL", "INTERNAL"
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    micros = max(0, round(seconds * 1_000_000))
-    return duration_pb2.Duration(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
-
-
-def to_proto(record: CallRecord, status_code: str, reason: str, ended: float) -> vault_pb2.UsageRecord:
-    """The record as the vault ingests it."""
-    whole = int(record.start_time)
-    return vault_pb2.UsageRecord(
-        request_id=requestctx.request_id(),
-        time=timestamp_pb2.Timestamp(seconds=whole, nanos=int((record.start_time - whole) * 1e9)),
-        user_id=record.user_id,
-        token_id=record.token_id,
-        provider=record.provider,
-        model=record.model,
-        method=record.method,
-        stream=record.stream,
-        input_tokens=record.input_tokens,
-        output_tokens=record.output_tokens,
-        cache_read_input_tokens=record.cache_read_input_tokens,
-        cache_creation_input_tokens=record.cache_creation_input_tokens,
-        reasoning_tokens=record.reasoning_tokens,
-        usage_reported=record.usage_reported,
-        cost_usd=record.cost_usd,
-        latency=_duration(ended - record.started),
-        time_to_first_token=(
-            _duration(record.first_token - record.started) if record.first_token is not None else None
-        ),
-        status_code=status_code,
-        reason=reason,
-        retries=record.retries,
-    )
 
 
 @contextmanager
@@ -200,5 +211,7 @@ def recorded(
         _current.set(None)
         accountable = record.user_id and record.provider
         if reporter is not None and accountable and (record.provider_called or not needs_provider_call):
-            code, reason = _outcome(error, deadline)
-            reporter.submit(to_proto(record, code, reason, time.perf_counter()))
+            record.status_code, record.reason = _outcome(error, deadline)
+            record.request_id = requestctx.request_id()
+            record.ended = time.perf_counter()
+            reporter.submit(record)

@@ -6,8 +6,9 @@ bounded pool, DNS answers cached for a few minutes, no proxy settings taken from
 the environment (``trust_env=False``: a stray ``HTTPS_PROXY`` must not capture
 keys), no cookie jar (the session is shared by every user), and every socket
 checked against the outbound network policy (``llm_service.netpolicy``) after DNS
-resolution, as it connects. Responses are decompressed incrementally by aiohttp,
-which suits streamed bodies.
+resolution, as it connects. Responses are decompressed incrementally by aiohttp
+(a bounded piece per read), which suits streamed bodies; the limits below count
+the decompressed bytes, so a small compressed body cannot get round them.
 
 ``UpstreamLimits`` are the server-side bounds of one provider exchange, whatever
 the caller's deadline: connect time, the longest silence between bytes, the whole

@@ -1,8 +1,9 @@
 """The usage reporter: every call's record, buffered and sent to the vault in batches, off the call's path.
 
-``UsageReporter.submit`` appends a finished call's ``UsageRecord`` to a bounded
-in-memory buffer and returns at once: it never waits, never does I/O, and is
-never on a request's critical path. One background task sends the buffer to the
+``UsageReporter.submit`` appends a finished call (anything ``Reportable``: the
+record's proto is built only when it is sent) to a bounded in-memory buffer and
+returns at once: it never waits, never does I/O, and is never on a request's
+critical path. One background task sends the buffer to the
 vault over the client-streaming ``ReportUsage``: as soon as ``batch_size``
 records wait, else every ``interval`` seconds (200 ms), up to ``max_flush``
 records per stream in messages of ``batch_size``. Records leave the buffer only
@@ -33,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from realmultillm.vault.v1 import vault_pb2
@@ -42,6 +44,17 @@ log = logging.getLogger(__name__)
 Send = Callable[[Sequence[Sequence[vault_pb2.UsageRecord]], float], Awaitable[vault_pb2.ReportUsageResponse]]
 OVERFLOW_LOG_SECONDS = 10.0
 _NEVER_RETRIED = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED})
+
+
+class Reportable(Protocol):
+    """A finished call waiting to be reported: whose, what it cost, and its proto."""
+
+    user_id: str
+    token_id: str
+    cost_usd: float
+
+    def to_proto(self) -> vault_pb2.UsageRecord:
+        """The record as the vault ingests it."""
 
 
 @dataclass(slots=True)
@@ -78,7 +91,7 @@ class UsageReporter:
         self._max_buffer = max_buffer
         self._send_timeout = send_timeout
         self._max_backoff = max_backoff
-        self._buffer: deque[vault_pb2.UsageRecord] = deque()
+        self._buffer: deque[Reportable] = deque()
         self._pending: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -101,7 +114,7 @@ class UsageReporter:
         key = "u:" + user_id if scope == "user" else "t:" + token_id
         return self._pending.get(key, 0.0)
 
-    def submit(self, record: vault_pb2.UsageRecord) -> None:
+    def submit(self, record: Reportable) -> None:
         """Queue one call's record; never blocks (a full buffer drops it, counted and logged)."""
         self.stats.submitted += 1
         if len(self._buffer) >= self._max_buffer:
@@ -124,7 +137,7 @@ class UsageReporter:
         if len(self._buffer) >= self._batch:
             self._wake.set()
 
-    def _add_pending(self, record: vault_pb2.UsageRecord, cost: float) -> None:
+    def _add_pending(self, record: Reportable, cost: float) -> None:
         for key in ("u:" + record.user_id, "t:" + record.token_id):
             value = self._pending.get(key, 0.0) + cost
             if value <= 1e-12:
@@ -163,7 +176,23 @@ class UsageReporter:
         count = min(len(self._buffer), self._max_flush)
         if not count:
             return True
-        records = [self._buffer[i] for i in range(count)]
+        records: list[vault_pb2.UsageRecord] = []
+        unbuildable: list[int] = []
+        for i in range(count):
+            try:
+                records.append(self._buffer[i].to_proto())
+            except (ValueError, TypeError):  # a value the proto cannot hold: drop this record only
+                unbuildable.append(i)
+                log.exception("usage record dropped: cannot build it", extra={"event": "usage_rejected"})
+        for i in reversed(unbuildable):
+            dropped = self._buffer[i]
+            del self._buffer[i]
+            self.stats.rejected += 1
+            if dropped.cost_usd:
+                self._add_pending(dropped, -dropped.cost_usd)
+        count -= len(unbuildable)
+        if not records:
+            return True
         batches = [records[i : i + self._batch] for i in range(0, count, self._batch)]
         try:
             reply = await self._send(batches, self._send_timeout)

@@ -197,7 +197,7 @@ class VaultClient:
         reason = _reason(exc)
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return errors.TokenInvalid(
-                "unknown or revoked user token; create one with `rmllm-vault tokens create`"
+                "unknown, revoked or expired user token; create one with `rmllm-vault tokens create`"
             )
         if code == grpc.StatusCode.FAILED_PRECONDITION and reason == "KEY_NOT_CONFIGURED":
             name = provider or "this provider"

@@ -24,6 +24,7 @@ fields whose names say they are secret.
 from __future__ import annotations
 
 import atexit
+import copy
 import json
 import logging
 import logging.handlers
@@ -93,8 +94,12 @@ class EnqueueHandler(logging.handlers.QueueHandler):
         return True
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        """Capture what depends on the calling thread; the listener formats the rest."""
+        """Capture what depends on the calling thread; the listener formats the rest.
+
+        Works on a copy: other handlers (pytest's capture, say) still see the original.
+        """
         message = record.getMessage()
+        record = copy.copy(record)
         record.msg, record.args, record.message = message, None, message
         setattr(record, _REQUEST_ID_ATTR, requestctx.request_id())
         if record.exc_info:

@@ -5,7 +5,9 @@ chain, the standard health service (``SERVING`` for "" and each service name) an
 server reflection. ``ErrorInterceptor`` is the one place where an ``RmllmError``
 becomes a gRPC status (via ``errors.to_status``) and where an unexpected exception
 becomes a generic ``INTERNAL`` with a request id, logged with its traceback, so
-servicer methods hold no ``try`` ladders. It also wraps each method's request
+servicer methods hold no ``try`` ladders. The status is sent outside the ``except``
+block, after the error's traceback chain is dropped (``_released``), so a failed
+call leaves no frames behind in reference cycles. It also wraps each method's request
 deserializer: bytes that do not decode as the method's message become
 ``INVALID_ARGUMENT`` / ``MALFORMED_REQUEST`` (gRPC alone would answer ``UNKNOWN``
 naming a Python exception). ``run_until_signal`` starts a server,
@@ -91,6 +93,20 @@ def _malformed(method: str) -> MalformedRequest:
     )
 
 
+def _released(error: RmllmError) -> RmllmError:
+    """``error`` without the tracebacks of its chain, so the frames they hold (and the
+    buffers in those frames: a provider's answer, an HTTP response) are freed at once
+    rather than at the garbage collector's next full pass. Only the status is needed
+    from here on; an unexpected error was logged with its traceback already."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
+
+
 def _begin_call(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     incoming = None
     for key, value in context.invocation_metadata() or ():
@@ -129,11 +145,12 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
             try:
                 return await inner(checked(request, streamed), context)
             except RmllmError as exc:
-                await abort_with(context, exc)
+                failure = exc
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await abort_with(context, _unexpected(method, exc))
+                failure = _unexpected(method, exc)
+            await abort_with(context, _released(failure))
 
         return behavior
 
@@ -143,12 +160,14 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
             try:
                 async for item in inner(checked(request, streamed), context):
                     yield item
+                return
             except RmllmError as exc:
-                await abort_with(context, exc)
+                failure = exc
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await abort_with(context, _unexpected(method, exc))
+                failure = _unexpected(method, exc)
+            await abort_with(context, _released(failure))
 
         return behavior
 
@@ -168,7 +187,42 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
         return grpc.stream_stream_rpc_method_handler(
             stream_response(handler.stream_stream, True), **serializers
         )
+    if handler.stream_unary is not None:
+        return _wrap_client_stream(method, handler)
     return handler
+
+
+def _wrap_client_stream(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The client-streaming kind of ``_wrap``: each undecodable message ends the call."""
+    client_streaming: Any = handler.stream_unary  # an async function of a request iterator
+
+    async def decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            if request is UNDECODABLE:
+                raise _malformed(method)
+            yield request
+
+    async def client_stream_behavior(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        _begin_call(context)
+        try:
+            return await client_streaming(decoded(requests), context)
+        except RmllmError as exc:
+            failure = exc
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            failure = _unexpected(method, exc)
+        await abort_with(context, _released(failure))
+
+    return grpc.stream_unary_rpc_method_handler(
+        client_stream_behavior,
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
 
 
 class MethodInterceptor(grpc.aio.ServerInterceptor):

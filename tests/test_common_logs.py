@@ -144,3 +144,28 @@ def test_request_id_arguments_and_traceback_are_captured_in_the_logging_thread(s
     assert "ValueError: boom" in line["exception"]
     assert line["api_key"] == "[redacted]"
     assert line["event"] == "x"
+
+
+def test_other_handlers_still_see_the_original_record(stream: StalledStream) -> None:
+    stream.gate.set()
+    logs.configure("info", stream=stream)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    logging.getLogger().addHandler(keep)
+    try:
+        try:
+            raise KeyError("kept")
+        except KeyError:
+            logging.getLogger("both").exception("with %s", "args")
+    finally:
+        logging.getLogger().removeHandler(keep)
+    (record,) = seen
+    assert record.exc_info is not None and record.args == ("args",)
+    logs.flush()
+    (line,) = [line for line in stream.lines() if line["logger"] == "both"]
+    assert line["message"] == "with args" and "KeyError: 'kept'" in line["exception"]

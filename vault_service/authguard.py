@@ -131,7 +131,8 @@ class AuthGuard:
         self, action: str, token: str, peer: str | None = None, outcome: str = "TOKEN_INVALID"
     ) -> None:
         """Count a failed authentication against the token's prefix (and the peer, if given)."""
-        self._prefixes.spend(token[:PREFIX_CHARS])
+        if token:  # no token at all (no or malformed metadata) has no prefix to hold back
+            self._prefixes.spend(token[:PREFIX_CHARS])
         if peer is not None:
             self._peers.spend(peer_host(peer))
         self._count(action, outcome, peer)

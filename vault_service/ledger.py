@@ -37,7 +37,7 @@ MAX_PAGE_SIZE: Final = 1_000
 DEFAULT_PAGE_SIZE: Final = 100
 _CHUNK = 400  # rows per INSERT statement (21 parameters each stays under SQLite's limit)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_NAME = re.compile(r"^[A-Za-z0-9._:/@+-]{0,200}$")
+MAX_TEXT = 256  # user, token, provider and model ids: free text from the LLM service and providers
 _STATUS = re.compile(r"^[A-Z_]{1,40}$")
 _REASON = re.compile(r"^[A-Z0-9_]{0,64}$")
 _METHODS = frozenset({"Chat", "StreamChat", "TestKey", "ListModels"})
@@ -52,6 +52,11 @@ def now_us() -> int:
 def day_of(micros: int) -> str:
     """The UTC day (``YYYY-MM-DD``) of a time."""
     return datetime.fromtimestamp(micros / 1_000_000, UTC).strftime("%Y-%m-%d")
+
+
+def _text(value: str) -> bool:
+    """An id the ledger can store and show: short, and no control characters."""
+    return len(value) <= MAX_TEXT and value.isprintable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +88,10 @@ class Entry:
         """Refuse a record that cannot be stored as it is (a bug in the reporter)."""
         problems = [
             ("request_id", _REQUEST_ID.match(self.request_id) is not None),
-            ("user_id", bool(self.user_id) and _NAME.match(self.user_id) is not None),
-            ("token_id", _NAME.match(self.token_id) is not None),
-            ("provider", bool(self.provider) and _NAME.match(self.provider) is not None),
-            ("model", _NAME.match(self.model) is not None),
+            ("user_id", bool(self.user_id) and _text(self.user_id)),
+            ("token_id", _text(self.token_id)),
+            ("provider", bool(self.provider) and _text(self.provider)),
+            ("model", _text(self.model)),
             ("method", self.method in _METHODS),
             ("time", self.time > 0),
             ("status_code", _STATUS.match(self.status_code) is not None),

@@ -14,6 +14,7 @@ change sequence so cached credentials are dropped.
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from collections.abc import Sequence
@@ -27,10 +28,19 @@ from rmllm_common.modelpolicy import ModelPolicy, PolicyError, parse
 from vault_service import audit
 from vault_service.database import Database
 
-try:  # the change sequence (vault_service.invalidations) arrives with the scale-out work (#12)
-    from vault_service import invalidations as _changes  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # pragma: no cover - until then a change is only audited
-    _changes = None
+
+def _change_sequence() -> Any:
+    """``vault_service.invalidations`` (the change sequence of the scale-out work, #12), if present.
+
+    Until it is, a budget or policy change is audited only.
+    """
+    try:
+        return importlib.import_module("vault_service.invalidations")
+    except ModuleNotFoundError:
+        return None
+
+
+_changes: Any = _change_sequence()
 
 MAX_BUDGET_USD: Final = 1_000_000.0
 OPERATOR: Final = "operator"

@@ -9,7 +9,8 @@ thing. A 200 whose body says the key is blocked or disabled (``*_blocked`` /
 ``list_models`` reads ``spec.models_path`` and understands both listing shapes:
 ``data[]`` (OpenAI-compatible and Anthropic: ``id``, ``display_name``/``name``,
 ``context_length``) and ``models[]`` (Gemini: ``name`` without ``models/``,
-``displayName``, ``inputTokenLimit``, following ``nextPageToken``).
+``displayName``, ``inputTokenLimit``, following ``nextPageToken`` for at most 20
+pages; more than 10,000 models is ``UpstreamResponseTooLarge``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from rmllm_common.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
     RmllmError,
+    UpstreamResponseTooLarge,
     UpstreamStreamTruncated,
 )
 
 _MAX_PAGES = 20
+MAX_LISTED_MODELS = 10_000  # far more than any provider offers; a listing past it is refused
 _OUTCOMES: tuple[tuple[type[RmllmError], ProbeOutcome], ...] = (
     (ProviderKeyInvalid, ProbeOutcome.INVALID_KEY),
     (ProviderQuotaExhausted, ProbeOutcome.QUOTA_EXHAUSTED),
@@ -98,6 +101,11 @@ class AccountCalls:
         for _ in range(_MAX_PAGES):
             payload = await get_json(http, endpoint, "GET", url, timeout, params=params)
             models.extend(parse_listing(payload))
+            if len(models) > MAX_LISTED_MODELS:
+                raise UpstreamResponseTooLarge(
+                    f"{spec.display_name} listed more than {MAX_LISTED_MODELS} models",
+                    provider=spec.id,
+                )
             token = payload.get("nextPageToken") if isinstance(payload, dict) else None
             if not token:
                 break

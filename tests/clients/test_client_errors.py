@@ -149,7 +149,7 @@ def test_service_config_names_only_reads() -> None:
 def test_stream_deadline_is_deadline_exceeded(fake: FakeServers) -> None:
     fake.store("openai", "sk-good-1234")
     fake.state.stream_hang = True
-    with Client(TOKEN, llm_target=fake.llm_target, vault_target=fake.vault_target, chat_timeout=0.5) as c:
+    with Client(TOKEN, llm_target=fake.llm_target, vault_target=fake.vault_target, chat_timeout=2.0) as c:
         stream = c.stream_chat("openai", "hi")
         assert next(stream) == "Hel"
         with pytest.raises(clients.DeadlineExceeded) as info:

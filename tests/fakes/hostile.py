@@ -17,7 +17,11 @@ Gemini chat paths, and the probe/listing GETs). The behaviours:
 * ``echo-key``: a 401 (or ``echo_status``) whose message echoes the request's key
   without its first three characters (``sk-``), as an unwary proxy does;
 * ``stall``: a 200 with headers, then nothing, with the connection kept open;
-* ``silent``: accepts the request and never answers.
+* ``silent``: accepts the request and never answers;
+* ``gzip-bomb``: a 200 event stream, gzip-encoded, that inflates from about 100 KiB
+  to 100 MiB of comment lines;
+* ``ok``: for contrast, a well-formed OpenAI stream of ``ok_deltas`` deltas (a
+  baseline for tests).
 
 Every request is recorded (behaviour, method, path, headers); ``open_streams``
 counts answers still being written, so a test can wait for the server side to
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import zlib
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -45,10 +51,12 @@ BEHAVIOURS = (
     "echo-key",
     "stall",
     "silent",
+    "gzip-bomb",
+    "ok",
 )
 DEPTH = 20_000  # far past any recursion limit, small enough to pass the line limits
 _SSE = {"Content-Type": "text/event-stream"}
-_DELTA = (
+DELTA = (
     b'data: {"id":"chatcmpl-hostile","object":"chat.completion.chunk","model":"hostile",'
     b'"choices":[{"index":0,"delta":{"content":"all work and no play "},"finish_reason":null}]}\n\n'
 )
@@ -80,6 +88,7 @@ class HostileProvider:
     slow_interval: float = 0.05
     redirect_to: str = "http://127.0.0.1:9"  # another origin (set it to a recording server)
     echo_status: int = 401  # the status of echo-key's answer (503: a retryable one)
+    ok_deltas: int = 3  # deltas of the well-behaved "ok" answer
     requests: list[HostileRequest] = field(default_factory=list)
     open_streams: int = 0
     _runner: web.AppRunner | None = None
@@ -130,6 +139,11 @@ class HostileProvider:
         if behaviour == "silent":
             await self._stopping.wait()
             return web.Response(status=503)
+        if behaviour == "ok":
+            return web.Response(status=200, body=DELTA * self.ok_deltas + _OK_END, headers=_SSE)
+        if behaviour == "gzip-bomb":
+            headers = {**_SSE, "Content-Encoding": "gzip"}
+            return web.Response(status=200, body=_gzip_bomb(), headers=headers)
         return await self._stream(request, behaviour)
 
     def _canned(self, request: web.Request, record: HostileRequest) -> web.Response | None:
@@ -183,14 +197,28 @@ class HostileProvider:
         return response
 
 
+@functools.cache
+def _gzip_bomb() -> bytes:
+    """100 MiB of SSE comment lines, gzip-compressed (made once, about 100 KiB)."""
+    line = b": " + b"0" * 1022 + b"\n"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    parts = [compressor.compress(line * 1024) for _ in range(100)]
+    return b"".join(parts) + compressor.flush()
+
+
 def _nested() -> bytes:
     """A JSON text nested ``DEPTH`` deep (valid, just deep)."""
     return b'{"error":' + b"[" * DEPTH + b"]" * DEPTH + b"}"
 
 
+_OK_END = (
+    b'data: {"id":"chatcmpl-hostile","object":"chat.completion.chunk","model":"hostile",'
+    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
 _PIECES = {
-    "deltas-fast": _DELTA * 64,
-    "deltas-slow": _DELTA,
+    "deltas-fast": DELTA * 64,
+    "deltas-slow": DELTA,
     "comments": b": keep-alive, nothing to see here\n" * 256,
     "one-line": b"x" * 16384,
     "huge-error": b"Internal Server Error " * 1024,

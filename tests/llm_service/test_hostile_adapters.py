@@ -72,7 +72,12 @@ async def chat(
 
 @pytest.mark.parametrize(
     ("behaviour", "limit"),
-    [("deltas-fast", "bytes"), ("comments", "bytes"), ("one-line", "a line longer than")],
+    [
+        ("deltas-fast", "bytes"),
+        ("comments", "bytes"),
+        ("one-line", "a line longer than"),
+        ("gzip-bomb", "bytes"),  # counted after decompression
+    ],
 )
 async def test_endless_answers_end_at_a_limit_and_close_the_connection(
     hostile: HostileProvider, bounded: aiohttp.ClientSession, behaviour: str, limit: str
@@ -250,3 +255,28 @@ async def test_connection_failures_read_the_same_whatever_the_port_state(where: 
         "cannot reach OpenAI at the configured endpoint: the connection failed, timed out, "
         "was refused by this server's outbound network policy, or did not answer HTTP"
     )
+
+
+async def test_a_listing_without_end_is_bounded_in_pages_and_models(bounded: aiohttp.ClientSession) -> None:
+    pages: list[str] = []
+
+    async def listing(request: web.Request) -> web.Response:
+        pages.append(request.query.get("pageToken", ""))
+        models = [{"name": f"models/m-{len(pages)}-{i}"} for i in range(1000)]
+        return web.json_response({"models": models, "nextPageToken": f"p{len(pages)}"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", listing)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    spec = default_registry().providers["google"]
+    ep = Endpoint(spec, f"http://127.0.0.1:{runner.addresses[0][1]}/v1beta", Secret(KEYS["google"]))
+    try:
+        with pytest.raises(errors.UpstreamResponseTooLarge) as caught:
+            async with asyncio.timeout(GUARD):
+                await adapter_for(spec).list_models(bounded, ep, None)
+    finally:
+        await runner.cleanup()
+    assert "more than 10000 models" in caught.value.message
+    assert len(pages) == 11

@@ -10,13 +10,13 @@ import pytest
 from fakes import FakeProvider
 from realmultillm.llm.v1 import llm_pb2
 from testkit.llm_fake_vault import StoredKey
-from testkit.llm_harness import auth, llm_harness, rich_error
+from testkit.llm_harness import SERVICE_TOKEN, auth, llm_harness, rich_error
 
 from llm_service.http import UpstreamLimits
 from llm_service.netpolicy import EndpointPolicy, is_public
 from llm_service.settings import LLMSettings, SettingsError
 
-TOKEN = "rms_qsRsrfIAoQvPJZyyQOqOrtRNUNYMrpZmgFNeJYmsLfQ"  # random, as generated
+TOKEN = SERVICE_TOKEN
 DEFAULT = EndpointPolicy.default()
 
 

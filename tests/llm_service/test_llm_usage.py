@@ -22,6 +22,7 @@ from testkit.llm_fake_vault import FakeVault
 from testkit.llm_harness import BOB, auth, chat_request, llm_harness, rich_error, stream_request
 from testkit.llm_scripted import STALL, ScriptedAdapter, answer, finished
 
+from llm_service.accounting import CallRecord
 from llm_service.adapters.base import ListedModel, TextDelta
 from llm_service.usage import UsageReporter
 from rmllm_common.errors import ProviderUnavailable
@@ -35,6 +36,15 @@ async def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)
+
+
+def finished_call(request_id: str, cost: float = 0.0) -> CallRecord:
+    """A finished call as ``accounting.recorded`` hands it to the reporter."""
+    record = CallRecord(
+        "Chat", False, time.time(), time.perf_counter(), user_id="u", token_id="t", cost_usd=cost
+    )
+    record.request_id, record.status_code, record.ended = request_id, "OK", time.perf_counter()
+    return record
 
 
 def by_method(vault: FakeVault) -> dict[str, list[vault_pb2.UsageRecord]]:
@@ -146,16 +156,7 @@ async def test_reporter_keeps_records_through_an_outage_and_never_double_counts(
 
     reporter = UsageReporter(send, interval=0.01, batch_size=3, max_buffer=10, max_backoff=0.02)
     reporter.start()
-    records = [
-        vault_pb2.UsageRecord(
-            request_id=f"r{i}",
-            user_id="u",
-            token_id="t",
-            cost_usd=0.5,
-            time=timestamp_pb2.Timestamp(seconds=1),
-        )
-        for i in range(12)
-    ]
+    records = [finished_call(f"r{i}", cost=0.5) for i in range(12)]
     for record in records:
         reporter.submit(record)
     assert reporter.stats.overflow == 2  # the buffer holds 10
@@ -280,7 +281,24 @@ async def test_an_unexpected_send_error_does_not_stop_delivery() -> None:
 
     reporter = UsageReporter(send, interval=0.01, max_backoff=0.02)
     reporter.start()
-    reporter.submit(vault_pb2.UsageRecord(request_id="r1", user_id="u"))
+    reporter.submit(finished_call("r1"))
     await until(lambda: reporter.stats.reported == 1)
     assert sent == [1, 1] and reporter.buffered == 0
     await reporter.close(1.0)
+
+
+async def test_a_record_that_cannot_be_built_is_dropped_alone() -> None:
+    sent: list[list[str]] = []
+
+    async def send(batches: Any, timeout: float) -> vault_pb2.ReportUsageResponse:
+        sent.append([r.request_id for b in batches for r in b])
+        return vault_pb2.ReportUsageResponse(accepted=len(sent[-1]))
+
+    reporter = UsageReporter(send, interval=0.01)
+    broken = finished_call("r2")
+    broken.retries = 2**40  # past int32: its proto cannot be built
+    for record in (finished_call("r1"), broken, finished_call("r3")):
+        reporter.submit(record)
+    await reporter.flush(1.0)
+    assert sent == [["r1", "r3"]]
+    assert (reporter.stats.rejected, reporter.stats.reported, reporter.buffered) == (1, 2, 0)

@@ -294,7 +294,7 @@ async def test_a_changed_seed_fails_loudly_and_an_old_seed_still_decrypts(
     )
     await first.handle.stop(0)
 
-    new_seed = "N3w-s33d_" + "Hk2Lp9Qz4Rt7Vw1Xy5Bc8Df0Gj6Mn"
+    new_seed = "Tz6CHVO3-1UjMkPNT6v0fF8gz8epL8t_Yybo9pjMN8g"  # random, as generated
     changed = await vault_factory(seed=Secret(new_seed))
     with caplog.at_level(logging.ERROR):
         failed = await fails(

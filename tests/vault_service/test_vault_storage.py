@@ -210,7 +210,7 @@ def test_rewrap_moves_every_row_to_the_current_seed_and_resumes(database: Databa
     ]
     assert len(rewraps) == 3 and all(r.outcome == "ok" for r in rewraps)
 
-    unknown = Keyring(Secret("Un-known_seed" + "Pq7Rs2Tu9Vw4Xy1Za6Bc3De8Fg"))
+    unknown = Keyring(Secret("TZRk7lgrwSIt_zv1jiqasmHyvihNQ6hZmOZEp2hg3Mc"))  # random, as generated
     dave, _ = user(database, "dave")
     store(database, unknown, dave, "openai", "sk-dave-key-0000")
     failed = database.call(rewrap.rewrap, database, KEYRING)

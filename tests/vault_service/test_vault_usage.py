@@ -468,3 +468,23 @@ def test_ingestion_records_a_change_when_spend_crosses_a_budget(
         limits.token_target(db, token_id),
     )
     assert changes.calls[-1] == ("POLICY_CHANGED", principal.user_id, token_id)
+
+
+async def test_ids_are_free_text_but_bounded(ledger_vault: Vault, fails: Fails) -> None:
+    vault = ledger_vault
+    alice, _, secret = user(vault, "alice")
+    # Model names come from callers and providers: anything printable is stored as it is.
+    odd = "ft:gpt-4o-mini:org#1 (eval) ünï"
+    reply = await report(vault, [record("odd1", alice, at=time.time(), model=odd)])
+    assert reply.accepted == 1
+    page = await vault.stub.ListUsageRecords(pb.ListUsageRecordsRequest(), metadata=md(secret))
+    assert [r.model for r in page.records] == [odd]
+
+    async def one(rec: pb.UsageRecord) -> AsyncIterator[pb.ReportUsageRequest]:
+        yield pb.ReportUsageRequest(records=[rec])
+
+    for bad in ("line\nbreak", "m" * 257):
+        failed = await fails(
+            vault.stub.ReportUsage(one(record("odd2", alice, at=time.time(), model=bad)), metadata=SERVICE)
+        )
+        assert failed.fields == ["records[0].model"]
