@@ -100,7 +100,7 @@ async def test_text_reasoning_tool_calls_and_done_are_the_same_in_any_delivery(n
         chat = await llm.stub.Chat(request_of(name, False), metadata=auth(), timeout=30)
         outcomes = []
         for delivery in ({}, {"chunks": (7, 1, 23)}, {"chunks": (40,), "delay": 0.001}):
-            fake.enqueue(Scenario.transcript(name, **delivery))  # type: ignore[arg-type]
+            fake.enqueue(Scenario.transcript(name, **delivery))
             outcomes.append(await streamed(llm, request_of(name, True)))  # type: ignore[arg-type]
     assert chat.content or chat.tool_calls
     for out in outcomes:
@@ -119,7 +119,7 @@ async def test_a_burst_in_one_read_becomes_fewer_messages_than_deltas() -> None:
     pieces = tuple(f"word{i} " for i in range(40))
     async with gateway() as (llm, fake):
         fake.enqueue(Scenario.stream(pieces))  # the whole body in one write
-        out = await streamed(llm, stream_request("Hi"))  # type: ignore[arg-type]
+        out = await streamed(llm, stream_request("Hi"))
     assert "".join(out.text) == "".join(pieces)
     assert out.done is not None
     assert len(out.text) < len(pieces)
@@ -138,7 +138,7 @@ async def test_held_deltas_are_sent_when_the_read_ends_not_at_the_next_one(
     stall = body.index(before) if before else body.index(b'"finish_reason":"stop"')  # mid-event
     async with gateway() as (llm, fake):
         fake.enqueue(Scenario.transcript(name, stall_at=stall))
-        call = llm.stub.StreamChat(request_of(name, True), metadata=auth(), timeout=20)  # type: ignore[arg-type]
+        call = llm.stub.StreamChat(request_of(name, True), metadata=auth(), timeout=20)
         out = Streamed()
         async for message in call:  # a held delta would wait here until the deadline
             out.take(message)
