@@ -31,6 +31,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="output directory")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="only compare the LLM service's CPU per Chat with metrics and tracing off and on "
+        "(writes telemetry.json)",
+    )
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="with --telemetry: also run the LLM service of this source tree (a checkout without the hooks)",
+    )
     return p
 
 
@@ -42,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[bench {time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
+    if args.telemetry:
+        from bench.telemetry import run_telemetry
+
+        compared = run_telemetry(PLANS[args.plan], say, args.baseline_src)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "telemetry.json").write_text(json.dumps(compared, indent=1, sort_keys=True) + "\n")
+        say(f"telemetry: {json.dumps(compared['summary'])}")
+        return 0
     results = run_session(PLANS[args.plan], say)
     summary = summarize(results)
     verdicts = targets(results, summary)

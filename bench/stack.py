@@ -68,15 +68,25 @@ class Proc:
                 self.proc.wait()
 
 
-def start(name: str, args: Sequence[str], env: Mapping[str, str], *, serving_lines: int = 1) -> Proc:
-    """Start ``python -m args`` and wait for ``serving_lines`` ``serving`` lines (one per worker)."""
+def start(
+    name: str,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    serving_lines: int = 1,
+    source: Path = ROOT,
+) -> Proc:
+    """Start ``python -m args`` and wait for ``serving_lines`` ``serving`` lines (one per worker).
+
+    ``source``: the source tree to run the module from (another checkout, for a baseline).
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-        cwd=ROOT,
+        cwd=source,
     )
     started = Proc(name, proc)
     ready = threading.Event()
@@ -143,17 +153,26 @@ class Stack:
         )
         return self.vault
 
-    def start_llm(self, name: str, *, cache_seconds: float = 0.0, workers: int = 1) -> Proc:
+    def start_llm(
+        self,
+        name: str,
+        *,
+        cache_seconds: float = 0.0,
+        workers: int = 1,
+        extra_env: Mapping[str, str] | None = None,
+        source: Path = ROOT,
+    ) -> Proc:
         """An LLM service (rate limits off): one process, or a ``--workers N`` supervisor and its N."""
         assert self.vault is not None
         env = {
+            **(extra_env or {}),
             **self.common_env,
             "RMLLM_VAULT_ADDR": self.vault.address,
             "RMLLM_CHAT_RATE_PER_MINUTE": "0",
             "RMLLM_CREDENTIAL_CACHE_SECONDS": f"{cache_seconds:g}",
         }
         args = ["llm_service.cli", "serve", "--listen", "127.0.0.1:0", "--workers", str(workers)]
-        return self._keep(start(name, args, env, serving_lines=workers))
+        return self._keep(start(name, args, env, serving_lines=workers, source=source))
 
     def create_user(self) -> str:
         """``rmllm-vault users create bench``; the token is the last line of stdout."""

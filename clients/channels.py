@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import grpc
+from opentelemetry import propagate
 
 DEFAULT_LLM_TARGET: Final = "127.0.0.1:50051"
 DEFAULT_VAULT_TARGET: Final = "127.0.0.1:50052"
@@ -101,8 +102,10 @@ class ClientOptions:
             raise ValueError("timeouts must be positive numbers of seconds")
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        """The call metadata: the bearer token."""
-        return (("authorization", f"Bearer {self.token}"),)
+        """The call metadata: the bearer token, and the caller's W3C trace context if it has one."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # a no-op unless the caller runs inside an OpenTelemetry span
+        return (("authorization", f"Bearer {self.token}"), *carrier.items())
 
     def grpc_options(self) -> list[tuple[str, Any]]:
         """Channel options: retries on, the retry service config, a user agent, extras."""

@@ -9,7 +9,8 @@ class registers itself when it is defined: under its ``reason``, and, for the on
 class per gRPC code marked ``code_class=True``, under its code. Each
 error exposes ``code``, ``reason``, ``message``, ``metadata`` (``provider`` where one
 is involved), ``retry_after`` (seconds, from ``RetryInfo``) and ``field_violations``
-(from ``BadRequest``), plus the ``service`` and ``target`` the call went to::
+(from ``BadRequest``), plus the ``service`` and ``target`` the call went to and the
+server's ``request_id`` (quote it to the operator; it is in the message too)::
 
     try:
         client.chat("openai", "hi")
@@ -28,6 +29,8 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+REQUEST_ID_HEADER = "x-request-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class RmllmClientError(Exception):
         field_violations: tuple[FieldViolation, ...] = (),
         service: str = "",
         target: str = "",
+        request_id: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -79,6 +83,7 @@ class RmllmClientError(Exception):
         self.field_violations = field_violations
         self.service = service
         self.target = target
+        self.request_id = request_id
 
     @property
     def provider(self) -> str | None:
@@ -86,7 +91,8 @@ class RmllmClientError(Exception):
         return self.metadata.get("provider")
 
     def __str__(self) -> str:
-        return f"{self.code.name} ({self.reason}): {self.message}"
+        text = f"{self.code.name} ({self.reason}): {self.message}"
+        return f"{text} [request id {self.request_id}]" if self.request_id else text
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.reason}: {self.message!r})"
@@ -328,4 +334,18 @@ def from_grpc_error(error: grpc.RpcError, *, service: str = "", target: str = ""
         field_violations=tuple(violations),
         service=service,
         target=target,
+        request_id=_request_id(error),
     )
+
+
+def _request_id(error: Any) -> str:
+    """The server's ``x-request-id`` from the trailing metadata ("" when absent)."""
+    trailing = getattr(error, "trailing_metadata", None)
+    try:
+        pairs = trailing() if callable(trailing) else None
+    except Exception:  # a call object without metadata
+        return ""
+    for key, value in pairs or ():
+        if key == REQUEST_ID_HEADER:
+            return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return ""

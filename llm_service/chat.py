@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from llm_service import accounting
+from llm_service import accounting, telemetry
 from llm_service.adapters.base import ChatEvent, ChatParams
 from llm_service.deadline import Deadline
 from llm_service.endpoints import Account, EndpointResolver
@@ -80,10 +80,12 @@ class ChatService:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
         chat = validate_chat(request, self._endpoints.registry, self._limits)
         accounting.note_target(chat.spec.id)
+        telemetry.note_provider(chat.spec)
         account = await self._endpoints.stored(chat.spec, token, deadline)
         stored = account.credentials
         params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
         accounting.note_target(chat.spec.id, params.model)
+        telemetry.note_prepared(chat.spec, params.model)
         enforce(stored, chat.spec.id, params.model, self._usage)
         self._limiter.take(account.user_id)
         return PreparedChat(account, params)
@@ -95,4 +97,5 @@ class ChatService:
         def open_stream(timeout: float | None) -> AsyncIterator[ChatEvent]:
             return account.stream_chat(params, timeout)
 
-        return stream_with_retries(open_stream, self._policy, deadline, prepared.spec.id)
+        events = stream_with_retries(open_stream, self._policy, deadline, prepared.spec.id)
+        return telemetry.traced(events, prepared.spec, params)

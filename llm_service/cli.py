@@ -17,8 +17,7 @@ import sys
 from llm_service.server import build_server
 from llm_service.settings import DEFAULT_LISTEN, LLMSettings, SettingsError
 from rmllm_common import logs
-from rmllm_common.cli import add_serve_flags, child_argv, fail, run_serve
-from rmllm_common.workers import supervise
+from rmllm_common.cli import add_serve_flags, fail, run_serve, supervise_workers
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,7 +31,14 @@ def parser() -> argparse.ArgumentParser:
 
 def serve(settings: LLMSettings) -> int:
     """Run one server process with ``settings`` until a signal stops it."""
-    return run_serve(settings, settings.listen, settings.grace_seconds, build_server)
+    return run_serve(
+        settings,
+        settings.listen,
+        settings.grace_seconds,
+        build_server,
+        telemetry_settings=settings.telemetry,
+        service_name="rmllm-llm",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,14 +51,20 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             log_level=args.log_level,
             workers=args.workers,
+            metrics_listen=args.metrics_listen,
         )
         settings = dataclasses.replace(settings, reuse_port=args.shared_port)
     except (SettingsError, OSError) as exc:  # OSError: an unusable data directory
         return fail(str(exc))
     logs.configure(settings.log_level)
     if settings.workers > 1:
-        return supervise(
-            child_argv("llm_service.cli", args), settings.listen, settings.workers, settings.grace_seconds
+        return supervise_workers(
+            "llm_service.cli",
+            args,
+            settings.listen,
+            settings.workers,
+            settings.grace_seconds,
+            telemetry_settings=settings.telemetry,
         )
     return serve(settings)
 

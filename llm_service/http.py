@@ -75,8 +75,12 @@ def new_http_session(
     *,
     policy: EndpointPolicy | None = None,
     limits: UpstreamLimits = DEFAULT_LIMITS,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
 ) -> aiohttp.ClientSession:
-    """A session for provider calls; close it with ``await session.close()``."""
+    """A session for provider calls; close it with ``await session.close()``.
+
+    ``trace_configs``: the telemetry hooks (``llm_service.telemetry``), when on.
+    """
     policy = policy or EndpointPolicy.default()
     connector = aiohttp.TCPConnector(
         limit=max_connections,
@@ -94,6 +98,7 @@ def new_http_session(
         # One session serves every user: a cookie one provider answer sets must
         # never ride along on another user's request.
         cookie_jar=aiohttp.DummyCookieJar(),
+        trace_configs=trace_configs,
     )
     _LIMITS[session] = limits
     return session

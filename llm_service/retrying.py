@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from llm_service import accounting
+from llm_service import accounting, metrics, telemetry
 from llm_service.adapters.base import ChatEvent
 from llm_service.deadline import Deadline
 from rmllm_common import errors
@@ -98,6 +98,7 @@ async def _open_with_retries(
     def log_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         accounting.note_retry()
+        metrics.provider_retry(provider)
         log.debug(
             "retrying provider call",
             extra={
@@ -144,6 +145,7 @@ async def stream_with_retries(
                 raise
             stream, first = await _open_with_retries(open_stream, policy, deadline, provider, error)
         try:
+            telemetry.note_first_event()
             yield first
             async for event in stream:
                 yield event

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
+from llm_service import telemetry
 from llm_service.adapters.base import Adapter
 from llm_service.auth import AuthInterceptor
 from llm_service.catalog import Catalog
@@ -75,6 +76,7 @@ async def build_server(
     """An LLM server bound to ``settings.listen`` (port 0 picks a free port)."""
     registry = registry or default_registry()
     lookup = adapters or default_adapters
+    observer = telemetry.setup(settings.telemetry)
     channel = grpc.aio.insecure_channel(settings.vault_addr, options=VAULT_CHANNEL_OPTIONS)
     vault = VaultClient(
         channel,
@@ -83,8 +85,12 @@ async def build_server(
         cache_seconds=settings.credential_cache_seconds,
         clock=clock,
     )
+    trace_config = telemetry.http_trace_config()
     http = new_http_session(
-        settings.http_max_connections, policy=settings.endpoint_policy, limits=settings.upstream
+        settings.http_max_connections,
+        policy=settings.endpoint_policy,
+        limits=settings.upstream,
+        trace_configs=[trace_config] if trace_config else None,
     )
     policy = RetryPolicy(
         attempts=settings.retry_attempts,
@@ -127,6 +133,7 @@ async def build_server(
         max_message_bytes=max(MAX_MESSAGE_BYTES, limits.grpc_receive_bytes),
         options=SERVER_OPTIONS,
         reuse_port=settings.reuse_port,
+        observer=observer,
     )
     servicer = LLMServicer(chat, keys, catalog, clock, usage, max_answer_chars=settings.chat_max_answer_chars)
     llm_pb2_grpc.add_LLMServiceServicer_to_server(servicer, server)

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
-from llm_service import accounting
+from llm_service import accounting, telemetry
 from llm_service.accounting import note_first_token, recorded
 from llm_service.adapters import readends
 from llm_service.adapters.base import ChatParams, Finished, TextDelta, ToolCallDelta
@@ -65,6 +65,7 @@ def usage_of(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_
         usage_reported=usage.reported,
     )
     accounting.note_usage(result, finished.model, usage.reported)
+    telemetry.note_answer(finished, result)
     return result
 
 

@@ -26,6 +26,7 @@ from rmllm_common.settings import SettingsError, check_address
 from rmllm_common.settings import flag as _flag
 from rmllm_common.settings import integer as _integer
 from rmllm_common.settings import number as _number
+from rmllm_common.telemetry import TelemetrySettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAULT_ADDR = "127.0.0.1:50052"
@@ -75,6 +76,8 @@ class LLMSettings:
     max_request_bytes: int = 32 * 1024 * 1024
     max_image_bytes: int = 5 * 1024 * 1024
     max_document_bytes: int = 16 * 1024 * 1024
+    # Prometheus and OpenTelemetry opt-ins (rmllm_common.telemetry).
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @classmethod
     def from_env(
@@ -85,6 +88,7 @@ class LLMSettings:
         data_dir: str | None = None,
         log_level: str | None = None,
         workers: int | None = None,
+        metrics_listen: str | None = None,
     ) -> LLMSettings:
         """Read and validate settings; share the service credential file on first run."""
         level = parse.log_level(env, log_level)
@@ -121,7 +125,15 @@ class LLMSettings:
             max_request_bytes=_integer(env, "RMLLM_MAX_REQUEST_BYTES", 32 * MIB, 4 * MIB + 65536, 512 * MIB),
             max_image_bytes=_integer(env, "RMLLM_MAX_IMAGE_BYTES", 5 * MIB, 1024, 256 * MIB),
             max_document_bytes=_integer(env, "RMLLM_MAX_DOCUMENT_BYTES", 16 * MIB, 1024, 256 * MIB),
+            telemetry=_telemetry(env, metrics_listen),
         )
+
+
+def _telemetry(env: Mapping[str, str], metrics_listen: str | None) -> TelemetrySettings:
+    try:
+        return TelemetrySettings.from_env(env, metrics_listen)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _endpoint_policy(env: Mapping[str, str]) -> EndpointPolicy:

@@ -21,8 +21,10 @@ until the buffer is empty or ``close_timeout`` passes, and counts what is left
 (``lost``). A SIGKILL loses what was buffered: at most the calls of the last
 ``interval`` plus one stream in flight (docs/LEDGER.md has the measured figure).
 
-It also keeps each user's and token's cost of records not yet acknowledged
-(``pending``), so budget checks can count this replica's own unreported spend.
+The buffer's depth (after each delivery attempt) and every dropped record (by
+why) are Prometheus metrics (``llm_service.metrics``). It also keeps each user's
+and token's cost of records not yet acknowledged (``pending``), so budget checks
+can count this replica's own unreported spend.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from typing import Protocol
 
 import grpc
 from realmultillm.vault.v1 import vault_pb2
+
+from llm_service import metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,7 @@ class UsageReporter:
         self.stats.submitted += 1
         if len(self._buffer) >= self._max_buffer:
             self.stats.overflow += 1
+            metrics.usage_records_dropped(1, "overflow")
             now = time.monotonic()
             if now - self._last_overflow_log >= OVERFLOW_LOG_SECONDS:
                 self._last_overflow_log = now
@@ -165,6 +170,7 @@ class UsageReporter:
             except Exception:  # a bug must not stop delivery for the life of the process
                 log.exception("usage reporter failed; retrying", extra={"event": "usage_reporter_error"})
                 delivered = False
+            metrics.usage_queue_depth(len(self._buffer))
             if delivered:
                 backoff = self._interval
             else:
@@ -188,6 +194,7 @@ class UsageReporter:
             dropped = self._buffer[i]
             del self._buffer[i]
             self.stats.rejected += 1
+            metrics.usage_records_dropped(1, "rejected")
             if dropped.cost_usd:
                 self._add_pending(dropped, -dropped.cost_usd)
         count -= len(unbuildable)
@@ -202,6 +209,7 @@ class UsageReporter:
                 # retrying would block every later record.
                 self.stats.rejected += count
                 self._acknowledge(count)
+                metrics.usage_records_dropped(count, "rejected")
                 log.error(
                     "the vault refused usage records; dropped them",
                     extra={
@@ -251,6 +259,7 @@ class UsageReporter:
             self._task = None
         if not await self.flush(timeout):
             self.stats.lost += len(self._buffer)
+            metrics.usage_records_dropped(len(self._buffer), "lost")
             log.error(
                 "usage records not delivered at shutdown",
                 extra={"event": "usage_lost", "count": len(self._buffer)},

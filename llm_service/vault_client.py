@@ -29,7 +29,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
-from llm_service import accounting
+from llm_service import accounting, metrics, telemetry
 from llm_service.deadline import Deadline
 from llm_service.limits import NO_LIMITS, CallerLimits, from_reply
 from rmllm_common import errors, requestctx
@@ -94,7 +94,7 @@ class VaultClient:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
-        self._stub: Any = vault_pb2_grpc.VaultServiceStub(channel)
+        self._stub: Any = telemetry.vault_stub(vault_pb2_grpc.VaultServiceStub(channel))
         self._authorization = ("authorization", f"Bearer {service_token.reveal()}")
         self._timeout = timeout_seconds
         self._cache_seconds = cache_seconds
@@ -124,8 +124,10 @@ class VaultClient:
             if hit is not None:
                 if hit[0] > self._clock():
                     accounting.note_caller(hit[1].user_id, hit[1].token_id)
+                    metrics.credential_cache(hit=True)
                     return hit[1]
                 del self._cache[cache_key]
+            metrics.credential_cache(hit=False)
         timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.ResolveCredentialsRequest(
             user_token=user_token.reveal(), provider=provider, request_id=requestctx.request_id()

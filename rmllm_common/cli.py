@@ -9,9 +9,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from rmllm_common import logs
+from rmllm_common import logs, telemetry
 from rmllm_common.server import ServerHandle
-from rmllm_common.workers import SHARED_PORT_FLAG
+from rmllm_common.telemetry import TelemetrySettings
+from rmllm_common.workers import SHARED_PORT_FLAG, supervise
 
 S = TypeVar("S")
 log = logging.getLogger(__name__)
@@ -34,6 +35,11 @@ def add_serve_flags(parser: argparse.ArgumentParser, default_listen: str) -> Non
     )
     # Set by the supervisor on its own workers only: they alone share the port.
     parser.add_argument(SHARED_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics there (default RMLLM_METRICS_LISTEN; unset: off)",
+    )
 
 
 def child_argv(module: str, args: argparse.Namespace) -> list[str]:
@@ -51,8 +57,11 @@ def run_serve(
     listen: str,
     grace_seconds: float,
     build: Callable[[S], Awaitable[ServerHandle]],
+    *,
+    telemetry_settings: TelemetrySettings | None = None,
+    service_name: str = "",
 ) -> int:
-    """Build the server and serve until SIGTERM or SIGINT."""
+    """Start this process's telemetry, build the server and serve until SIGTERM or SIGINT."""
 
     async def main() -> None:
         handle = await build(settings)
@@ -60,13 +69,41 @@ def run_serve(
         await handle.serve(f"{host}:{handle.port}", grace_seconds)
 
     try:
+        stop_telemetry = telemetry.start(telemetry_settings or TelemetrySettings(), service_name)
+    except OSError as exc:
+        log.error("cannot serve metrics: %s", exc)
+        return 1
+    try:
         asyncio.run(main())
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
     finally:
+        stop_telemetry()
         logs.flush()
     return 0
+
+
+def supervise_workers(
+    module: str,
+    args: argparse.Namespace,
+    listen: str,
+    workers: int,
+    grace_seconds: float,
+    *,
+    telemetry_settings: TelemetrySettings,
+) -> int:
+    """``--workers N``: run the workers; with metrics on, serve their sum here (``prom``)."""
+    if not telemetry_settings.metrics_listen:
+        return supervise(child_argv(module, args), listen, workers, grace_seconds)
+    from rmllm_common import prom  # noqa: PLC0415 - prometheus_client only when metrics are on
+
+    try:
+        with prom.supervisor_metrics(telemetry_settings.metrics_listen) as env:
+            return supervise(child_argv(module, args), listen, workers, grace_seconds, env)
+    except OSError as exc:
+        log.error("cannot serve metrics: %s", exc)
+        return 1
 
 
 def fail(message: str) -> int:

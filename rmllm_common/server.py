@@ -1,7 +1,8 @@
 """What both gRPC servers share: standard services, error translation, lifecycle.
 
 ``new_server`` makes a ``grpc.aio`` server with the error interceptor first in the
-chain, the standard health service (``SERVING`` for "" and each service name) and
+chain (it also observes every call: request id, trace, metrics hooks, log line), the
+standard health service (``SERVING`` for "" and each service name) and
 server reflection. ``ErrorInterceptor`` is the one place where an ``RmllmError``
 becomes a gRPC status (via ``errors.to_status``) and where an unexpected exception
 becomes a generic ``INTERNAL`` with a request id, logged with its traceback, so
@@ -34,6 +35,7 @@ from grpc_status import rpc_status
 
 from rmllm_common import reflection, requestctx
 from rmllm_common.errors import Internal, MalformedRequest, RmllmError, Unimplemented, to_status
+from rmllm_common.observe import Call, Observer
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,10 @@ def is_standard_method(method: str) -> bool:
 
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: RmllmError) -> None:
-    """End the call with the rich status of ``error``."""
+    """End the call with the rich status of ``error`` (and the request id, as every answer)."""
     status = rpc_status.to_status(to_status(error))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    metadata = (*status.trailing_metadata, (requestctx.REQUEST_ID_HEADER, requestctx.request_id()))
+    await context.abort(status.code, status.details, metadata)
 
 
 def _unexpected(method: str, exc: BaseException) -> RmllmError:
@@ -107,17 +110,39 @@ def _released(error: RmllmError) -> RmllmError:
     return error
 
 
-def _begin_call(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    incoming = None
-    for key, value in context.invocation_metadata() or ():
-        if key == requestctx.REQUEST_ID_HEADER:
-            incoming = value
-            break
-    requestctx.begin(incoming)
+def _outcome(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The code and reason of a call that ended with ``exc`` outside our error classes."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return grpc.StatusCode.CANCELLED, ""
+    code = context.code() if isinstance(exc, grpc.aio.AbortError) else None
+    if isinstance(code, grpc.StatusCode):
+        return code, ""
+    return grpc.StatusCode.UNKNOWN, ""
 
 
-def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with the request id set and every exception translated, whatever its kind.
+async def _fail(
+    observer: Observer,
+    call: Call,
+    context: grpc.aio.ServicerContext[Any, Any],
+    failure: RmllmError,
+) -> None:
+    """End an observed call with ``failure``'s status (the observer hears of it first)."""
+    observer.end(call, failure.code, failure.reason)
+    await abort_with(context, _released(failure))
+
+
+def _interrupted(
+    observer: Observer, call: Call, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
+) -> None:
+    """A call cancelled, aborted elsewhere, or closed by gRPC: observe how it ended."""
+    code, reason = _outcome(context, exc)
+    observer.end(call, code, reason)
+
+
+def _wrap(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any], observer: Observer
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` observed (``Observer``) and every exception translated, whatever its kind.
 
     A unary-response handler (unary-unary, stream-unary) is awaited; a
     streaming-response one (unary-stream, stream-stream) is an async generator
@@ -141,33 +166,40 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
 
     def unary_response(inner: Any, streamed: bool) -> Any:
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            _begin_call(context)
+            call = observer.begin(method, context, False)
             try:
-                return await inner(checked(request, streamed), context)
+                answer = await inner(checked(request, streamed), context)
             except RmllmError as exc:
                 failure = exc
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+                _interrupted(observer, call, context, exc)
                 raise
             except Exception as exc:
                 failure = _unexpected(method, exc)
-            await abort_with(context, _released(failure))
+            else:
+                observer.end(call, grpc.StatusCode.OK, "")
+                return answer
+            await _fail(observer, call, context, failure)
 
         return behavior
 
     def stream_response(inner: Any, streamed: bool) -> Any:
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            _begin_call(context)
+            call = observer.begin(method, context, True)
             try:
                 async for item in inner(checked(request, streamed), context):
                     yield item
-                return
             except RmllmError as exc:
                 failure = exc
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit) as exc:
+                _interrupted(observer, call, context, exc)
                 raise
             except Exception as exc:
                 failure = _unexpected(method, exc)
-            await abort_with(context, _released(failure))
+            else:
+                observer.end(call, grpc.StatusCode.OK, "")
+                return
+            await _fail(observer, call, context, failure)
 
         return behavior
 
@@ -188,12 +220,12 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMeth
             stream_response(handler.stream_stream, True), **serializers
         )
     if handler.stream_unary is not None:
-        return _wrap_client_stream(method, handler)
+        return _wrap_client_stream(method, handler, observer)
     return handler
 
 
 def _wrap_client_stream(
-    method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    method: str, handler: grpc.RpcMethodHandler[Any, Any], observer: Observer
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """The client-streaming kind of ``_wrap``: each undecodable message ends the call."""
     client_streaming: Any = handler.stream_unary  # an async function of a request iterator
@@ -207,16 +239,20 @@ def _wrap_client_stream(
     async def client_stream_behavior(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
-        _begin_call(context)
+        call = observer.begin(method, context, False)
         try:
-            return await client_streaming(decoded(requests), context)
+            answer = await client_streaming(decoded(requests), context)
         except RmllmError as exc:
             failure = exc
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+            _interrupted(observer, call, context, exc)
             raise
         except Exception as exc:
             failure = _unexpected(method, exc)
-        await abort_with(context, _released(failure))
+        else:
+            observer.end(call, grpc.StatusCode.OK, "")
+            return answer
+        await _fail(observer, call, context, failure)
 
     return grpc.stream_unary_rpc_method_handler(
         client_stream_behavior,
@@ -261,12 +297,16 @@ class MethodInterceptor(grpc.aio.ServerInterceptor):
 
 
 class ErrorInterceptor(MethodInterceptor):
-    """Sets the request id, and turns every exception into the contract's status."""
+    """Observes every call (``observe.Observer``), and turns every exception into the contract's status."""
+
+    def __init__(self, observer: Observer | None = None) -> None:
+        super().__init__()
+        self._observer = observer or Observer()
 
     def wrap(
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return _wrap(method, handler)
+        return _wrap(method, handler, self._observer)
 
 
 def new_server(
@@ -275,6 +315,7 @@ def new_server(
     max_message_bytes: int = 8 * 1024 * 1024,
     options: Sequence[tuple[str, Any]] = (),
     reuse_port: bool = False,
+    observer: Observer | None = None,
 ) -> grpc.aio.Server:
     """A ``grpc.aio`` server with the error interceptor first and size limits set.
 
@@ -283,7 +324,7 @@ def new_server(
     port already in use without a word and take half its connections.
     """
     return grpc.aio.server(
-        interceptors=[ErrorInterceptor(), *interceptors],
+        interceptors=[ErrorInterceptor(observer), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rmllm_common.server import address_of, bind_error, socket_for
 
@@ -61,11 +61,18 @@ def reserve_port(listen: str) -> tuple[str, socket.socket]:
     return concrete, sock
 
 
-def supervise(child_argv: Sequence[str], listen: str, workers: int, grace_seconds: float) -> int:
+def supervise(
+    child_argv: Sequence[str],
+    listen: str,
+    workers: int,
+    grace_seconds: float,
+    child_env: Mapping[str, str] | None = None,
+) -> int:
     """Run ``workers`` copies of ``child_argv + ['--listen', ADDRESS, '--workers', '1', '--shared-port']``.
 
     A port held by anything else ends the supervisor at once, before any worker
-    starts: one error line ("address in use") and exit status 1.
+    starts: one error line ("address in use") and exit status 1. ``child_env`` is
+    added to the workers' environment (the metrics directory, see ``prom``).
     """
     try:
         address, reservation = reserve_port(listen)
@@ -90,7 +97,8 @@ def supervise(child_argv: Sequence[str], listen: str, workers: int, grace_second
                 *(sys.executable, "-m", *child_argv),
                 *("--listen", address, "--workers", "1", SHARED_PORT_FLAG),
             ]
-            children.append(subprocess.Popen(argv))
+            env = {**os.environ, **child_env} if child_env else None
+            children.append(subprocess.Popen(argv, env=env))
         log.info("supervising workers", extra={"workers": workers, "address": address, "event": "workers"})
         while True:
             codes = [child.poll() for child in children]

@@ -182,9 +182,28 @@ Ctrl-C stops both services.""",
         stop_all()
 
 
+PROMETHEUS_DEB = ("prometheus", "2.42.0+ds-5+deb12u1")  # Debian 12's package, as CI installs it
+
+
+def ensure_prometheus() -> None:
+    """Debian's ``prometheus`` server for the metrics e2e test: installed with apt-get when missing.
+
+    Only as root on a Debian-like system (apt-get present); elsewhere the test that
+    needs it says how to install it.
+    """
+    if shutil.which("prometheus") or not shutil.which("apt-get") or os.geteuid() != 0:
+        return
+    name, version = PROMETHEUS_DEB
+    say(f"apt-get install {name}={version} (the metrics e2e test scrapes with it)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-q"], env=env)
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", f"{name}={version}"], env=env)
+
+
 def test(pytest_args: list[str]) -> int:
     ensure_venv("dev")
     ensure_node_packages()
+    ensure_prometheus()
     env = dict(os.environ)
     env["PATH"] = (
         f"{BIN}{os.pathsep}{ROOT / 'tools' / 'node_modules' / '.bin'}{os.pathsep}{env.get('PATH', '')}"

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vault_service import metrics
 from vault_service.database import Database
 
 GENESIS = "0" * 64
@@ -59,6 +60,7 @@ def chain_hash(prev_hash: str, seq: int, when: int, event: Event) -> str:
 
 def append(db: Database, event: Event) -> int:
     """Add ``event`` to the chain; call inside the operation's write transaction."""
+    started = time.perf_counter()
     head_seq, head_hash = db.execute(_HEAD_FOR_UPDATE if db.is_postgres else _HEAD).fetchone()
     seq = int(head_seq) + 1
     when = time.time_ns() // 1000
@@ -79,6 +81,7 @@ def append(db: Database, event: Event) -> int:
         ),
     )
     db.execute(_ADVANCE, (seq, digest))
+    metrics.audit_append(time.perf_counter() - started)
     return seq
 
 

@@ -27,6 +27,7 @@ from rmllm_common.bearer import bearer_token
 from rmllm_common.errors import MethodNotAllowed, PermissionDenied, RateLimited, TokenInvalid
 from rmllm_common.secret import Secret
 from rmllm_common.server import MethodInterceptor
+from vault_service import metrics
 from vault_service.accounts import Principal
 from vault_service.authguard import AuthGuard
 
@@ -112,6 +113,7 @@ class AuthInterceptor(MethodInterceptor):
         try:
             principal = await self._check(access, context.invocation_metadata(), context.peer())
         except (TokenInvalid, PermissionDenied, RateLimited) as exc:
+            metrics.auth_failure(exc.reason)
             log.info("call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"})
             raise
         return _current_user.set(principal)

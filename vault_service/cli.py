@@ -21,10 +21,9 @@ from typing import Any
 
 import peewee as pw
 
-from rmllm_common.cli import add_serve_flags, child_argv, fail, run_serve
+from rmllm_common.cli import add_serve_flags, fail, run_serve, supervise_workers
 from rmllm_common.errors import RmllmError
 from rmllm_common.logs import configure as configure_logging
-from rmllm_common.workers import supervise
 from vault_service import accounts, audit, ledger, limits, migrations, rewrap, usage_report
 from vault_service.crypto import Keyring
 from vault_service.database import Database, DatabaseUrlError
@@ -261,15 +260,29 @@ def main(argv: list[str] | None = None) -> int:
             with_secrets=False,
             log_level=getattr(args, "log_level", None),
             workers=getattr(args, "workers", None),
+            metrics_listen=getattr(args, "metrics_listen", None),
         )
         configure_logging(base.log_level)
         if args.command == "serve":
             settings = dataclasses.replace(base.with_secrets(os.environ), reuse_port=args.shared_port)
             if settings.workers > 1:
                 prepare_database(settings)
-                argv = child_argv("vault_service.cli", args)
-                return supervise(argv, settings.listen, settings.workers, settings.grace_seconds)
-            return run_serve(settings, settings.listen, settings.grace_seconds, build_server)
+                return supervise_workers(
+                    "vault_service.cli",
+                    args,
+                    settings.listen,
+                    settings.workers,
+                    settings.grace_seconds,
+                    telemetry_settings=settings.telemetry,
+                )
+            return run_serve(
+                settings,
+                settings.listen,
+                settings.grace_seconds,
+                build_server,
+                telemetry_settings=settings.telemetry,
+                service_name="rmllm-vault",
+            )
         return _operate(args, base)
     except (
         SettingsError,

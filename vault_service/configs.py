@@ -20,7 +20,7 @@ from typing import Any
 
 from rmllm_common.errors import KeyDecryptionFailed, KeyNotConfigured, NotFound, RmllmError, TokenInvalid
 from rmllm_common.secret import Secret
-from vault_service import accounts, audit
+from vault_service import accounts, audit, metrics
 from vault_service.crypto import FORMAT_VERSION, DecryptionError, Keyring
 from vault_service.database import Database
 
@@ -310,6 +310,7 @@ def lookup(db: Database, keyring: Keyring, token: str, provider: str, request_id
     try:
         key = keyring.decrypt(bytes(blob), user_id, provider)
     except DecryptionError as exc:
+        metrics.decrypt_failure()
         log.error(
             "key decryption failed: %s",
             exc.why,

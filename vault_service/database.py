@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import peewee as pw
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from rmllm_common.errors import DatabaseUnavailable
+from vault_service import metrics
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -292,9 +294,13 @@ class Database:
         return self.db.execute_sql(text, params)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in this thread inside a pooled connection."""
-        with self.db.connection_context():
-            return fn(*args)
+        """Run ``fn(*args)`` in this thread inside a pooled connection (timed, by ``fn``'s name)."""
+        started = time.perf_counter()
+        try:
+            with self.db.connection_context():
+                return fn(*args)
+        finally:
+            metrics.db_operation(getattr(fn, "__name__", "other").lstrip("_"), time.perf_counter() - started)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the database threads, off the event loop."""

@@ -16,9 +16,10 @@ import peewee as pw
 from realmultillm.vault.v1 import vault_pb2_grpc
 
 from rmllm_common.errors import Unavailable
+from rmllm_common.observe import Observer
 from rmllm_common.registry import Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
-from vault_service import accounts, ledger, migrations
+from vault_service import accounts, ledger, metrics, migrations
 from vault_service.auth import SERVICE_NAME, AuthInterceptor
 from vault_service.authguard import AuthGuard
 from vault_service.crypto import Keyring
@@ -77,6 +78,13 @@ def prepare_database(settings: VaultSettings) -> None:
         db.close()
 
 
+def _observer(settings: VaultSettings) -> Observer:
+    """Every call's request id, trace span, metrics and log line."""
+    telemetry = settings.telemetry
+    hooks = metrics.CallHooks(metrics.enable()) if telemetry.prometheus else None
+    return Observer("vault", hooks, tracing=telemetry.traces)
+
+
 async def _prune_usage(db: Database, retention_days: float) -> None:
     """Delete raw usage records past retention now and then every hour (the rollups stay)."""
     while True:
@@ -115,7 +123,9 @@ async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -
 
     guard = AuthGuard(db, settings.auth_limits)
     server = new_server(
-        [AuthInterceptor(settings.service_token, authenticate, guard)], reuse_port=settings.reuse_port
+        [AuthInterceptor(settings.service_token, authenticate, guard)],
+        reuse_port=settings.reuse_port,
+        observer=_observer(settings),
     )
     servicer = VaultServicer(
         db, keyring, registry=registry, allow_custom_base_url=settings.allow_custom_base_url, guard=guard

@@ -19,6 +19,7 @@ from rmllm_common import settings as parse
 from rmllm_common import state
 from rmllm_common.secret import Secret
 from rmllm_common.settings import SettingsError
+from rmllm_common.telemetry import TelemetrySettings
 from vault_service import authguard
 from vault_service import seed as seed_policy
 
@@ -51,6 +52,8 @@ class VaultSettings:
     auth_limits: authguard.Limits = field(default_factory=authguard.Limits)
     # Set when this start generated the seed file (first run).
     generated_seed_file: Path | None = None
+    # Prometheus and OpenTelemetry opt-ins (rmllm_common.telemetry).
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     @property
     def effective_database_url(self) -> str:
@@ -68,6 +71,7 @@ class VaultSettings:
         generate_seed: bool = True,
         log_level: str | None = None,
         workers: int | None = None,
+        metrics_listen: str | None = None,
     ) -> VaultSettings:
         """Read and validate settings; generate the embedded defaults on first run.
 
@@ -86,6 +90,7 @@ class VaultSettings:
             workers=parse.workers(env, workers),
             usage_retention_days=parse.number(env, "RMLLM_USAGE_RETENTION_DAYS", 90.0, 1.0, 36_500.0),
             auth_limits=_auth_limits(env),
+            telemetry=_telemetry(env, metrics_listen),
         )
         return base.with_secrets(env, generate_seed=generate_seed) if with_secrets else base
 
@@ -119,6 +124,13 @@ def _auth_limits(env: Mapping[str, str]) -> authguard.Limits:
             env, "RMLLM_VAULT_AUTH_AUDIT_INTERVAL_SECONDS", default.audit_interval_seconds, 1, 86_400
         ),
     )
+
+
+def _telemetry(env: Mapping[str, str], metrics_listen: str | None) -> TelemetrySettings:
+    try:
+        return TelemetrySettings.from_env(env, metrics_listen)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _seed(env: Mapping[str, str], directory: Path, generate: bool) -> tuple[Secret, Path | None]:

@@ -112,10 +112,10 @@ const DETAIL_TYPES = {
 };
 const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, value]) => [value, name]));
 
-/** A failed call: gRPC code, ErrorInfo reason, metadata, retryAfter (s), fieldViolations. */
+/** A failed call: gRPC code, ErrorInfo reason, metadata, retryAfter (s), fieldViolations, requestId. */
 class RmllmError extends Error {
-  constructor(message, { code, reason, metadata = {}, retryAfter = null, fieldViolations = [] }) {
-    super(message);
+  constructor(message, { code, reason, metadata = {}, retryAfter = null, fieldViolations = [], requestId = '' }) {
+    super(requestId ? `${message} [request id ${requestId}]` : message);
     this.name = 'RmllmError';
     this.code = code;
     this.codeName = CODE_NAMES[code] || 'UNKNOWN';
@@ -124,12 +124,15 @@ class RmllmError extends Error {
     this.provider = metadata.provider || null;
     this.retryAfter = retryAfter;
     this.fieldViolations = fieldViolations;
+    this.requestId = requestId;
   }
 }
 
 /** The RmllmError for a grpc-js ServiceError, decoding the rich status when present. */
 function fromGrpcError(err) {
   const fields = { code: err.code ?? grpc.status.UNKNOWN };
+  const requestId = err.metadata ? err.metadata.get('x-request-id') : [];
+  if (requestId.length > 0) fields.requestId = String(requestId[0]);
   const raw = err.metadata ? err.metadata.get('grpc-status-details-bin') : [];
   if (raw.length > 0) {
     try {

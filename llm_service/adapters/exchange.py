@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from llm_service import metrics
 from llm_service.adapters.base import Endpoint
 from llm_service.adapters.errors import from_response, from_stream_error, parse_json, transport_errors
 from llm_service.adapters.readends import READ_END, current
@@ -95,6 +96,7 @@ class EventStream:
                 allow_redirects=False,
             )
             self._resp = resp
+            metrics.provider_http_response(spec.id, resp.status)
             try:
                 if resp.status >= 300:
                     body = await read_capped(resp, self._limits.max_error_bytes)
@@ -223,6 +225,7 @@ async def get_json(
             timeout=client_timeout,
             allow_redirects=False,
         ) as resp:
+            metrics.provider_http_response(spec.id, resp.status)
             if resp.status >= 300:
                 body = await read_capped(resp, limits.max_error_bytes)
                 resp.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -90,7 +91,11 @@ def test_example_reports_a_refused_token(node_ready: str, fake: FakeServers) -> 
     env = node_env(fake, RMLLM_TOKEN="rmk_wrong", RMLLM_EXAMPLE_KEY=KEY)
     result = run_node(node_ready, ["example.js"], env)
     assert result.returncode == 1
-    assert result.stderr == "example: UNAUTHENTICATED TOKEN_INVALID: missing or unknown token\n"
+    # The server's x-request-id rides in the error, so "send me the request id" works.
+    assert re.fullmatch(
+        r"example: UNAUTHENTICATED TOKEN_INVALID: missing or unknown token \[request id [0-9a-f]{16}\]\n",
+        result.stderr,
+    ), result.stderr
     assert result.stdout == ""
 
 

@@ -23,7 +23,7 @@ from testkit.llm_harness import BOB, auth, chat_request, llm_harness, rich_error
 from testkit.llm_scripted import STALL, ScriptedAdapter, answer, finished
 
 from llm_service.accounting import CallRecord
-from llm_service.adapters.base import ListedModel, TextDelta
+from llm_service.adapters.base import Finished, FinishReason, ListedModel, TextDelta, Usage
 from llm_service.usage import UsageReporter
 from rmllm_common.errors import ProviderUnavailable
 
@@ -302,3 +302,36 @@ async def test_a_record_that_cannot_be_built_is_dropped_alone() -> None:
     await reporter.flush(1.0)
     assert sent == [["r1", "r3"]]
     assert (reporter.stats.rejected, reporter.stats.reported, reporter.buffered) == (1, 2, 0)
+
+
+async def test_cache_and_reasoning_tokens_and_unreported_usage_are_recorded() -> None:
+    cached = Finished(
+        FinishReason.STOP,
+        Usage(
+            1000,
+            300,
+            1300,
+            cache_read_input_tokens=800,
+            cache_creation_input_tokens=100,
+            reasoning_tokens=200,
+        ),
+        "gpt-4o-mini",
+        "resp-1",
+    )
+    silent = Finished(FinishReason.STOP, Usage(reported=False), "gpt-4o-mini", "resp-2")
+    adapter = ScriptedAdapter(scripts=[[TextDelta("a"), cached], [TextDelta("b"), silent]])
+    async with llm_harness(FAST, adapter=adapter) as llm:
+        answer_usage = (await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)).usage
+        await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)
+        await until(lambda: len(llm.vault.usage) == 2)
+        first, second = sorted(
+            llm.vault.usage.values(), key=lambda r: r.cache_read_input_tokens, reverse=True
+        )
+        assert (first.input_tokens, first.output_tokens) == (1000, 300)
+        assert (first.cache_read_input_tokens, first.cache_creation_input_tokens, first.reasoning_tokens) == (
+            800,
+            100,
+            200,
+        )
+        assert first.usage_reported and first.cost_usd == pytest.approx(answer_usage.cost_usd)
+        assert not second.usage_reported and second.input_tokens == second.output_tokens == 0

@@ -1,0 +1,200 @@
+"""``python -m bench --telemetry``: the LLM service's CPU per Chat with metrics and tracing off and on.
+
+LLM services run side by side against the same vault and fake provider: as shipped
+(no ``--metrics-listen``, no ``OTEL_*``), with Prometheus metrics on, with
+Prometheus plus OpenTelemetry traces and metrics exported over OTLP to a local
+receiver (``tests/testkit/otlp.py``) with every trace sampled, and the same with 1 %
+of traces sampled (``OTEL_TRACES_SAMPLER=parentbased_traceidratio``). With
+``--baseline-src DIR`` (a checkout without the observability hooks, e.g. ``git
+worktree add /tmp/base <commit>``) its LLM service runs too, for the cost with
+everything off. Chat runs alternate between the configurations (so drift on a
+shared machine hits all alike) and each LLM process's CPU time per request is read
+from ``/proc`` around each run. The figures are in docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.plan import Plan
+from bench.runner import Session, Target
+from bench.stack import ROOT, raise_fd_limit
+
+CONCURRENCY = 16
+ROUNDS = 6
+
+
+def run_telemetry(plan: Plan, say: Callable[[str], None], baseline: Path | None = None) -> dict[str, Any]:
+    """Alternating Chat runs against LLM services with telemetry off and on."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from testkit.otlp import Receiver
+
+    raise_fd_limit()
+    receiver = Receiver()
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+    }
+    prometheus = {"RMLLM_METRICS_LISTEN": "127.0.0.1:0"}
+    sampled = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+    configs: dict[str, dict[str, str]] = {
+        "prometheus": prometheus,
+        "prometheus_otel_all": {**prometheus, **otel},
+        "prometheus_otel_1pct": {**prometheus, **otel, **sampled},
+    }
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="rmllm-bench-") as tmp:
+        session = Session(plan, Path(tmp), say)
+        try:
+            session.start()
+            off = session.targets["gateway"]
+            targets = [Target("off", off.job, off.services)]
+            launches = [(name, env, ROOT) for name, env in configs.items()]
+            if baseline is not None:
+                launches.insert(0, ("baseline", {}, baseline))
+            for name, env, source in launches:
+                proc = session.stack.start_llm(f"llm-{name}", extra_env=env, source=source)
+                targets.append(
+                    Target(name, {**off.job, "address": proc.address}, {"llm": [proc.pid], **_vault(off)})
+                )
+            for target in targets:
+                session.measure(target, "chat", CONCURRENCY, requests=plan.warmup_requests, seconds=10.0)
+            for round_no in range(ROUNDS):
+                for target in targets:
+                    row = session.measure(target, "chat", CONCURRENCY)
+                    row["config"] = target.name
+                    row["round"] = round_no
+                    rows.append(row)
+                    say(
+                        f"round {round_no} {target.name:<22} llm cpu {row['cpu_llm_ms']:.3f} ms/req "
+                        f"{row['rps']:7.0f}/s errors {row['errors']}"
+                    )
+        finally:
+            session.stop()
+            receiver.stop()
+    medians = {
+        t.name: statistics.median(r["cpu_llm_ms"] for r in rows if r["config"] == t.name) for t in targets
+    }
+    base = medians["off"]
+    summary = {
+        "concurrency": CONCURRENCY,
+        "rounds": ROUNDS,
+        "llm_cpu_ms_per_chat": medians,
+        "increase_over_off_pct": {name: 100 * (value / base - 1) for name, value in medians.items()},
+        "spans_received": len(receiver.spans),
+        "primitive_costs_us": primitive_costs(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return {"runs": rows, "summary": summary}
+
+
+def _vault(target: Target) -> dict[str, list[int]]:
+    return {"vault": target.services["vault"]}
+
+
+def primitive_costs(repeat: int = 20_000) -> dict[str, float]:
+    """Microseconds of CPU per operation the telemetry hooks perform, measured in this process."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+    from prometheus_client import CollectorRegistry, Histogram
+
+    attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+    }
+    histogram = (
+        MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench").create_histogram("h")
+    )
+    observed = Histogram("h_seconds", "h", ["a", "b"], registry=CollectorRegistry()).labels("a", "b")
+    sampled = TracerProvider().get_tracer("bench")
+    unsampled = TracerProvider(sampler=ParentBasedTraceIdRatio(0.0)).get_tracer("bench")
+
+    def span(tracer: Any) -> Callable[[], None]:
+        def one() -> None:
+            opened = tracer.start_span("chat gpt-4o-mini", attributes=attributes)
+            opened.set_attribute("gen_ai.usage.input_tokens", 10)
+            opened.end()
+
+        return one
+
+    work: dict[str, Callable[[], object]] = {
+        "prometheus_histogram_observe": lambda: observed.observe(0.5),
+        "otel_histogram_record": lambda: histogram.record(0.5, attributes),
+        "otel_span_sampled_no_export": span(sampled),
+        "otel_span_not_sampled": span(unsampled),
+    }
+    work.update(_per_call_work())
+    costs = {}
+    for name, fn in work.items():
+        started = time.process_time()
+        for _ in range(repeat):
+            fn()
+        costs[name] = (time.process_time() - started) / repeat * 1e6
+    return costs
+
+
+class _Context:
+    """Enough of a grpc.aio ServicerContext for ``Observer.begin``."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", "Bearer rmk_x"), ("x-request-id", "bench-1"), ("user-agent", "bench"))
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        pass
+
+
+def _per_call_work() -> dict[str, Callable[[], object]]:
+    """One Chat's observation as the servicer path makes it: off, and with Prometheus on.
+
+    The call's JSON log line is written (to /dev/null) as in production.
+    """
+    import grpc
+    from prometheus_client import CollectorRegistry
+    from realmultillm.llm.v1 import llm_pb2
+
+    from llm_service import metrics, telemetry
+    from llm_service.adapters.base import Finished, FinishReason, Usage
+    from rmllm_common.logs import JsonFormatter
+    from rmllm_common.observe import Observer
+    from rmllm_common.registry import default_registry
+
+    log = logging.getLogger("rmllm.calls")
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+    handler.setFormatter(JsonFormatter())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    spec = default_registry().resolve("openai")
+    finished = Finished(FinishReason.STOP, Usage(24, 8, 32), "gpt-4o-mini-2024-07-18", "chatcmpl-1")
+    usage = llm_pb2.Usage(input_tokens=24, output_tokens=8, total_tokens=32, cost_usd=0.00001)
+    context: Any = _Context()
+    prometheus = metrics.CallHooks(metrics.LLMMetrics(CollectorRegistry()))
+
+    def one(observer: Observer) -> Callable[[], None]:
+        def call() -> None:
+            observed = observer.begin("/realmultillm.llm.v1.LLMService/Chat", context, False)
+            telemetry.note_provider(spec)
+            telemetry.note_prepared(spec, "gpt-4o-mini")
+            telemetry.note_first_event()
+            telemetry.note_answer(finished, usage)
+            observer.end(observed, grpc.StatusCode.OK, "")
+
+        return call
+
+    return {
+        "observed_call_off": one(Observer("llm")),
+        "observed_call_prometheus": one(Observer("llm", prometheus)),
+    }

@@ -1,0 +1,178 @@
+"""Telemetry settings and the once-per-process set-up of Prometheus and OpenTelemetry.
+
+``TelemetrySettings.from_env`` reads the opt-ins: ``--metrics-listen`` /
+``RMLLM_METRICS_LISTEN`` (Prometheus, off when unset), ``PROMETHEUS_MULTIPROC_DIR``
+(set by the ``--workers`` supervisor, see ``prom``), and the standard ``OTEL_*``
+variables: traces are exported when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set (metrics likewise with
+``..._METRICS_ENDPOINT``), unless ``OTEL_SDK_DISABLED=true`` or
+``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` is ``none``. The exporters
+read the rest themselves (protocol, headers, timeouts, ``OTEL_SERVICE_NAME``,
+``OTEL_RESOURCE_ATTRIBUTES``). Message contents are only put on spans with
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``. With nothing set,
+``start`` does nothing and every hook stays a cheap ``if`` on a flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """What this process exports, decided once at start."""
+
+    metrics_listen: str | None = None
+    multiproc_dir: str | None = None
+    traces: bool = False
+    otel_metrics: bool = False
+    protocol: str = "grpc"
+    capture_content: bool = False
+
+    @property
+    def prometheus(self) -> bool:
+        """Record Prometheus metrics (served here, or by the supervisor)."""
+        return bool(self.metrics_listen or self.multiproc_dir)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], metrics_listen: str | None = None) -> TelemetrySettings:
+        """Read the opt-ins; ``metrics_listen`` is the ``--metrics-listen`` flag."""
+        from rmllm_common.prom import MULTIPROC_ENV  # noqa: PLC0415 - keeps prometheus_client lazy
+
+        listen = (metrics_listen or env.get("RMLLM_METRICS_LISTEN") or "").strip() or None
+        if listen is not None:
+            _check_listen(listen)
+        disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+
+        def wanted(signal: str) -> bool:
+            chosen = env.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower()
+            specific = env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "").strip()
+            return not disabled and chosen != "none" and bool(endpoint or specific)
+
+        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").strip().lower() or "grpc"
+        if protocol not in ("grpc", "http/protobuf"):
+            raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or http/protobuf, not {protocol!r}")
+        return cls(
+            metrics_listen=listen,
+            multiproc_dir=env.get(MULTIPROC_ENV, "").strip() or None,
+            traces=wanted("TRACES"),
+            otel_metrics=wanted("METRICS"),
+            protocol=protocol,
+            capture_content=env.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "").strip().lower()
+            in _TRUE,
+        )
+
+
+def _check_listen(listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"--metrics-listen / RMLLM_METRICS_LISTEN must be HOST:PORT (for example 127.0.0.1:9464), "
+            f"not {listen[:80]!r}"
+        )
+
+
+# Bucket boundaries of the OpenTelemetry GenAI metrics, as the semantic conventions give them.
+OPERATION_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+TOKEN_USAGE_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+TIME_TO_FIRST_TOKEN_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+TIME_PER_OUTPUT_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+GENAI_BUCKETS = {
+    "gen_ai.client.operation.duration": OPERATION_DURATION_BUCKETS,
+    "gen_ai.client.token.usage": TOKEN_USAGE_BUCKETS,
+    "gen_ai.server.time_to_first_token": TIME_TO_FIRST_TOKEN_BUCKETS,
+    "gen_ai.server.time_per_output_token": TIME_PER_OUTPUT_TOKEN_BUCKETS,
+}
+
+
+def start(settings: TelemetrySettings, service_name: str) -> Callable[[], None]:
+    """Set up what ``settings`` asks for in this process; return the shutdown (flush) function."""
+    stops: list[Callable[[], Any]] = []
+    if settings.metrics_listen:
+        from rmllm_common.prom import serve_metrics  # noqa: PLC0415
+
+        server, _ = serve_metrics(settings.metrics_listen, settings.multiproc_dir)
+        stops.append(server.shutdown)
+        stops.append(server.server_close)
+    if settings.traces or settings.otel_metrics:
+        stops.extend(_start_otel(settings, service_name))
+
+    def stop() -> None:
+        for fn in stops:
+            try:
+                fn()
+            except Exception:  # a failing exporter must not stop the shutdown
+                log.warning("telemetry shutdown step failed", exc_info=True)
+
+    return stop
+
+
+def _start_otel(settings: TelemetrySettings, service_name: str) -> list[Callable[[], Any]]:
+    # Imported here: a process without OTEL_* never loads the SDK.
+    from opentelemetry import metrics, trace  # noqa: PLC0415
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource  # noqa: PLC0415
+
+    # One instance id per process: with --workers N each worker exports its own metric streams,
+    # which a backend must not mistake for one process restarting.
+    own = {"service.name": service_name, "service.instance.id": str(uuid.uuid4())}
+    resource = Resource.create(own).merge(OTELResourceDetector().detect())
+    stops: list[Callable[[], Any]] = []
+    grpc_protocol = settings.protocol == "grpc"
+    if settings.traces:
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+
+        if grpc_protocol:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]  # noqa: PLC0415
+                OTLPSpanExporter,
+            )
+        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(tracer_provider)
+        stops.append(tracer_provider.shutdown)
+    if settings.otel_metrics:
+        from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: PLC0415
+        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View  # noqa: PLC0415
+
+        if grpc_protocol:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
+                OTLPMetricExporter,
+            )
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]  # noqa: PLC0415
+                OTLPMetricExporter,
+            )
+        views = [
+            View(instrument_name=name, aggregation=ExplicitBucketHistogramAggregation(boundaries))
+            for name, boundaries in GENAI_BUCKETS.items()
+        ]
+        meter_provider = MeterProvider(
+            resource=resource,
+            metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())],
+            views=views,
+        )
+        metrics.set_meter_provider(meter_provider)
+        stops.append(meter_provider.shutdown)
+    log.info(
+        "exporting telemetry",
+        extra={"traces": settings.traces, "otel_metrics": settings.otel_metrics, "event": "otel"},
+    )
+    return stops

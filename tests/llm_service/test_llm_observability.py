@@ -1,0 +1,233 @@
+"""The LLM service's observability, in process: the request id on every answer, the
+call's JSON log line, the Prometheus metrics each outcome records, and the GenAI span
+(message contents only on opt-in)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator, Sequence
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+from realmultillm.vault.v1 import vault_pb2
+from testkit.llm_harness import LLMHarness, auth, chat_request, llm_harness, stream_request
+from testkit.llm_scripted import answer
+
+from llm_service import metrics
+from llm_service.accounting import CallRecord
+from llm_service.usage import UsageReporter
+from rmllm_common import errors
+from rmllm_common.logs import JsonFormatter
+
+TRACEPARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+# build_server turns recording on; only `serve` opens the listener.
+METRICS = {"RMLLM_METRICS_LISTEN": "127.0.0.1:0"}
+TRACING = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_METRICS_EXPORTER": "none"}
+
+
+def trailing_ids(metadata: object) -> list[str]:
+    return [str(v) for k, v in (metadata or ()) if k == "x-request-id"]  # type: ignore[attr-defined]
+
+
+async def test_request_id_is_returned_on_success_and_on_error(llm: LLMHarness) -> None:
+    call = llm.stub.Chat(chat_request(), metadata=(*auth(), ("x-request-id", "req-7")))
+    await call
+    assert trailing_ids(await call.trailing_metadata()) == ["req-7"]
+    stream = llm.stub.StreamChat(stream_request(), metadata=(*auth(), ("x-request-id", "req-8")))
+    assert [m.WhichOneof("event") async for m in stream][-1] == "done"
+    assert trailing_ids(await stream.trailing_metadata()) == ["req-8"]
+    # An invalid id is replaced by a generated one, and errors carry it too.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.stub.Chat(chat_request(provider="nope"), metadata=(*auth(), ("x-request-id", "bad id!")))
+    [generated] = trailing_ids(caught.value.trailing_metadata())
+    assert re.fullmatch(r"[0-9a-f]{16}", generated)
+    assert llm.vault.calls[0].metadata["x-request-id"] == "req-7"
+
+
+async def test_one_json_log_line_per_finished_call(llm: LLMHarness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rmllm.calls")
+    llm.adapter.scripts = [answer("Hel", "lo", input_tokens=11, output_tokens=7)]
+    await llm.stub.Chat(
+        chat_request(), metadata=(*auth(), ("x-request-id", "req-9"), ("traceparent", TRACEPARENT))
+    )
+    llm.adapter.scripts = [[errors.ProviderKeyInvalid("401", provider="openai")]]
+    with pytest.raises(grpc.aio.AioRpcError):
+        await llm.stub.Chat(chat_request(), metadata=(*auth(), ("x-request-id", "req-10")))
+    lines = [
+        json.loads(JsonFormatter().format(r))
+        for r in caplog.records
+        if r.name == "rmllm.calls" and getattr(r, "service", "") == "llm"
+    ]
+    ok, failed = lines
+    assert ok["request_id"] == "req-9" and ok["trace_id"] == "ab" * 16
+    assert (ok["method"], ok["provider"], ok["model"], ok["code"], ok["reason"]) == (
+        "Chat",
+        "openai",
+        "gpt-4o-mini",
+        "OK",
+        "",
+    )
+    assert (ok["usage_input"], ok["usage_output"]) == (11, 7)
+    assert 0 <= ok["ttft_seconds"] <= ok["latency_seconds"]
+    assert (failed["request_id"], failed["code"], failed["reason"]) == (
+        "req-10",
+        "FAILED_PRECONDITION",
+        "PROVIDER_KEY_INVALID",
+    )
+    assert "usage_input" not in failed and "ttft_seconds" not in failed
+
+
+def snapshot() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in REGISTRY.collect()
+        if family.name.startswith("rmllm_llm_")
+        for s in family.samples
+    }
+
+
+def delta(before: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return snapshot().get(key, 0.0) - before.get(key, 0.0)
+
+
+async def test_every_outcome_is_counted() -> None:
+    env = {
+        **METRICS,
+        "RMLLM_CHAT_RATE_PER_MINUTE": "1",
+        "RMLLM_CHAT_BURST": "4",
+        "RMLLM_CREDENTIAL_CACHE_SECONDS": "5",
+    }
+    async with llm_harness(env) as llm:
+        before = snapshot()
+        unavailable = errors.ProviderUnavailable("503", provider="openai")
+        llm.adapter.scripts = [
+            answer("a", "b", "c", input_tokens=10, output_tokens=5),
+            answer("x", input_tokens=3, output_tokens=2),
+            [unavailable],
+            answer("y", input_tokens=1, output_tokens=1),
+            answer("z", input_tokens=1, output_tokens=1),
+        ]
+        await llm.stub.Chat(chat_request(), metadata=auth())
+        assert [m.WhichOneof("event") async for m in llm.stub.StreamChat(stream_request(), metadata=auth())]
+        await llm.stub.Chat(chat_request(), metadata=auth())  # one retry, then "y"
+        await llm.stub.Chat(chat_request(model="my-finetune"), metadata=auth())
+        with pytest.raises(grpc.aio.AioRpcError):  # past the burst of 4
+            await llm.stub.Chat(chat_request(), metadata=auth())
+        with pytest.raises(grpc.aio.AioRpcError):
+            await llm.stub.Chat(chat_request(provider="nope"), metadata=auth())
+
+    def requests(method: str, model: str, code: str, reason: str = "", provider: str = "openai") -> float:
+        labels = {"method": method, "provider": provider, "model": model, "code": code, "reason": reason}
+        return delta(before, "rmllm_llm_requests_total", **labels)
+
+    assert requests("Chat", "gpt-4o-mini", "OK") == 2
+    assert requests("StreamChat", "gpt-4o-mini", "OK") == 1
+    assert requests("Chat", "other", "OK") == 1  # a model the registry does not know is no label value
+    assert requests("Chat", "gpt-4o-mini", "RESOURCE_EXHAUSTED", "RATE_LIMITED") == 1
+    assert requests("Chat", "none", "INVALID_ARGUMENT", "UNKNOWN_PROVIDER", provider="none") == 1
+    assert delta(before, "rmllm_llm_refusals_total", reason="RATE_LIMITED") == 1
+    assert delta(before, "rmllm_llm_provider_retries_total", provider="openai") == 1
+    tokens = {
+        kind: delta(before, "rmllm_llm_tokens_total", provider="openai", model="gpt-4o-mini", type=kind)
+        for kind in ("input", "output")
+    }
+    assert tokens == {"input": 10 + 3 + 1, "output": 5 + 2 + 1}
+    ttft = delta(
+        before, "rmllm_llm_time_to_first_token_seconds_count", provider="openai", model="gpt-4o-mini"
+    )
+    assert ttft == 3
+    assert delta(before, "rmllm_llm_cost_usd_total", provider="openai", model="gpt-4o-mini") > 0
+    assert delta(before, "rmllm_llm_open_streams") == 0
+    assert delta(before, "rmllm_llm_credential_cache_lookups_total", result="miss") == 1
+    assert delta(before, "rmllm_llm_credential_cache_lookups_total", result="hit") == 4
+    vault = delta(
+        before, "rmllm_llm_vault_call_duration_seconds_count", method="ResolveCredentials", code="OK"
+    )
+    assert vault == 1
+
+
+@pytest.fixture(scope="module")
+def exported() -> Iterator[InMemorySpanExporter]:
+    """The process's tracer provider, keeping spans in memory (set once per process)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    yield exporter
+
+
+def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
+    return {span.name: span for span in spans}
+
+
+async def test_genai_span_and_message_contents_only_on_opt_in(exported: InMemorySpanExporter) -> None:
+    async with llm_harness(TRACING) as llm:
+        exported.clear()
+        llm.adapter.scripts = [answer("Hello", "!", input_tokens=4, output_tokens=2)]
+        await llm.stub.Chat(chat_request("Hi there"), metadata=(*auth(), ("traceparent", TRACEPARENT)))
+    spans = by_name(exported.get_finished_spans())
+    server = spans["realmultillm.llm.v1.LLMService/Chat"]
+    chat = spans["chat gpt-4o-mini"]
+    resolve = spans["realmultillm.vault.v1.VaultService/ResolveCredentials"]
+    assert format(server.context.trace_id, "032x") == "ab" * 16  # the caller's trace continues
+    assert chat.parent is not None and chat.parent.span_id == server.context.span_id
+    assert resolve.parent is not None and resolve.parent.span_id == server.context.span_id
+    attributes = dict(chat.attributes or {})
+    assert attributes["gen_ai.usage.input_tokens"] == 4
+    assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert not any("messages" in key for key in attributes)
+
+    async with llm_harness({**TRACING, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}) as llm:
+        exported.clear()
+        llm.adapter.scripts = [answer("Hello", "!")]
+        await llm.stub.Chat(chat_request("Hi there"), metadata=auth())
+        llm.adapter.scripts = [[errors.ProviderKeyInvalid("401", provider="openai")]]
+        with pytest.raises(grpc.aio.AioRpcError):
+            await llm.stub.Chat(chat_request("Hi again"), metadata=auth())
+    ok, failed = [s for s in exported.get_finished_spans() if s.name == "chat gpt-4o-mini"]
+    attributes = dict(ok.attributes or {})
+    assert json.loads(str(attributes["gen_ai.input.messages"]))[0]["parts"][0]["content"] == "Hi there"
+    assert json.loads(str(attributes["gen_ai.output.messages"]))[0]["parts"][0]["content"] == "Hello!"
+    assert (failed.attributes or {})["error.type"] == "PROVIDER_KEY_INVALID"
+    assert failed.status.status_code == trace.StatusCode.ERROR
+
+
+async def test_usage_reporter_depth_and_drops_are_metrics() -> None:
+    metrics.enable()
+    before = snapshot()
+    refused = {"on": False}
+
+    async def send(
+        batches: Sequence[Sequence[vault_pb2.UsageRecord]], timeout: float
+    ) -> vault_pb2.ReportUsageResponse:
+        if refused["on"]:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata()
+            )
+        return vault_pb2.ReportUsageResponse(accepted=sum(len(b) for b in batches))
+
+    reporter = UsageReporter(send, interval=0.01, batch_size=100, max_buffer=3)
+    for i in range(5):  # two past the buffer of 3
+        record = CallRecord("Chat", False, time.time(), time.perf_counter(), user_id="u", token_id="t")
+        record.request_id, record.status_code, record.ended = f"r{i}", "OK", time.perf_counter()
+        reporter.submit(record)
+    assert delta(before, "rmllm_llm_usage_records_dropped_total", reason="overflow") == 2
+    refused["on"] = True
+    reporter.start()
+    deadline = time.monotonic() + 10
+    while reporter.buffered:
+        assert time.monotonic() < deadline, "the refused records were never dropped"
+        await asyncio.sleep(0.01)
+    assert delta(before, "rmllm_llm_usage_records_dropped_total", reason="rejected") == 3
+    assert snapshot()[("rmllm_llm_usage_queue_depth", ())] == 0
+    await reporter.close(0.1)

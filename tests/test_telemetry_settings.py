@@ -1,0 +1,75 @@
+"""The telemetry opt-ins: ``--metrics-listen`` / ``RMLLM_METRICS_LISTEN`` and the standard
+``OTEL_*`` variables, read once into the settings; and one server process serving its own
+``/metrics``."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from testkit.llm_harness import SERVICE_TOKEN
+from testkit.stack import Stack
+
+from clients import Client
+from clients import errors as cerr
+from llm_service.settings import LLMSettings, SettingsError
+from rmllm_common.telemetry import TelemetrySettings
+
+TOKEN = SERVICE_TOKEN  # the harness's random-looking credential
+
+
+def test_everything_is_off_by_default() -> None:
+    settings = TelemetrySettings.from_env({})
+    assert not settings.prometheus and not settings.traces and not settings.otel_metrics
+    assert not settings.capture_content
+
+
+def test_otel_variables_turn_export_on_and_off() -> None:
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
+    on = TelemetrySettings.from_env(endpoint)
+    assert on.traces and on.otel_metrics and on.protocol == "grpc"
+    assert TelemetrySettings.from_env({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4317"}).traces
+    assert not TelemetrySettings.from_env(
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4317"}
+    ).otel_metrics
+    assert not TelemetrySettings.from_env({**endpoint, "OTEL_SDK_DISABLED": "true"}).traces
+    only_metrics = TelemetrySettings.from_env({**endpoint, "OTEL_TRACES_EXPORTER": "none"})
+    assert (only_metrics.traces, only_metrics.otel_metrics) == (False, True)
+    http = TelemetrySettings.from_env({**endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    assert http.protocol == "http/protobuf"
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        TelemetrySettings.from_env({**endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+    content = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
+    assert TelemetrySettings.from_env(content).capture_content
+
+
+def test_metrics_listen_flag_wins_and_bad_addresses_are_refused() -> None:
+    env = {"RMLLM_SERVICE_TOKEN": TOKEN, "RMLLM_METRICS_LISTEN": "127.0.0.1:9464"}
+    assert LLMSettings.from_env(env).telemetry.metrics_listen == "127.0.0.1:9464"
+    flagged = LLMSettings.from_env(env, metrics_listen="0.0.0.0:9999")
+    assert flagged.telemetry.metrics_listen == "0.0.0.0:9999"
+    with pytest.raises(SettingsError, match="RMLLM_METRICS_LISTEN must be HOST:PORT"):
+        LLMSettings.from_env({**env, "RMLLM_METRICS_LISTEN": "9464"})
+
+
+def test_one_process_serves_its_own_metrics(tmp_path: Path) -> None:
+    stack = Stack.start(tmp_path, RMLLM_METRICS_LISTEN="127.0.0.1:0")
+    try:
+        token = stack.create_user("carol")
+        with Client(token, llm_target=stack.llm.address, vault_target=stack.vault.address) as client:
+            for _ in range(3):
+                with pytest.raises(cerr.InvalidRequest):
+                    client.chat("nope", "Hello")
+        address = next(str(e["address"]) for e in stack.llm.events() if e.get("event") == "metrics")
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+    finally:
+        stack.stop()
+    samples = {
+        (s.name, s.labels.get("code", ""), s.labels.get("reason", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("rmllm_llm_requests_total", "INVALID_ARGUMENT", "UNKNOWN_PROVIDER")] == 3
