@@ -87,7 +87,9 @@ def append(db: Database, event: Event) -> int:
 
 def append_many(db: Database, events: Sequence[Event]) -> int:
     """Add ``events`` to the chain in order (the head read and advanced once); call inside
-    the write transaction. Returns the last row's seq (the head's when ``events`` is empty)."""
+    the write transaction. Returns the last row's seq (the head's when ``events`` is empty).
+    Each row is one observation of the append metric, at its share of the batch's time."""
+    started = time.perf_counter()
     head_seq, head_hash = db.execute(_HEAD_FOR_UPDATE if db.is_postgres else _HEAD).fetchone()
     seq, digest = int(head_seq), head_hash
     if not events:
@@ -112,6 +114,9 @@ def append_many(db: Database, events: Sequence[Event]) -> int:
             ),
         )
     db.execute(_ADVANCE, (seq, digest))
+    share = (time.perf_counter() - started) / len(events)
+    for _ in events:
+        metrics.audit_append(share)
     return seq
 
 

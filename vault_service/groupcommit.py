@@ -57,7 +57,7 @@ class GroupCommit(Generic[T]):
         # A caller that goes away does not take its write with it: the batch still commits.
         await asyncio.shield(done)
 
-    def _transaction(self, items: Sequence[T]) -> None:
+    def _group_commit(self, items: Sequence[T]) -> None:
         with self._db.write():
             self._apply(self._db, items)
 
@@ -67,7 +67,7 @@ class GroupCommit(Generic[T]):
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 try:
-                    await self._db.run(self._transaction, [item for item, _ in batch])
+                    await self._db.run(self._group_commit, [item for item, _ in batch])
                 except Exception as exc:
                     _settle(batch, exc)
                 except BaseException:

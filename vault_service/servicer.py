@@ -152,7 +152,7 @@ def entry_to_proto(entry: ledger.Entry) -> vault_pb2.UsageRecord:
     )
 
 
-def _lookup_with_limits(
+def _resolve_with_limits(
     db: Database, keyring: Keyring, token: str, provider: str, request_id: str
 ) -> tuple[configs.Lookup, limits.Limits | None]:
     found = configs.lookup(db, keyring, token, provider, request_id)
@@ -292,7 +292,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
     ) -> tuple[configs.Resolved, limits.Limits]:
         """Read and decrypt off the writer; answer once the audit row and use count are durable."""
         found, found_limits = await self._db.run(
-            _lookup_with_limits, self._db, self._keyring, token, provider, request_id
+            _resolve_with_limits, self._db, self._keyring, token, provider, request_id
         )
         if found.use is not None:
             await self._uses.commit(found.use)
