@@ -9,7 +9,7 @@ Example::
             with client.stream_chat("openai", "Write a haiku") as stream:
                 for delta in stream:
                     print(delta, end="", flush=True)
-            print(f"\\n{stream.result.usage.total_tokens} tokens, ${stream.result.usage.cost_usd:.6f}")
+            print(f"\\n{stream.result.usage}")  # 12 in / 34 out tokens · $0.000022
         except KeyNotConfigured:
             print("store a key first: rmllm keys set openai")
 
@@ -41,6 +41,7 @@ from clients.datatypes import (
     Tool,
     ToolCall,
     Usage,
+    format_usd,
 )
 from clients.errors import (
     AlreadyExists,
@@ -76,6 +77,7 @@ from clients.errors import (
     UnknownProvider,
     UpstreamResponseTooLarge,
     UpstreamStreamTruncated,
+    UserDisabled,
     VaultUnavailable,
     from_grpc_error,
 )
@@ -148,6 +150,8 @@ __all__ = [
     "UsageRecord",
     "UsageSummary",
     "UsageTotals",
+    "UserDisabled",
     "VaultUnavailable",
+    "format_usd",
     "from_grpc_error",
 ]

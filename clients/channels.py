@@ -1,11 +1,15 @@
 """Channel set-up shared by the sync and asyncio clients: targets, TLS, retries, deadlines.
 
 ``ClientOptions`` holds everything a client needs to reach the two services: the
-LLM service target (default ``127.0.0.1:50051``), the vault target (default
-``127.0.0.1:50052``), the user token, optional ``Tls`` (root certificates, and a
-client certificate and key for mTLS; insecure when ``None``, meant for loopback),
-and the default deadlines (``timeout`` for ordinary calls, ``chat_timeout`` for
-Chat and StreamChat). ``SERVICE_CONFIG`` is the gRPC service config installed on
+LLM service target (default ``127.0.0.1:50051``) and the vault target (default
+``127.0.0.1:50052``), each one address, several separated by commas (IP
+addresses or ``localhost``: ``"10.0.0.5:50051,10.0.0.6:50051"``), or a gRPC name
+such as ``dns:///llm.internal:50051`` that resolves to several, the calls being
+spread over every address that answers (the ``round_robin`` policy); the user
+token; optional ``Tls`` (root certificates, and a client certificate and key for
+mTLS; insecure when ``None``, meant for loopback); and the default deadlines
+(``timeout`` for ordinary calls, ``chat_timeout`` for Chat and StreamChat).
+``SERVICE_CONFIG`` is the gRPC service config installed on
 every channel: it retries ``UNAVAILABLE`` only for idempotent reads (Get/List
 configs, ListProviders, ListModels); Chat, StreamChat, Put, Update and Delete are
 never retried, and neither is TestKey: each attempt probes the provider and spends
@@ -15,7 +19,9 @@ retries the provider itself.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -55,8 +61,48 @@ SERVICE_CONFIG: Final = json.dumps(
         ],
         # Stop retrying when most calls fail: retries must not pile onto an outage.
         "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+        # Several replicas behind one target: spread the calls, skip the ones that are down.
+        "loadBalancingConfig": [{"round_robin": {}}],
     }
 )
+_SCHEMES: Final = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "xds:")
+
+
+def channel_target(target: str | Sequence[str]) -> str:
+    """The one gRPC target for one address, several, or a gRPC name.
+
+    Several addresses (a list, or one string separated by commas) must be IP
+    addresses or ``localhost`` with a port: they become an ``ipv4:``/``ipv6:``
+    target. For several hosts by name, give a ``dns:///`` name that resolves to all
+    of them.
+    """
+    parts = [t.strip() for t in ([target] if isinstance(target, str) else target) for t in t.split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise ValueError("give at least one target (HOST:PORT)")
+    if len(parts) == 1:
+        return parts[0]
+    families = set()
+    addresses = []
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        host = host.strip("[]")
+        if part.startswith(_SCHEMES) or not sep or not port.isdigit():
+            raise ValueError(f"several targets must each be IP:PORT, not {part!r}")
+        if host == "localhost":
+            host = "127.0.0.1"
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"several targets must be IP addresses ({host!r} is a name); "
+                "for several hosts by name use one dns:///NAME:PORT target"
+            ) from None
+        families.add(ip.version)
+        addresses.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    if len(families) > 1:
+        raise ValueError("several targets must all be IPv4 or all IPv6")
+    return ("ipv6:" if families == {6} else "ipv4:") + ",".join(addresses)
 
 
 @dataclass(frozen=True)
@@ -124,15 +170,17 @@ class ClientOptions:
         return options
 
 
-def sync_channel(options: ClientOptions, target: str) -> grpc.Channel:
-    """A blocking channel to ``target``."""
+def sync_channel(options: ClientOptions, target: str | Sequence[str]) -> grpc.Channel:
+    """A blocking channel to ``target`` (one address, several, or a gRPC name)."""
+    target = channel_target(target)
     if options.tls is None:
         return grpc.insecure_channel(target, options=options.grpc_options())
     return grpc.secure_channel(target, options.tls.credentials(), options=options.grpc_options())
 
 
-def aio_channel(options: ClientOptions, target: str) -> grpc.aio.Channel:
-    """An asyncio channel to ``target``."""
+def aio_channel(options: ClientOptions, target: str | Sequence[str]) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` (one address, several, or a gRPC name)."""
+    target = channel_target(target)
     if options.tls is None:
         return grpc.aio.insecure_channel(target, options=options.grpc_options())
     return grpc.aio.secure_channel(target, options.tls.credentials(), options=options.grpc_options())

@@ -11,8 +11,9 @@ Examples::
     rmllm chat -p openai "Write a haiku about gRPC"
     rmllm chat -p google --image chart.png --pdf report.pdf "Do these agree?"
     rmllm chat -p openai --tool weather.json --json-schema answer.json --reasoning high "..."
+    rmllm chat -p openai                 # on a terminal: a conversation (/reset, /exit, Ctrl-D)
     echo "Summarise this" | rmllm chat -p claude --system "Be brief"
-    rmllm providers; rmllm models google
+    rmllm providers; rmllm models google; rmllm models -p google
     rmllm usage --since 30d --by provider   # your calls, tokens and cost, and a per-day chart
 
 Keys and tokens are never taken from the command line (where ``ps`` and shell
@@ -38,6 +39,7 @@ from clients import cli_chat, cli_usage, config
 from clients import cli_format as out
 from clients.channels import DEFAULT_CHAT_TIMEOUT, DEFAULT_TIMEOUT
 from clients.cli_chat import UsageError
+from clients.cli_conversation import ChatOptions, Conversation, stream_answer
 from clients.datatypes import TestKeyReason
 from clients.errors import RmllmClientError
 from clients.sync import Client
@@ -150,18 +152,41 @@ def parser() -> argparse.ArgumentParser:
     test.add_argument("--stored", action="store_true", help="test the stored key instead of reading one")
     test.add_argument("--base-url", help="endpoint override for the test")
 
-    chat = add("chat", help="chat with a provider, streaming the answer")
-    chat.add_argument("-p", "--provider", required=True)
-    chat.add_argument("-m", "--model")
+    chat = add(
+        "chat",
+        help="chat with a provider, streaming the answer",
+        description="Send a prompt to a provider and stream the answer, then a summary line "
+        "(tokens, cost, finish reason) on stderr. The prompt comes from the argument, else stdin; "
+        "with neither, on a terminal, a conversation starts: each line is a turn, the history is "
+        "kept, /reset forgets it, /exit or Ctrl-D ends it.",
+        epilog="examples: rmllm chat -p openai 'Write a haiku'; "
+        "echo 'Summarise this' | rmllm chat -p claude. "
+        "`rmllm providers` lists the provider ids and aliases, `rmllm models PROVIDER` the models.",
+    )
+    chat.add_argument(
+        "-p",
+        "--provider",
+        required=True,
+        help="provider id or alias, e.g. openai, claude (see `rmllm providers`)",
+    )
+    chat.add_argument(
+        "-m",
+        "--model",
+        help="model id (see `rmllm models PROVIDER`); default: the default model stored with your key, "
+        "else the provider's",
+    )
     chat.add_argument("--system", help="system instructions")
-    chat.add_argument("--temperature", type=float)
-    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float, help="sampling temperature (the provider's range)")
+    chat.add_argument("--max-tokens", type=int, help="the longest answer, in tokens")
     cli_chat.add_flags(chat)
     chat.add_argument("prompt", nargs="?", default="-", help="the prompt; '-' or omitted: read stdin")
 
     add("providers", help="list the providers")
     models = add("models", help="list the models of a provider")
-    models.add_argument("provider")
+    models.add_argument("provider", nargs="?", help="provider id or alias (see `rmllm providers`)")
+    models.add_argument(
+        "-p", "--provider", dest="provider_flag", metavar="PROVIDER", help="the same, as in `rmllm chat -p`"
+    )
     usage = add("usage", help="your usage: calls, tokens and cost, with a per-day chart")
     usage.add_argument("--since", default="7d", help="an age (24h, 7d) or a UTC date; default 7d")
     usage.add_argument("--by", choices=["model", "provider", "day"], default="model", help="default model")
@@ -176,6 +201,13 @@ def parser() -> argparse.ArgumentParser:
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse, refusing extra words on secret-reading commands without echoing them."""
     args, extra = parser().parse_known_args(argv)
+    if args.command == "models":
+        given = {name for name in (args.provider, args.provider_flag) if name}
+        if len(given) != 1:
+            raise UsageError(
+                "name one provider: `rmllm models openai` or `rmllm models -p openai` (see `rmllm providers`)"
+            )
+        args.provider = given.pop()
     if extra:
         command = (args.command, getattr(args, "keys_command", None))
         if command in SECRET_COMMANDS:
@@ -290,52 +322,48 @@ class Cli:
     def chat(self) -> int:
         args = self.args
         if args.prompt == "-" and self.stdin.isatty():
-            self.note("rmllm: type the prompt, then Ctrl-D")
+            first, extra = cli_chat.chat_options(args, "")
+            with self.client() as client:
+                return Conversation(
+                    client,
+                    self.chat_options(extra),
+                    self.stdin,
+                    self.stdout,
+                    self.stderr,
+                    self.describe,
+                    first_parts=first[0].parts,
+                ).run()
         prompt = self.stdin.read() if args.prompt == "-" else args.prompt
         if not prompt.strip():
             raise UsageError("empty prompt: give one as an argument or on stdin")
-        messages, options = cli_chat.chat_options(args, prompt)
+        messages, extra = cli_chat.chat_options(args, prompt)
         with self.client() as client:
-            stream = client.stream_chat(
-                args.provider,
-                messages,
-                model=args.model,
-                system=args.system,
-                temperature=args.temperature,
-                max_tokens=args.max_tokens,
-                **options,
+            answer = stream_answer(client, self.chat_options(extra), messages, self.stdout, self.stderr)
+        return out.EXIT_OK if answer is not None else out.EXIT_INTERRUPTED
+
+    def chat_options(self, extra: dict[str, Any]) -> ChatOptions:
+        args = self.args
+        return ChatOptions(
+            args.provider,
+            args.model,
+            args.system,
+            args.temperature,
+            args.max_tokens,
+            extra=extra,
+            show_reasoning=args.show_reasoning,
+        )
+
+    def describe(self, error: RmllmClientError) -> str:
+        """The one line for ``error``, its hint knowing where the token came from."""
+        settings = self.settings
+        return one_line(
+            out.describe(
+                error,
+                getattr(self.args, "provider", None),
+                credential_from=settings.credential_from,
+                path=str(settings.path) if settings.path else "",
             )
-            if args.show_reasoning:
-                stream.on_reasoning = self.reasoning_printer()
-            try:
-                for delta in stream:
-                    self.stdout.write(delta)
-                    self.stdout.flush()
-            except KeyboardInterrupt:
-                stream.cancel()
-                self.note("rmllm: interrupted: the chat was cancelled")
-                return out.EXIT_INTERRUPTED
-            finally:
-                if stream.text and not stream.text.endswith("\n"):
-                    self.stdout.write("\n")
-                self.stdout.flush()
-            result = stream.result
-            if result.tool_calls:
-                self.print(cli_chat.tool_calls_json(result.tool_calls))
-            if stream.reasoning and args.show_reasoning:
-                self.stderr.write("\n")
-            self.note(out.summary(result))
-        return out.EXIT_OK
-
-    def reasoning_printer(self) -> Callable[[str], None]:
-        """Writes reasoning pieces to stderr as they arrive (dimmed on a terminal)."""
-        terminal = self.stderr.isatty()
-
-        def write(piece: str) -> None:
-            self.stderr.write(cli_chat.dimmed(piece, terminal))
-            self.stderr.flush()
-
-        return write
+        )
 
     def providers(self) -> int:
         with self.client() as client:
@@ -369,7 +397,7 @@ class Cli:
         if not token:
             raise UsageError("no token given: paste the token from `rmllm-vault users create`")
         if not self.args.no_verify:
-            self.settings = dataclasses.replace(self.settings, token=token)
+            self.settings = dataclasses.replace(self.settings, token=token, credential_from="login")
             with self.client() as client:
                 client.list_configs()
         path = self.settings.path or config.config_path(os.environ)
@@ -391,16 +419,19 @@ def fail(message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rmllm``; returns the exit code."""
     provider: str | None = None
+    cli: Cli | None = None
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
         provider = getattr(args, "provider", None)
-        return Cli(args, sys.stdin, sys.stdout, sys.stderr).run()
+        cli = Cli(args, sys.stdin, sys.stdout, sys.stderr)
+        return cli.run()
     except UsageError as exc:
         return fail(str(exc), out.EXIT_USAGE)
     except config.ConfigError as exc:
         return fail(str(exc), out.EXIT_CONFIG)
     except RmllmClientError as exc:
-        return fail(out.describe(exc, provider), out.exit_code(exc))
+        line = cli.describe(exc) if cli is not None else out.describe(exc, provider)
+        return fail(line, out.exit_code(exc))
     except KeyboardInterrupt:
         print("\nrmllm: interrupted", file=sys.stderr)
         return out.EXIT_INTERRUPTED

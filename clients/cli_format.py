@@ -61,18 +61,37 @@ def _wait(error: errors.RmllmClientError) -> str:
     return f"retry in {max(1, math.ceil(error.retry_after))}s"
 
 
-def describe(error: errors.RmllmClientError, provider: str | None = None) -> str:  # noqa: PLR0911, PLR0912
-    """One line saying what went wrong and how to fix it."""
+def _token_hint(credential_from: str, path: str) -> str:
+    """What to do about a refused token, given where it came from (nothing for a pasted one)."""
+    if credential_from == "RMLLM_TOKEN":
+        return "; the token is the one in RMLLM_TOKEN: set it to a valid token"
+    if credential_from == "file":
+        return f"; the token is the one saved in {path}: save a valid one with `rmllm login`"
+    return ""
+
+
+def describe(  # noqa: PLR0911, PLR0912
+    error: errors.RmllmClientError, provider: str | None = None, *, credential_from: str = "", path: str = ""
+) -> str:
+    """One line saying what went wrong and how to fix it.
+
+    ``credential_from`` (``CliSettings.credential_from``) and ``path`` (the config file) say
+    where a refused token came from, so that the hint names the right place.
+    """
     p = error.provider or provider or "that provider"
     where = f"the {error.service or 'service'} at {error.target}" if error.target else "the service"
     if isinstance(error, errors.KeyNotConfigured | errors.ConfigNotFound):
         return f"no {p} key stored: run `rmllm keys set {p}`"
+    if isinstance(error, errors.UserDisabled):
+        return f"the token was refused: {error.message}"
     if isinstance(error, errors.Unauthenticated):
-        return "the token was refused: set RMLLM_TOKEN or run `rmllm login`"
+        return f"the token was refused: {error.message}{_token_hint(credential_from, path)}"
     if isinstance(error, errors.ModelNotAllowed):
         return f"not allowed: {error.message}"
     if isinstance(error, errors.PermissionDenied):
         return f"permission denied by {where}: {error.message}"
+    if isinstance(error, errors.CapabilityUnsupported):
+        return f"not supported: {error.message}"
     if isinstance(error, errors.ProviderKeyInvalid):
         return f"{p} rejected the stored key: store a valid one with `rmllm keys set {p}`"
     if isinstance(error, errors.UnknownProvider):
@@ -84,12 +103,18 @@ def describe(error: errors.RmllmClientError, provider: str | None = None) -> str
         return f"the {p} account has no quota or credit left: add credit, or `rmllm keys set {p}` another key"
     if isinstance(error, errors.ProviderRateLimited):
         return f"{p} is rate limiting this key: {_wait(error)}"
+    if isinstance(error, errors.UpstreamResponseTooLarge):
+        return f"the {p} answer passed this gateway's size limit: {error.message}"
     if isinstance(error, errors.BudgetExceeded):
         return f"over budget: {error.message}; see `rmllm usage`"
     if isinstance(error, errors.ResourceExhausted):
         return f"rate limited ({error.message}): {_wait(error)}"
     if isinstance(error, errors.VaultUnavailable):
         return f"{where} cannot reach the vault: is it running? {DEV_UP}"
+    if isinstance(error, errors.DatabaseUnavailable):
+        return f"{where} cannot use its database right now: {error.message}"
+    if isinstance(error, errors.ProviderUnavailable) and error.metadata.get("cause") == "dns":
+        return f"{p} cannot be reached: {error.message}"  # a name that does not resolve: waiting rarely helps
     if isinstance(error, errors.ProviderUnavailable):
         return f"{p} is unavailable right now ({error.message}): try again later"
     if isinstance(error, errors.UpstreamStreamTruncated):
@@ -150,7 +175,7 @@ def providers_table(providers: Sequence[ProviderInfo]) -> str:
         ]
         for p in providers
     ]
-    return table(["PROVIDER", "NAME", "ALIASES", "DEFAULT MODEL", "KEY", "MODELS"], rows)
+    return table(["PROVIDER", "NAME", "ALIASES", "DEFAULT MODEL", "NEEDS KEY", "MODELS"], rows)
 
 
 def _price(value: float) -> str:
@@ -174,7 +199,4 @@ def models_table(models: ModelList) -> str:
 def summary(result: ChatResult) -> str:
     """``[openai gpt-4o-mini · 12 in / 34 out tokens · $0.000022 · stop]``."""
     usage = result.usage
-    return (
-        f"[{result.provider} {result.model} · {usage.input_tokens} in / {usage.output_tokens} out tokens"
-        f" · ${usage.cost_usd:.6f} · {result.finish_reason.value}]"
-    )
+    return f"[{result.provider} {result.model} · {usage} · {result.finish_reason.value}]"

@@ -86,6 +86,9 @@ class CliSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     path: Path | None = None
+    # Where the token came from, for the hint when it is refused: "RMLLM_TOKEN", "file"
+    # (the config file at ``path``), "login" (pasted into ``rmllm login``), or "".
+    credential_from: str = ""
 
     def tls_options(self) -> Tls | None:
         """The client's TLS options, or None for plaintext."""
@@ -115,7 +118,9 @@ def load(
     def pick(env_name: str, file_key: str) -> str | None:
         return env.get(env_name) or file.get(file_key) or None
 
+    credential_from = "RMLLM_TOKEN" if env.get("RMLLM_TOKEN") else "file" if file.get("token") else ""
     return CliSettings(
+        credential_from=credential_from,
         llm_target=llm_target or pick("RMLLM_TARGET", "llm_target") or DEFAULT_LLM_TARGET,
         vault_target=vault_target or pick("RMLLM_VAULT_TARGET", "vault_target") or DEFAULT_VAULT_TARGET,
         token=pick("RMLLM_TOKEN", "token"),

@@ -131,9 +131,19 @@ def conversation(prompt: str | Sequence[Message], system: str | None = None) -> 
     return [message.to_proto() for message in messages]
 
 
+def format_usd(value: float) -> str:
+    """A cost in US dollars as people read it: fixed notation, at most 10 decimals (the
+    server rounds costs to 1e-10 USD), at least 2: ``$0.0000051``, ``$0.50``, ``$12.345``."""
+    whole, _, fraction = f"{value:.10f}".rstrip("0").partition(".")
+    return f"${whole}.{fraction.ljust(2, '0')}"
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts and cost (US dollars, from the registry's prices; 0 when unknown)."""
+    """Token counts and cost (US dollars, from the registry's prices; 0 when unknown).
+
+    ``str(usage)`` reads ``12 in / 34 out tokens · $0.000022``; ``cost_text`` is the cost alone.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -143,6 +153,14 @@ class Usage:
     cache_creation_input_tokens: int = 0  # included in input_tokens
     reasoning_tokens: int = 0  # included in output_tokens
     reported: bool = True  # False: the provider sent no usage; the counts are unknown
+
+    @property
+    def cost_text(self) -> str:
+        """The cost, formatted with ``format_usd``."""
+        return format_usd(self.cost_usd)
+
+    def __str__(self) -> str:
+        return f"{self.input_tokens} in / {self.output_tokens} out tokens · {self.cost_text}"
 
     @classmethod
     def from_proto(cls, usage: llm_pb2.Usage) -> Usage:

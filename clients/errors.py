@@ -120,6 +120,12 @@ class Unauthenticated(RmllmClientError, code_class=True):
     reason = "TOKEN_INVALID"
 
 
+class UserDisabled(Unauthenticated):
+    """The token is real, but the operator disabled its user (USER_DISABLED)."""
+
+    reason = "USER_DISABLED"
+
+
 class PermissionDenied(RmllmClientError, code_class=True):
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
@@ -232,6 +238,12 @@ class DatabaseUnavailable(Unavailable):
     """The vault's database is unavailable; retrying shortly helps."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+
+class RateLimiterUnavailable(Unavailable):
+    """The LLM service's shared rate limiter is down and fails closed; retrying shortly helps."""
+
+    reason = "RATE_LIMITER_UNAVAILABLE"
 
 
 class ProviderUnavailable(Unavailable):

@@ -23,8 +23,8 @@ from llm_service.adapters.base import ListedModel
 from llm_service.deadline import Deadline
 from llm_service.endpoints import EndpointResolver
 from llm_service.limits import NO_LIMITS, CallerLimits
-from llm_service.ratelimit import RateLimiter
-from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RateLimited, RmllmError
+from llm_service.ratelimit import Limiter
+from rmllm_common.errors import DeadlineExceeded, KeyNotConfigured, RateLimited, RmllmError, Unavailable
 from rmllm_common.registry import ModelSpec, ProviderSpec
 from rmllm_common.secret import Secret
 
@@ -83,7 +83,7 @@ def merge_listed(spec: ProviderSpec, listed: list[ListedModel]) -> list[llm_pb2.
 class Catalog:
     """ListProviders and ListModels, minus the proto framing."""
 
-    def __init__(self, endpoints: EndpointResolver, limiter: RateLimiter) -> None:
+    def __init__(self, endpoints: EndpointResolver, limiter: Limiter) -> None:
         self._endpoints = endpoints
         self._limiter = limiter
         specs = list(endpoints.registry.providers.values())
@@ -124,8 +124,8 @@ class Catalog:
         try:
             # A live listing is a call on the user's provider account, like a TestKey
             # probe: it draws on the same per-user budget, and past it the registry answers.
-            self._limiter.take(account.user_id)
-        except RateLimited:
+            await self._limiter.take(account.user_id)
+        except (RateLimited, Unavailable):  # past the budget, or a fail-closed shared limiter that is down
             return static
         accounting.note_provider_call()
         try:

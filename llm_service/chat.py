@@ -22,13 +22,26 @@ from llm_service.adapters.base import ChatEvent, ChatParams
 from llm_service.deadline import Deadline
 from llm_service.endpoints import Account, EndpointResolver
 from llm_service.features import FeatureLimits
-from llm_service.ratelimit import RateLimiter
+from llm_service.ratelimit import NO_STREAM_LIMIT, Limiter, StreamLease, StreamSlots
 from llm_service.retrying import RetryPolicy, stream_with_retries
 from llm_service.usage import UsageReporter
 from llm_service.validation import validate_chat
 from llm_service.vault_client import Credentials
 from rmllm_common.registry import ProviderSpec
 from rmllm_common.secret import Secret
+
+
+async def take_before_vault(limiter: Limiter, endpoints: EndpointResolver, token: Secret) -> str | None:
+    """Take the caller's rate-limit token before any vault call, when the token's user is known.
+
+    Who a token belongs to is remembered from earlier answers (it never changes), so
+    a caller past their limit costs no vault round trip and no audit row. Returns
+    the user charged, or None when the token has not been seen yet (charge after).
+    """
+    user_id = endpoints.known_user(token)
+    if user_id is not None:
+        await limiter.take(user_id)
+    return user_id
 
 
 def enforce(credentials: Credentials, provider: str, model: str, usage: UsageReporter | None) -> None:
@@ -65,11 +78,14 @@ class ChatService:
     def __init__(
         self,
         endpoints: EndpointResolver,
-        limiter: RateLimiter,
+        limiter: Limiter,
         policy: RetryPolicy,
         limits: FeatureLimits | None = None,
         usage: UsageReporter | None = None,
+        *,
+        streams: StreamSlots = NO_STREAM_LIMIT,
     ) -> None:
+        self._streams = streams
         self._usage = usage
         self._endpoints = endpoints
         self._limits = limits or FeatureLimits()
@@ -81,14 +97,20 @@ class ChatService:
         chat = validate_chat(request, self._endpoints.registry, self._limits)
         accounting.note_target(chat.spec.id)
         telemetry.note_provider(chat.spec)
+        charged = await take_before_vault(self._limiter, self._endpoints, token)
         account = await self._endpoints.stored(chat.spec, token, deadline)
         stored = account.credentials
         params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
         accounting.note_target(chat.spec.id, params.model)
         telemetry.note_prepared(chat.spec, params.model)
         enforce(stored, chat.spec.id, params.model, self._usage)
-        self._limiter.take(account.user_id)
+        if charged != account.user_id:
+            await self._limiter.take(account.user_id)
         return PreparedChat(account, params)
+
+    async def stream_slot(self, prepared: PreparedChat) -> StreamLease:
+        """One of the caller's concurrent-stream slots; release it when the stream ends."""
+        return await self._streams.acquire(prepared.account.user_id)
 
     def events(self, prepared: PreparedChat, deadline: Deadline) -> AsyncGenerator[ChatEvent, None]:
         """The completion's events, retried before the first one (close it when done)."""

@@ -114,6 +114,10 @@ class EndpointResolver:
         endpoint = Endpoint(spec, base_url, credentials.api_key)
         return Account(credentials.user_id, endpoint, credentials, self._adapters(spec), self._http)
 
+    def known_user(self, token: Secret) -> str | None:
+        """The user a token was seen to belong to by this process, if any (no vault call)."""
+        return self._vault.known_user(token)
+
     async def authenticate(self, token: Secret, deadline: Deadline) -> str:
         """The id of the user the token belongs to (TOKEN_INVALID otherwise)."""
         return await self._vault.authenticate(token, deadline)

@@ -16,9 +16,10 @@ from realmultillm.llm.v1 import llm_pb2
 
 from llm_service import accounting
 from llm_service.adapters.base import ProbeOutcome
+from llm_service.chat import take_before_vault
 from llm_service.deadline import Deadline
 from llm_service.endpoints import EndpointResolver
-from llm_service.ratelimit import RateLimiter
+from llm_service.ratelimit import Limiter
 from llm_service.validation import check_api_key, raise_violations
 from rmllm_common.errors import FieldViolation
 from rmllm_common.secret import Secret
@@ -27,7 +28,7 @@ from rmllm_common.secret import Secret
 class KeyTester:
     """The TestKey RPC, minus the proto framing."""
 
-    def __init__(self, endpoints: EndpointResolver, limiter: RateLimiter) -> None:
+    def __init__(self, endpoints: EndpointResolver, limiter: Limiter) -> None:
         self._endpoints = endpoints
         self._limiter = limiter
 
@@ -43,11 +44,13 @@ class KeyTester:
             check_api_key(api_key.reveal(), bad)
         base_url = self._endpoints.check_override(spec, request.base_url, bad)
         raise_violations(bad, spec.id)
+        charged = await take_before_vault(self._limiter, self._endpoints, token)
         if api_key:
             account = await self._endpoints.explicit(spec, api_key, base_url, token, deadline)
         else:
             account = await self._endpoints.stored(spec, token, deadline, base_url=base_url)
-        self._limiter.take(account.user_id)
+        if charged != account.user_id:
+            await self._limiter.take(account.user_id)
         started = time.perf_counter()
         result = await account.probe_key(deadline.remaining())
         latency_ms = int((time.perf_counter() - started) * 1000)

@@ -124,6 +124,17 @@ class LLMMetrics:
             ["reason"],
             registry=reg,
         )
+        self.redis_outages = Counter(
+            "rmllm_llm_redis_outages",
+            "Outages of the shared-limit Redis (RMLLM_REDIS_URL) this process saw start.",
+            registry=reg,
+        )
+        self.calls_without_redis = Counter(
+            "rmllm_llm_calls_without_redis",
+            "Limit checks decided without Redis during an outage (allowed when fail-open, "
+            "refused when fail-closed).",
+            registry=reg,
+        )
         self.cache_hit = self.cache_lookups.labels("hit")
         self.cache_miss = self.cache_lookups.labels("miss")
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -242,3 +253,17 @@ def usage_records_dropped(count: int, reason: str) -> None:
     m = _metrics
     if m is not None and count:
         m.child(m.usage_dropped, reason).inc(count)
+
+
+def redis_outage() -> None:
+    """The shared-limit Redis became unavailable (counted once per outage)."""
+    m = _metrics
+    if m is not None:
+        m.redis_outages.inc()
+
+
+def call_without_redis() -> None:
+    """A limit check was decided without Redis (fail-open or fail-closed)."""
+    m = _metrics
+    if m is not None:
+        m.calls_without_redis.inc()

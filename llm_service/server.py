@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
@@ -30,7 +31,7 @@ from llm_service.endpoints import AdapterLookup, EndpointResolver
 from llm_service.features import FeatureLimits
 from llm_service.http import new_http_session
 from llm_service.keys import KeyTester
-from llm_service.ratelimit import RateLimiter
+from llm_service.ratelimit import Limiter, LocalStreamSlots, RateLimiter, StreamSlots
 from llm_service.retrying import RetryPolicy, Sleep
 from llm_service.servicer import LLMServicer
 from llm_service.settings import LLMSettings
@@ -38,6 +39,9 @@ from llm_service.usage import UsageReporter
 from llm_service.vault_client import VaultClient
 from rmllm_common.registry import ProviderSpec, Registry, default_registry
 from rmllm_common.server import ServerHandle, add_standard_services, bind, new_server
+
+if TYPE_CHECKING:
+    from llm_service.redis_limits import SharedStore
 
 SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # > 4 MiB of content plus framing; larger requests are refused by gRPC
@@ -55,7 +59,63 @@ VAULT_CHANNEL_OPTIONS = (
     # failure is answered at once as VAULT_UNAVAILABLE), and the filter's per-call
     # bookkeeping cost about 0.1 ms of CPU per resolve (docs/PERFORMANCE.md).
     ("grpc.enable_retries", 0),
+    # Several vault targets (ipv4:a:1,b:2 or a dns:/// name with several addresses):
+    # spread the calls, and skip one that is down.
+    ("grpc.lb_policy_name", "round_robin"),
 )
+
+
+@dataclass
+class Limits:
+    """The per-user limits of one process: in memory, or shared through Redis."""
+
+    chat: Limiter
+    account_calls: Limiter
+    streams: StreamSlots
+    store: SharedStore | None = None
+
+    async def close(self) -> None:
+        closing = getattr(self.streams, "close", None)  # the Redis slots' lease renewer
+        if closing is not None:
+            await closing()
+        if self.store is not None:
+            await self.store.close()
+
+
+def build_limits(settings: LLMSettings, clock: Clock) -> Limits:
+    """Redis-backed limits when ``RMLLM_REDIS_URL`` is set, else this process's own."""
+    if not settings.redis_url:
+        return Limits(
+            chat=RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
+            # TestKey probes and live model listings are calls on the user's provider
+            # account: one per-user budget for both.
+            account_calls=RateLimiter(
+                "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
+            ),
+            streams=LocalStreamSlots(settings.max_concurrent_streams),
+        )
+    # Imported only when used: a process without Redis does not load redis-py at all
+    # (loading it measurably raised the RSS the hostile-provider test watches).
+    from llm_service.redis_limits import RedisRateLimiter, RedisStreamSlots, SharedStore  # noqa: PLC0415
+
+    store = SharedStore(
+        settings.redis_url.reveal(), prefix=settings.redis_prefix, failure_mode=settings.redis_failure_mode
+    )
+    return Limits(
+        chat=RedisRateLimiter(store, "chat", "chat", settings.chat_rate_per_minute, settings.chat_burst),
+        account_calls=RedisRateLimiter(
+            store, "TestKey", "testkey", settings.testkey_rate_per_minute, settings.testkey_burst
+        ),
+        streams=RedisStreamSlots(store, settings.max_concurrent_streams, settings.stream_lease_seconds),
+        store=store,
+    )
+
+
+@dataclass
+class LLMServerHandle(ServerHandle):
+    """The LLM server, and its vault client (whose cache and watch tests look at)."""
+
+    vault: VaultClient | None = None
 
 
 def default_adapters(spec: ProviderSpec) -> Adapter:
@@ -72,7 +132,7 @@ async def build_server(
     registry: Registry | None = None,
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
-) -> ServerHandle:
+) -> LLMServerHandle:
     """An LLM server bound to ``settings.listen`` (port 0 picks a free port)."""
     registry = registry or default_registry()
     lookup = adapters or default_adapters
@@ -85,6 +145,8 @@ async def build_server(
         cache_seconds=settings.credential_cache_seconds,
         clock=clock,
     )
+    vault.start()
+    rate_limits = build_limits(settings, clock)
     trace_config = telemetry.http_trace_config()
     http = new_http_session(
         settings.http_max_connections,
@@ -113,20 +175,9 @@ async def build_server(
         allow_custom_base_url=settings.allow_custom_base_url,
     )
     limits = FeatureLimits(settings.max_request_bytes, settings.max_image_bytes, settings.max_document_bytes)
-    chat = ChatService(
-        endpoints,
-        RateLimiter("chat", settings.chat_rate_per_minute, settings.chat_burst, clock=clock),
-        policy,
-        limits,
-        usage,
-    )
-    # TestKey probes and live model listings are calls on the user's provider
-    # account: one per-user budget for both.
-    account_calls = RateLimiter(
-        "TestKey", settings.testkey_rate_per_minute, settings.testkey_burst, clock=clock
-    )
-    keys = KeyTester(endpoints, account_calls)
-    catalog = Catalog(endpoints, account_calls)
+    chat = ChatService(endpoints, rate_limits.chat, policy, limits, usage, streams=rate_limits.streams)
+    keys = KeyTester(endpoints, rate_limits.account_calls)
+    catalog = Catalog(endpoints, rate_limits.account_calls)
 
     server = new_server(
         [AuthInterceptor(vault, clock)],
@@ -144,6 +195,7 @@ async def build_server(
         await usage.close(max(1.0, settings.grace_seconds))
         await http.close()
         await vault.close()
+        await rate_limits.close()
 
     try:
         port = bind(server, settings.listen)
@@ -151,4 +203,6 @@ async def build_server(
         await release()
         raise
     usage.start()
-    return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=release)
+    return LLMServerHandle(
+        server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=release, vault=vault
+    )

@@ -8,10 +8,11 @@ registry (cache reads and writes at their own prices). Errors are raised as
 reasoning and tool-call deltas, in the order they came (the deltas of one
 network read joined into one message, see ``coalescing``), and one final ``done``
 (carrying the assembled tool calls), and closes it (and with it the upstream HTTP
-response) whatever way the call ends; Chat collects the same stream, at most
-``max_answer_chars`` characters of its text (past that the upstream is closed and
-the call ends with UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends without its
-final event is never a success. Every Chat, StreamChat, TestKey and live
+response) and gives back the caller's stream slot whatever way the call ends;
+Chat collects the same stream, at most ``max_answer_chars`` characters of its
+text (past that the upstream is closed and the call ends with
+UPSTREAM_RESPONSE_TOO_LARGE). A stream that ends without its final event is
+never a success. Every Chat, StreamChat, TestKey and live
 ListModels call is accounted: one usage record per call, whatever its outcome
 (``accounting.recorded``).
 """
@@ -164,36 +165,40 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
         deadline = self._deadline(context)
         with recorded(self._usage, "StreamChat", True, deadline) as call:
             prepared = await self._chat.prepare(request, current_token(), deadline)
-            frames = StreamFrames(readends.attach())
-            async with aclosing(self._chat.events(prepared, deadline)) as events:
-                try:
-                    async for event in events:
-                        if isinstance(event, Finished):
-                            sent = frames.flush()
+            slot = await self._chat.stream_slot(prepared)
+            try:
+                frames = StreamFrames(readends.attach())
+                async with aclosing(self._chat.events(prepared, deadline)) as events:
+                    try:
+                        async for event in events:
+                            if isinstance(event, Finished):
+                                sent = frames.flush()
+                                if sent is not None:
+                                    yield sent
+                                yield done_message(prepared.spec, prepared.params, event)
+                                return
+                            if not isinstance(event, ToolCallDelta) and not event.text:  # a read's end
+                                sent = frames.flush()
+                                if sent is not None:
+                                    yield sent
+                                continue
+                            if call.first_token is None:
+                                note_first_token()
+                            sent = frames.push(event)
                             if sent is not None:
                                 yield sent
-                            yield done_message(prepared.spec, prepared.params, event)
-                            return
-                        if not isinstance(event, ToolCallDelta) and not event.text:  # a read's end
-                            sent = frames.flush()
-                            if sent is not None:
-                                yield sent
-                            continue
-                        if call.first_token is None:
-                            note_first_token()
-                        sent = frames.push(event)
+                            if not frames.holding:
+                                sent = frames.flush()
+                                if sent is not None:
+                                    yield sent
+                    except Exception:
+                        sent = frames.flush()  # what came before the failure still reaches the caller
                         if sent is not None:
                             yield sent
-                        if not frames.holding:
-                            sent = frames.flush()
-                            if sent is not None:
-                                yield sent
-                except Exception:
-                    sent = frames.flush()  # what came before the failure still reaches the caller
-                    if sent is not None:
-                        yield sent
-                    raise
-            raise _truncated(prepared.spec.id)
+                        raise
+                raise _truncated(prepared.spec.id)
+            finally:
+                await slot.release()
 
     async def TestKey(self, request: llm_pb2.TestKeyRequest, context: Context) -> llm_pb2.TestKeyResponse:
         deadline = self._deadline(context)

@@ -11,6 +11,7 @@ retry and cache knobs below. A rate of 0 turns that limit off (for benchmarks).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,10 @@ from rmllm_common.telemetry import TelemetrySettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAULT_ADDR = "127.0.0.1:50052"
-MAX_CREDENTIAL_CACHE_SECONDS = 30.0
+MAX_CREDENTIAL_CACHE_SECONDS = 60.0
+DEFAULT_CREDENTIAL_CACHE_SECONDS = 30.0
+REDIS_FAILURE_MODES = ("open", "closed")
+_REDIS_PREFIX = re.compile(r"^[A-Za-z0-9:._{}-]{0,64}$")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class LLMSettings:
     reuse_port: bool = False
     # The vault: an upper bound per call (the caller's deadline, when shorter, wins).
     vault_timeout_seconds: float = 10.0
-    credential_cache_seconds: float = 0.0
+    credential_cache_seconds: float = DEFAULT_CREDENTIAL_CACHE_SECONDS
     # Retries of transient provider failures (attempts include the first).
     retry_attempts: int = 3
     retry_base_delay_seconds: float = 0.5
@@ -59,6 +63,13 @@ class LLMSettings:
     chat_burst: int = 60
     testkey_rate_per_minute: float = 60.0
     testkey_burst: int = 10
+    # Open StreamChat calls per user (0 = no limit), and the lease of a slot in Redis.
+    max_concurrent_streams: int = 100
+    stream_lease_seconds: float = 30.0
+    # Shared limits (unset: per process), their key prefix, and what a Redis outage does.
+    redis_url: Secret = field(default_factory=lambda: Secret(""))
+    redis_prefix: str = "rmllm:"
+    redis_failure_mode: str = "open"
     # The one HTTP connection pool towards providers.
     http_max_connections: int = 8192
     # Usage records: sent to the vault every this many seconds or this many records,
@@ -105,7 +116,11 @@ class LLMSettings:
             workers=parse.workers(env, workers),
             vault_timeout_seconds=_number(env, "RMLLM_VAULT_TIMEOUT_SECONDS", 10.0, 0.1, 300.0),
             credential_cache_seconds=_number(
-                env, "RMLLM_CREDENTIAL_CACHE_SECONDS", 0.0, 0.0, MAX_CREDENTIAL_CACHE_SECONDS
+                env,
+                "RMLLM_CREDENTIAL_CACHE_SECONDS",
+                DEFAULT_CREDENTIAL_CACHE_SECONDS,
+                0.0,
+                MAX_CREDENTIAL_CACHE_SECONDS,
             ),
             retry_attempts=_integer(env, "RMLLM_RETRY_ATTEMPTS", 3, 1, 10),
             retry_base_delay_seconds=_number(env, "RMLLM_RETRY_BASE_DELAY_SECONDS", 0.5, 0.0, 60.0),
@@ -122,6 +137,11 @@ class LLMSettings:
             endpoint_policy=_endpoint_policy(env),
             upstream=_upstream_limits(env),
             chat_max_answer_chars=_integer(env, "RMLLM_CHAT_MAX_ANSWER_CHARS", 2_000_000, 1, 100_000_000),
+            max_concurrent_streams=_integer(env, "RMLLM_MAX_CONCURRENT_STREAMS", 100, 0, 1_000_000),
+            stream_lease_seconds=_number(env, "RMLLM_STREAM_LEASE_SECONDS", 30.0, 1.0, 3600.0),
+            redis_url=_redis_url(env),
+            redis_prefix=_redis_prefix(env),
+            redis_failure_mode=_choice(env, "RMLLM_REDIS_FAILURE_MODE", REDIS_FAILURE_MODES),
             max_request_bytes=_integer(env, "RMLLM_MAX_REQUEST_BYTES", 32 * MIB, 4 * MIB + 65536, 512 * MIB),
             max_image_bytes=_integer(env, "RMLLM_MAX_IMAGE_BYTES", 5 * MIB, 1024, 256 * MIB),
             max_document_bytes=_integer(env, "RMLLM_MAX_DOCUMENT_BYTES", 16 * MIB, 1024, 256 * MIB),
@@ -158,6 +178,32 @@ def _upstream_limits(env: Mapping[str, str]) -> UpstreamLimits:
         max_error_bytes=_integer(env, "RMLLM_UPSTREAM_MAX_ERROR_BYTES", 8 * KIB, 256, 1 * MIB),
         max_json_bytes=_integer(env, "RMLLM_UPSTREAM_MAX_JSON_BYTES", 8 * MIB, 1 * KIB, 1 << 30),
     )
+
+
+def _redis_url(env: Mapping[str, str]) -> Secret:
+    """``RMLLM_REDIS_URL`` (it may carry a password, so it is held as a Secret)."""
+    raw = env.get("RMLLM_REDIS_URL", "").strip()
+    if raw and not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            "RMLLM_REDIS_URL must look like redis://[:password@]host:6379/0 (or rediss://, unix://)"
+        )
+    return Secret(raw)
+
+
+def _redis_prefix(env: Mapping[str, str]) -> str:
+    raw = env.get("RMLLM_REDIS_PREFIX", "rmllm:").strip()
+    if not _REDIS_PREFIX.match(raw):
+        raise SettingsError(
+            "RMLLM_REDIS_PREFIX must be at most 64 characters: letters, digits and : . _ { } -"
+        )
+    return raw
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {raw[:40]!r}")
+    return raw
 
 
 __all__ = ["DEFAULT_LISTEN", "DEFAULT_VAULT_ADDR", "LLMSettings", "SettingsError", "check_address"]

@@ -9,10 +9,11 @@ into ``rmllm_common.errors`` from the status code and the vault's ErrorInfo reas
 A vault that refuses the service credential (PERMISSION_DENIED) is an operator
 mistake: it is logged once as an error naming the fix and reaches callers as
 VAULT_UNAVAILABLE, since from their side the vault cannot be used.
-Resolved credentials may be cached in memory, keyed by (sha256 of the user token,
-provider), for at most ``credential_cache_seconds`` (off by default, bounded size),
-except those that carry a spend budget: a budget is checked against the vault's
-latest spend.
+Resolved credentials are cached (``credential_cache``) for at most
+``credential_cache_seconds``, and only while this client's one WatchInvalidations
+stream to the vault is in sync; each resolve tells the vault how long its answer
+may be kept (the lease the vault audits). Credentials that carry a spend budget
+are not cached: a budget is checked against the vault's latest spend.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,7 @@ from google.rpc import error_details_pb2, status_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from llm_service import accounting, metrics, telemetry
+from llm_service.credential_cache import CredentialCache, Credentials, InvalidationWatcher
 from llm_service.deadline import Deadline
 from llm_service.limits import NO_LIMITS, CallerLimits, from_reply
 from rmllm_common import errors, requestctx
@@ -38,24 +39,15 @@ from rmllm_common.secret import Secret
 
 log = logging.getLogger(__name__)
 
-CACHE_MAX_ENTRIES = 10_000
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """What the vault resolved for one (user, provider): the key only as a Secret."""
+__all__ = ["Credentials", "Identity", "VaultClient", "token_digest"]
 
-    user_id: str
-    provider: str
-    api_key: Secret
-    base_url: str
-    default_model: str
-    temperature: float | None
-    max_tokens: int | None
-    # The id of the caller's token (never the token), and its budgets and model policies.
-    token_id: str = ""
-    limits: CallerLimits = NO_LIMITS
+
+def token_digest(user_token: Secret) -> str:
+    """What the cache keys a user token by (never the token itself)."""
+    return hashlib.sha256(user_token.reveal().encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +57,13 @@ class Identity:
     user_id: str
     token_id: str = ""
     limits: CallerLimits = NO_LIMITS
+
+
+def _expiry(reply: Any) -> float | None:
+    """When the caller's token expires (Unix seconds), if it does."""
+    if not reply.HasField("token_expire_time"):
+        return None
+    return float(reply.token_expire_time.ToMicroseconds()) / 1e6
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
@@ -97,14 +96,22 @@ class VaultClient:
         self._stub: Any = telemetry.vault_stub(vault_pb2_grpc.VaultServiceStub(channel))
         self._authorization = ("authorization", f"Bearer {service_token.reveal()}")
         self._timeout = timeout_seconds
-        self._cache_seconds = cache_seconds
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Credentials]] = OrderedDict()
+        self.cache = CredentialCache(cache_seconds, clock=clock)
+        self.watcher = InvalidationWatcher(self._stub, (self._authorization,), self.cache)
         self._warned_credential = False
-        self._clock = clock
+
+    def start(self) -> None:
+        """Open the watch stream that lets the cache work (needs the running loop)."""
+        self.watcher.start()
 
     async def close(self) -> None:
-        """Close the channel (at server stop)."""
+        """Stop watching and close the channel (at server stop)."""
+        await self.watcher.close()
         await self._channel.close()
+
+    def known_user(self, user_token: Secret) -> str | None:
+        """The user a token was seen to belong to by this process, if any (no vault call)."""
+        return self.cache.owner(token_digest(user_token))
 
     def _call_options(self, deadline: Deadline) -> tuple[float, bool, tuple[tuple[str, str], ...]]:
         """The call's timeout, whether the caller's deadline is what bounds it, and its metadata."""
@@ -118,26 +125,32 @@ class VaultClient:
 
     async def resolve(self, user_token: Secret, provider: str, deadline: Deadline) -> Credentials:
         """The caller's key and settings for ``provider`` (canonical id)."""
-        cache_key = (hashlib.sha256(user_token.reveal().encode()).hexdigest(), provider)
-        if self._cache_seconds > 0:
-            hit = self._cache.get(cache_key)
-            if hit is not None:
-                if hit[0] > self._clock():
-                    accounting.note_caller(hit[1].user_id, hit[1].token_id)
-                    metrics.credential_cache(hit=True)
-                    return hit[1]
-                del self._cache[cache_key]
+        cache = self.cache
+        cache_key = (token_digest(user_token), provider)
+        hit = cache.get(cache_key)
+        if hit is not None:
+            accounting.note_caller(hit.user_id, hit.token_id)
+            metrics.credential_cache(hit=True)
+            return hit
+        if cache.ttl > 0:
             metrics.credential_cache(hit=False)
+        generation = cache.generation
         timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.ResolveCredentialsRequest(
-            user_token=user_token.reveal(), provider=provider, request_id=requestctx.request_id()
+            user_token=user_token.reveal(),
+            provider=provider,
+            request_id=requestctx.request_id(),
+            lease_seconds=cache.lease_seconds,
         )
         try:
             reply = await self._stub.ResolveCredentials(
                 request, timeout=timeout, metadata=metadata, wait_for_ready=False
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._translate(exc, provider, caller_bound, timeout) from None
+            error = self._translate(exc, provider, caller_bound, timeout)
+            if isinstance(error, errors.TokenInvalid):
+                cache.forget_owner(cache_key[0])
+            raise error from None
         settings = reply.settings
         credentials = Credentials(
             user_id=reply.user_id,
@@ -149,14 +162,17 @@ class VaultClient:
             max_tokens=settings.max_tokens if settings.HasField("max_tokens") else None,
             token_id=reply.token_id,
             limits=from_reply(reply),
+            token_expires_at=(
+                reply.token_expire_time.ToMicroseconds() / 1e6
+                if reply.HasField("token_expire_time")
+                else None
+            ),
         )
         accounting.note_caller(credentials.user_id, credentials.token_id)
         # Credentials with a budget are not cached: their spend must be the vault's latest,
         # or a replica would admit calls on a stale figure until the entry expired.
-        if self._cache_seconds > 0 and not credentials.limits.budgets:
-            self._cache[cache_key] = (self._clock() + self._cache_seconds, credentials)
-            while len(self._cache) > CACHE_MAX_ENTRIES:
-                self._cache.popitem(last=False)
+        if not credentials.limits.budgets:
+            cache.put(cache_key, credentials, generation)
         return credentials
 
     async def authenticate(self, user_token: Secret, deadline: Deadline) -> str:
@@ -172,8 +188,12 @@ class VaultClient:
                 request, timeout=timeout, metadata=metadata, wait_for_ready=False
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._translate(exc, None, caller_bound, timeout) from None
+            error = self._translate(exc, None, caller_bound, timeout)
+            if isinstance(error, errors.TokenInvalid):
+                self.cache.forget_owner(token_digest(user_token))
+            raise error from None
         accounting.note_caller(reply.user_id, reply.token_id)
+        self.cache.remember_owner(token_digest(user_token), reply.user_id, reply.token_id)
         return Identity(str(reply.user_id), str(reply.token_id), from_reply(reply))
 
     async def report_usage(
@@ -197,6 +217,10 @@ class VaultClient:
         """The one translation of a vault status into this service's errors."""
         code = exc.code()
         reason = _reason(exc)
+        if code == grpc.StatusCode.UNAUTHENTICATED and reason == "USER_DISABLED":
+            return errors.UserDisabled(
+                "this token's user is disabled; ask the operator to enable it (rmllm-vault users enable)"
+            )
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return errors.TokenInvalid(
                 "unknown, revoked or expired user token; create one with `rmllm-vault tokens create`"

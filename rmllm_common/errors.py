@@ -69,6 +69,7 @@ REASONS: dict[str, Reason] = {
     "PROVIDER_UNAVAILABLE": _reason(Code.UNAVAILABLE, LLM),
     "UPSTREAM_STREAM_TRUNCATED": _reason(Code.UNAVAILABLE, LLM),
     "VAULT_UNAVAILABLE": _reason(Code.UNAVAILABLE, LLM),
+    "RATE_LIMITER_UNAVAILABLE": _reason(Code.UNAVAILABLE, LLM),
     "DATABASE_UNAVAILABLE": _reason(Code.UNAVAILABLE, VAULT),
     "DEADLINE_EXCEEDED": _reason(Code.DEADLINE_EXCEEDED, LLM),
     "INTERNAL": _reason(Code.INTERNAL, LLM, VAULT),
@@ -142,6 +143,13 @@ class MalformedRequest(InvalidRequest):
 class TokenInvalid(RmllmError):
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "TOKEN_INVALID"
+
+
+class UserDisabled(TokenInvalid):
+    """A valid, unrevoked token whose user the operator disabled (``rmllm-vault users enable``
+    undoes it). Distinct from TOKEN_INVALID: the holder already knows the token is real."""
+
+    reason = "USER_DISABLED"
 
 
 class PermissionDenied(RmllmError):
@@ -271,6 +279,12 @@ class DatabaseUnavailable(Unavailable):
     """The vault's database cannot be reached or is locked; retrying shortly helps."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+
+class RateLimiterUnavailable(Unavailable):
+    """The shared rate limiter (Redis) cannot be reached and fails closed; retrying shortly helps."""
+
+    reason = "RATE_LIMITER_UNAVAILABLE"
 
 
 def to_status(error: RmllmError) -> status_pb2.Status:

@@ -32,6 +32,9 @@ _AUTH_STYLES = ("bearer", "x-api-key", "x-goog-api-key", "none")
 _NEEDS_MAX_TOKENS = ("anthropic",)
 
 
+COST_QUANTUM = 1e-10  # USD: costs are rounded to this, far below any price's precision
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """A model the registry knows, with its context window and prices."""
@@ -51,16 +54,18 @@ class ModelSpec:
         self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
     ) -> float:
         """USD for the given token counts; ``input_tokens`` includes the cache reads and writes,
-        which are priced at the cache prices where known."""
+        which are priced at the cache prices where known. Rounded to ``COST_QUANTUM``
+        (1e-10 USD), so binary float noise (``5.0999999999999995e-06``) never reaches a caller."""
         read = self.input_price if self.cache_read_price is None else self.cache_read_price
         write = self.input_price if self.cache_write_price is None else self.cache_write_price
         uncached = max(0, input_tokens - cache_read_tokens - cache_write_tokens)
-        return (
+        exact = (
             uncached * self.input_price
             + cache_read_tokens * read
             + cache_write_tokens * write
             + output_tokens * self.output_price
         ) / 1_000_000
+        return round(exact, 10)
 
     def supports(self, capability: str) -> bool:
         """Whether the model has ``capability`` (True when the registry does not say)."""

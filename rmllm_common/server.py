@@ -404,8 +404,13 @@ async def run_until_signal(
     address: str,
     grace_seconds: float,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_drain: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Start ``server``, serve until SIGTERM/SIGINT, then shut down gracefully."""
+    """Start ``server``, serve until SIGTERM/SIGINT, then shut down gracefully.
+
+    ``on_drain`` runs once health says NOT_SERVING, before the grace period: it ends
+    calls that would otherwise never finish (watch streams).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -415,6 +420,8 @@ async def run_until_signal(
     await stop.wait()
     log.info("shutting down", extra={"service": service, "grace_seconds": grace_seconds, "event": "stop"})
     await health.enter_graceful_shutdown()
+    if on_drain is not None:
+        await on_drain()
     await server.stop(grace_seconds)
     if on_stop is not None:
         await on_stop()
@@ -430,6 +437,7 @@ class ServerHandle:
     health: HealthServicer
     service_name: str
     on_stop: Callable[[], Awaitable[None]] | None = None
+    on_drain: Callable[[], Awaitable[None]] | None = None
 
     async def serve(self, address: str, grace_seconds: float) -> None:
         """Run until SIGTERM/SIGINT, then shut down gracefully."""
@@ -440,11 +448,14 @@ class ServerHandle:
             address=address,
             grace_seconds=grace_seconds,
             on_stop=self.on_stop,
+            on_drain=self.on_drain,
         )
 
     async def stop(self, grace_seconds: float | None = None) -> None:
         """Stop serving (for tests and embedding) and release resources."""
         await self.health.enter_graceful_shutdown()
+        if self.on_drain is not None:
+            await self.on_drain()
         await self.server.stop(grace_seconds)
         if self.on_stop is not None:
             await self.on_stop()

@@ -81,11 +81,29 @@ def test_stack_shape() -> None:
     assert services["llm"]["depends_on"]["vault"]["condition"] == "service_healthy"
     data_dir = services["vault"]["environment"]["RMLLM_DATA_DIR"]
     assert any(v.endswith(f":{data_dir}") for v in services["vault"]["volumes"])
-    assert services["postgres"]["profiles"] == ["postgres"]
+    assert services["postgres"]["profiles"] == ["postgres", "scale"]
     assert "RMLLM_VAULT_SEED_FILE" in services["vault"]["environment"]
     assert "vault_seed" not in services["llm"].get("secrets", []), "the LLM service must never see the seed"
     for secret in COMPOSE["secrets"].values():
         assert secret["file"].startswith("./secrets/")
+
+
+def test_the_scale_profile_runs_two_llm_replicas_on_redis_and_one_vault() -> None:
+    services = COMPOSE["services"]
+    scale = {name for name, service in services.items() if "scale" in service.get("profiles", ())}
+    assert scale == {"llm-2", "redis", "postgres"}
+    first, second = services["llm"], services["llm-2"]
+    assert second["command"] == first["command"]
+    assert set(second["environment"]) == set(first["environment"])
+    assert second["environment"]["RMLLM_REDIS_URL"].endswith("redis://redis:6379/0}")
+    assert "RMLLM_REDIS_URL" in first["environment"]
+    assert second["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert second["depends_on"]["vault"]["condition"] == "service_healthy"
+    host_ports = {p.rsplit(":", 2)[-2] for s in (first, second) for p in s["ports"]}
+    assert len(host_ports) == 2  # each replica published on its own host port
+    assert "vault_seed" not in second.get("secrets", [])
+    for variable in second["environment"]:
+        assert f'"{variable}"' in source_text(), variable
 
 
 def test_dockerfile_uses_the_same_commands() -> None:
@@ -102,3 +120,24 @@ def test_readme_documents_every_variable() -> None:
     variables = set(re.findall(r'"(RMLLM_[A-Z0-9_]+)"', source_text()))
     missing = sorted(v for v in variables if v not in readme)
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+def test_the_vault_waits_for_postgres_when_its_profile_is_on() -> None:
+    services = COMPOSE["services"]
+    database = services["postgres"]
+    assert database["profiles"] == ["postgres"] and "healthcheck" in database
+    # The header's PostgreSQL URL names the postgres service, so the vault must wait for it,
+    # and only when the profile is active (required: false, Compose v2.20+).
+    header = (ROOT / "docker-compose.yml").read_text().split("\nname:", 1)[0]
+    url = re.search(r"RMLLM_DATABASE_URL=(postgresql://\S+)", header)
+    assert url is not None and "@postgres:5432/" in url.group(1)
+    assert services["vault"]["depends_on"]["postgres"] == {"condition": "service_healthy", "required": False}
+    assert "postgres" not in services["llm"].get("depends_on", {}), "the LLM service never talks to postgres"
+
+
+def test_compose_v2_is_stated_where_the_file_needs_it() -> None:
+    assert COMPOSE["name"], "the file uses the top-level name:, which Compose v1 rejects"
+    header = (ROOT / "docker-compose.yml").read_text().split("\nname:", 1)[0]
+    readme = (ROOT / "README.md").read_text()
+    for text in (header, readme):
+        assert "Compose v2.20" in text and "docker-compose" in text

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from testkit import grpcurl
 
+from llm_service.netpolicy import DEFAULT_ALLOWED_ENDPOINT_NETWORKS
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -30,7 +32,13 @@ def test_dev_up_starts_both_services_with_generated_state(tmp_path: Path) -> Non
     llm, vault = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     state = tmp_path / "state"
     env = {**os.environ, "RMLLM_DATA_DIR": str(state), "PYTHONUNBUFFERED": "1"}
-    for name in ("RMLLM_VAULT_SEED", "RMLLM_SERVICE_TOKEN", "RMLLM_DATABASE_URL"):
+    for name in (
+        "RMLLM_VAULT_SEED",
+        "RMLLM_SERVICE_TOKEN",
+        "RMLLM_DATABASE_URL",
+        "RMLLM_ALLOW_CUSTOM_BASE_URL",
+        "RMLLM_ALLOWED_ENDPOINT_NETWORKS",
+    ):
         env.pop(name, None)
     proc = subprocess.Popen(
         [sys.executable, "scripts/dev.py", "up", "--llm-listen", llm, "--vault-listen", vault],
@@ -56,6 +64,9 @@ def test_dev_up_starts_both_services_with_generated_state(tmp_path: Path) -> Non
         time.sleep(0.5)  # the rest of the banner
         banner = "".join(lines)
         assert llm in banner and vault in banner and "users create" in banner
+        # The environment above does not set RMLLM_ALLOW_CUSTOM_BASE_URL.
+        assert "custom base URLs  not allowed" in banner, banner
+        assert f"private endpoints {DEFAULT_ALLOWED_ENDPOINT_NETWORKS}  (" in banner, banner
         for address, service in (
             (llm, "realmultillm.llm.v1.LLMService"),
             (vault, "realmultillm.vault.v1.VaultService"),

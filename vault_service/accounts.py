@@ -1,11 +1,12 @@
-"""Users and their tokens: create, list, disable, revoke, and authenticate.
+"""Users and their tokens: create, list, disable, enable, delete, revoke, and authenticate.
 
 A user token is ``rmk_`` followed by 43 base64url characters (256 random bits).
 It is shown once, when made; the database keeps only its SHA-256 (a fast hash is
 right for a high-entropy random token: there is nothing to brute-force), under a
 unique index, so authenticating is one indexed lookup. A token has a public id
-(``tok_…``) for listing and revoking. Revoked tokens and tokens of disabled users
-authenticate as unknown. Every token create and revoke is audited.
+(``tok_…``) for listing and revoking. Revoked tokens authenticate as unknown; the
+tokens of a disabled user as USER_DISABLED (their holder knows they are real).
+Every user and token change is audited.
 
 A token may carry an expiry (``tokens create NAME --expires-in 90d``): past it, the
 token authenticates as unknown, exactly like a revoked one (``TOKEN_INVALID``).
@@ -25,18 +26,22 @@ from typing import Any, Final
 import peewee as pw
 
 from rmllm_common import bearer
-from rmllm_common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
+from rmllm_common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound, UserDisabled
 from rmllm_common.secret import Secret
 from vault_service import audit
 from vault_service.database import Database
+from vault_service.invalidations import Kind, record_change
 
 TOKEN_PREFIX: Final = bearer.USER_TOKEN_PREFIX
 OPERATOR: Final = "operator"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _AUTHENTICATE = (
-    "SELECT u.id, u.name, t.id FROM tokens t JOIN users u ON u.id = t.user_id "
-    "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+    "SELECT u.id, u.name, t.id, u.disabled FROM tokens t JOIN users u ON u.id = t.user_id "
+    "WHERE t.token_hash = ? AND t.revoke_time IS NULL"
     " AND (t.expire_time IS NULL OR t.expire_time > ?)"
+)
+USER_DISABLED_MESSAGE: Final = (
+    "the token's user is disabled; ask the operator to enable it (rmllm-vault users enable NAME)"
 )
 UNKNOWN_TOKEN_MESSAGE: Final = "the user token is unknown, revoked or expired"  # noqa: S105
 _DURATION = re.compile(r"^([1-9][0-9]{0,6})([smhdw])$")
@@ -172,7 +177,50 @@ def disable_user(db: Database, name: str) -> str:
         user = _user_by_name(db, name)
         db.tables.user.update(disabled=True).where(db.tables.user.id == user.id).execute()
         audit.append(db, audit.Event(actor=OPERATOR, action="user.disable", detail=f"{user.id} {name}"))
+        record_change(db, Kind.USER_CHANGED, str(user.id))
     return str(user.id)
+
+
+def enable_user(db: Database, name: str) -> str:
+    """Enable a disabled user again: its unrevoked tokens work again. Returns the user id."""
+    with db.write():
+        user = _user_by_name(db, name)
+        db.tables.user.update(disabled=False).where(db.tables.user.id == user.id).execute()
+        audit.append(db, audit.Event(actor=OPERATOR, action="user.enable", detail=f"{user.id} {name}"))
+        record_change(db, Kind.USER_CHANGED, str(user.id))
+    return str(user.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """What ``delete_user`` removed."""
+
+    user_id: str
+    configs: int
+    tokens: int
+
+
+def delete_user(db: Database, name: str) -> Deleted:
+    """Delete a user with its provider configs (their encrypted keys), tokens, budgets and
+    model policy, in one audited transaction. The audit rows and the usage ledger about
+    the user stay: they are history."""
+    tables = db.tables
+    with db.write():
+        user = _user_by_name(db, name)
+        configs = tables.config.delete().where(tables.config.user == user.id).execute()
+        tables.usage_limits.delete().where(tables.usage_limits.user_id == user.id).execute()
+        tokens = tables.token.delete().where(tables.token.user == user.id).execute()
+        tables.user.delete().where(tables.user.id == user.id).execute()
+        audit.append(
+            db,
+            audit.Event(
+                actor=OPERATOR,
+                action="user.delete",
+                detail=f"{user.id} {name} configs={configs} tokens={tokens}",
+            ),
+        )
+        record_change(db, Kind.USER_CHANGED, str(user.id))  # cached credentials must go at once
+    return Deleted(str(user.id), int(configs), int(tokens))
 
 
 def create_token(db: Database, name: str, expires_in: int | None = None) -> tuple[str, Secret]:
@@ -202,6 +250,7 @@ def revoke_token(db: Database, token_id: str) -> None:
             raise NotFound(f"no token with id {token_id!r}", reason="TOKEN_NOT_FOUND")
         if row.revoke_time is None:
             model.update(revoke_time=_now()).where(model.id == token_id).execute()
+            record_change(db, Kind.TOKEN_REVOKED, str(row.user_id), token_id=token_id)
         audit.append(
             db, audit.Event(actor=OPERATOR, action="token.revoke", detail=f"{row.user_id} {token_id}")
         )
@@ -213,8 +262,13 @@ def plausible(token: str) -> bool:
 
 
 def authenticate(db: Database, token: str) -> Principal | None:
-    """The user a token belongs to, or None if it is unknown, revoked, expired or disabled."""
+    """The user a token belongs to, or None if it is unknown, revoked or expired; a token
+    of a disabled user raises ``UserDisabled``."""
     if not plausible(token):
         return None
     row = db.execute(_AUTHENTICATE, (token_hash(token), _now())).fetchone()
-    return Principal(row[0], row[1], row[2]) if row else None
+    if row is None:
+        return None
+    if row[3]:
+        raise UserDisabled(USER_DISABLED_MESSAGE)
+    return Principal(row[0], row[1], row[2])

@@ -1,4 +1,4 @@
-"""The tamper-evident audit log: hash-chained rows, appended under a lock, and verified.
+"""The tamper-evident audit log: hash-chained rows, appended under a lock, verified, and read.
 
 Every audited operation calls ``append`` (or, for a group commit's batch,
 ``append_many``) inside its write transaction, so the operation and its audit row
@@ -15,6 +15,7 @@ rewrite every later row; keep the printed head hash elsewhere to anchor it.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import time
@@ -176,3 +177,62 @@ def verify(db: Database) -> Report:
             "(rows deleted from the end, or the head was altered)"
         )
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One audit row, as ``rmllm-vault audit list`` shows it."""
+
+    seq: int
+    time: int  # microseconds since the epoch
+    actor: str
+    action: str
+    provider: str
+    outcome: str
+    request_id: str
+    detail: str
+
+
+def user_ids(db: Database, name: str) -> set[str]:
+    """The ids a user name has had: the current user's, and those of deleted users of
+    that name (their ``user.create`` rows say ``<id> <name>``)."""
+    ids = {str(u.id) for u in db.tables.user.select().where(db.tables.user.name == name)}
+    model = db.tables.audit
+    for row in model.select(model.detail).where(model.action == "user.create"):
+        words = row.detail.split()
+        if len(words) == 2 and words[1] == name:
+            ids.add(words[0])
+    return ids
+
+
+def rows(
+    db: Database, *, since: int | None = None, action: str | None = None, users: set[str] | None = None
+) -> Iterator[Row]:
+    """Audit rows, oldest first: from ``since`` (microseconds) on, whose action matches the
+    glob ``action`` (``user.*``), about one of ``users`` (as the actor, or the user id that
+    starts an operator row's detail)."""
+    model = db.tables.audit
+    last = 0
+    while True:
+        query = model.select().where(model.seq > last)
+        if since is not None:
+            query = query.where(model.time >= since)
+        batch = list(query.order_by(model.seq).limit(_BATCH))
+        if not batch:
+            return
+        for row in batch:
+            if action is not None and not fnmatch.fnmatchcase(row.action, action):
+                continue
+            if users is not None and row.actor not in users and row.detail.split(" ", 1)[0] not in users:
+                continue
+            yield Row(
+                row.seq,
+                row.time,
+                row.actor,
+                row.action,
+                row.provider,
+                row.outcome,
+                row.request_id,
+                row.detail,
+            )
+        last = batch[-1].seq

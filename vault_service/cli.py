@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 import peewee as pw
 
 from rmllm_common.cli import add_serve_flags, fail, run_serve, supervise_workers
-from rmllm_common.errors import RmllmError
+from rmllm_common.errors import AlreadyExists, RmllmError
 from rmllm_common.logs import configure as configure_logging
 from vault_service import accounts, audit, ledger, limits, migrations, rewrap, usage_report
 from vault_service.crypto import Keyring
@@ -52,15 +53,28 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the VaultService gRPC server")
     add_serve_flags(serve, DEFAULT_LISTEN)
 
-    users = commands.add_parser("users", help="create, list and disable users").add_subparsers(
-        dest="action", required=True
-    )
+    users = commands.add_parser(
+        "users", help="create, list, disable, enable and delete users"
+    ).add_subparsers(dest="action", required=True)
     create = users.add_parser("create", parents=[common], help="create a user and print its first token")
     create.add_argument("name")
+    create.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="if the user exists, print a new token for it instead of failing",
+    )
     _add_expires_in(create)
     users.add_parser("list", parents=[common], help="list users")
     disable = users.add_parser("disable", parents=[common], help="disable a user (its tokens stop working)")
     disable.add_argument("name")
+    enable = users.add_parser(
+        "enable", parents=[common], help="enable a disabled user (its tokens work again)"
+    )
+    enable.add_argument("name")
+    delete = users.add_parser(
+        "delete", parents=[common], help="delete a user with its stored keys, tokens and limits (audited)"
+    )
+    delete.add_argument("name")
     _limit_parsers(users, common, "name", "a user (every token of the user)")
 
     tokens = commands.add_parser("tokens", help="create, list and revoke user tokens").add_subparsers(
@@ -83,10 +97,27 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     commands.add_parser("rewrap", parents=[common], help="re-encrypt every stored key under the current seed")
-    audit_cmd = commands.add_parser("audit", help="check the audit log").add_subparsers(
+    audit_cmd = commands.add_parser("audit", help="check and read the audit log").add_subparsers(
         dest="action", required=True
     )
     audit_cmd.add_parser("verify", parents=[common], help="verify the audit hash chain")
+    audit_list = audit_cmd.add_parser("list", parents=[common], help="print audit rows, oldest first")
+    audit_list.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="rows from this moment on: an age (30m, 2h, 7d) or a UTC date or time "
+        "(2026-12-01, 2026-12-01T15:00:00Z), as `usage report --since`",
+    )
+    audit_list.add_argument("--user", metavar="NAME", help="rows about this user (also a deleted one)")
+    audit_list.add_argument(
+        "--action",
+        dest="action_glob",
+        metavar="GLOB",
+        help="rows whose action matches, e.g. config.resolve or 'user.*'",
+    )
+    audit_list.add_argument(
+        "--format", choices=("table", "json"), default="table", help="json: one JSON object per line"
+    )
     return top
 
 
@@ -165,9 +196,25 @@ def _print_token(token_id: str, token: str) -> None:
 
 def _users(args: argparse.Namespace, db: Database) -> int:
     if args.action == "create":
-        user, token_id, token = db.call(accounts.create_user, db, args.name, _expires_in(args))
-        print(f"created user {user.user_name} ({user.user_id})")
+        try:
+            user, token_id, token = db.call(accounts.create_user, db, args.name, _expires_in(args))
+        except AlreadyExists:
+            if not args.exist_ok:
+                raise
+            token_id, token = db.call(accounts.create_token, db, args.name, _expires_in(args))
+            print(f"user {args.name} exists; created another token for it")
+        else:
+            print(f"created user {user.user_name} ({user.user_id})")
         _print_token(token_id, token.reveal())
+    elif args.action == "enable":
+        user_id = db.call(accounts.enable_user, db, args.name)
+        print(f"enabled user {args.name} ({user_id})")
+    elif args.action == "delete":
+        deleted = db.call(accounts.delete_user, db, args.name)
+        print(
+            f"deleted user {args.name} ({deleted.user_id}), its {deleted.configs} stored keys "
+            f"and {deleted.tokens} tokens"
+        )
     elif args.action == "list":
         print(f"{'NAME':<24} {'ID':<22} {'STATUS':<9} {'TOKENS':>6}  CREATED")
         for info in db.call(accounts.list_users, db):
@@ -221,7 +268,35 @@ def _rewrap(settings: VaultSettings, db: Database) -> int:
     return 0
 
 
-def _audit(db: Database) -> int:
+def _audit_list(args: argparse.Namespace, db: Database) -> int:
+    users = db.call(audit.user_ids, db, args.user) if args.user else None
+    if users is not None and not users:
+        return fail(f"no user named {args.user!r}, now or in the audit log")
+    since = None
+    if args.since is not None:
+        since = int(usage_report.when(args.since, datetime.now(UTC), "--since").timestamp() * 1_000_000)
+    rows = db.call(lambda: list(audit.rows(db, since=since, action=args.action_glob, users=users)))
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps({**dataclasses.asdict(row), "time": _when_precise(row.time)}))
+        return 0
+    print(f"{'SEQ':>6}  {'TIME':<24} {'ACTOR':<22} {'ACTION':<17} {'PROVIDER':<10} {'OUTCOME':<20} DETAIL")
+    for row in rows:
+        print(
+            f"{row.seq:>6}  {_when_precise(row.time):<24} {row.actor:<22} {row.action:<17} "
+            f"{row.provider or '-':<10} {row.outcome:<20} {row.detail}"
+        )
+    return 0
+
+
+def _when_precise(micros: int) -> str:
+    moment = datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _audit(args: argparse.Namespace, db: Database) -> int:
+    if args.action == "list":
+        return _audit_list(args, db)
     report = db.call(audit.verify, db)
     for problem in report.problems:
         print(problem)
@@ -241,7 +316,7 @@ def _operate(args: argparse.Namespace, base: VaultSettings) -> int:
             "users": lambda: _users(args, db),
             "tokens": lambda: _tokens(args, db),
             "rewrap": lambda: _rewrap(settings, db),
-            "audit": lambda: _audit(db),
+            "audit": lambda: _audit(args, db),
             "usage": lambda: _usage(args, db),
         }
         return handlers[args.command]()

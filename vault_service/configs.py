@@ -18,20 +18,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rmllm_common.errors import KeyDecryptionFailed, KeyNotConfigured, NotFound, RmllmError, TokenInvalid
+from rmllm_common.errors import (
+    KeyDecryptionFailed,
+    KeyNotConfigured,
+    NotFound,
+    RmllmError,
+    TokenInvalid,
+    UserDisabled,
+)
 from rmllm_common.secret import Secret
 from vault_service import accounts, audit, metrics
 from vault_service.crypto import FORMAT_VERSION, DecryptionError, Keyring
 from vault_service.database import Database
+from vault_service.invalidations import Kind, record_change
 
 log = logging.getLogger(__name__)
 
 # The hot path's statements: one indexed lookup from token hash to user to config.
 _RESOLVE = (
-    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id "
+    "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id, u.disabled, "
+    "t.expire_time "
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
-    "WHERE t.token_hash = ? AND t.revoke_time IS NULL AND NOT u.disabled"
+    "WHERE t.token_hash = ? AND t.revoke_time IS NULL"
     " AND (t.expire_time IS NULL OR t.expire_time > ?)"
 )
 _COUNT_USE = "UPDATE provider_configs SET usage_count = usage_count + 1, last_used_time = ? WHERE id = ?"
@@ -85,6 +94,7 @@ class Resolved:
     settings: Settings
     key_hint: str
     token_id: str = ""
+    token_expire_time: int | None = None  # microseconds; None: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +170,7 @@ def put(db: Database, user_id: str, provider: str, draft: Draft, request_id: str
         ).execute()
         detail = f"key_id={draft.key_id}"
         audit.append(db, audit.Event(user_id, "config.put", provider, "ok", request_id, detail))
+        record_change(db, Kind.CONFIG_CHANGED, user_id, provider=provider)
         return _record(_row(db, user_id, provider))
 
 
@@ -193,6 +204,7 @@ def update(db: Database, user_id: str, provider: str, changes: Changes, request_
             model.update(**values).where(model.id == row.id).execute()
             detail = "fields=" + ",".join(sorted(changes.fields))
             audit.append(db, audit.Event(user_id, "config.update", provider, "ok", request_id, detail))
+            record_change(db, Kind.CONFIG_CHANGED, user_id, provider=provider)
             return _record(_row(db, user_id, provider))
     raise error
 
@@ -222,6 +234,7 @@ def delete(db: Database, user_id: str, provider: str, request_id: str) -> None:
             error = _missing(user_id, provider, "config.delete", request_id, db)
         else:
             audit.append(db, audit.Event(user_id, "config.delete", provider, "ok", request_id))
+            record_change(db, Kind.CONFIG_CHANGED, user_id, provider=provider)
             return
     raise error
 
@@ -244,16 +257,20 @@ class Lookup:
     use: Use | None
 
 
-def resolve(db: Database, keyring: Keyring, token: str, provider: str, request_id: str) -> Resolved:
+def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int = 0
+) -> Resolved:
     """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited), in one
     transaction of its own (the CLI and tests; the server batches the writes, see ``lookup``).
 
-    A known user's refusal is audited and committed too, then raised. An unknown
-    token is raised without a row of its own: the caller counts it
-    (``vault_service.authguard``), so junk tokens cannot force a write each.
+    The audit row records the grant as a lease of ``lease_seconds`` (how long the
+    caller will cache the key; 0: not cached) and the token id. A known user's
+    refusal is audited and committed too, then raised. An unknown token is raised
+    without a row of its own: the caller counts it (``vault_service.authguard``),
+    so junk tokens cannot force a write each.
     """
     with db.write():
-        found = lookup(db, keyring, token, provider, request_id)
+        found = lookup(db, keyring, token, provider, request_id, lease_seconds)
         if found.use is not None:
             record_uses(db, [found.use])
     if isinstance(found.outcome, RmllmError):
@@ -269,7 +286,9 @@ def record_uses(db: Database, uses: Sequence[Use]) -> None:
     audit.append_many(db, [use.event for use in uses])
 
 
-def lookup(db: Database, keyring: Keyring, token: str, provider: str, request_id: str) -> Lookup:
+def lookup(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int = 0
+) -> Lookup:
     """The read half of a resolve: who, which configuration, the decrypted key or the refusal.
 
     Writes nothing: the outcome may be given out only once ``use`` is committed
@@ -289,7 +308,9 @@ def lookup(db: Database, keyring: Keyring, token: str, provider: str, request_id
     if row is None:
         # Not audited row by row: vault_service.authguard counts these (one row per interval).
         return Lookup(TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE), None)
-    user_id, config_id, blob, active, hint, base_url, settings, token_id = row
+    user_id, config_id, blob, active, hint, base_url, settings, token_id, disabled, expires = row
+    if disabled:
+        return refuse(user_id, UserDisabled(accounts.USER_DISABLED_MESSAGE))
     if config_id is None:
         return refuse(
             user_id,
@@ -323,7 +344,11 @@ def lookup(db: Database, keyring: Keyring, token: str, provider: str, request_id
             metadata={"key_id": exc.key_id},
         )
         return refuse(user_id, error, f"key_id={exc.key_id}")
-    resolved = Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id)
+    resolved = Resolved(
+        user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id, expires
+    )
+    lease = f"lease={lease_seconds}s token={token_id}"
     return Lookup(
-        resolved, Use(audit.Event(user_id, "config.resolve", provider, "ok", request_id), config_id, _now())
+        resolved,
+        Use(audit.Event(user_id, "config.resolve", provider, "ok", request_id, lease), config_id, _now()),
     )

@@ -149,6 +149,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         "optional token expiry",
         ("ALTER TABLE tokens ADD COLUMN expire_time BIGINT",),
     ),
+    Migration(
+        5,
+        "change sequence for cache invalidation",
+        (
+            """CREATE TABLE invalidations (
+                seq BIGINT PRIMARY KEY,
+                time BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                provider TEXT NOT NULL DEFAULT '',
+                token_id TEXT NOT NULL DEFAULT '')""",
+            """CREATE TABLE invalidation_head (
+                id INTEGER PRIMARY KEY,
+                seq BIGINT NOT NULL)""",
+            "INSERT INTO invalidation_head (id, seq) VALUES (1, 0)",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -2,9 +2,11 @@
 
 It opens the database, applies pending migrations, derives the keyring from the
 seed(s), and assembles the gRPC server: the error interceptor (outermost), the
-auth interceptor, the VaultService, health and reflection, and starts the hourly
+auth interceptor, the VaultService, health and reflection; it starts the
+process's ``InvalidationHub`` (the WatchInvalidations fan-out) and the hourly
 pruning of raw usage records past ``RMLLM_USAGE_RETENTION_DAYS``. Stopping the
-server stops the pruning and closes the database.
+server ends the watch streams first, then stops the pruning and closes the
+database.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from vault_service.crypto import Keyring
 from vault_service.database import Database
 from vault_service.servicer import VaultServicer
 from vault_service.settings import SettingsError, VaultSettings
+from vault_service.watch import InvalidationHub
 
 log = logging.getLogger(__name__)
 PRUNE_INTERVAL_SECONDS = 3600.0
@@ -121,6 +124,8 @@ async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -
     async def authenticate(token: str) -> accounts.Principal | None:
         return await db.run(accounts.authenticate, db, token)
 
+    hub = InvalidationHub(db)
+    await hub.start()
     guard = AuthGuard(db, settings.auth_limits)
     server = new_server(
         [AuthInterceptor(settings.service_token, authenticate, guard)],
@@ -128,16 +133,27 @@ async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -
         observer=_observer(settings),
     )
     servicer = VaultServicer(
-        db, keyring, registry=registry, allow_custom_base_url=settings.allow_custom_base_url, guard=guard
+        db,
+        keyring,
+        hub,
+        registry=registry,
+        allow_custom_base_url=settings.allow_custom_base_url,
+        guard=guard,
     )
     vault_pb2_grpc.add_VaultServiceServicer_to_server(servicer, server)
     health = await add_standard_services(server, [SERVICE_NAME])
-    port = bind(server, settings.listen)
+
+    try:
+        port = bind(server, settings.listen)
+    except OSError:
+        await hub.close()
+        raise
     pruner = asyncio.create_task(_prune_usage(db, settings.usage_retention_days), name="usage-prune")
 
     guard.start()
 
     async def close() -> None:
+        await hub.close()
         pruner.cancel()
         await asyncio.gather(pruner, return_exceptions=True)
         try:
@@ -145,4 +161,13 @@ async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -
         finally:
             await asyncio.to_thread(db.close)
 
-    return ServerHandle(server=server, port=port, health=health, service_name=SERVICE_NAME, on_stop=close)
+    return ServerHandle(
+        server=server,
+        port=port,
+        health=health,
+        service_name=SERVICE_NAME,
+        on_stop=close,
+        # Watch streams never end on their own: end them first, so a graceful stop
+        # does not wait out its grace period on them (the watchers resync elsewhere).
+        on_drain=hub.close,
+    )

@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from rmllm_common import requestctx
-from rmllm_common.errors import RmllmError, TokenInvalid, Unimplemented, invalid
+from rmllm_common.errors import RmllmError, TokenInvalid, UserDisabled, invalid
 from rmllm_common.modelpolicy import ModelPolicy
 from rmllm_common.registry import Registry
 from vault_service import accounts, configs, ledger, limits, validation
@@ -28,10 +28,13 @@ from vault_service.authguard import AuthGuard
 from vault_service.crypto import Keyring
 from vault_service.database import Database
 from vault_service.groupcommit import GroupCommit
+from vault_service.invalidations import Change
+from vault_service.watch import InvalidationHub, Resync
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_LEASE_SECONDS = 3600
 
 
 def _timestamp(micros: int | None) -> timestamp_pb2.Timestamp | None:
@@ -152,10 +155,10 @@ def entry_to_proto(entry: ledger.Entry) -> vault_pb2.UsageRecord:
     )
 
 
-def _resolve_with_limits(
-    db: Database, keyring: Keyring, token: str, provider: str, request_id: str
+def _resolve_with_limits(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int
 ) -> tuple[configs.Lookup, limits.Limits | None]:
-    found = configs.lookup(db, keyring, token, provider, request_id)
+    found = configs.lookup(db, keyring, token, provider, request_id, lease_seconds)
     outcome = found.outcome
     if isinstance(outcome, RmllmError):
         return found, None
@@ -167,6 +170,22 @@ def _authenticate_with_limits(db: Database, token: str) -> tuple[accounts.Princi
     if user is None:
         return None
     return user, limits.lookup(db, user.user_id, user.token_id)
+
+
+def change_to_proto(item: Change | Resync) -> vault_pb2.WatchInvalidationsResponse:
+    """The stream form of one change, or of a RESYNC."""
+    if isinstance(item, Resync):
+        return vault_pb2.WatchInvalidationsResponse(
+            sequence=item.sequence, kind=vault_pb2.INVALIDATION_KIND_RESYNC
+        )
+    return vault_pb2.WatchInvalidationsResponse(
+        sequence=item.seq,
+        kind=vault_pb2.InvalidationKind.Value("INVALIDATION_KIND_" + item.kind.value),
+        user_id=item.user_id,
+        provider=item.provider,
+        token_id=item.token_id,
+        time=_timestamp(item.time),
+    )
 
 
 def to_proto(record: configs.Record) -> vault_pb2.ProviderConfig:
@@ -191,12 +210,14 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         self,
         db: Database,
         keyring: Keyring,
+        hub: InvalidationHub,
         *,
         registry: Registry,
         allow_custom_base_url: bool,
         guard: AuthGuard | None = None,
     ) -> None:
         self._db = db
+        self._hub = hub
         self._keyring = keyring
         self._registry = registry
         self._allow_custom = allow_custom_base_url
@@ -213,6 +234,8 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         self._guard.check(action, token)
         try:
             return await call()
+        except UserDisabled:
+            raise  # a real token, not a guess (ResolveCredentials audits it on its own row)
         except TokenInvalid:
             self._guard.failed(action, token)
             raise
@@ -271,10 +294,17 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             raise invalid("request_id", "at most 128 characters: letters, digits and . _ : -")
         if not request.user_token:
             raise TokenInvalid("user_token is empty: pass the caller's token (without `Bearer `)")
+        if not 0 <= request.lease_seconds <= MAX_LEASE_SECONDS:
+            raise invalid("lease_seconds", f"from 0 to {MAX_LEASE_SECONDS}")
         resolved, found = await self._with_user_token(
             "config.resolve",
             request.user_token,
-            lambda: self._resolve(request.user_token, spec.id, request.request_id or requestctx.request_id()),
+            lambda: self._resolve(
+                request.user_token,
+                spec.id,
+                request.request_id or requestctx.request_id(),
+                request.lease_seconds,
+            ),
         )
         return vault_pb2.ResolveCredentialsResponse(
             user_id=resolved.user_id,
@@ -284,15 +314,16 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             settings=_settings(resolved.settings),
             key_hint=resolved.key_hint,
             token_id=resolved.token_id,
+            token_expire_time=_timestamp(resolved.token_expire_time),
             **_limits(found),
         )
 
     async def _resolve(
-        self, token: str, provider: str, request_id: str
+        self, token: str, provider: str, request_id: str, lease_seconds: int
     ) -> tuple[configs.Resolved, limits.Limits]:
         """Read and decrypt off the writer; answer once the audit row and use count are durable."""
         found, found_limits = await self._db.run(
-            _resolve_with_limits, self._db, self._keyring, token, provider, request_id
+            _resolve_with_limits, self._db, self._keyring, token, provider, request_id, lease_seconds
         )
         if found.use is not None:
             await self._uses.commit(found.use)
@@ -371,11 +402,15 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             duplicates += done.duplicates
         return vault_pb2.ReportUsageResponse(accepted=accepted, duplicates=duplicates)
 
-    # WatchInvalidations arrives with the scale-out work (#12); until then it answers
-    # UNIMPLEMENTED explicitly.
-
     async def WatchInvalidations(
         self, request: vault_pb2.WatchInvalidationsRequest, context: Context
     ) -> AsyncIterator[vault_pb2.WatchInvalidationsResponse]:
-        raise Unimplemented("WatchInvalidations is not served by this vault yet")
-        yield  # a server-streaming handler is an async generator
+        subscription = self._hub.subscribe()
+        try:
+            while True:
+                item = await subscription.next()
+                if not isinstance(item, Change | Resync):
+                    return  # the hub is closing or lost the database: the watcher resyncs elsewhere
+                yield change_to_proto(item)
+        finally:
+            self._hub.unsubscribe(subscription)

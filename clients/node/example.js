@@ -15,7 +15,7 @@
  * On failure: one line on stderr ("example: CODE REASON: message") and exit 1.
  */
 
-const { makeClients, RmllmError } = require('./index');
+const { makeClients, formatUsd, RmllmError } = require('./index');
 
 async function main(env) {
   const provider = env.RMLLM_EXAMPLE_PROVIDER || 'openai';
@@ -52,7 +52,7 @@ async function main(env) {
       `${JSON.stringify({
         text,
         finish_reason: done.finish_reason,
-        usage: { input_tokens, output_tokens, total_tokens, cost_usd },
+        usage: { input_tokens, output_tokens, total_tokens, cost_usd, cost: formatUsd(cost_usd) },
         model: done.model,
         provider: done.provider,
       })}\n`,

@@ -30,6 +30,7 @@
  * (seconds, from RetryInfo) and fieldViolations (from BadRequest).
  */
 
+const net = require('node:net');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -63,7 +64,37 @@ const SERVICE_CONFIG = JSON.stringify({
     },
   ],
   retryThrottling: { maxTokens: 10, tokenRatio: 0.1 },
+  // Several replicas behind one target: spread the calls, skip the ones that are down.
+  loadBalancingConfig: [{ round_robin: {} }],
 });
+
+/**
+ * One gRPC target from one address, several (an array, or one string separated
+ * by commas: IP addresses or localhost, each with a port), or a gRPC name such as
+ * dns:///llm.internal:50051. Several addresses become an ipv4:/ipv6: target.
+ */
+function channelTarget(target) {
+  const parts = (Array.isArray(target) ? target : [target])
+    .flatMap((t) => String(t).split(','))
+    .map((t) => t.trim())
+    .filter((t) => t);
+  if (parts.length === 0) throw new Error('give at least one target (HOST:PORT)');
+  if (parts.length === 1) return parts[0];
+  const families = new Set();
+  const addresses = parts.map((part) => {
+    const match = /^\[?([^\]]*?)\]?:(\d+)$/.exec(part);
+    if (!match || /^(dns|ipv4|ipv6|unix|unix-abstract|xds):/.test(part)) throw new Error(`several targets must each be IP:PORT, not ${part}`);
+    const host = match[1] === 'localhost' ? '127.0.0.1' : match[1];
+    const family = net.isIP(host);
+    if (family === 0) {
+      throw new Error(`several targets must be IP addresses (${host} is a name); for several hosts by name use one dns:///NAME:PORT target`);
+    }
+    families.add(family);
+    return family === 6 ? `[${host}]:${match[2]}` : `${host}:${match[2]}`;
+  });
+  if (families.size > 1) throw new Error('several targets must all be IPv4 or all IPv6');
+  return (families.has(6) ? 'ipv6:' : 'ipv4:') + addresses.join(',');
+}
 
 // google.rpc.Status and the details the services send, for decoding
 // the `grpc-status-details-bin` trailer.
@@ -219,7 +250,8 @@ function loadServices() {
 }
 
 /**
- * Clients for both services. Options: llmTarget, vaultTarget, token,
+ * Clients for both services. Options: llmTarget, vaultTarget (each one address,
+ * several, or a dns:/// name: see channelTarget), token,
  * credentials (grpc.ChannelCredentials; insecure by default, for loopback),
  * timeoutMs (default 30 s), chatTimeoutMs (Chat and StreamChat, default 300 s).
  */
@@ -234,8 +266,8 @@ function makeClients({
   if (!token) throw new Error('a token is required: set RMLLM_TOKEN');
   const { LLMService, VaultService } = loadServices();
   const options = { 'grpc.service_config': SERVICE_CONFIG, 'grpc.enable_retries': 1, 'grpc.primary_user_agent': 'rmllm-node/0.1.0' };
-  const llm = new LLMService(llmTarget, credentials, options);
-  const vault = new VaultService(vaultTarget, credentials, options);
+  const llm = new LLMService(channelTarget(llmTarget), credentials, options);
+  const vault = new VaultService(channelTarget(vaultTarget), credentials, options);
   const metadata = () => {
     const md = new grpc.Metadata();
     md.set('authorization', `Bearer ${token}`);
@@ -299,9 +331,20 @@ function makeClients({
   };
 }
 
+/**
+ * A cost in US dollars as people read it: fixed notation, at most 10 decimals (the
+ * server rounds costs to 1e-10 USD), at least 2: formatUsd(5.1e-6) === '$0.0000051'.
+ */
+function formatUsd(value) {
+  const [whole, fraction = ''] = (Number(value) || 0).toFixed(10).replace(/0+$/, '').split('.');
+  return `$${whole}.${fraction.padEnd(2, '0')}`;
+}
+
 module.exports = {
   makeClients,
+  channelTarget,
   fromGrpcError,
+  formatUsd,
   RmllmError,
   tool,
   struct,

@@ -3,7 +3,8 @@
 Entry points: ``from_response`` (an HTTP status, its headers and body) and
 ``from_stream_error`` (an error object that arrived as a stream event, after a
 200), both driven by the same table; ``transport_errors`` (a context manager that
-turns aiohttp connection failures and timeouts into ``ProviderUnavailable`` /
+turns aiohttp connection failures and timeouts into ``ProviderUnavailable`` (with
+ErrorInfo metadata ``cause=dns`` and ``host`` for a name that does not resolve) /
 ``UpstreamStreamTruncated`` / ``DeadlineExceeded`` with ``raise ... from e``); and
 ``unexpected_shapes`` (events whose JSON does not have the format's shape become
 ``ProviderError``).
@@ -334,6 +335,15 @@ def transport_errors(spec: ProviderSpec, timeout: float | None, *, streaming: bo
             if timeout is not None
             else f"{name} timed out",
             provider=spec.id,
+        ) from e
+    except aiohttp.ClientConnectorDNSError as e:
+        # A name that does not resolve: most often a mistyped base URL, not a passing fault.
+        raise ProviderUnavailable(
+            f"the name {e.host!r} of the {spec.display_name} endpoint does not resolve "
+            f"({e.os_error.strerror or e.os_error}): check the base URL stored with the key "
+            "and the LLM service's DNS",
+            provider=spec.id,
+            metadata={"cause": "dns", "host": e.host},
         ) from e
     except aiohttp.ClientConnectionError as e:
         if streaming:

@@ -9,6 +9,8 @@ from testkit.fake_grpc import TOKEN, FakeServers
 
 from clients import AsyncClient, Client
 
+REPLICA_KEY = "sk-good-REPLICA-key-0001"
+
 
 @pytest.fixture
 def fake() -> Iterator[FakeServers]:
@@ -32,3 +34,17 @@ async def aclient(fake: FakeServers) -> AsyncIterator[AsyncClient]:
         TOKEN, llm_target=fake.llm_target, vault_target=fake.vault_target, timeout=10
     ) as c:
         yield c
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[FakeServers]]:
+    """Two fake LLM services (each with its vault), playing two replicas; an OpenAI key on both."""
+    servers = [FakeServers().start(), FakeServers().start()]
+    try:
+        for fake in servers:
+            with Client(TOKEN, llm_target=fake.llm_target, vault_target=fake.vault_target) as client:
+                client.put_config("openai", REPLICA_KEY)
+        yield servers
+    finally:
+        for fake in servers:
+            fake.stop()

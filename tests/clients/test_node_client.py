@@ -68,7 +68,13 @@ def test_example_stores_tests_and_streams(node_ready: str, fake: FakeServers) ->
     assert json.loads(line) == {
         "text": "Hello world",
         "finish_reason": "FINISH_REASON_STOP",
-        "usage": {"input_tokens": 12, "output_tokens": 34, "total_tokens": 46, "cost_usd": 0.000022},
+        "usage": {
+            "input_tokens": 12,
+            "output_tokens": 34,
+            "total_tokens": 46,
+            "cost_usd": 0.000022,
+            "cost": "$0.000022",
+        },
         "model": "claude-3-5-haiku-latest",
         "provider": "anthropic",
     }
@@ -250,3 +256,41 @@ def test_node_stream_events_for_reasoning_and_tool_calls(node_ready: str, fake: 
     assert stream_request.reasoning.include_reasoning
     assert chat_request.messages[1].provider_state == b'{"v":1,"format":"openai"}'
     assert chat_request.messages[2].tool_call_id == "call_1"
+
+
+def test_node_format_usd_matches_the_python_client(node_ready: str) -> None:
+    from clients import format_usd
+
+    values = [5.1e-06, 5.0999999999999995e-06, 0.0, 0.5, 12.345, 1e-10, 0.000022, 3.0, 123456.789]
+    script = (
+        "const { formatUsd } = require('./index');"
+        f"process.stdout.write(JSON.stringify({values!r}.map(formatUsd)));"
+    )
+    result = subprocess.run(
+        [node_ready, "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [format_usd(value) for value in values]
+    assert json.loads(result.stdout)[:2] == ["$0.0000051", "$0.0000051"]
+
+
+def test_the_node_client_spreads_calls_over_every_replica(
+    node_ready: str, replicas: list[FakeServers]
+) -> None:
+    script = """
+const { makeClients } = require('./index');
+(async () => {
+  const rmllm = makeClients({ token: process.env.RMLLM_TOKEN, llmTarget: process.env.RMLLM_TARGET,
+                              vaultTarget: process.env.RMLLM_VAULT_TARGET });
+  for (let i = 0; i < 20; i++) {
+    await rmllm.chat({ provider: 'openai', messages: [{ role: 'ROLE_USER', content: 'Hi' }] });
+  }
+  rmllm.close();
+  console.log(JSON.stringify({ ok: true }));
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+    env = node_env(replicas[0], RMLLM_TARGET=",".join(fake.llm_target for fake in replicas))
+    result = run_node(node_ready, ["-e", script], env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"ok": True}
+    assert all(fake.state.methods().count("Chat") > 0 for fake in replicas)

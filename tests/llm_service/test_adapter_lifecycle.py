@@ -107,6 +107,21 @@ async def test_nothing_listening_is_provider_unavailable(http: aiohttp.ClientSes
     assert isinstance(out.error.__cause__, aiohttp.ClientConnectionError)
 
 
+async def test_a_name_that_does_not_resolve_is_a_dns_failure_not_a_passing_fault(
+    http: aiohttp.ClientSession,
+) -> None:
+    spec = default_registry().providers["openai"]
+    ep = Endpoint(
+        spec=spec, base_url="http://no-such-host.invalid/v1", api_key=Secret("sk-test-0123456789abcdef")
+    )
+    out = await collect(adapter_for(spec).stream_chat(http, ep, params("openai"), 5))
+    assert isinstance(out.error, errors.ProviderUnavailable)
+    assert out.error.metadata == {"provider": "openai", "cause": "dns", "host": "no-such-host.invalid"}
+    assert "'no-such-host.invalid'" in out.error.message and "does not resolve" in out.error.message
+    assert "check the base URL" in out.error.message
+    assert isinstance(out.error.__cause__, aiohttp.ClientConnectorDNSError)
+
+
 async def test_a_completed_stream_leaves_the_connection_reusable(
     fake: FakeProvider, http: aiohttp.ClientSession
 ) -> None:

@@ -205,3 +205,13 @@ async def test_usage_priced_by_the_requested_model_when_the_answer_names_a_snaps
     llm.adapter.scripts = [[finished(model="", input_tokens=10, output_tokens=0)]]
     reply = await llm.stub.Chat(chat_request(model="unknown-model"), metadata=auth())
     assert (reply.model, reply.usage.cost_usd, reply.usage.total_tokens) == ("unknown-model", 0.0, 10)
+
+
+async def test_cost_is_rounded_to_a_tenth_of_a_nano_dollar_without_float_noise(llm: LLMHarness) -> None:
+    # gpt-4o-mini: (10 * 0.15 + 7 * 0.60) / 1e6 is 5.7000000000000005e-06 in binary floats.
+    assert (10 * 0.15 + 7 * 0.60) / 1e6 != 5.7e-06
+    llm.adapter.scripts = [answer("Hi", model="gpt-4o-mini", input_tokens=10, output_tokens=7)] * 2
+    reply = await llm.stub.Chat(chat_request(), metadata=auth())
+    stream = [m async for m in llm.stub.StreamChat(stream_request(), metadata=auth())]
+    for usage in (reply.usage, stream[-1].done.usage):
+        assert usage.cost_usd == 5.7e-06 and repr(usage.cost_usd) == "5.7e-06"

@@ -85,14 +85,14 @@ def test_bucket_refills_to_burst_only() -> None:
     clock = Clock()
     limiter = RateLimiter("chat", 60, 3, clock=clock)
     for _ in range(3):
-        limiter.take("u")
+        limiter.take_now("u")
     with pytest.raises(RateLimited):
-        limiter.take("u")
+        limiter.take_now("u")
     clock.now += 3600
     for _ in range(3):
-        limiter.take("u")
+        limiter.take_now("u")
     with pytest.raises(RateLimited) as caught:
-        limiter.take("u")
+        limiter.take_now("u")
     assert caught.value.retry_after == pytest.approx(1.0)
 
 
@@ -103,6 +103,6 @@ def test_bucket_table_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     limiter = RateLimiter("chat", 60, 2, clock=clock)
     for user in range(50):
-        limiter.take(f"u{user}")
+        limiter.take_now(f"u{user}")
         clock.now += 0.01
     assert len(limiter._buckets) <= 10

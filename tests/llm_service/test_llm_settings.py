@@ -23,7 +23,9 @@ def test_defaults() -> None:
     assert TOKEN not in repr(settings)
     assert (settings.listen, settings.vault_addr) == ("127.0.0.1:50051", "127.0.0.1:50052")
     assert not settings.allow_custom_base_url
-    assert settings.credential_cache_seconds == 0
+    assert settings.credential_cache_seconds == 30  # on by default: the vault's watch stream keeps it honest
+    assert (settings.max_concurrent_streams, settings.stream_lease_seconds) == (100, 30)
+    assert not settings.redis_url and settings.redis_failure_mode == "open"
     assert (settings.retry_attempts, settings.retry_after_cap_seconds) == (3, 10.0)
     assert (settings.chat_rate_per_minute, settings.testkey_rate_per_minute) == (600, 60)
     assert settings.log_level == "info"
@@ -84,10 +86,35 @@ def test_values_are_read() -> None:
     assert settings.listen == "[::1]:0"
 
 
+def test_redis_settings() -> None:
+    url = "redis://:pw-not-to-print@127.0.0.1:6379/0"
+    settings = LLMSettings.from_env(
+        {
+            "RMLLM_SERVICE_TOKEN": TOKEN,
+            "RMLLM_REDIS_URL": url,
+            "RMLLM_REDIS_PREFIX": "team-a:",
+            "RMLLM_REDIS_FAILURE_MODE": "Closed",
+            "RMLLM_MAX_CONCURRENT_STREAMS": "0",
+        }
+    )
+    assert settings.redis_url.reveal() == url and "pw-not-to-print" not in repr(settings)
+    assert (settings.redis_prefix, settings.redis_failure_mode) == ("team-a:", "closed")
+    assert settings.max_concurrent_streams == 0
+    for name, value, fragment in (
+        ("RMLLM_REDIS_URL", "http://127.0.0.1:6379", "redis://"),
+        ("RMLLM_REDIS_FAILURE_MODE", "maybe", "open, closed"),
+        ("RMLLM_REDIS_PREFIX", "has space", "at most 64"),
+        ("RMLLM_CREDENTIAL_CACHE_SECONDS", "61", "0 to 60"),
+        ("RMLLM_STREAM_LEASE_SECONDS", "0", "1 to 3600"),
+    ):
+        with pytest.raises(SettingsError, match=fragment):
+            LLMSettings.from_env({"RMLLM_SERVICE_TOKEN": TOKEN, name: value})
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("RMLLM_CREDENTIAL_CACHE_SECONDS", "31"),
+        ("RMLLM_CREDENTIAL_CACHE_SECONDS", "61"),
         ("RMLLM_CREDENTIAL_CACHE_SECONDS", "-1"),
         ("RMLLM_CREDENTIAL_CACHE_SECONDS", "soon"),
         ("RMLLM_RETRY_ATTEMPTS", "0"),

@@ -253,10 +253,12 @@ async def test_unreported_spend_of_this_replica_counts_against_the_budget() -> N
 async def test_credentials_with_a_budget_are_never_served_from_the_cache() -> None:
     cached = {**FAST, "RMLLM_CREDENTIAL_CACHE_SECONDS": "30"}
     async with llm_harness(cached) as llm:
+        await llm.until(lambda: llm.cache.enabled)  # the cache works once the watch stream is in sync
         for _ in range(3):
             await llm.stub.Chat(chat_request(), metadata=auth(), timeout=10)
         assert llm.vault.methods().count("ResolveCredentials") == 1  # no budget: cached
     async with llm_harness(cached) as llm:
+        await llm.until(lambda: llm.cache.enabled)
         budget = vault_pb2.BudgetStatus(
             scope=vault_pb2.LIMIT_SCOPE_USER,
             period=vault_pb2.BUDGET_PERIOD_DAILY,

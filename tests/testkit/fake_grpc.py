@@ -406,6 +406,9 @@ class FakeServers:
         return self
 
     def stop(self) -> None:
+        """Stop both fakes (a second call does nothing)."""
+        if self._loop.is_closed():
+            return
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)

@@ -1,6 +1,7 @@
 """An in-process fake of the vault's service-only RPCs, for LLM service tests.
 
-``FakeVault`` implements ResolveCredentials and AuthenticateToken over a real
+``FakeVault`` implements ResolveCredentials, AuthenticateToken and
+WatchInvalidations (a RESYNC, then what ``invalidate`` sends) over a real
 ``grpc.aio`` server on a loopback port, with canned users and keys. Like the real
 vault it refuses callers without the service credential (PERMISSION_DENIED /
 SERVICE_CREDENTIAL_REQUIRED), answers unknown tokens with UNAUTHENTICATED /
@@ -15,6 +16,7 @@ model policies (the response fields) to a user's answers.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +51,7 @@ class VaultCall:
     metadata: dict[str, str]
     remaining: float | None
     request_id: str = ""
+    lease_seconds: int = 0
 
 
 @dataclass
@@ -57,6 +60,8 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
 
     service_token: str
     users: dict[str, str] = field(default_factory=dict)
+    # token -> token id, for tokens that are not their user's first (``tok_<user id>``)
+    token_ids: dict[str, str] = field(default_factory=dict)
     keys: dict[tuple[str, str], StoredKey] = field(default_factory=dict)
     calls: list[VaultCall] = field(default_factory=list)
     usage: dict[str, vault_pb2.UsageRecord] = field(default_factory=dict)
@@ -64,6 +69,10 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
     fail_with: errors.RmllmError | None = None
     stall: bool = False
     address: str = ""
+    # WatchInvalidations: off answers UNIMPLEMENTED (an older vault: no cache).
+    serve_watch: bool = True
+    sequence: int = 0
+    watchers: list[asyncio.Queue[vault_pb2.WatchInvalidationsResponse | None]] = field(default_factory=list)
     _server: grpc.aio.Server | None = None
 
     async def _enter(
@@ -89,6 +98,7 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
         user_id = await self._enter(
             "ResolveCredentials", request.user_token, request.provider, context, request.request_id
         )
+        self.calls[-1].lease_seconds = request.lease_seconds
         spec = default_registry().get(request.provider)
         if spec is None:
             await abort_with(context, errors.UnknownProvider("unknown provider"))
@@ -109,7 +119,7 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
             base_url=stored.base_url,
             settings=settings,
             key_hint=stored.api_key[-4:],
-            token_id=f"tok_{user_id}",
+            token_id=self.token_ids.get(request.user_token, f"tok_{user_id}"),
             **self.limits.get(user_id, {}),
         )
 
@@ -120,7 +130,7 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
         return vault_pb2.AuthenticateTokenResponse(
             user_id=user_id,
             user_name=f"name-{user_id}",
-            token_id=f"tok_{user_id}",
+            token_id=self.token_ids.get(request.user_token, f"tok_{user_id}"),
             **self.limits.get(user_id, {}),
         )
 
@@ -137,6 +147,42 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
                     self.usage[record.request_id] = record
                     accepted += 1
         return vault_pb2.ReportUsageResponse(accepted=accepted, duplicates=duplicates)
+
+    async def WatchInvalidations(
+        self, request: vault_pb2.WatchInvalidationsRequest, context: Context
+    ) -> AsyncIterator[vault_pb2.WatchInvalidationsResponse]:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        if not self.serve_watch:
+            await abort_with(context, errors.Unimplemented("this vault has no WatchInvalidations"))
+        if metadata.get("authorization") != f"Bearer {self.service_token}":
+            await abort_with(context, errors.PermissionDenied("this RPC needs the service credential"))
+        queue: asyncio.Queue[vault_pb2.WatchInvalidationsResponse | None] = asyncio.Queue()
+        self.watchers.append(queue)
+        try:
+            yield vault_pb2.WatchInvalidationsResponse(
+                sequence=self.sequence, kind=vault_pb2.INVALIDATION_KIND_RESYNC
+            )
+            while (item := await queue.get()) is not None:
+                yield item
+        finally:
+            self.watchers.remove(queue)
+
+    def invalidate(self, kind: int, user_id: str = "", *, skip: int = 0, **fields: str) -> None:
+        """Send one change to every watcher (``skip`` numbers first: a gap)."""
+        self.sequence += 1 + skip
+        change = vault_pb2.WatchInvalidationsResponse(
+            sequence=self.sequence,
+            kind=kind,  # type: ignore[arg-type]
+            user_id=user_id,
+            **fields,  # type: ignore[arg-type]
+        )
+        for queue in self.watchers:
+            queue.put_nowait(change)
+
+    def end_watches(self) -> None:
+        """End every watch stream (as a vault shutting down does)."""
+        for queue in self.watchers:
+            queue.put_nowait(None)
 
     def methods(self) -> list[str]:
         """The methods called so far, in order."""

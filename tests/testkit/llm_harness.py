@@ -10,7 +10,9 @@ RetryInfo and BadRequest.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
+from llm_service.credential_cache import CredentialCache
 from llm_service.server import build_server
 from llm_service.settings import LLMSettings
 from rmllm_common.server import ServerHandle
@@ -111,6 +114,21 @@ class LLMHarness:
     def address(self) -> str:
         return f"127.0.0.1:{self.handle.port}"
 
+    @property
+    def cache(self) -> CredentialCache:
+        """The LLM server's credential cache."""
+        vault = getattr(self.handle, "vault", None)
+        assert vault is not None
+        cache: CredentialCache = vault.cache
+        return cache
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.01)
+
 
 def chat_request(text: str = "Hi", provider: str = "openai", **fields: Any) -> llm_pb2.ChatRequest:
     """A minimal valid ChatRequest."""
@@ -155,6 +173,9 @@ async def llm_harness(
             "RMLLM_SERVICE_TOKEN": SERVICE_TOKEN,
             "RMLLM_VAULT_ADDR": vault_addr or address,
             "RMLLM_RETRY_BASE_DELAY_SECONDS": "0.5",
+            # The fake vault's canned keys change under some tests without an
+            # invalidation: cache only where a test asks for it.
+            "RMLLM_CREDENTIAL_CACHE_SECONDS": "0",
             **(env or {}),
         },
         listen="127.0.0.1:0",

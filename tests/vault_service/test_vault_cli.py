@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from testkit.vault import OLD_SEED, SEED
 
+from rmllm_common.errors import UserDisabled
 from rmllm_common.secret import Secret
 from vault_service import accounts, cli, configs, migrations
 from vault_service.crypto import Keyring
@@ -74,7 +75,9 @@ def test_users_and_tokens(run: Invoke, data_dir: Path) -> None:
         fields = out.splitlines()[1].split()
         assert code == 0 and fields[0] == "alice" and fields[2:4] == ["active", "1"]
         code, _, _ = invoke("users", "disable", "alice")
-        assert code == 0 and db.call(accounts.authenticate, db, second) is None
+        assert code == 0
+        with pytest.raises(UserDisabled):
+            db.call(accounts.authenticate, db, second)
         code, _, err = invoke("tokens", "create", "alice")
         assert code != 0 and "disabled" in one_line_error(err)
         code, _, err = invoke("users", "disable", "nobody")
@@ -138,6 +141,57 @@ def test_configuration_errors_are_one_line(
         monkeypatch.setenv(name, value)
     code, _, err = invoke(*argv)
     assert code != 0 and expected in one_line_error(err)
+
+
+def test_users_create_exist_ok_enable_delete_and_audit_list(run: Invoke, data_dir: Path) -> None:
+    import json
+
+    invoke = run
+    code, out, _ = invoke("users", "create", "alice", "--exist-ok")
+    assert code == 0 and out.startswith("created user alice")
+    first = out.strip().splitlines()[-1]
+    code, out, _ = invoke("users", "create", "alice", "--exist-ok")  # as the README tour does
+    second = out.strip().splitlines()[-1]
+    assert code == 0 and "exists" in out and accounts.plausible(second) and second != first
+
+    code, _, _ = invoke("users", "disable", "alice")
+    code, _, err = invoke("users", "create", "alice", "--exist-ok")
+    assert code != 0 and "disabled" in one_line_error(err)
+    code, out, _ = invoke("users", "enable", "alice")
+    assert code == 0 and out.startswith("enabled user alice")
+    code, _, err = invoke("users", "enable", "nobody")
+    assert code != 0 and "no user" in one_line_error(err)
+
+    code, _, _ = invoke("users", "create", "bob")
+    code, out, _ = invoke("users", "delete", "bob")
+    assert code == 0 and "deleted user bob" in out and "0 stored keys and 1 tokens" in out
+    code, out, _ = invoke("users", "list")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["alice"]
+    code, _, err = invoke("users", "delete", "bob")
+    assert code != 0 and "no user named 'bob'" in one_line_error(err)
+
+    code, out, _ = invoke("audit", "list", "--user", "bob", "--format", "json")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [e["action"] for e in events] == ["user.create", "token.create", "user.delete"]
+    assert events[-1]["time"].endswith("Z") and "configs=0 tokens=1" in events[-1]["detail"]
+    code, out, _ = invoke("audit", "list", "--action", "user.*", "--since", "1h")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:4] == ["SEQ", "TIME", "ACTOR", "ACTION"]
+    assert [line.split()[3] for line in lines[1:]] == [
+        "user.create",
+        "user.disable",
+        "user.enable",
+        "user.create",
+        "user.delete",
+    ]
+    code, out, _ = invoke("audit", "list", "--since", "2999-01-01")
+    assert code == 0 and len(out.splitlines()) == 1  # the header only
+    code, _, err = invoke("audit", "list", "--user", "nobody")
+    assert code != 0 and "no user named 'nobody'" in one_line_error(err)
+    code, _, err = invoke("audit", "list", "--since", "yesterday")  # the forms of `usage report --since`
+    assert code != 0 and "--since must be a UTC date" in one_line_error(err)
+    code, out, _ = invoke("audit", "verify")
+    assert code == 0 and "intact" in out
 
 
 def test_budgets_policies_and_the_usage_report(run: Invoke, data_dir: Path) -> None:

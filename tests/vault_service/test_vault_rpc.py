@@ -186,7 +186,6 @@ async def test_user_rpcs_refuse_missing_unknown_revoked_and_disabled_tokens(
         (),
         md("rmk_" + "x" * 43),
         md(revoked.reveal()),
-        md(carol),
         md(SERVICE_TOKEN),
         (("authorization", alice),),  # no Bearer scheme
         (("authorization", "Bearer "),),
@@ -195,6 +194,10 @@ async def test_user_rpcs_refuse_missing_unknown_revoked_and_disabled_tokens(
         for metadata in refused:
             failed = await fails(getattr(vault.stub, method)(request, metadata=metadata))
             assert (failed.code, failed.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"), method
+        # A disabled user's real token: its own reason, and a message saying who can help.
+        failed = await fails(getattr(vault.stub, method)(request, metadata=md(carol)))
+        assert (failed.code, failed.reason) == (grpc.StatusCode.UNAUTHENTICATED, "USER_DISABLED"), method
+        assert "users enable" in failed.message
     ok = await vault.stub.ListProviderConfigs(pb.ListProviderConfigsRequest(), metadata=md(alice))
     assert list(ok.configs) == []
 
@@ -352,3 +355,27 @@ def test_every_vault_rpc_has_an_access_rule() -> None:
     assert set(POLICY) == {f"/{service.full_name}/{method.name}" for method in service.methods}
     service_only = {name.rsplit("/", 1)[1] for name, access in POLICY.items() if access is Access.SERVICE}
     assert service_only == {"ResolveCredentials", "AuthenticateToken", "ReportUsage", "WatchInvalidations"}
+
+
+async def test_service_rpcs_tell_a_disabled_user_apart_and_audit_it(vault: Vault, fails: Fails) -> None:
+    carol = vault.make_user("carol")
+    await vault.stub.PutProviderConfig(
+        pb.PutProviderConfigRequest(provider="openai", api_key=KEY_A), metadata=md(carol)
+    )
+    vault.db.call(accounts.disable_user, vault.db, "carol")
+    for call in (
+        vault.stub.ResolveCredentials(
+            pb.ResolveCredentialsRequest(user_token=carol, provider="openai", request_id="req-1"),
+            metadata=SERVICE,
+        ),
+        vault.stub.AuthenticateToken(pb.AuthenticateTokenRequest(user_token=carol), metadata=SERVICE),
+    ):
+        failed = await fails(call)
+        assert (failed.code, failed.reason) == (grpc.StatusCode.UNAUTHENTICATED, "USER_DISABLED")
+    refused = vault.db.call(lambda: list(audit.rows(vault.db, action="config.resolve")))
+    assert [(r.outcome, r.request_id) for r in refused] == [("USER_DISABLED", "req-1")]
+    vault.db.call(accounts.enable_user, vault.db, "carol")
+    resolved = await vault.stub.ResolveCredentials(
+        pb.ResolveCredentialsRequest(user_token=carol, provider="openai"), metadata=SERVICE
+    )
+    assert resolved.api_key == KEY_A

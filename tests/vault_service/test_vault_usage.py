@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from realmultillm.vault.v1 import vault_pb2 as pb
 from testkit.vault import SERVICE_TOKEN, Failure, Vault, md
 
-from vault_service import accounts, ledger, limits
+from vault_service import accounts, invalidations, ledger, limits
 
 Fails = Callable[[Awaitable[Any]], Awaitable[Failure]]
 SERVICE = md(SERVICE_TOKEN)
@@ -392,28 +392,25 @@ async def test_an_undecodable_report_message_is_malformed(ledger_vault: Vault, f
 
 
 class _Changes:
-    """Stands in for vault_service.invalidations (arriving with #12): records what was called."""
+    """The change sequence (``vault_service.invalidations``) as (kind, user id, token id), read back."""
 
-    class Kind:
-        def __class_getitem__(cls, name: str) -> str:
-            return name
+    def __init__(self, db: Any) -> None:
+        self._db = db
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str]] = []
+    @property
+    def calls(self) -> list[tuple[str, str, str]]:
+        changes = self._db.call(invalidations.since, self._db, 0)
+        return [(c.kind.value, c.user_id, c.token_id) for c in changes[self._skip :]]
 
-    def record_change(
-        self, db: Any, kind: str, user_id: str, *, provider: str = "", token_id: str = ""
-    ) -> int:
-        self.calls.append((kind, user_id, token_id))
-        return len(self.calls)
+    _skip = 0
+
+    def clear(self) -> None:
+        self._skip += len(self.calls)
 
 
-def test_ingestion_records_a_change_when_spend_crosses_a_budget(
-    database: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ingestion_records_a_change_when_spend_crosses_a_budget(database: Any) -> None:
     db = database
-    changes = _Changes()
-    monkeypatch.setattr(limits, "_changes", changes)
+    changes = _Changes(db)
     principal, token_id, _ = db.call(accounts.create_user, db, "alice")
     db.call(
         functools.partial(limits.set_budget, daily=1.0, monthly=None), db, limits.user_target(db, "alice")
@@ -425,7 +422,7 @@ def test_ingestion_records_a_change_when_spend_crosses_a_budget(
         ("BUDGET_CHANGED", principal.user_id, ""),
         ("BUDGET_CHANGED", principal.user_id, token_id),
     ]
-    changes.calls.clear()
+    changes.clear()
     now = ledger.now_us()
 
     def spend(request_id: str, cost: float) -> None:

@@ -38,6 +38,8 @@ google.rpc.BadRequest for invalid fields. Reasons, with their status codes
     reached.
   UPSTREAM_STREAM_TRUNCATED (UNAVAILABLE): the provider's stream was cut short.
   VAULT_UNAVAILABLE (UNAVAILABLE): the vault could not be used.
+  RATE_LIMITER_UNAVAILABLE (UNAVAILABLE): the shared rate limiter (Redis) is down
+    and the service is configured to refuse calls meanwhile (fail-closed).
   DEADLINE_EXCEEDED (DEADLINE_EXCEEDED): the caller's deadline passed.
   INTERNAL (INTERNAL): a bug; quote the request id to the operator.
   KEY_DECRYPTION_FAILED (INTERNAL): the vault cannot decrypt the stored key.

@@ -10,7 +10,8 @@ obtains a decrypted key per request through the service-only RPCs.
 Authentication: every RPC needs the `authorization: Bearer <token>` metadata.
 For the user-facing RPCs the token is a user token (`rmk_...`, created with
 `rmllm-vault users create` or `rmllm-vault tokens create`); a missing, unknown or
-revoked token is UNAUTHENTICATED / TOKEN_INVALID. For the service-only RPCs the
+revoked token is UNAUTHENTICATED / TOKEN_INVALID, and a token of a disabled user
+UNAUTHENTICATED / USER_DISABLED. For the service-only RPCs the
 token is the service credential (`RMLLM_SERVICE_TOKEN`); any other token is
 PERMISSION_DENIED / SERVICE_CREDENTIAL_REQUIRED.
 
@@ -574,6 +575,7 @@ class ResolveCredentialsRequest(_message.Message):
     USER_TOKEN_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     user_token: _builtins.str
     """The end user's token, as the LLM service received it (without `Bearer `)."""
     provider: _builtins.str
@@ -582,16 +584,21 @@ class ResolveCredentialsRequest(_message.Message):
     """Request id of the originating call, recorded in the audit log. At most 128
     characters; empty: the vault takes the `x-request-id` metadata or makes one.
     """
+    lease_seconds: _builtins.int
+    """How long the caller will keep the answer in its cache (0: not cached); the
+    vault audits the resolve as a lease of this length.
+    """
     def __init__(
         self,
         *,
         user_token: _builtins.str = ...,
         provider: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        lease_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "request_id", b"request_id", "user_token", b"user_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_seconds", b"lease_seconds", "provider", b"provider", "request_id", b"request_id", "user_token", b"user_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -613,6 +620,7 @@ class ResolveCredentialsResponse(_message.Message):
     BUDGETS_FIELD_NUMBER: _builtins.int
     USER_POLICY_FIELD_NUMBER: _builtins.int
     TOKEN_POLICY_FIELD_NUMBER: _builtins.int
+    TOKEN_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user the token belongs to."""
     provider: _builtins.str
@@ -643,6 +651,10 @@ class ResolveCredentialsResponse(_message.Message):
     def token_policy(self) -> Global___ModelPolicy:
         """The token's model policy; unset: none. Both policies must allow a model."""
 
+    @_builtins.property
+    def token_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the user token expires; unset: never. A cached answer is not used past it."""
+
     def __init__(
         self,
         *,
@@ -656,10 +668,11 @@ class ResolveCredentialsResponse(_message.Message):
         budgets: _abc.Iterable[Global___BudgetStatus] | None = ...,
         user_policy: Global___ModelPolicy | None = ...,
         token_policy: Global___ModelPolicy | None = ...,
+        token_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "token_policy", b"token_policy", "user_policy", b"user_policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "token_expire_time", b"token_expire_time", "token_policy", b"token_policy", "user_policy", b"user_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "base_url", b"base_url", "budgets", b"budgets", "key_hint", b"key_hint", "provider", b"provider", "settings", b"settings", "token_id", b"token_id", "token_policy", b"token_policy", "user_id", b"user_id", "user_policy", b"user_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "base_url", b"base_url", "budgets", b"budgets", "key_hint", b"key_hint", "provider", b"provider", "settings", b"settings", "token_expire_time", b"token_expire_time", "token_id", b"token_id", "token_policy", b"token_policy", "user_id", b"user_id", "user_policy", b"user_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -146,7 +146,7 @@ class VaultServiceServicer:
         """Service-only. Authenticates `user_token`, then decrypts and returns that user's
         key and configuration for `provider`. Every call is audited.
         Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED
-        (TOKEN_INVALID: the user token), FAILED_PRECONDITION (KEY_NOT_CONFIGURED,
+        (TOKEN_INVALID or USER_DISABLED: the user token), FAILED_PRECONDITION (KEY_NOT_CONFIGURED,
         also for an inactive configuration), INTERNAL (KEY_DECRYPTION_FAILED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -156,7 +156,8 @@ class VaultServiceServicer:
     def AuthenticateToken(self, request, context):
         """Service-only. Authenticates `user_token` and returns who it belongs to, for
         RPCs that need no stored key (for example TestKey with an explicit key).
-        Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID).
+        Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID,
+        USER_DISABLED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

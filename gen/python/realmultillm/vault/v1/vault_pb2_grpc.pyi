@@ -10,7 +10,8 @@ obtains a decrypted key per request through the service-only RPCs.
 Authentication: every RPC needs the `authorization: Bearer <token>` metadata.
 For the user-facing RPCs the token is a user token (`rmk_...`, created with
 `rmllm-vault users create` or `rmllm-vault tokens create`); a missing, unknown or
-revoked token is UNAUTHENTICATED / TOKEN_INVALID. For the service-only RPCs the
+revoked token is UNAUTHENTICATED / TOKEN_INVALID, and a token of a disabled user
+UNAUTHENTICATED / USER_DISABLED. For the service-only RPCs the
 token is the service credential (`RMLLM_SERVICE_TOKEN`); any other token is
 PERMISSION_DENIED / SERVICE_CREDENTIAL_REQUIRED.
 
@@ -77,13 +78,14 @@ class VaultServiceStub:
     """Service-only. Authenticates `user_token`, then decrypts and returns that user's
     key and configuration for `provider`. Every call is audited.
     Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED
-    (TOKEN_INVALID: the user token), FAILED_PRECONDITION (KEY_NOT_CONFIGURED,
+    (TOKEN_INVALID or USER_DISABLED: the user token), FAILED_PRECONDITION (KEY_NOT_CONFIGURED,
     also for an inactive configuration), INTERNAL (KEY_DECRYPTION_FAILED).
     """
     AuthenticateToken: _grpc.UnaryUnaryMultiCallable[_vault_pb2.AuthenticateTokenRequest, _vault_pb2.AuthenticateTokenResponse]
     """Service-only. Authenticates `user_token` and returns who it belongs to, for
     RPCs that need no stored key (for example TestKey with an explicit key).
-    Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID).
+    Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID,
+    USER_DISABLED).
     """
     GetUsageSummary: _grpc.UnaryUnaryMultiCallable[_vault_pb2.GetUsageSummaryRequest, _vault_pb2.GetUsageSummaryResponse]
     """The caller's own usage over a time range: totals, and breakdowns by day,
@@ -141,13 +143,14 @@ class VaultServiceAsyncStub(VaultServiceStub):
     """Service-only. Authenticates `user_token`, then decrypts and returns that user's
     key and configuration for `provider`. Every call is audited.
     Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED
-    (TOKEN_INVALID: the user token), FAILED_PRECONDITION (KEY_NOT_CONFIGURED,
+    (TOKEN_INVALID or USER_DISABLED: the user token), FAILED_PRECONDITION (KEY_NOT_CONFIGURED,
     also for an inactive configuration), INTERNAL (KEY_DECRYPTION_FAILED).
     """
     AuthenticateToken: _aio.UnaryUnaryMultiCallable[_vault_pb2.AuthenticateTokenRequest, _vault_pb2.AuthenticateTokenResponse]  # type: ignore[assignment]
     """Service-only. Authenticates `user_token` and returns who it belongs to, for
     RPCs that need no stored key (for example TestKey with an explicit key).
-    Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID).
+    Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID,
+    USER_DISABLED).
     """
     GetUsageSummary: _aio.UnaryUnaryMultiCallable[_vault_pb2.GetUsageSummaryRequest, _vault_pb2.GetUsageSummaryResponse]  # type: ignore[assignment]
     """The caller's own usage over a time range: totals, and breakdowns by day,
@@ -238,7 +241,7 @@ class VaultServiceServicer(metaclass=_abc_1.ABCMeta):
         """Service-only. Authenticates `user_token`, then decrypts and returns that user's
         key and configuration for `provider`. Every call is audited.
         Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED
-        (TOKEN_INVALID: the user token), FAILED_PRECONDITION (KEY_NOT_CONFIGURED,
+        (TOKEN_INVALID or USER_DISABLED: the user token), FAILED_PRECONDITION (KEY_NOT_CONFIGURED,
         also for an inactive configuration), INTERNAL (KEY_DECRYPTION_FAILED).
         """
 
@@ -250,7 +253,8 @@ class VaultServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_vault_pb2.AuthenticateTokenResponse, _abc.Awaitable[_vault_pb2.AuthenticateTokenResponse]]:
         """Service-only. Authenticates `user_token` and returns who it belongs to, for
         RPCs that need no stored key (for example TestKey with an explicit key).
-        Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID).
+        Errors: PERMISSION_DENIED (no service credential), UNAUTHENTICATED (TOKEN_INVALID,
+        USER_DISABLED).
         """
 
     @_abc_1.abstractmethod
