@@ -5,7 +5,8 @@ deadline, delegates, and frames the answer, pricing a completion's usage from th
 registry (cache reads and writes at their own prices). Errors are raised as
 ``rmllm_common.errors`` and become statuses in the server's error interceptor (no
 ``try`` ladders here). StreamChat forwards the shared event stream as text,
-reasoning and tool-call deltas, in the order they came, and one final ``done``
+reasoning and tool-call deltas, in the order they came (the deltas of one
+network read joined into one message, see ``coalescing``), and one final ``done``
 (carrying the assembled tool calls), and closes it (and with it the upstream HTTP
 response) and gives back the caller's stream slot whatever way the call ends;
 Chat collects the same stream, at most ``max_answer_chars`` characters of its
@@ -27,10 +28,12 @@ from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
 from llm_service import accounting, telemetry
 from llm_service.accounting import note_first_token, recorded
-from llm_service.adapters.base import ChatParams, Finished, ReasoningDelta, TextDelta, ToolCallDelta
+from llm_service.adapters import readends
+from llm_service.adapters.base import ChatParams, Finished, TextDelta, ToolCallDelta
 from llm_service.auth import current_token
 from llm_service.catalog import Catalog
 from llm_service.chat import ChatService
+from llm_service.coalescing import StreamFrames
 from llm_service.deadline import Clock, Deadline
 from llm_service.keys import KeyTester
 from llm_service.usage import UsageReporter
@@ -164,32 +167,35 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
             prepared = await self._chat.prepare(request, current_token(), deadline)
             slot = await self._chat.stream_slot(prepared)
             try:
+                frames = StreamFrames(readends.attach())
                 async with aclosing(self._chat.events(prepared, deadline)) as events:
-                    async for event in events:
-                        if type(event) is TextDelta:
-                            if event.text:
-                                if call.first_token is None:
-                                    note_first_token()
-                                yield llm_pb2.StreamChatResponse(delta=event.text)
-                        elif type(event) is ToolCallDelta:
+                    try:
+                        async for event in events:
+                            if isinstance(event, Finished):
+                                sent = frames.flush()
+                                if sent is not None:
+                                    yield sent
+                                yield done_message(prepared.spec, prepared.params, event)
+                                return
+                            if not isinstance(event, ToolCallDelta) and not event.text:  # a read's end
+                                sent = frames.flush()
+                                if sent is not None:
+                                    yield sent
+                                continue
                             if call.first_token is None:
                                 note_first_token()
-                            yield llm_pb2.StreamChatResponse(
-                                tool_call_delta=llm_pb2.ToolCallDelta(
-                                    index=event.index,
-                                    id=event.id,
-                                    name=event.name,
-                                    arguments_delta=event.arguments,
-                                )
-                            )
-                        elif type(event) is ReasoningDelta:
-                            if event.text:
-                                if call.first_token is None:
-                                    note_first_token()
-                                yield llm_pb2.StreamChatResponse(reasoning_delta=event.text)
-                        elif isinstance(event, Finished):
-                            yield done_message(prepared.spec, prepared.params, event)
-                            return
+                            sent = frames.push(event)
+                            if sent is not None:
+                                yield sent
+                            if not frames.holding:
+                                sent = frames.flush()
+                                if sent is not None:
+                                    yield sent
+                    except Exception:
+                        sent = frames.flush()  # what came before the failure still reaches the caller
+                        if sent is not None:
+                            yield sent
+                        raise
                 raise _truncated(prepared.spec.id)
             finally:
                 await slot.release()

@@ -2,10 +2,11 @@
 
 These functions run on the database threads (``Database.run``). Every write is
 one transaction with its audit row. The key is encrypted before the transaction
-and decrypted only inside ``resolve``, whose transaction also bumps the usage
-counters and writes the audit row: the plaintext leaves only after that commits.
-``resolve`` is the hot path of every chat: one indexed query (token hash → user →
-config), one AES-GCM decryption, one update and the audit append.
+and decrypted only by ``lookup`` (the read half of a resolve), whose ``Use`` (the
+usage counter and the audit row) must commit before the plaintext leaves: the
+server hands it to ``groupcommit`` and answers once its batch is durable.
+A resolve is the hot path of every cache miss: one indexed query (token hash →
+user → config), one AES-GCM decryption, and a share of one batched commit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,10 +239,29 @@ def delete(db: Database, user_id: str, provider: str, request_id: str) -> None:
     raise error
 
 
+@dataclass(frozen=True, slots=True)
+class Use:
+    """What one resolve must write before it answers: its audit row, and the use of the
+    configuration it decrypted (``config_id`` None on a refusal)."""
+
+    event: audit.Event
+    config_id: int | None = None
+    when: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A resolve's outcome, and what must be durable before it is given out (None: nothing)."""
+
+    outcome: Resolved | RmllmError
+    use: Use | None
+
+
 def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
     db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int = 0
 ) -> Resolved:
-    """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited).
+    """Authenticate ``token``, then decrypt its user's key for ``provider`` (audited), in one
+    transaction of its own (the CLI and tests; the server batches the writes, see ``lookup``).
 
     The audit row records the grant as a lease of ``lease_seconds`` (how long the
     caller will cache the key; 0: not cached) and the token id. A known user's
@@ -249,18 +270,35 @@ def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's position
     so junk tokens cannot force a write each.
     """
     with db.write():
-        outcome = _resolve_in_transaction(db, keyring, token, provider, request_id, lease_seconds)
-    if isinstance(outcome, RmllmError):
-        raise outcome
-    return outcome
+        found = lookup(db, keyring, token, provider, request_id, lease_seconds)
+        if found.use is not None:
+            record_uses(db, [found.use])
+    if isinstance(found.outcome, RmllmError):
+        raise found.outcome
+    return found.outcome
 
 
-def _resolve_in_transaction(  # noqa: PLR0917 - the resolve's inputs, passed through
-    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int
-) -> Resolved | RmllmError:
-    def refuse(actor: str, error: RmllmError, detail: str = "") -> RmllmError:
-        audit.append(db, audit.Event(actor, "config.resolve", provider, error.reason, request_id, detail))
-        return error
+def record_uses(db: Database, uses: Sequence[Use]) -> None:
+    """Count the uses and append their audit rows, in order; call inside a write transaction."""
+    for use in uses:
+        if use.config_id is not None:
+            db.execute(_COUNT_USE, (use.when, use.config_id))
+    audit.append_many(db, [use.event for use in uses])
+
+
+def lookup(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
+    db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int = 0
+) -> Lookup:
+    """The read half of a resolve: who, which configuration, the decrypted key or the refusal.
+
+    Writes nothing: the outcome may be given out only once ``use`` is committed
+    (``record_uses``, in the group commit), which keeps every decrypt audited.
+    """
+
+    def refuse(actor: str, error: RmllmError, detail: str = "") -> Lookup:
+        return Lookup(
+            error, Use(audit.Event(actor, "config.resolve", provider, error.reason, request_id, detail))
+        )
 
     row = (
         db.execute(_RESOLVE, (provider, accounts.token_hash(token), _now())).fetchone()
@@ -269,7 +307,7 @@ def _resolve_in_transaction(  # noqa: PLR0917 - the resolve's inputs, passed thr
     )
     if row is None:
         # Not audited row by row: vault_service.authguard counts these (one row per interval).
-        return TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
+        return Lookup(TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE), None)
     user_id, config_id, blob, active, hint, base_url, settings, token_id, disabled, expires = row
     if disabled:
         return refuse(user_id, UserDisabled(accounts.USER_DISABLED_MESSAGE))
@@ -306,7 +344,11 @@ def _resolve_in_transaction(  # noqa: PLR0917 - the resolve's inputs, passed thr
             metadata={"key_id": exc.key_id},
         )
         return refuse(user_id, error, f"key_id={exc.key_id}")
-    db.execute(_COUNT_USE, (_now(), config_id))
+    resolved = Resolved(
+        user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id, expires
+    )
     lease = f"lease={lease_seconds}s token={token_id}"
-    audit.append(db, audit.Event(user_id, "config.resolve", provider, "ok", request_id, lease))
-    return Resolved(user_id, provider, key, base_url, Settings.from_json(settings), hint, token_id, expires)
+    return Lookup(
+        resolved,
+        Use(audit.Event(user_id, "config.resolve", provider, "ok", request_id, lease), config_id, _now()),
+    )

@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from rmllm_common import requestctx
-from rmllm_common.errors import TokenInvalid, UserDisabled, invalid
+from rmllm_common.errors import RmllmError, TokenInvalid, UserDisabled, invalid
 from rmllm_common.modelpolicy import ModelPolicy
 from rmllm_common.registry import Registry
 from vault_service import accounts, configs, ledger, limits, validation
@@ -27,6 +27,7 @@ from vault_service.auth import current_user
 from vault_service.authguard import AuthGuard
 from vault_service.crypto import Keyring
 from vault_service.database import Database
+from vault_service.groupcommit import GroupCommit
 from vault_service.invalidations import Change
 from vault_service.watch import InvalidationHub, Resync
 
@@ -156,9 +157,12 @@ def entry_to_proto(entry: ledger.Entry) -> vault_pb2.UsageRecord:
 
 def _resolve_with_limits(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
     db: Database, keyring: Keyring, token: str, provider: str, request_id: str, lease_seconds: int
-) -> tuple[configs.Resolved, limits.Limits]:
-    resolved = configs.resolve(db, keyring, token, provider, request_id, lease_seconds)
-    return resolved, limits.lookup(db, resolved.user_id, resolved.token_id)
+) -> tuple[configs.Lookup, limits.Limits | None]:
+    found = configs.lookup(db, keyring, token, provider, request_id, lease_seconds)
+    outcome = found.outcome
+    if isinstance(outcome, RmllmError):
+        return found, None
+    return found, limits.lookup(db, outcome.user_id, outcome.token_id)
 
 
 def _authenticate_with_limits(db: Database, token: str) -> tuple[accounts.Principal, limits.Limits] | None:
@@ -218,6 +222,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         self._registry = registry
         self._allow_custom = allow_custom_base_url
         self._guard = guard
+        self._uses = GroupCommit(db, configs.record_uses)
 
     async def _with_user_token(self, action: str, token: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, behind the failed-authentication limit of ``token``'s prefix.
@@ -294,10 +299,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         resolved, found = await self._with_user_token(
             "config.resolve",
             request.user_token,
-            lambda: self._db.run(
-                _resolve_with_limits,
-                self._db,
-                self._keyring,
+            lambda: self._resolve(
                 request.user_token,
                 spec.id,
                 request.request_id or requestctx.request_id(),
@@ -315,6 +317,20 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             token_expire_time=_timestamp(resolved.token_expire_time),
             **_limits(found),
         )
+
+    async def _resolve(
+        self, token: str, provider: str, request_id: str, lease_seconds: int
+    ) -> tuple[configs.Resolved, limits.Limits]:
+        """Read and decrypt off the writer; answer once the audit row and use count are durable."""
+        found, found_limits = await self._db.run(
+            _resolve_with_limits, self._db, self._keyring, token, provider, request_id, lease_seconds
+        )
+        if found.use is not None:
+            await self._uses.commit(found.use)
+        if isinstance(found.outcome, RmllmError):
+            raise found.outcome
+        assert found_limits is not None
+        return found.outcome, found_limits
 
     async def AuthenticateToken(
         self, request: vault_pb2.AuthenticateTokenRequest, context: Context

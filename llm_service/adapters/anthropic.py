@@ -56,6 +56,7 @@ from llm_service.adapters.base import (
 )
 from llm_service.adapters.errors import from_stream_error, unexpected_shapes
 from llm_service.adapters.exchange import EventStream, load_event
+from llm_service.adapters.readends import FLUSH, READ_END
 from rmllm_common.errors import UpstreamStreamTruncated
 
 STOP_REASONS = {
@@ -315,6 +316,9 @@ class AnthropicAdapter(AccountCalls):
         with unexpected_shapes(spec):
             async with EventStream(http, endpoint, url, body, timeout) as events:
                 async for event in events:
+                    if event is READ_END:
+                        yield FLUSH
+                        continue
                     if event.event == "ping" or not event.data:
                         continue
                     payload = load_event(endpoint, event.data)

@@ -8,7 +8,8 @@ iterating it yields ``SSEEvent``\\ s decoded incrementally from whatever the
 network delivers, within the session's ``UpstreamLimits`` (bytes, events, line and
 event length: past one, the connection is closed and ``UpstreamResponseTooLarge``
 raised); leaving it releases the response, which closes the connection at once
-unless the body was read to the end. Redirects are never followed: a 3xx is a
+unless the body was read to the end. When a StreamChat coalesces deltas, a used-up
+read is reported as ``readends.READ_END`` (see ``readends``). Redirects are never followed: a 3xx is a
 provider error, so a key header can never travel to another origin. It is a class
 rather than an async generator on purpose: closing the adapter's generator early
 then closes the upstream response immediately, with no inner generator left for
@@ -22,7 +23,6 @@ nesting too deep to parse into a ``ValueError``. All failures go through
 from __future__ import annotations
 
 import json
-from collections import deque
 from typing import Any
 
 import aiohttp
@@ -30,10 +30,12 @@ import aiohttp
 from llm_service import metrics
 from llm_service.adapters.base import Endpoint
 from llm_service.adapters.errors import from_response, from_stream_error, parse_json, transport_errors
+from llm_service.adapters.readends import READ_END, current
 from llm_service.http import UpstreamLimits, limits_of, request_timeout
 from llm_service.sse import SSEDecoder, SSEEvent, SSELimitExceeded
 from rmllm_common.errors import ProviderError, UpstreamResponseTooLarge
 
+_NONE: list[SSEEvent] = []  # shared, never changed: no events pending
 _STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
 
@@ -46,8 +48,10 @@ class EventStream:
         "_decoder",
         "_endpoint",
         "_events",
+        "_gauge",
         "_http",
         "_limits",
+        "_next",
         "_pending",
         "_resp",
         "_timeout",
@@ -70,10 +74,12 @@ class EventStream:
         self._timeout = request_timeout(http, timeout)
         limits = self._limits = limits_of(http)
         self._decoder = SSEDecoder(max_line=limits.max_event_bytes, max_event=limits.max_event_bytes)
-        self._pending: deque[SSEEvent] = deque()
+        self._pending = _NONE  # the events of the last read, ``_next`` the first not yet taken
+        self._next = 0
         self._resp: aiohttp.ClientResponse | None = None
         self._bytes = 0
         self._events = 0
+        self._gauge = current()
         self.cut = False  # the body ended in the middle of an event
 
     async def __aenter__(self) -> EventStream:
@@ -112,10 +118,23 @@ class EventStream:
 
     async def __anext__(self) -> SSEEvent:
         pending = self._pending
-        while not pending:
+        taken = self._next
+        if taken < len(pending):
+            if taken + 1 == len(pending):  # the last one: hold nothing while the next read waits
+                self._pending, self._next = _NONE, 0
+            else:
+                self._next = taken + 1
+            return pending[taken]
+        if self._gauge is not None and self._gauge.held:
+            return READ_END  # this read is used up: let the consumer send what it holds first
+        while True:
             assert self._resp is not None
-            with transport_errors(self._endpoint.spec, self._timeout.total, streaming=True):
+            try:
                 chunk = await self._resp.content.readany()
+            except Exception as exc:  # translated only on failure: no context manager held per read
+                with transport_errors(self._endpoint.spec, self._timeout.total, streaming=True):
+                    raise exc
+                raise
             if not chunk:
                 self.cut = self._decoder.flush()
                 raise StopAsyncIteration
@@ -130,14 +149,16 @@ class EventStream:
             self._events += len(events)
             if self._events > limits.max_events:
                 raise self._too_large(f"more than {limits.max_events} events")
-            pending.extend(events)
-        return pending.popleft()
+            if events:
+                if len(events) > 1:
+                    self._pending, self._next = events, 1  # the decoder's fresh list, taken over
+                return events[0]
 
     def _too_large(self, what: str) -> UpstreamResponseTooLarge:
         """Close the upstream connection, drop what was buffered, and say which limit was passed."""
         if self._resp is not None:
             self._resp.close()
-        self._pending.clear()
+        self._pending, self._next = _NONE, 0
         self._decoder.flush()
         spec = self._endpoint.spec
         return UpstreamResponseTooLarge(

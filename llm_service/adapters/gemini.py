@@ -56,6 +56,7 @@ from llm_service.adapters.base import (
 )
 from llm_service.adapters.errors import from_stream_error, unexpected_shapes
 from llm_service.adapters.exchange import EventStream, load_event
+from llm_service.adapters.readends import FLUSH, READ_END
 from rmllm_common.errors import UpstreamStreamTruncated
 
 FINISH_REASONS = {
@@ -311,6 +312,9 @@ class GeminiAdapter(AccountCalls):
         with unexpected_shapes(spec):
             async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
                 async for event in events:
+                    if event is READ_END:
+                        yield FLUSH
+                        continue
                     if not event.data:
                         continue
                     chunk = load_event(endpoint, event.data)

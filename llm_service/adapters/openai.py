@@ -55,6 +55,7 @@ from llm_service.adapters.base import (
 )
 from llm_service.adapters.errors import from_stream_error, unexpected_shapes
 from llm_service.adapters.exchange import EventStream, load_event
+from llm_service.adapters.readends import FLUSH, READ_END
 from rmllm_common.errors import UpstreamStreamTruncated
 
 FINISH_REASONS = {
@@ -213,12 +214,15 @@ class _Calls:
     """Maps the provider's tool-call indices to calls of the answer, and gathers the
     ``reasoning_details`` pieces (by type and index: text, summary and data concatenate)."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, model: str) -> None:
         self.answer = answer
+        self.model = model
+        self.usage = NOT_REPORTED
         self.current: dict[int, tuple[int, str]] = {}  # provider index -> (answer key, id)
         self.details: dict[tuple[str, int], dict[str, Any]] = {}
         self.refused = False
         self.response_id = ""
+        self.finish = ""
 
     def add_details(self, pieces: list[Any]) -> None:
         for piece in pieces:
@@ -252,6 +256,34 @@ class _Calls:
             given = call_id or stable_call_id(self.response_id, key, name)
             return self.answer.start_call(key, given, name, arguments)
         return self.answer.add_arguments(known[0], arguments)
+
+    def take(self, endpoint: Endpoint, data: str, reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
+        """One chunk's events (its id, model and usage noted); a stream error is raised."""
+        chunk = load_event(endpoint, data)
+        if chunk.get("error"):
+            raise from_stream_error(endpoint.spec, chunk, endpoint.api_key.reveal())
+        if not self.response_id:
+            self.response_id = chunk.get("id") or ""
+            self.model = chunk.get("model") or self.model
+        events = self.choice_events(chunk, reasoning_fields)
+        raw_usage = chunk.get("usage")
+        if raw_usage:
+            self.usage = _usage(raw_usage)
+        return events
+
+    def choice_events(self, chunk: dict[str, Any], reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
+        """The events of a chunk's first choice (the answer), noting its finish reason."""
+        events: list[ChatEvent] = []
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0):  # only the first choice is the answer
+                continue
+            delta = choice.get("delta")
+            if delta:
+                events.extend(self.delta_events(delta, reasoning_fields))
+            reason = choice.get("finish_reason")
+            if reason:
+                self.finish = reason
+        return events
 
     def delta_events(self, delta: dict[str, Any], reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
         """One choice delta's reasoning, text and tool-call events, in that order."""
@@ -290,51 +322,34 @@ class OpenAIAdapter(AccountCalls):
         """Yield text, reasoning and tool-call deltas, then one ``Finished`` (see ``adapters.base``)."""
         spec = endpoint.spec
         url = endpoint.base_url.rstrip("/") + "/chat/completions"
-        finish = ""
-        usage = NOT_REPORTED
-        model = params.model
-        response_id = ""
         answer = Answer(params.include_reasoning)
-        calls = _Calls(answer)
+        calls = _Calls(answer, params.model)
         reasoning_fields = spec.reasoning_fields
         with unexpected_shapes(spec):
             async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
                 async for event in events:
+                    if event is READ_END:
+                        yield FLUSH
+                        continue
                     data = event.data
                     if data == "[DONE]":
                         break
                     if not data:
                         continue
-                    chunk = load_event(endpoint, data)
-                    if chunk.get("error"):
-                        raise from_stream_error(spec, chunk, endpoint.api_key.reveal())
-                    if not response_id:
-                        response_id = calls.response_id = chunk.get("id") or ""
-                        model = chunk.get("model") or model
-                    for choice in chunk.get("choices") or ():
-                        if choice.get("index", 0):  # only the first choice is the answer
-                            continue
-                        delta = choice.get("delta")
-                        if delta:
-                            for piece in calls.delta_events(delta, reasoning_fields):
-                                yield piece
-                        reason = choice.get("finish_reason")
-                        if reason:
-                            finish = reason
-                    raw_usage = chunk.get("usage")
-                    if raw_usage:
-                        usage = _usage(raw_usage)
+                    for piece in calls.take(endpoint, data, reasoning_fields):  # the chunk dies in there
+                        yield piece
                 else:
                     raise UpstreamStreamTruncated(
                         f"{spec.display_name} ended the stream without [DONE]"
                         + (" in the middle of an event" if events.cut else ""),
                         provider=spec.id,
                     )
+        reason = FINISH_REASONS.get(calls.finish, FinishReason.OTHER)
         yield Finished(
-            FinishReason.CONTENT_FILTER if calls.refused else FINISH_REASONS.get(finish, FinishReason.OTHER),
-            usage,
-            model,
-            response_id,
+            FinishReason.CONTENT_FILTER if calls.refused else reason,
+            calls.usage,
+            calls.model,
+            calls.response_id,
             answer.tool_calls(),
             answer.reasoning,
             calls.state(spec.id),

@@ -1001,7 +1001,17 @@ Global___StreamChatDone: _TypeAlias = StreamChatDone  # noqa: Y015
 
 @_typing.final
 class StreamChatResponse(_message.Message):
-    """One message of a StreamChat stream."""
+    """One message of a StreamChat stream.
+    The deltas that arrive from the provider in one network read are joined into
+    one message: consecutive text deltas into one `delta`, reasoning into one
+    `reasoning_delta`, and the argument fragments of one tool call into one
+    `tool_call_delta` (a call's first delta still carries its id and name). The
+    concatenated text, reasoning and arguments, their order and the final `done`
+    are exactly the same as one message per provider delta; only the number of
+    messages varies, with how the provider's bytes arrive. Nothing is held back
+    waiting for more: what one read delivered is sent before the next read.
+    Clients must concatenate, never count messages.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
