@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from rmllm_common import requestctx
+from rmllm_common import logs, requestctx
 
 call_log = logging.getLogger("rmllm.calls")
 _PID = os.getpid()
@@ -186,7 +186,7 @@ class Observer:
             ):
                 if value:
                     entry[name] = value
-        call_log.info("call finished", extra=entry)
+        logs.info_event(call_log, "call finished", entry)
 
     def _end_span(self, call: Call, code: grpc.StatusCode, reason: str) -> None:
         from opentelemetry import context as otel_context  # noqa: PLC0415

@@ -169,3 +169,91 @@ def test_other_handlers_still_see_the_original_record(stream: StalledStream) -> 
     logs.flush()
     (line,) = [line for line in stream.lines() if line["logger"] == "both"]
     assert line["message"] == "with args" and "KeyError: 'kept'" in line["exception"]
+
+
+class CountingStream(StalledStream):
+    """A stalled stream that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def counting() -> Iterator[CountingStream]:
+    out = CountingStream()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield out
+    out.gate.set()
+    logs._stop()
+    logs._listener = None
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_lines_waiting_together_are_written_in_one_write(counting: CountingStream) -> None:
+    logs.configure("info", stream=counting)
+    log = logging.getLogger("batched")
+    log.info("first")  # the writer takes it and waits in write() until the gate opens
+    for i in range(200):
+        log.info("waiting %d", i)
+    counting.gate.set()
+    logs.flush()
+    assert [line["message"] for line in counting.lines()] == ["first", *(f"waiting {i}" for i in range(200))]
+    assert counting.writes <= 5, counting.writes  # one write per record would be 201
+
+
+def test_info_event_writes_the_line_the_formatter_would(stream: StalledStream) -> None:
+    stream.gate.set()
+    logs.configure("info", stream=stream)
+    log = logging.getLogger("rmllm.test-event")
+    fields = {"event": "call", "request_id": "req-1", "code": "OK", "n": 3, "ratio": 0.5, "none": None}
+    fields |= {"api_key": "sk-live-abc", "token_id": "t-1", "obj": ("a", 1)}
+    logs.info_event(log, "call finished", fields)
+    log.info("call finished", extra=fields)
+    logs.flush()
+    fast, slow = (line for line in stream.lines() if line["logger"] == "rmllm.test-event")
+    fast.pop("time")
+    slow.pop("time")
+    assert fast == slow
+    assert list(fast) == list(slow)
+    assert fast["api_key"] == "[redacted]" and fast["token_id"] == "t-1" and fast["obj"] == "('a', 1)"
+    assert fast["request_id"] == "req-1" and fast["level"] == "info" and fast["message"] == "call finished"
+
+
+def test_info_event_is_an_ordinary_record_when_another_handler_listens(
+    stream: StalledStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream.gate.set()
+    logs.configure("info", stream=stream)
+    logging.getLogger().addHandler(caplog.handler)
+    try:
+        logs.info_event(logging.getLogger("rmllm.test-seen"), "seen", {"event": "call", "code": "OK"})
+    finally:
+        logging.getLogger().removeHandler(caplog.handler)
+    (record,) = [r for r in caplog.records if r.name == "rmllm.test-seen"]
+    assert record.getMessage() == "seen" and record.__dict__["code"] == "OK"
+    logs.flush()
+    assert [line["code"] for line in stream.lines() if line["logger"] == "rmllm.test-seen"] == ["OK"]
+
+
+def test_info_event_respects_the_level_and_the_queue_limit(stream: StalledStream) -> None:
+    logs.configure("warning", queue_limit=10, stream=stream)
+    log = logging.getLogger("rmllm.test-limit")
+    logs.info_event(log, "below the level", {})
+    logging.getLogger().setLevel(logging.INFO)
+    for i in range(100):
+        logs.info_event(log, f"event {i}", {})
+    stream.gate.set()
+    logs.flush()
+    lines = stream.lines()
+    kept = [line for line in lines if line["logger"] == "rmllm.test-limit"]
+    assert all(line["message"] != "below the level" for line in kept)
+    assert 1 <= len(kept) <= 11
+    reported = sum(int(line["message"].split(": ")[1].split()[0]) for line in lines if line.get("event"))
+    assert reported == 100 - len(kept)
