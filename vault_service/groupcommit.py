@@ -1,6 +1,7 @@
 """Group commit: one writer makes the writes of many concurrent calls durable in one transaction.
 
-A resolve's read (token → user → config, and the decryption) runs on the
+The vault has one, fed with every resolve's write and every usage batch
+(``vault_service/writes.py``). A resolve's read (token → user → config, and the decryption) runs on the
 database threads like any read; what it must write (the use count and the audit
 row) is handed to a ``GroupCommit`` and the caller waits until that write has
 committed: the key leaves the vault only after its audit row is durable, as

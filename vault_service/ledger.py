@@ -183,35 +183,46 @@ class Ingested:
     duplicates: int
 
 
-def ingest(db: Database, entries: Sequence[Entry]) -> Ingested:
-    """Store a batch idempotently, roll it up, and note budgets it crossed (one transaction)."""
+def check_batch(entries: Sequence[Entry]) -> None:
+    """Refuse a batch the ledger would not store: an invalid record, or too many."""
     for index, entry in enumerate(entries):
         entry.check(f"records[{index}]")
     if len(entries) > MAX_BATCH:
         raise invalid("records", f"at most {MAX_BATCH} records per message")
+
+
+def ingest(db: Database, entries: Sequence[Entry]) -> Ingested:
+    """Store a batch idempotently, roll it up, and note budgets it crossed (one transaction)."""
+    check_batch(entries)
+    with db.write():
+        return store(db, entries)
+
+
+def store(db: Database, entries: Sequence[Entry]) -> Ingested:
+    """``ingest``'s writes, for a batch already checked; call inside a write transaction
+    (the vault's group writer runs it in the transaction of the batch it belongs to)."""
     unique = list({entry.request_id: entry for entry in entries}.values())
     ingest_time = now_us()
-    with db.write():
-        inserted: set[str] = set()
-        for start in range(0, len(unique), _CHUNK):
-            chunk = unique[start : start + _CHUNK]
-            params: list[Any] = []
-            for entry in chunk:
-                params.extend(getattr(entry, name) for name in _COLUMNS)
-                params.append(ingest_time)
-            sql = _INSERT_HEAD + ", ".join(_INSERT_ROW for _ in chunk) + _INSERT_TAIL
-            inserted.update(row[0] for row in db.execute(sql, tuple(params)).fetchall())
-        stored = [entry for entry in unique if entry.request_id in inserted]
-        groups: dict[tuple[str, str, str, str, str], Totals] = {}
-        for entry in stored:
-            key = (entry.user_id, entry.token_id, day_of(entry.time), entry.provider, entry.model)
-            groups.setdefault(key, Totals()).add_entry(entry)
-        for key in sorted(groups):  # one order in every transaction: no lock-order deadlocks
-            db.execute(_ROLLUP, (*key, *groups[key].values()))
-        limits.note_spend(
-            db,
-            [limits.Spend(e.user_id, e.token_id, day_of(e.time), e.cost_usd) for e in stored if e.cost_usd],
-        )
+    inserted: set[str] = set()
+    for start in range(0, len(unique), _CHUNK):
+        chunk = unique[start : start + _CHUNK]
+        params: list[Any] = []
+        for entry in chunk:
+            params.extend(getattr(entry, name) for name in _COLUMNS)
+            params.append(ingest_time)
+        sql = _INSERT_HEAD + ", ".join(_INSERT_ROW for _ in chunk) + _INSERT_TAIL
+        inserted.update(row[0] for row in db.execute(sql, tuple(params)).fetchall())
+    stored = [entry for entry in unique if entry.request_id in inserted]
+    groups: dict[tuple[str, str, str, str, str], Totals] = {}
+    for entry in stored:
+        key = (entry.user_id, entry.token_id, day_of(entry.time), entry.provider, entry.model)
+        groups.setdefault(key, Totals()).add_entry(entry)
+    for key in sorted(groups):  # one order in every transaction: no lock-order deadlocks
+        db.execute(_ROLLUP, (*key, *groups[key].values()))
+    limits.note_spend(
+        db,
+        [limits.Spend(e.user_id, e.token_id, day_of(e.time), e.cost_usd) for e in stored if e.cost_usd],
+    )
     return Ingested(accepted=len(stored), duplicates=len(entries) - len(stored))
 
 

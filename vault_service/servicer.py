@@ -22,7 +22,7 @@ from rmllm_common import requestctx
 from rmllm_common.errors import RmllmError, TokenInvalid, UserDisabled, invalid
 from rmllm_common.modelpolicy import ModelPolicy
 from rmllm_common.registry import Registry
-from vault_service import accounts, configs, ledger, limits, validation
+from vault_service import accounts, configs, ledger, limits, validation, writes
 from vault_service.auth import current_user
 from vault_service.authguard import AuthGuard
 from vault_service.crypto import Keyring
@@ -222,7 +222,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         self._registry = registry
         self._allow_custom = allow_custom_base_url
         self._guard = guard
-        self._uses = GroupCommit(db, configs.record_uses)
+        self._writes: GroupCommit[writes.Write] = GroupCommit(db, writes.apply)
 
     async def _with_user_token(self, action: str, token: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, behind the failed-authentication limit of ``token``'s prefix.
@@ -326,7 +326,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             _resolve_with_limits, self._db, self._keyring, token, provider, request_id, lease_seconds
         )
         if found.use is not None:
-            await self._uses.commit(found.use)
+            await self._writes.commit(found.use)
         if isinstance(found.outcome, RmllmError):
             raise found.outcome
         assert found_limits is not None
@@ -397,9 +397,12 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             entries = [entry_from_proto(r) for r in batch.records]
             if not entries:
                 continue
-            done = await self._db.run(ledger.ingest, self._db, entries)
-            accepted += done.accepted
-            duplicates += done.duplicates
+            ledger.check_batch(entries)
+            usage = writes.UsageBatch(entries)
+            await self._writes.commit(usage)  # in the same transactions as the resolves' writes
+            assert usage.ingested is not None
+            accepted += usage.ingested.accepted
+            duplicates += usage.ingested.duplicates
         return vault_pb2.ReportUsageResponse(accepted=accepted, duplicates=duplicates)
 
     async def WatchInvalidations(

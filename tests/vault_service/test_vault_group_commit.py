@@ -22,7 +22,7 @@ from realmultillm.vault.v1 import vault_pb2_grpc
 from testkit import procs
 from testkit.vault import SEED, SERVICE_TOKEN, Vault, md
 
-from vault_service import accounts, audit, migrations
+from vault_service import accounts, audit, configs, ledger, migrations, writes
 from vault_service.database import Database
 from vault_service.groupcommit import GroupCommit
 
@@ -197,3 +197,27 @@ async def test_sigkill_during_a_resolve_soak_leaves_counts_exact_and_the_chain_i
         assert report.ok, report.problems
     finally:
         db.close()
+
+
+async def test_usage_batches_and_resolve_writes_share_the_writers_transactions(database: Database) -> None:
+    """Issue 15: one writer takes every resolve's write and every usage batch in flight."""
+    principal, token_id, _ = database.call(accounts.create_user, database, "alice")
+    now = ledger.now_us()
+
+    def entry(request_id: str) -> ledger.Entry:
+        fields = (principal.user_id, token_id, "openai", "m", "Chat", False, 3, 4, 0, 0, 0, True, 0.5, 10)
+        return ledger.Entry(request_id, now, *fields, None, "OK", "", 0)
+
+    writer: GroupCommit[writes.Write] = GroupCommit(database, writes.apply)
+    use = configs.Use(audit.Event(principal.user_id, "config.resolve", "openai", "ok", "r-resolve"))
+    first = writes.UsageBatch([entry("u-1"), entry("u-2")])
+    again = writes.UsageBatch([entry("u-2"), entry("u-3")])  # u-2 repeated within one transaction
+    await asyncio.gather(writer.commit(use), writer.commit(first), writer.commit(again))
+    assert writer.batches == 1 and writer.items == 3  # queued in one tick: one transaction for all three
+    assert first.ingested == ledger.Ingested(accepted=2, duplicates=0)
+    assert again.ingested == ledger.Ingested(accepted=1, duplicates=1)
+    assert audited(database)[-1] == (principal.user_id, "openai", "ok", "r-resolve")
+    model = database.tables.usage_record
+    stored = database.call(lambda: sorted(r.request_id for r in model.select()))
+    assert stored == ["u-1", "u-2", "u-3"]
+    assert database.call(audit.verify, database).ok
