@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +23,7 @@ import grpc
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from bench import procstat
-from bench.stack import ROOT, Proc
+from bench.stack import ROOT, Proc, start
 from rmllm_common.secret import Secret
 from vault_service import accounts, audit, configs, migrations
 from vault_service.crypto import Keyring, key_id_of
@@ -36,29 +33,9 @@ SERVICE_TOKEN = "rms_" + secrets.token_urlsafe(32)
 
 
 def start_vault(code_root: Path, env: dict[str, str]) -> Proc:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vault_service.cli", "serve", "--listen", "127.0.0.1:0", "--workers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(code_root), **env},
-        cwd=code_root,
-    )
-    vault = Proc("vault", proc)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if '"serving"' in line:
-            vault.address = str(json.loads(line)["address"])
-            break
-        if time.monotonic() > deadline:
-            break
-    if not vault.address:
-        proc.kill()
-        raise RuntimeError("the vault did not start:\n" + "".join(lines[-20:]))
-    return vault
+    """The vault of ``code_root`` (its output read all along: a full pipe would stall its log writer)."""
+    args = ["vault_service.cli", "serve", "--listen", "127.0.0.1:0", "--workers", "1"]
+    return start("vault", args, {"PYTHONPATH": str(code_root), **env}, source=code_root)
 
 
 async def load(address: str, tokens: list[str], calls: int, concurrency: int) -> tuple[int, float]:
