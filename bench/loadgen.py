@@ -196,7 +196,8 @@ class Generator:
     def _grpc_call(self, job: dict[str, Any], tally: Tally) -> Any:
         kind = job["kind"]
         stubs = self.stubs(job["address"], int(job.get("channels", 4)))
-        metadata = (("authorization", f"Bearer {job['token']}"),)
+        tokens = job.get("tokens") or [job["token"]]  # several: worker i calls as user i (mod their count)
+        metadatas = [(("authorization", f"Bearer {token}"),) for token in tokens]
         messages = [llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content=PROMPT)]
         provider = job.get("provider", "openai")
         timeout = float(job.get("timeout", 60))
@@ -208,7 +209,7 @@ class Generator:
             try:
                 reply = await stub.Chat(
                     llm_pb2.ChatRequest(provider=provider, messages=messages),
-                    metadata=metadata,
+                    metadata=metadatas[index % len(metadatas)],
                     timeout=timeout,
                 )
             except grpc.aio.AioRpcError as exc:
@@ -230,7 +231,7 @@ class Generator:
             try:
                 call = stub.StreamChat(
                     llm_pb2.StreamChatRequest(provider=provider, messages=messages),
-                    metadata=metadata,
+                    metadata=metadatas[index % len(metadatas)],
                     timeout=timeout,
                 )
                 async for message in call:
