@@ -19,7 +19,7 @@ from typing import Any, Final
 import grpc
 
 from rmllm_common.observe import Call
-from rmllm_common.telemetry import TIME_PER_OUTPUT_TOKEN_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS
+from rmllm_common.telemetry import TIME_PER_OUTPUT_TOKEN_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS, LabelChildren
 
 TOKEN_TYPES: Final = ("input", "output", "cache_read", "cache_creation", "reasoning")
 REFUSAL_REASONS: Final = frozenset({"RATE_LIMITED", "BUDGET_EXCEEDED"})
@@ -30,11 +30,12 @@ VAULT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 OTHER_MODEL: Final = "other"
 
 
-class LLMMetrics:
+class LLMMetrics(LabelChildren):
     """The metric objects, created against prometheus_client's default registry."""
 
     def __init__(self, registry: Any = None) -> None:
         """The metrics, in ``registry`` (default: prometheus_client's global one)."""
+        super().__init__()
         from prometheus_client import REGISTRY, Counter, Gauge, Histogram  # noqa: PLC0415 - loaded only when enabled
 
         reg = registry if registry is not None else REGISTRY
@@ -137,15 +138,6 @@ class LLMMetrics:
         )
         self.cache_hit = self.cache_lookups.labels("hit")
         self.cache_miss = self.cache_lookups.labels("miss")
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, looked up once."""
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
 
 
 _metrics: LLMMetrics | None = None

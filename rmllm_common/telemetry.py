@@ -82,6 +82,21 @@ def _check_listen(listen: str) -> None:
 
 
 # Bucket boundaries of the OpenTelemetry GenAI metrics, as the semantic conventions give them.
+class LabelChildren:
+    """The base of a service's metric set: each labelled child looked up once, then kept."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+
 OPERATION_DURATION_BUCKETS = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 )  # fmt: skip

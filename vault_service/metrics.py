@@ -13,15 +13,17 @@ from typing import Any, Final
 import grpc
 
 from rmllm_common.observe import Call
+from rmllm_common.telemetry import LabelChildren
 
 DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
-class VaultMetrics:
+class VaultMetrics(LabelChildren):
     """The metric objects, created against prometheus_client's default registry."""
 
     def __init__(self, registry: Any = None) -> None:
         """The metrics, in ``registry`` (default: prometheus_client's global one)."""
+        super().__init__()
         from prometheus_client import REGISTRY, Counter, Histogram  # noqa: PLC0415 - loaded only when enabled
 
         reg = registry if registry is not None else REGISTRY
@@ -59,15 +61,6 @@ class VaultMetrics:
             ["reason"],
             registry=reg,
         )
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, looked up once."""
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
 
 
 _metrics: VaultMetrics | None = None
