@@ -96,6 +96,9 @@ class HostileProvider:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __aenter__(self) -> HostileProvider:
+        # Compressing the bomb takes 0.5 s on a quiet machine and several on a busy one:
+        # paid here, not inside a request that a test's call deadline is timing.
+        await asyncio.to_thread(_gzip_bomb)
         app = web.Application()
         app.router.add_route("*", "/{behaviour}/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
