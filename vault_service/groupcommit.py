@@ -54,8 +54,9 @@ class GroupCommit(Generic[T]):
         self._queue.append((item, done))
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
-        # A caller that goes away does not take its write with it: the batch still commits.
-        await asyncio.shield(done)
+        # A caller that goes away does not take its write with it: the item stays queued
+        # and its batch still commits (``_settle`` skips a waiter that was cancelled).
+        await done
 
     def _group_commit(self, items: Sequence[T]) -> None:
         with self._db.write():

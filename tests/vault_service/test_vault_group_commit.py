@@ -78,6 +78,17 @@ async def test_a_failed_batch_fails_every_caller_and_the_next_batch_still_commit
     await writer.commit(99)  # the writer is not wedged by the failure
 
 
+async def test_a_caller_that_goes_away_does_not_take_its_write_with_it(database: Database) -> None:
+    applied: list[int] = []
+    writer: GroupCommit[int] = GroupCommit(database, lambda db, items: applied.extend(items))
+    gone = asyncio.ensure_future(writer.commit(1))
+    await asyncio.sleep(0)  # queued, and the writer started
+    gone.cancel()
+    await writer.commit(2)
+    assert gone.cancelled()
+    assert applied == [1, 2]
+
+
 async def test_concurrent_resolves_leave_one_audit_row_each_and_exact_counts(
     db_url: str, vault_factory: Callable[..., Awaitable[Vault]]
 ) -> None:
