@@ -43,7 +43,7 @@ _RESOLVE = (
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL"
     " AND (t.expire_time IS NULL OR t.expire_time > ?)"
 )
-_COUNT_USE = "UPDATE provider_configs SET usage_count = usage_count + 1, last_used_time = ? WHERE id = ?"
+_CONFIGS_PER_UPDATE = 16  # at most 16 statement texts, well inside SQLite's statement cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,10 +279,30 @@ def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's position
 
 
 def record_uses(db: Database, uses: Sequence[Use]) -> None:
-    """Count the uses and append their audit rows, in order; call inside a write transaction."""
+    """Count the uses and append their audit rows, in order; call inside a write transaction.
+
+    One UPDATE counts every configuration of the batch (each by its number of uses,
+    its last use time the latest): a statement per use would hand the GIL back and
+    forth with the event loop once per use."""
+    counted: dict[int, tuple[int, int]] = {}  # config id -> (uses, latest use time)
     for use in uses:
         if use.config_id is not None:
-            db.execute(_COUNT_USE, (use.when, use.config_id))
+            count, when = counted.get(use.config_id, (0, 0))
+            counted[use.config_id] = (count + 1, max(when, use.when))
+    items = list(counted.items())
+    for start in range(0, len(items), _CONFIGS_PER_UPDATE):
+        chunk = items[start : start + _CONFIGS_PER_UPDATE]
+        cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
+        marks = ", ".join(["?"] * len(chunk))
+        db.execute(
+            f"UPDATE provider_configs SET usage_count = usage_count + CASE id {cases} END, "  # noqa: S608 - only ? marks
+            f"last_used_time = CASE id {cases} END WHERE id IN ({marks})",
+            (
+                *(v for config, (count, _) in chunk for v in (config, count)),
+                *(v for config, (_, when) in chunk for v in (config, when)),
+                *(config for config, _ in chunk),
+            ),
+        )
     audit.append_many(db, [use.event for use in uses])
 
 
