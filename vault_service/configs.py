@@ -11,6 +11,7 @@ user → config), one AES-GCM decryption, and a share of one batched commit.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 # The hot path's statements: one indexed lookup from token hash to user to config.
 _RESOLVE = (
     "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id, u.disabled, "
-    "t.expire_time "
+    "t.expire_time, "
+    # Whether any budget or policy applies (limits.lookup's rows): most users have none.
+    "EXISTS (SELECT 1 FROM usage_limits l WHERE l.user_id = u.id AND l.token_id IN ('', t.id)) "
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL"
@@ -64,8 +67,14 @@ class Settings:
 
     @classmethod
     def from_json(cls, text: str) -> Settings:
-        data = json.loads(text or "{}")
-        return cls(str(data.get("default_model", "")), data.get("temperature"), data.get("max_tokens"))
+        return _settings_from_json(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _settings_from_json(text: str) -> Settings:
+    """Parsed once per distinct text (every resolve reads one; most are alike), shared: it is frozen."""
+    data = json.loads(text or "{}")
+    return Settings(str(data.get("default_model", "")), data.get("temperature"), data.get("max_tokens"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +264,7 @@ class Lookup:
 
     outcome: Resolved | RmllmError
     use: Use | None
+    limited: bool = True  # False: no budget or policy applies (limits.lookup would find none)
 
 
 def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
@@ -328,7 +338,7 @@ def lookup(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positiona
     if row is None:
         # Not audited row by row: vault_service.authguard counts these (one row per interval).
         return Lookup(TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE), None)
-    user_id, config_id, blob, active, hint, base_url, settings, token_id, disabled, expires = row
+    user_id, config_id, blob, active, hint, base_url, settings, token_id, disabled, expires, limited = row
     if disabled:
         return refuse(user_id, UserDisabled(accounts.USER_DISABLED_MESSAGE))
     if config_id is None:
@@ -371,4 +381,5 @@ def lookup(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positiona
     return Lookup(
         resolved,
         Use(audit.Event(user_id, "config.resolve", provider, "ok", request_id, lease), config_id, _now()),
+        bool(limited),
     )

@@ -164,6 +164,8 @@ def _resolve_with_limits(  # noqa: PLR0917 - the resolve's inputs, in Database.r
     outcome = found.outcome
     if isinstance(outcome, RmllmError):
         return found, None
+    if not found.limited:  # the resolve's own query found no limits: no second query
+        return found, limits.Limits()
     return found, limits.lookup(db, outcome.user_id, outcome.token_id)
 
 
