@@ -13,7 +13,8 @@ cannot be reached (or is locked past the busy timeout) becomes ``UNAVAILABLE`` /
 ``DATABASE_UNAVAILABLE`` there, once. ``Database.read`` is for the hot reads (a
 resolve, an authentication: a few indexed rows through ``execute``): on SQLite it
 runs them at once on the calling thread (the event loop) on a read-only
-connection of that thread's own that never waits for a lock (WAL readers do not
+connection of that thread's own (opened once, on a thread) that never waits for
+a lock (WAL readers do not
 wait for the writer; should one ever be told "busy", the read goes to the
 threads instead), which saves the hop to a thread and back; on PostgreSQL (a
 network round trip) it is ``run``. The schema itself is made by
@@ -346,8 +347,11 @@ class Database:
             # loop's thread used the database synchronously): the threads.
             return await self.run(fn, *args)
         try:
+            if threading.get_ident() not in self._readers:
+                # Opening one may wait (for a lock, during recovery): on a thread, once.
+                await asyncio.to_thread(self._open_reader, threading.get_ident())
             return self._read_here(fn, *args)
-        except (pw.OperationalError, pw.InterfaceError) as exc:
+        except (pw.OperationalError, pw.InterfaceError, sqlite3.OperationalError) as exc:
             self._drop_reader(threading.get_ident())
             if _sqlite_code(exc) == sqlite3.SQLITE_READONLY:
                 raise  # fn tried to write: a bug to see, not an outage to retry
@@ -356,9 +360,7 @@ class Database:
     def _read_here(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` with this thread's read-only connection as peewee's connection."""
         started = time.perf_counter()
-        conn = self._readers.get(threading.get_ident())
-        if conn is None:
-            conn = self._open_reader()
+        conn = self._readers[threading.get_ident()]
         # peewee's connection state is per thread: ours is seen by this thread only,
         # and only while fn runs (a later connection_context here gets the pool's).
         # (peewee has no public way to lend it a connection: its state is set directly.)
@@ -370,14 +372,14 @@ class Database:
             state.reset()
             metrics.db_operation(getattr(fn, "__name__", "other").lstrip("_"), time.perf_counter() - started)
 
-    def _open_reader(self) -> sqlite3.Connection:
-        """A connection of the pool's settings, outside the pool, that cannot write or wait."""
+    def _open_reader(self, thread: int) -> None:
+        """A connection for ``thread``: the pool's settings, outside the pool, that cannot write or wait."""
         sqlite: Any = pw.SqliteDatabase  # its _connect: the pool's own settings and pragmas, no pool
         conn: sqlite3.Connection = sqlite._connect(self.db)
         conn.execute("PRAGMA query_only = 1")
         conn.execute("PRAGMA busy_timeout = 0")
-        self._readers[threading.get_ident()] = conn
-        return conn
+        if self._readers.setdefault(thread, conn) is not conn:
+            conn.close()  # another read of that thread opened one first: keep that one
 
     def _drop_reader(self, thread: int) -> None:
         conn = self._readers.pop(thread, None)

@@ -1,7 +1,7 @@
 """The hot reads (``Database.read``): on the event loop for SQLite, on the threads for PostgreSQL.
 
 On SQLite a resolve's or an authentication's read runs at once on the calling
-thread, on a read-only connection of its own, and still sees every committed
+thread, on a read-only connection of its own (opened once, off the loop), and still sees every committed
 revocation, disabled user and changed key at once; it can never write; a read
 told "busy" (or any connection error) runs again on the database threads. On
 PostgreSQL it is a thread hop, as before.
@@ -9,6 +9,7 @@ PostgreSQL it is a thread hop, as before.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 
@@ -81,3 +82,11 @@ async def test_resolves_see_revocation_and_disabling_at_once(vault: Vault) -> No
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await vault.stub.ResolveCredentials(request, metadata=SERVICE)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_first_reads_at_once_open_one_connection_off_the_loop(database: Database) -> None:
+    here = threading.get_ident()
+    ran_on = await asyncio.gather(*(database.read(threading.get_ident) for _ in range(20)))
+    assert set(ran_on) == {here}
+    assert list(database._readers) == [here]  # the others' connections were closed, not leaked
