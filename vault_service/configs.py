@@ -1,12 +1,15 @@
 """Provider configurations in the database: upsert, update, read, delete and resolve.
 
-These functions run on the database threads (``Database.run``). Every write is
+These functions run on the database threads (``Database.run``; ``lookup``, the
+hot read, through ``Database.read``: on the event loop on SQLite). Every write is
 one transaction with its audit row. The key is encrypted before the transaction
 and decrypted only by ``lookup`` (the read half of a resolve), whose ``Use`` (the
 usage counter and the audit row) must commit before the plaintext leaves: the
 server hands it to ``groupcommit`` and answers once its batch is durable.
 A resolve is the hot path of every cache miss: one indexed query (token hash →
-user → config), one AES-GCM decryption, and a share of one batched commit.
+user → config, and whether any budget or policy applies), one AES-GCM
+decryption, and a share of one batched commit (one UPDATE for the batch's use
+counts, multi-row INSERTs for its audit rows).
 """
 
 from __future__ import annotations
@@ -299,7 +302,7 @@ def record_uses(db: Database, uses: Sequence[Use]) -> None:
         if use.config_id is not None:
             count, when = counted.get(use.config_id, (0, 0))
             counted[use.config_id] = (count + 1, max(when, use.when))
-    items = list(counted.items())
+    items = sorted(counted.items())  # one row order for every writer (PostgreSQL row locks)
     for start in range(0, len(items), _CONFIGS_PER_UPDATE):
         chunk = items[start : start + _CONFIGS_PER_UPDATE]
         cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
