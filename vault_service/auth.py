@@ -84,12 +84,12 @@ class AuthInterceptor(MethodInterceptor):
         self._authenticate = authenticate
         self._guard = guard
 
-    async def _check(self, access: Access | None, metadata: Any, peer: str) -> Principal | None:
+    async def _check(self, access: Access | None, context: Any) -> Principal | None:
         try:
-            token = bearer_token(metadata).reveal()
+            token = bearer_token(context.invocation_metadata()).reveal()
         except TokenInvalid:
             if access is Access.USER and self._guard is not None:
-                self._guard.failed("auth.user", "", peer)
+                self._guard.failed("auth.user", "", context.peer())
             raise
         if access is Access.SERVICE:
             if not hmac.compare_digest(token.encode(), self._service_token):
@@ -98,6 +98,8 @@ class AuthInterceptor(MethodInterceptor):
                 )
             return None
         if access is Access.USER:
+            # The peer only for user RPCs (the service's peer is the LLM service: never limited).
+            peer = context.peer()
             if self._guard is not None:
                 self._guard.check("auth.user", token, peer)
             user = await self._authenticate(token)
@@ -111,7 +113,7 @@ class AuthInterceptor(MethodInterceptor):
     async def _enter(self, method: str, access: Access | None, context: Any) -> Token[Principal | None]:
         """Check the call's credentials; set the caller for the servicer (reset it after)."""
         try:
-            principal = await self._check(access, context.invocation_metadata(), context.peer())
+            principal = await self._check(access, context)
         except (TokenInvalid, PermissionDenied, RateLimited) as exc:
             metrics.auth_failure(exc.reason)
             log.info("call refused", extra={"method": method, "reason": exc.reason, "event": "auth_refused"})

@@ -1,16 +1,20 @@
 """Provider configurations in the database: upsert, update, read, delete and resolve.
 
-These functions run on the database threads (``Database.run``). Every write is
+These functions run on the database threads (``Database.run``; ``lookup``, the
+hot read, through ``Database.read``: on the event loop on SQLite). Every write is
 one transaction with its audit row. The key is encrypted before the transaction
 and decrypted only by ``lookup`` (the read half of a resolve), whose ``Use`` (the
 usage counter and the audit row) must commit before the plaintext leaves: the
 server hands it to ``groupcommit`` and answers once its batch is durable.
 A resolve is the hot path of every cache miss: one indexed query (token hash →
-user → config), one AES-GCM decryption, and a share of one batched commit.
+user → config, and whether any budget or policy applies), one AES-GCM
+decryption, and a share of one batched commit (one UPDATE for the batch's use
+counts, multi-row INSERTs for its audit rows).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -37,13 +41,15 @@ log = logging.getLogger(__name__)
 # The hot path's statements: one indexed lookup from token hash to user to config.
 _RESOLVE = (
     "SELECT u.id, c.id, c.ciphertext, c.is_active, c.key_hint, c.base_url, c.settings, t.id, u.disabled, "
-    "t.expire_time "
+    "t.expire_time, "
+    # Whether any budget or policy applies (limits.lookup's rows): most users have none.
+    "EXISTS (SELECT 1 FROM usage_limits l WHERE l.user_id = u.id AND l.token_id IN ('', t.id)) "
     "FROM tokens t JOIN users u ON u.id = t.user_id "
     "LEFT OUTER JOIN provider_configs c ON c.user_id = u.id AND c.provider = ? "
     "WHERE t.token_hash = ? AND t.revoke_time IS NULL"
     " AND (t.expire_time IS NULL OR t.expire_time > ?)"
 )
-_COUNT_USE = "UPDATE provider_configs SET usage_count = usage_count + 1, last_used_time = ? WHERE id = ?"
+_CONFIGS_PER_UPDATE = 16  # at most 16 statement texts, well inside SQLite's statement cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +70,14 @@ class Settings:
 
     @classmethod
     def from_json(cls, text: str) -> Settings:
-        data = json.loads(text or "{}")
-        return cls(str(data.get("default_model", "")), data.get("temperature"), data.get("max_tokens"))
+        return _settings_from_json(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _settings_from_json(text: str) -> Settings:
+    """Parsed once per distinct text (every resolve reads one; most are alike), shared: it is frozen."""
+    data = json.loads(text or "{}")
+    return Settings(str(data.get("default_model", "")), data.get("temperature"), data.get("max_tokens"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +267,7 @@ class Lookup:
 
     outcome: Resolved | RmllmError
     use: Use | None
+    limited: bool = True  # False: no budget or policy applies (limits.lookup would find none)
 
 
 def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positional form
@@ -279,10 +292,30 @@ def resolve(  # noqa: PLR0917 - the resolve's inputs, in Database.run's position
 
 
 def record_uses(db: Database, uses: Sequence[Use]) -> None:
-    """Count the uses and append their audit rows, in order; call inside a write transaction."""
+    """Count the uses and append their audit rows, in order; call inside a write transaction.
+
+    One UPDATE counts every configuration of the batch (each by its number of uses,
+    its last use time the latest): a statement per use would hand the GIL back and
+    forth with the event loop once per use."""
+    counted: dict[int, tuple[int, int]] = {}  # config id -> (uses, latest use time)
     for use in uses:
         if use.config_id is not None:
-            db.execute(_COUNT_USE, (use.when, use.config_id))
+            count, when = counted.get(use.config_id, (0, 0))
+            counted[use.config_id] = (count + 1, max(when, use.when))
+    items = sorted(counted.items())  # one row order for every writer (PostgreSQL row locks)
+    for start in range(0, len(items), _CONFIGS_PER_UPDATE):
+        chunk = items[start : start + _CONFIGS_PER_UPDATE]
+        cases = " ".join(["WHEN ? THEN ?"] * len(chunk))
+        marks = ", ".join(["?"] * len(chunk))
+        db.execute(
+            f"UPDATE provider_configs SET usage_count = usage_count + CASE id {cases} END, "  # noqa: S608 - only ? marks
+            f"last_used_time = CASE id {cases} END WHERE id IN ({marks})",
+            (
+                *(v for config, (count, _) in chunk for v in (config, count)),
+                *(v for config, (_, when) in chunk for v in (config, when)),
+                *(config for config, _ in chunk),
+            ),
+        )
     audit.append_many(db, [use.event for use in uses])
 
 
@@ -308,7 +341,7 @@ def lookup(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positiona
     if row is None:
         # Not audited row by row: vault_service.authguard counts these (one row per interval).
         return Lookup(TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE), None)
-    user_id, config_id, blob, active, hint, base_url, settings, token_id, disabled, expires = row
+    user_id, config_id, blob, active, hint, base_url, settings, token_id, disabled, expires, limited = row
     if disabled:
         return refuse(user_id, UserDisabled(accounts.USER_DISABLED_MESSAGE))
     if config_id is None:
@@ -351,4 +384,5 @@ def lookup(  # noqa: PLR0917 - the resolve's inputs, in Database.run's positiona
     return Lookup(
         resolved,
         Use(audit.Event(user_id, "config.resolve", provider, "ok", request_id, lease), config_id, _now()),
+        bool(limited),
     )

@@ -10,8 +10,15 @@ Connections come from a small pool. The peewee models are built per database
 executes blocking work on a small thread pool, each call inside its own pooled
 connection, so the event loop never waits on the database; a database that
 cannot be reached (or is locked past the busy timeout) becomes ``UNAVAILABLE`` /
-``DATABASE_UNAVAILABLE`` there, once. The schema itself is
-made by ``vault_service.migrations``, not by the models.
+``DATABASE_UNAVAILABLE`` there, once. ``Database.read`` is for the hot reads (a
+resolve, an authentication: a few indexed rows through ``execute``): on SQLite it
+runs them at once on the calling thread (the event loop) on a read-only
+connection of that thread's own (opened once, on a thread) that never waits for
+a lock (WAL readers do not
+wait for the writer; should one ever be told "busy", the read goes to the
+threads instead), which saves the hop to a thread and back; on PostgreSQL (a
+network round trip) it is ``run``. The schema itself is made by
+``vault_service.migrations``, not by the models.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import contextlib
 import functools
 import logging
 import os
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +60,15 @@ def original_error(exc: BaseException) -> BaseException:
     while current is not None and _SECONDARY in str(current):
         current = current.__context__
     return current if isinstance(current, pw.DatabaseError) else exc
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    """The SQLite result code behind a (peewee-wrapped) error, if it has one."""
+    for cause in (exc, *exc.args, exc.__context__):
+        code = getattr(cause, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code
+    return None
 
 
 class DatabaseUrlError(ValueError):
@@ -280,6 +298,7 @@ class Database:
         self.tables = define_tables(self.db)
         self._executor: ThreadPoolExecutor | None = None
         self._statements: dict[str, str] = {}
+        self._readers: dict[int, sqlite3.Connection] = {}  # read-only connections, by thread
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         """Run hand-written SQL (``?`` placeholders) on the current connection.
@@ -315,6 +334,58 @@ class Database:
             log.error("database call failed: %s", first_line, extra={"event": "database_error"})
             raise DatabaseUnavailable("the vault database is unavailable; retry shortly") from exc
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the read-only ``fn(*args)``, which queries only through ``execute``.
+
+        On SQLite: now, on this thread (see the module docstring); a connection
+        error or a "busy" makes it run again on the database threads, which wait
+        out the busy timeout and report an unavailable database as ``run`` does.
+        On PostgreSQL: ``run``.
+        """
+        if self.is_postgres or not self.db._state.closed:
+            # PostgreSQL, or this thread already holds a connection (a caller on the
+            # loop's thread used the database synchronously): the threads.
+            return await self.run(fn, *args)
+        try:
+            if threading.get_ident() not in self._readers:
+                # Opening one may wait (for a lock, during recovery): on a thread, once.
+                await asyncio.to_thread(self._open_reader, threading.get_ident())
+            return self._read_here(fn, *args)
+        except (pw.OperationalError, pw.InterfaceError, sqlite3.OperationalError) as exc:
+            self._drop_reader(threading.get_ident())
+            if _sqlite_code(exc) == sqlite3.SQLITE_READONLY:
+                raise  # fn tried to write: a bug to see, not an outage to retry
+            return await self.run(fn, *args)
+
+    def _read_here(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` with this thread's read-only connection as peewee's connection."""
+        started = time.perf_counter()
+        conn = self._readers[threading.get_ident()]
+        # peewee's connection state is per thread: ours is seen by this thread only,
+        # and only while fn runs (a later connection_context here gets the pool's).
+        # (peewee has no public way to lend it a connection: its state is set directly.)
+        state = self.db._state
+        state.set_connection(conn)
+        try:
+            return fn(*args)
+        finally:
+            state.reset()
+            metrics.db_operation(getattr(fn, "__name__", "other").lstrip("_"), time.perf_counter() - started)
+
+    def _open_reader(self, thread: int) -> None:
+        """A connection for ``thread``: the pool's settings, outside the pool, that cannot write or wait."""
+        sqlite: Any = pw.SqliteDatabase  # its _connect: the pool's own settings and pragmas, no pool
+        conn: sqlite3.Connection = sqlite._connect(self.db)
+        conn.execute("PRAGMA query_only = 1")
+        conn.execute("PRAGMA busy_timeout = 0")
+        if self._readers.setdefault(thread, conn) is not conn:
+            conn.close()  # another read of that thread opened one first: keep that one
+
+    def _drop_reader(self, thread: int) -> None:
+        conn = self._readers.pop(thread, None)
+        if conn is not None:
+            conn.close()
+
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite).
@@ -342,4 +413,6 @@ class Database:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        for thread in list(self._readers):
+            self._drop_reader(thread)
         self.db.close_all()

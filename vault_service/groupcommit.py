@@ -51,12 +51,14 @@ class GroupCommit(Generic[T]):
 
     async def commit(self, item: T) -> None:
         """Return once ``item`` is durable; raise what made its batch fail."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         self._queue.append((item, done))
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
-        # A caller that goes away does not take its write with it: the batch still commits.
-        await asyncio.shield(done)
+            self._writer = loop.create_task(self._write())
+        # A caller that goes away does not take its write with it: the item stays queued
+        # and its batch still commits (``_settle`` skips a waiter that was cancelled).
+        await done
 
     def _group_commit(self, items: Sequence[T]) -> None:
         with self._db.write():

@@ -122,7 +122,7 @@ async def _assemble(settings: VaultSettings, db: Database, registry: Registry) -
     )
 
     async def authenticate(token: str) -> accounts.Principal | None:
-        return await db.run(accounts.authenticate, db, token)
+        return await db.read(accounts.authenticate, db, token)
 
     hub = InvalidationHub(db)
     await hub.start()

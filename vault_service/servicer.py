@@ -1,8 +1,10 @@
-"""The VaultService RPCs: validate, call the store off the event loop, answer.
+"""The VaultService RPCs: validate, call the store, answer.
 
 Authentication has already happened (``vault_service.auth``); each method reads
 the caller from ``current_user()``, validates its request (``validation``), runs
-the storage work on the database threads and converts the result. Methods hold
+the storage work on the database threads (the hot reads of ResolveCredentials and
+AuthenticateToken through ``Database.read``, on the loop itself on SQLite) and
+converts the result. Methods hold
 no ``try`` ladders: errors are ``RmllmError``s that the server's error interceptor
 translates. No response of a user RPC contains a key.
 """
@@ -162,6 +164,8 @@ def _resolve_with_limits(  # noqa: PLR0917 - the resolve's inputs, in Database.r
     outcome = found.outcome
     if isinstance(outcome, RmllmError):
         return found, None
+    if not found.limited:  # the resolve's own query found no limits: no second query
+        return found, limits.Limits()
     return found, limits.lookup(db, outcome.user_id, outcome.token_id)
 
 
@@ -322,7 +326,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         self, token: str, provider: str, request_id: str, lease_seconds: int
     ) -> tuple[configs.Resolved, limits.Limits]:
         """Read and decrypt off the writer; answer once the audit row and use count are durable."""
-        found, found_limits = await self._db.run(
+        found, found_limits = await self._db.read(
             _resolve_with_limits, self._db, self._keyring, token, provider, request_id, lease_seconds
         )
         if found.use is not None:
@@ -343,7 +347,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         )
 
     async def _authenticate(self, token: str) -> tuple[accounts.Principal, limits.Limits]:
-        found = await self._db.run(_authenticate_with_limits, self._db, token)
+        found = await self._db.read(_authenticate_with_limits, self._db, token)
         if found is None:
             raise TokenInvalid(accounts.UNKNOWN_TOKEN_MESSAGE)
         return found

@@ -22,7 +22,9 @@ from realmultillm.vault.v1 import vault_pb2_grpc
 from testkit import procs
 from testkit.vault import SEED, SERVICE_TOKEN, Vault, md
 
+from rmllm_common.secret import Secret
 from vault_service import accounts, audit, configs, ledger, migrations, writes
+from vault_service.crypto import Keyring
 from vault_service.database import Database
 from vault_service.groupcommit import GroupCommit
 
@@ -76,6 +78,55 @@ async def test_a_failed_batch_fails_every_caller_and_the_next_batch_still_commit
     assert failed and all(r is None or isinstance(r, RuntimeError) for r in results)
     assert calls >= 1
     await writer.commit(99)  # the writer is not wedged by the failure
+
+
+async def test_a_caller_that_goes_away_does_not_take_its_write_with_it(database: Database) -> None:
+    applied: list[int] = []
+    writer: GroupCommit[int] = GroupCommit(database, lambda db, items: applied.extend(items))
+    gone = asyncio.ensure_future(writer.commit(1))
+    await asyncio.sleep(0)  # queued, and the writer started
+    gone.cancel()
+    await writer.commit(2)
+    assert gone.cancelled()
+    assert applied == [1, 2]
+
+
+LAST_CONFIG = "SELECT MAX(id) FROM provider_configs"
+
+
+def test_one_batch_of_many_uses_counts_each_configuration_exactly_and_chains_every_row(
+    database: Database,
+) -> None:
+    """More configurations and rows than one multi-row statement holds, some used many times."""
+    keyring = Keyring(Secret(SEED))
+    config_ids = []
+    for i in range(20):
+        principal, _, _ = database.call(accounts.create_user, database, f"user{i}")
+        blob = keyring.encrypt(Secret(KEYS["openai"]), principal.user_id, "openai")
+        draft = configs.Draft(blob, keyring.current.key_id, "ghij", "", configs.Settings())
+        database.call(configs.put, database, principal.user_id, "openai", draft, "put")
+        config_ids.append(
+            database.call(database.execute, "SELECT MAX(id) FROM provider_configs").fetchone()[0]
+        )
+    uses = [
+        configs.Use(audit.Event("someone", "config.resolve", "openai", "ok", f"r-{n}"), config_ids[n % 20], n)
+        for n in range(45)  # configurations 0-4 used three times, the others twice
+    ]
+    uses.append(configs.Use(audit.Event("someone", "config.resolve", "openai", "KEY_NOT_CONFIGURED", "r-x")))
+
+    def batch(db: Database) -> None:
+        with db.write():
+            configs.record_uses(db, uses)
+
+    database.call(batch, database)
+    model = database.tables.config
+    rows = {r.id: r for r in database.call(lambda: list(model.select()))}
+    for i, config_id in enumerate(config_ids):
+        used = [n for n in range(45) if n % 20 == i]
+        assert (rows[config_id].usage_count, rows[config_id].last_used_time) == (len(used), max(used))
+    assert [r[3] for r in audited(database)] == [f"r-{n}" for n in range(45)] + ["r-x"]
+    report = database.call(audit.verify, database)
+    assert report.ok, report.problems
 
 
 async def test_concurrent_resolves_leave_one_audit_row_each_and_exact_counts(

@@ -4,6 +4,7 @@ audit chain, rewrap and concurrent writers."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from testkit.vault import OLD_SEED, SEED
 
 from rmllm_common.errors import KeyDecryptionFailed, NotFound, TokenInvalid
 from rmllm_common.secret import Secret
-from vault_service import accounts, audit, configs, migrations, rewrap
+from vault_service import accounts, audit, configs, limits, migrations, rewrap
 from vault_service.crypto import Keyring
 from vault_service.database import Database
 
@@ -123,6 +124,32 @@ def test_tampered_or_swapped_ciphertext_fails(database: Database) -> None:
     outcomes = [r.outcome for r in database.call(lambda: list(database.tables.audit.select()))]
     assert outcomes.count("KEY_DECRYPTION_FAILED") == 7
     assert database.call(audit.verify, database).ok
+
+
+def test_the_resolve_query_tells_whether_any_budget_or_policy_applies(database: Database) -> None:
+    db = database
+    alice_id, alice = user(db, "alice")
+    store(db, KEYRING, alice_id, "openai", KEY)
+    other_token_id, _ = db.call(accounts.create_token, db, "alice")
+
+    def limited() -> bool:
+        return db.call(configs.lookup, db, KEYRING, alice, "openai", "r").limited
+
+    assert not limited()  # no limits at all: ResolveCredentials skips limits.lookup
+    policy = functools.partial(limits.set_policy, allow="openai/*", deny=None)
+    db.call(policy, db, db.call(limits.token_target, db, other_token_id))
+    assert not limited()  # another token's policy does not apply to this one
+    (mine,) = [t.token_id for t in db.call(accounts.list_tokens, db, "alice") if t.token_id != other_token_id]
+    db.call(policy, db, db.call(limits.token_target, db, mine))
+    assert limited()
+    bob_id, bob = user(db, "bob")
+    store(db, KEYRING, bob_id, "openai", KEY)
+    db.call(
+        functools.partial(limits.set_budget, daily=1.0, monthly=None),
+        db,
+        db.call(limits.user_target, db, "bob"),
+    )
+    assert db.call(configs.lookup, db, KEYRING, bob, "openai", "r").limited
 
 
 def test_resolve_failures_are_typed(database: Database) -> None:
