@@ -130,7 +130,8 @@ def _start_otel(settings: TelemetrySettings, service_name: str) -> list[Callable
     # One instance id per process: with --workers N each worker exports its own metric streams,
     # which a backend must not mistake for one process restarting.
     own = {"service.name": service_name, "service.instance.id": str(uuid.uuid4())}
-    resource = Resource.create(own).merge(OTELResourceDetector().detect())
+    merged = Resource.create(own).merge(OTELResourceDetector().detect())
+    resource = _resource_hashed_once(Resource)(merged.attributes, merged.schema_url)
     stops: list[Callable[[], Any]] = []
     grpc_protocol = settings.protocol == "grpc"
     if settings.traces:
@@ -176,3 +177,21 @@ def _start_otel(settings: TelemetrySettings, service_name: str) -> list[Callable
         extra={"traces": settings.traces, "otel_metrics": settings.otel_metrics, "event": "otel"},
     )
     return stops
+
+
+def _resource_hashed_once(base: Any) -> Any:
+    """``Resource`` with its hash computed once: the OTLP span exporter groups every span by
+    its resource, and ``Resource.__hash__`` serialises all the attributes to JSON each time
+    (about 3 µs a span). The attributes never change, so neither does the hash."""
+
+    class HashedOnce(base):  # type: ignore[misc]
+        def __init__(self, attributes: Any, schema_url: str | None = None) -> None:
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return int(self._hash)
+
+        __eq__ = base.__eq__
+
+    return HashedOnce

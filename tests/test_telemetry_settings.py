@@ -15,7 +15,7 @@ from testkit.stack import Stack
 from clients import Client
 from clients import errors as cerr
 from llm_service.settings import LLMSettings, SettingsError
-from rmllm_common.telemetry import TelemetrySettings
+from rmllm_common.telemetry import TelemetrySettings, _resource_hashed_once
 
 TOKEN = SERVICE_TOKEN  # the harness's random-looking credential
 
@@ -52,6 +52,20 @@ def test_metrics_listen_flag_wins_and_bad_addresses_are_refused() -> None:
     assert flagged.telemetry.metrics_listen == "0.0.0.0:9999"
     with pytest.raises(SettingsError, match="RMLLM_METRICS_LISTEN must be HOST:PORT"):
         LLMSettings.from_env({**env, "RMLLM_METRICS_LISTEN": "9464"})
+
+
+def test_the_exported_resource_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    plain = Resource.create({"service.name": "rmllm-llm", "service.instance.id": "i"})
+    resource = _resource_hashed_once(Resource)(plain.attributes, plain.schema_url)
+    assert isinstance(resource, Resource) and resource == plain and hash(resource) == hash(plain)
+
+    def no_more(_: object) -> int:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(Resource, "__hash__", no_more)
+    assert len({resource, resource}) == 1  # the span exporter's grouping, without serialising
 
 
 def test_one_process_serves_its_own_metrics(tmp_path: Path) -> None:
