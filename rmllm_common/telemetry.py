@@ -24,6 +24,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
+# prometheus_client's multiprocess directory (set by the --workers supervisor, see ``prom``);
+# named here so that reading the settings does not load prometheus_client.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,6 @@ class TelemetrySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str], metrics_listen: str | None = None) -> TelemetrySettings:
         """Read the opt-ins; ``metrics_listen`` is the ``--metrics-listen`` flag."""
-        from rmllm_common.prom import MULTIPROC_ENV  # noqa: PLC0415 - keeps prometheus_client lazy
-
         listen = (metrics_listen or env.get("RMLLM_METRICS_LISTEN") or "").strip() or None
         if listen is not None:
             _check_listen(listen)

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -52,6 +55,33 @@ def test_metrics_listen_flag_wins_and_bad_addresses_are_refused() -> None:
     assert flagged.telemetry.metrics_listen == "0.0.0.0:9999"
     with pytest.raises(SettingsError, match="RMLLM_METRICS_LISTEN must be HOST:PORT"):
         LLMSettings.from_env({**env, "RMLLM_METRICS_LISTEN": "9464"})
+
+
+NOTHING_LOADED = """
+import asyncio, sys
+sys.path.append("tests")
+from testkit.llm_harness import auth, chat_request, llm_harness
+TRACEPARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+async def main():
+    async with llm_harness({}) as llm:
+        await llm.stub.Chat(chat_request(), metadata=(*auth(), ("traceparent", TRACEPARENT)))
+    loaded = {m.split(".")[0] for m in sys.modules}
+    print(sorted(loaded & {"opentelemetry", "prometheus_client"}))
+asyncio.run(main())
+"""
+
+
+def test_with_nothing_set_a_chat_loads_neither_prometheus_nor_opentelemetry() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", NOTHING_LOADED],
+        cwd=Path(__file__).resolve().parents[1],
+        env={k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "RMLLM_", "PROMETHEUS_"))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
 
 
 def test_the_exported_resource_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
