@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,6 +19,7 @@ from testkit.stack import Stack
 from clients import Client
 from clients import errors as cerr
 from llm_service.settings import LLMSettings, SettingsError
+from rmllm_common import telemetry
 from rmllm_common.telemetry import TelemetrySettings, _resource_hashed_once
 
 TOKEN = SERVICE_TOKEN  # the harness's random-looking credential
@@ -96,6 +98,67 @@ def test_the_exported_resource_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(Resource, "__hash__", no_more)
     assert len({resource, resource}) == 1  # the span exporter's grouping, without serialising
+
+
+def test_the_metric_reader_exports_what_producers_aggregated() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        Gauge,
+        Metric,
+        MetricExporter,
+        MetricExportResult,
+        NumberDataPoint,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.resources import Resource
+
+    class Kept(MetricExporter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[Any] = []
+
+        def export(
+            self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> MetricExportResult:
+            self.batches.append(metrics_data)
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            pass
+
+    exporter = Kept()
+    resource = Resource.create({"service.name": "rmllm-llm"})
+    reader = telemetry._producing_reader(PeriodicExportingMetricReader)(exporter, resource)
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    asked: list[bool] = []
+
+    def produce(delta: bool) -> list[Metric]:
+        asked.append(delta)
+        point = NumberDataPoint({"a": "b"}, 0, 1, 7)
+        return [Metric("produced", "", "1", Gauge([point]))]
+
+    def exported() -> set[str]:
+        batches, exporter.batches = exporter.batches, []
+        return {
+            m.name for d in batches for r in d.resource_metrics for s in r.scope_metrics for m in s.metrics
+        }
+
+    telemetry.set_metric_producer("test", produce)
+    try:
+        reader.collect()  # the SDK has nothing of its own
+        assert exported() == {"produced"} and asked == [False]
+        provider.get_meter("m").create_counter("own").add(1)
+        reader.collect()
+        assert exported() == {"produced", "own"}
+        telemetry.set_metric_producer("test", None)
+        reader.collect()
+        assert exported() == {"own"}
+    finally:
+        telemetry.set_metric_producer("test", None)
+        provider.shutdown()
 
 
 def test_one_process_serves_its_own_metrics(tmp_path: Path) -> None:

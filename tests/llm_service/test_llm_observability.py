@@ -31,7 +31,7 @@ from llm_service.usage import UsageReporter
 from rmllm_common import errors
 from rmllm_common.logs import JsonFormatter
 from rmllm_common.observe import Call
-from rmllm_common.telemetry import TelemetrySettings
+from rmllm_common.telemetry import GENAI_BUCKETS, TelemetrySettings
 
 TRACEPARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
 # build_server turns recording on; only `serve` opens the listener.
@@ -274,10 +274,8 @@ async def test_http_span_of_a_provider_call(exported: InMemorySpanExporter) -> N
     assert telemetry.http_span("POST", url) is None  # tracing off
 
 
-def test_genai_metrics_of_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    reader = InMemoryMetricReader()
-    monkeypatch.setattr("opentelemetry.metrics.get_meter", MeterProvider(metric_readers=[reader]).get_meter)
-    hooks = telemetry.GenAIHooks()
+def genai_calls() -> list[tuple[Call, grpc.StatusCode, str, float]]:
+    """Finished calls of every shape the GenAI metrics tell apart."""
 
     def call(output_tokens: int, response_model: str = "gpt-4o-mini-2024-07-18") -> Call:
         done = Call("Chat", "r", 0.0, False, provider="openai", model="gpt-4o-mini")
@@ -285,16 +283,33 @@ def test_genai_metrics_of_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
         done.input_tokens, done.output_tokens = 10, output_tokens
         return done
 
-    for _ in range(2):
-        hooks.finished(call(5), grpc.StatusCode.OK, "", 1.25)
-    hooks.finished(call(1), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE", 2.0)
-    hooks.finished(Call("Chat", "r", 0.0, False, provider="google", model="g"), grpc.StatusCode.OK, "", 0.5)
-    data = reader.get_metrics_data()
-    assert data is not None
-    points: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {
+    return [
+        (call(5), grpc.StatusCode.OK, "", 1.25),
+        (call(7), grpc.StatusCode.OK, "", 0.75),
+        (call(1), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE", 2.0),
+        (Call("Chat", "r", 0.0, False, provider="google", model="g"), grpc.StatusCode.OK, "", 0.5),
+        (Call("ListModels", "r", 0.0, False, provider="openai"), grpc.StatusCode.OK, "", 0.1),
+    ]
+
+
+def sdk_points(data: Any) -> dict[tuple[str, tuple[tuple[str, Any], ...]], Any]:
+    return {
         (metric.name, tuple(sorted((point.attributes or {}).items()))): point
-        for scope in data.resource_metrics[0].scope_metrics
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
         for metric in scope.metrics
+        for point in metric.data.data_points
+    }
+
+
+def test_genai_metrics_of_each_call() -> None:
+    hooks = telemetry.GenAIHooks()
+    for call in genai_calls():
+        hooks.finished(*call)
+    metrics = hooks.produce(delta=False)
+    points = {
+        (metric.name, tuple(sorted(point.attributes.items()))): point
+        for metric in metrics
         for point in metric.data.data_points
     }
     ok = (
@@ -309,23 +324,68 @@ def test_genai_metrics_of_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
         ("gen_ai.provider.name", "gcp.gemini"),
         ("gen_ai.request.model", "g"),
     )
-    counts = {(name, attributes): point.count for (name, attributes), point in points.items()}
+    output = tuple(sorted((*ok, ("gen_ai.token.type", "output"))))
+    counts = {key: point.count for key, point in points.items()}
     assert counts == {
         ("gen_ai.client.operation.duration", ok): 2,
         ("gen_ai.client.operation.duration", failed): 1,
         ("gen_ai.client.operation.duration", google): 1,
         ("gen_ai.client.token.usage", tuple(sorted((*ok, ("gen_ai.token.type", "input"))))): 2,
-        ("gen_ai.client.token.usage", tuple(sorted((*ok, ("gen_ai.token.type", "output"))))): 2,
+        ("gen_ai.client.token.usage", output): 2,
         ("gen_ai.client.token.usage", tuple(sorted((*failed, ("gen_ai.token.type", "input"))))): 1,
         ("gen_ai.client.token.usage", tuple(sorted((*failed, ("gen_ai.token.type", "output"))))): 1,
         ("gen_ai.server.time_to_first_token", ok): 2,
         ("gen_ai.server.time_to_first_token", failed): 1,
         ("gen_ai.server.time_per_output_token", ok): 2,  # one output token: no time per token
     }
-    assert points[("gen_ai.client.operation.duration", ok)].sum == 2.5
-    output = tuple(sorted((*ok, ("gen_ai.token.type", "output"))))
-    assert points[("gen_ai.client.token.usage", output)].sum == 10
-    assert points[("gen_ai.server.time_per_output_token", ok)].sum == 0.5
+    assert points[("gen_ai.client.operation.duration", ok)].sum == 2.0
+    assert points[("gen_ai.client.token.usage", output)].sum == 12
+    assert points[("gen_ai.server.time_per_output_token", ok)].sum == 0.25 + 1 / 12
+    assert {metric.data.aggregation_temporality.name for metric in metrics} == {"CUMULATIVE"}
+    # Deltas: what came since the last export, then nothing.
+    assert {m.name for m in hooks.produce(delta=True)} == {m.name for m in metrics}
+    assert hooks.produce(delta=True) == []
+
+
+def test_genai_metrics_are_what_the_sdk_would_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same calls recorded through the SDK's histograms, with the spec's buckets: the same
+    points, counts, sums, buckets, min and max."""
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+    views = [
+        View(instrument_name=n, aggregation=ExplicitBucketHistogramAggregation(b))
+        for n, b in GENAI_BUCKETS.items()
+    ]
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader], views=views).get_meter("llm_service")
+    instruments = [meter.create_histogram(name) for name in GENAI_BUCKETS]
+    hooks = telemetry.GenAIHooks()
+    ours_only = hooks._add
+
+    def both(metric: int, key: object, attributes: dict[str, Any], value: float) -> None:
+        instruments[metric].record(value, attributes)
+        ours_only(metric, key, attributes, value)
+
+    monkeypatch.setattr(hooks, "_add", both)
+    for call in genai_calls():
+        hooks.finished(*call)
+    ours = {
+        (metric.name, tuple(sorted(point.attributes.items()))): point
+        for metric in hooks.produce(delta=False)
+        for point in metric.data.data_points
+    }
+    sdk = sdk_points(reader.get_metrics_data())
+    assert set(ours) == set(sdk)
+    for key, point in sdk.items():
+        mine = ours[key]
+        assert (mine.count, mine.sum, list(mine.bucket_counts), mine.min, mine.max) == (
+            point.count,
+            point.sum,
+            list(point.bucket_counts),
+            point.min,
+            point.max,
+        ), key
+        assert tuple(mine.explicit_bounds) == tuple(point.explicit_bounds)
 
 
 async def test_usage_reporter_depth_and_drops_are_metrics() -> None:
