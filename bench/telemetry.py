@@ -9,14 +9,19 @@ of traces sampled (``OTEL_TRACES_SAMPLER=parentbased_traceidratio``). With
 worktree add /tmp/base <commit>``) its LLM service runs too, for the cost with
 everything off. Chat runs alternate between the configurations (so drift on a
 shared machine hits all alike) and each LLM process's CPU time per request is read
-from ``/proc`` around each run. The figures are in docs/PERFORMANCE.md.
+from ``/proc`` around each run. In process it also times the primitives the hooks use
+and, in a fresh process per sampling setting, one Chat's whole telemetry work
+(``otel_chat_costs``: the server, vault, ``chat {model}`` and HTTP spans, their OTLP
+encoding, the GenAI histograms). The figures are in docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,6 +97,7 @@ def run_telemetry(plan: Plan, say: Callable[[str], None], baseline: Path | None 
         "increase_over_off_pct": {name: 100 * (value / base - 1) for name, value in medians.items()},
         "spans_received": len(receiver.spans),
         "primitive_costs_us": primitive_costs(),
+        "otel_chat_costs_us": otel_chat_costs(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return {"runs": rows, "summary": summary}
@@ -198,3 +204,136 @@ def _per_call_work() -> dict[str, Callable[[], object]]:
         "observed_call_off": one(Observer("llm")),
         "observed_call_prometheus": one(Observer("llm", prometheus)),
     }
+
+
+def otel_chat_costs(chats: int = 5000) -> dict[str, float]:
+    """Microseconds of CPU per Chat for the LLM service's OpenTelemetry work, with every trace
+    sampled and with 1 % (``parentbased_traceidratio``), each in a fresh process (the tracer
+    provider is set once per process); "off" is the same Chat with nothing set."""
+    costs = {}
+    for mode in ("off", "all", "1pct"):
+        out = subprocess.run(
+            [sys.executable, "-c", f"from bench.telemetry import _otel_chat; _otel_chat({mode!r}, {chats})"],
+            cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        costs[mode] = float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_chat"])
+    return costs
+
+
+def _otel_providers(mode: str, chats: int) -> None:
+    """This process's tracer and meter providers as ``rmllm_common.telemetry`` sets them up,
+    with an exporter that encodes and serialises each batch as the OTLP exporter does,
+    without sending it."""
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBasedTraceIdRatio
+
+    from rmllm_common import telemetry as common
+
+    class Encoding(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            encode_spans(spans).SerializeToString()
+            return SpanExportResult.SUCCESS
+
+    plain = Resource.create({"service.name": "rmllm-llm"})
+    resource = common._resource_hashed_once(Resource)(plain.attributes, plain.schema_url)
+    sampler = ALWAYS_ON if mode == "all" else ParentBasedTraceIdRatio(0.01)
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+    tracer_provider.add_span_processor(BatchSpanProcessor(Encoding(), max_queue_size=10 * chats * 4))
+    trace.set_tracer_provider(tracer_provider)
+    views = [
+        View(instrument_name=name, aggregation=ExplicitBucketHistogramAggregation(bounds))
+        for name, bounds in common.GENAI_BUCKETS.items()
+    ]
+    otel_metrics.set_meter_provider(
+        MeterProvider(resource=resource, metric_readers=[InMemoryMetricReader()], views=views)
+    )
+
+
+class _Vault:
+    """The vault stub's two unary methods, answering at once."""
+
+    async def ResolveCredentials(self, request: object, *, metadata: object = (), **options: object) -> None:
+        return None
+
+    AuthenticateToken = ResolveCredentials
+
+
+def _otel_chat(mode: str, chats: int) -> None:
+    """One simulated Chat's observation, as the servicer path makes it, ``chats`` times: print
+    its CPU in µs (median of five runs, the span exporter's encoding included)."""
+    import asyncio
+
+    import grpc
+    from realmultillm.llm.v1 import llm_pb2
+
+    from llm_service import telemetry
+    from llm_service.adapters.base import ChatParams, Finished, FinishReason, TextDelta, Usage
+    from rmllm_common.registry import default_registry
+    from rmllm_common.telemetry import TelemetrySettings
+
+    if on := mode != "off":
+        _otel_providers(mode, chats)
+    logging.getLogger("rmllm.calls").disabled = True  # the log line is timed elsewhere
+    observer = telemetry.setup(TelemetrySettings(traces=on, otel_metrics=on))
+    spec = default_registry().resolve("openai")
+    params = ChatParams("gpt-4o-mini", (), max_tokens=256)
+    finished = Finished(FinishReason.STOP, Usage(24, 8, 32), "gpt-4o-mini-2024-07-18", "chatcmpl-1")
+    usage = llm_pb2.Usage(input_tokens=24, output_tokens=8, total_tokens=32, cost_usd=0.00001)
+    context: Any = _Context()
+    vault = telemetry.vault_stub(_Vault())
+
+    async def provider() -> Any:
+        span = telemetry.http_span("POST", "https://api.openai.com/v1/chat/completions")
+        if span is not None:
+            telemetry.end_http_span(span, 200)
+        telemetry.note_first_event()
+        yield TextDelta("Hel")
+        yield TextDelta("lo")
+        yield finished
+
+    async def chat() -> None:
+        call = observer.begin("/realmultillm.llm.v1.LLMService/Chat", context, False)
+        telemetry.note_provider(spec)
+        telemetry.note_prepared(spec, params.model)
+        await vault.ResolveCredentials(None, metadata=(("x-request-id", "bench-1"),))
+        events = telemetry.traced(provider(), spec, params)
+        async for _ in events:
+            pass
+        await events.aclose()
+        telemetry.note_answer(finished, usage)
+        observer.end(call, grpc.StatusCode.OK, "")
+
+    def flush() -> None:
+        if on:
+            from opentelemetry import trace
+
+            trace.get_tracer_provider().force_flush()  # type: ignore[attr-defined]
+
+    async def runs() -> list[float]:
+        for _ in range(chats // 5):
+            await chat()
+        flush()
+        seconds = []
+        for _ in range(5):
+            started = time.process_time()
+            for _ in range(chats):
+                await chat()
+            flush()
+            seconds.append(time.process_time() - started)
+        return seconds
+
+    seconds = asyncio.run(runs())
+    print(json.dumps({"us_per_chat": statistics.median(seconds) / chats * 1e6}))

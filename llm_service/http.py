@@ -75,11 +75,11 @@ def new_http_session(
     *,
     policy: EndpointPolicy | None = None,
     limits: UpstreamLimits = DEFAULT_LIMITS,
-    trace_configs: list[aiohttp.TraceConfig] | None = None,
 ) -> aiohttp.ClientSession:
     """A session for provider calls; close it with ``await session.close()``.
 
-    ``trace_configs``: the telemetry hooks (``llm_service.telemetry``), when on.
+    No aiohttp ``TraceConfig``: with one, aiohttp sends its trace signals on every request
+    and every chunk read; the HTTP client span is made in ``adapters.exchange`` instead.
     """
     policy = policy or EndpointPolicy.default()
     connector = aiohttp.TCPConnector(
@@ -98,7 +98,6 @@ def new_http_session(
         # One session serves every user: a cookie one provider answer sets must
         # never ride along on another user's request.
         cookie_jar=aiohttp.DummyCookieJar(),
-        trace_configs=trace_configs,
     )
     _LIMITS[session] = limits
     return session

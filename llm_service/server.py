@@ -147,12 +147,8 @@ async def build_server(
     )
     vault.start()
     rate_limits = build_limits(settings, clock)
-    trace_config = telemetry.http_trace_config()
     http = new_http_session(
-        settings.http_max_connections,
-        policy=settings.endpoint_policy,
-        limits=settings.upstream,
-        trace_configs=[trace_config] if trace_config else None,
+        settings.http_max_connections, policy=settings.endpoint_policy, limits=settings.upstream
     )
     policy = RetryPolicy(
         attempts=settings.retry_attempts,

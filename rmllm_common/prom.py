@@ -22,8 +22,10 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
+from rmllm_common.telemetry import MULTIPROC_ENV
+
 log = logging.getLogger(__name__)
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["MULTIPROC_ENV", "serve_metrics", "split_listen", "supervisor_metrics"]
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -11,6 +11,10 @@ read the rest themselves (protocol, headers, timeouts, ``OTEL_SERVICE_NAME``,
 ``OTEL_RESOURCE_ATTRIBUTES``). Message contents are only put on spans with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``. With nothing set,
 ``start`` does nothing and every hook stays a cheap ``if`` on a flag.
+
+A service may aggregate metrics on its hot path itself and register a producer
+(``set_metric_producer``): the periodic metric reader adds what it returns to every
+export, next to the SDK's own instruments (the SDK has no producer interface).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
+# prometheus_client's multiprocess directory (set by the --workers supervisor, see ``prom``);
+# named here so that reading the settings does not load prometheus_client.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,6 @@ class TelemetrySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str], metrics_listen: str | None = None) -> TelemetrySettings:
         """Read the opt-ins; ``metrics_listen`` is the ``--metrics-listen`` flag."""
-        from rmllm_common.prom import MULTIPROC_ENV  # noqa: PLC0415 - keeps prometheus_client lazy
-
         listen = (metrics_listen or env.get("RMLLM_METRICS_LISTEN") or "").strip() or None
         if listen is not None:
             _check_listen(listen)
@@ -115,6 +120,26 @@ GENAI_BUCKETS = {
 }
 
 
+# Metrics a service aggregates itself, by name: each is called at every export with whether the
+# exporter wants deltas, and returns OpenTelemetry SDK ``Metric``s (``llm_service.telemetry``'s
+# GenAI histograms: recording them through the SDK's instruments costs ~7 µs a value).
+MetricProducer = Callable[[bool], list[Any]]
+_producers: dict[str, MetricProducer] = {}
+
+
+def set_metric_producer(name: str, produce: MetricProducer | None) -> None:
+    """Export ``produce``'s metrics with every periodic export (None: no longer)."""
+    if produce is None:
+        _producers.pop(name, None)
+    else:
+        _producers[name] = produce
+
+
+def produced_metrics(delta: bool) -> list[Any]:
+    """What the producers have now."""
+    return [metric for produce in list(_producers.values()) for metric in produce(delta)]
+
+
 def start(settings: TelemetrySettings, service_name: str) -> Callable[[], None]:
     """Set up what ``settings`` asks for in this process; return the shutdown (flush) function."""
     stops: list[Callable[[], Any]] = []
@@ -145,7 +170,8 @@ def _start_otel(settings: TelemetrySettings, service_name: str) -> list[Callable
     # One instance id per process: with --workers N each worker exports its own metric streams,
     # which a backend must not mistake for one process restarting.
     own = {"service.name": service_name, "service.instance.id": str(uuid.uuid4())}
-    resource = Resource.create(own).merge(OTELResourceDetector().detect())
+    merged = Resource.create(own).merge(OTELResourceDetector().detect())
+    resource = _resource_hashed_once(Resource)(merged.attributes, merged.schema_url)
     stops: list[Callable[[], Any]] = []
     grpc_protocol = settings.protocol == "grpc"
     if settings.traces:
@@ -179,11 +205,9 @@ def _start_otel(settings: TelemetrySettings, service_name: str) -> list[Callable
             View(instrument_name=name, aggregation=ExplicitBucketHistogramAggregation(boundaries))
             for name, boundaries in GENAI_BUCKETS.items()
         ]
-        meter_provider = MeterProvider(
-            resource=resource,
-            metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())],
-            views=views,
-        )
+        exporter = OTLPMetricExporter()
+        reader = _producing_reader(PeriodicExportingMetricReader)(exporter, resource)
+        meter_provider = MeterProvider(resource=resource, metric_readers=[reader], views=views)
         metrics.set_meter_provider(meter_provider)
         stops.append(meter_provider.shutdown)
     log.info(
@@ -191,3 +215,64 @@ def _start_otel(settings: TelemetrySettings, service_name: str) -> list[Callable
         extra={"traces": settings.traces, "otel_metrics": settings.otel_metrics, "event": "otel"},
     )
     return stops
+
+
+def _resource_hashed_once(base: Any) -> Any:
+    """``Resource`` with its hash computed once: the OTLP span exporter groups every span by
+    its resource, and ``Resource.__hash__`` serialises all the attributes to JSON each time
+    (about 3 µs a span). The attributes never change, so neither does the hash."""
+
+    class HashedOnce(base):  # type: ignore[misc]
+        def __init__(self, attributes: Any, schema_url: str | None = None) -> None:
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return int(self._hash)
+
+        __eq__ = base.__eq__
+
+    return HashedOnce
+
+
+def _producing_reader(base: Any) -> Any:
+    """``PeriodicExportingMetricReader`` that adds the producers' metrics to each export (also
+    when the SDK's own instruments have nothing to export)."""
+    import threading  # noqa: PLC0415
+
+    from opentelemetry.sdk.metrics import Histogram  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
+        AggregationTemporality,
+        MetricsData,
+        ResourceMetrics,
+        ScopeMetrics,
+    )
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: PLC0415
+
+    class ProducingReader(base):  # type: ignore[misc]
+        def __init__(self, exporter: Any, resource: Any) -> None:
+            super().__init__(exporter)
+            self._resource = resource
+            preferred = getattr(exporter, "_preferred_temporality", None) or {}
+            self._delta = preferred.get(Histogram) == AggregationTemporality.DELTA
+            self._collecting = threading.Lock()
+            self._received = False
+
+        def collect(self, timeout_millis: float = 10_000) -> None:
+            with self._collecting:
+                self._received = False
+                super().collect(timeout_millis=timeout_millis)
+                if not self._received:  # the SDK had nothing: export the producers' alone
+                    self._receive_metrics(MetricsData(resource_metrics=[]), timeout_millis=timeout_millis)
+
+        def _receive_metrics(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+            self._received = True
+            produced = produced_metrics(self._delta)
+            if produced:
+                scope = ScopeMetrics(InstrumentationScope("rmllm"), produced, "")
+                own = ResourceMetrics(self._resource, [scope], "")
+                metrics_data = MetricsData(resource_metrics=[*metrics_data.resource_metrics, own])
+            if metrics_data.resource_metrics:
+                super()._receive_metrics(metrics_data, timeout_millis=timeout_millis, **kwargs)
+
+    return ProducingReader

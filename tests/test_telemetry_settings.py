@@ -4,8 +4,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,7 +19,8 @@ from testkit.stack import Stack
 from clients import Client
 from clients import errors as cerr
 from llm_service.settings import LLMSettings, SettingsError
-from rmllm_common.telemetry import TelemetrySettings
+from rmllm_common import telemetry
+from rmllm_common.telemetry import TelemetrySettings, _resource_hashed_once
 
 TOKEN = SERVICE_TOKEN  # the harness's random-looking credential
 
@@ -52,6 +57,108 @@ def test_metrics_listen_flag_wins_and_bad_addresses_are_refused() -> None:
     assert flagged.telemetry.metrics_listen == "0.0.0.0:9999"
     with pytest.raises(SettingsError, match="RMLLM_METRICS_LISTEN must be HOST:PORT"):
         LLMSettings.from_env({**env, "RMLLM_METRICS_LISTEN": "9464"})
+
+
+NOTHING_LOADED = """
+import asyncio, sys
+sys.path.append("tests")
+from testkit.llm_harness import auth, chat_request, llm_harness
+TRACEPARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+async def main():
+    async with llm_harness({}) as llm:
+        await llm.stub.Chat(chat_request(), metadata=(*auth(), ("traceparent", TRACEPARENT)))
+    loaded = {m.split(".")[0] for m in sys.modules}
+    print(sorted(loaded & {"opentelemetry", "prometheus_client"}))
+asyncio.run(main())
+"""
+
+
+def test_with_nothing_set_a_chat_loads_neither_prometheus_nor_opentelemetry() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", NOTHING_LOADED],
+        cwd=Path(__file__).resolve().parents[1],
+        env={k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "RMLLM_", "PROMETHEUS_"))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_the_exported_resource_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    plain = Resource.create({"service.name": "rmllm-llm", "service.instance.id": "i"})
+    resource = _resource_hashed_once(Resource)(plain.attributes, plain.schema_url)
+    assert isinstance(resource, Resource) and resource == plain and hash(resource) == hash(plain)
+
+    def no_more(_: object) -> int:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(Resource, "__hash__", no_more)
+    assert len({resource, resource}) == 1  # the span exporter's grouping, without serialising
+
+
+def test_the_metric_reader_exports_what_producers_aggregated() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        Gauge,
+        Metric,
+        MetricExporter,
+        MetricExportResult,
+        NumberDataPoint,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.resources import Resource
+
+    class Kept(MetricExporter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[Any] = []
+
+        def export(
+            self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> MetricExportResult:
+            self.batches.append(metrics_data)
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            pass
+
+    exporter = Kept()
+    resource = Resource.create({"service.name": "rmllm-llm"})
+    reader = telemetry._producing_reader(PeriodicExportingMetricReader)(exporter, resource)
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    asked: list[bool] = []
+
+    def produce(delta: bool) -> list[Metric]:
+        asked.append(delta)
+        point = NumberDataPoint({"a": "b"}, 0, 1, 7)
+        return [Metric("produced", "", "1", Gauge([point]))]
+
+    def exported() -> set[str]:
+        batches, exporter.batches = exporter.batches, []
+        return {
+            m.name for d in batches for r in d.resource_metrics for s in r.scope_metrics for m in s.metrics
+        }
+
+    telemetry.set_metric_producer("test", produce)
+    try:
+        reader.collect()  # the SDK has nothing of its own
+        assert exported() == {"produced"} and asked == [False]
+        provider.get_meter("m").create_counter("own").add(1)
+        reader.collect()
+        assert exported() == {"produced", "own"}
+        telemetry.set_metric_producer("test", None)
+        reader.collect()
+        assert exported() == {"own"}
+    finally:
+        telemetry.set_metric_producer("test", None)
+        provider.shutdown()
 
 
 def test_one_process_serves_its_own_metrics(tmp_path: Path) -> None:

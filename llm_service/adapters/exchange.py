@@ -3,7 +3,9 @@
 ``EventStream`` is an async context manager and iterator: entering it sends the
 request (bounded by ``http.request_timeout``: the caller's remaining time capped by
 the server's call bound, plus the connect and read-idle bounds) and turns a non-2xx
-answer into a domain error, reading at most ``max_error_bytes`` of its body;
+answer into a domain error, reading at most ``max_error_bytes`` of its body (with
+tracing on, the request's HTTP client span covers the time to the answer's status,
+see ``telemetry.http_span``);
 iterating it yields ``SSEEvent``\\ s decoded incrementally from whatever the
 network delivers, within the session's ``UpstreamLimits`` (bytes, events, line and
 event length: past one, the connection is closed and ``UpstreamResponseTooLarge``
@@ -27,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from llm_service import metrics
+from llm_service import metrics, telemetry
 from llm_service.adapters.base import Endpoint
 from llm_service.adapters.errors import from_response, from_stream_error, parse_json, transport_errors
 from llm_service.adapters.readends import READ_END, current
@@ -87,14 +89,22 @@ class EventStream:
         spec = endpoint.spec
         headers = endpoint.headers()
         headers.update(_STREAM_HEADERS)
+        span = telemetry.http_span("POST", self._url)
         with transport_errors(spec, self._timeout.total):
-            resp = await self._http.post(
-                self._url,
-                data=json.dumps(self._body, ensure_ascii=False).encode(),
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            )
+            try:
+                resp = await self._http.post(
+                    self._url,
+                    data=json.dumps(self._body, ensure_ascii=False).encode(),
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                )
+            except BaseException as exc:
+                if span is not None:
+                    telemetry.end_http_span(span, None, exc)
+                raise
+            if span is not None:
+                telemetry.end_http_span(span, resp.status)
             self._resp = resp
             metrics.provider_http_response(spec.id, resp.status)
             try:
@@ -216,15 +226,24 @@ async def get_json(
     spec = endpoint.spec
     limits: UpstreamLimits = limits_of(http)
     client_timeout = request_timeout(http, timeout)
+    span = telemetry.http_span(method, url)
     with transport_errors(spec, client_timeout.total):
-        async with http.request(
-            method,
-            url,
-            headers=endpoint.headers(),
-            params=params,
-            timeout=client_timeout,
-            allow_redirects=False,
-        ) as resp:
+        try:
+            resp = await http.request(
+                method,
+                url,
+                headers=endpoint.headers(),
+                params=params,
+                timeout=client_timeout,
+                allow_redirects=False,
+            )
+        except BaseException as exc:
+            if span is not None:
+                telemetry.end_http_span(span, None, exc)
+            raise
+        if span is not None:
+            telemetry.end_http_span(span, resp.status)
+        async with resp:
             metrics.provider_http_response(spec.id, resp.status)
             if resp.status >= 300:
                 body = await read_capped(resp, limits.max_error_bytes)

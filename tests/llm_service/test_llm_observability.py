@@ -10,10 +10,13 @@ import logging
 import re
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,11 +25,13 @@ from realmultillm.vault.v1 import vault_pb2
 from testkit.llm_harness import LLMHarness, auth, chat_request, llm_harness, stream_request
 from testkit.llm_scripted import answer
 
-from llm_service import metrics
+from llm_service import metrics, telemetry
 from llm_service.accounting import CallRecord
 from llm_service.usage import UsageReporter
 from rmllm_common import errors
 from rmllm_common.logs import JsonFormatter
+from rmllm_common.observe import Call
+from rmllm_common.telemetry import GENAI_BUCKETS, TelemetrySettings
 
 TRACEPARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
 # build_server turns recording on; only `serve` opens the listener.
@@ -204,6 +209,183 @@ async def test_genai_span_and_message_contents_only_on_opt_in(exported: InMemory
     assert json.loads(str(attributes["gen_ai.output.messages"]))[0]["parts"][0]["content"] == "Hello!"
     assert (failed.attributes or {})["error.type"] == "PROVIDER_KEY_INVALID"
     assert failed.status.status_code == trace.StatusCode.ERROR
+
+
+class CountingTracer:
+    """The LLM service's tracer, counting the spans it starts."""
+
+    def __init__(self, tracer: object) -> None:
+        self.tracer = tracer
+        self.started: list[str] = []
+
+    def start_span(self, name: str, **options: object) -> object:
+        self.started.append(name)
+        return self.tracer.start_span(name, **options)  # type: ignore[attr-defined]
+
+
+async def test_a_call_not_sampled_makes_no_spans_but_tells_the_vault(
+    exported: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_sampled = TRACEPARENT[:-2] + "00"  # the caller's trace, not sampled: ours follows
+    async with llm_harness(TRACING) as llm:
+        counting = CountingTracer(telemetry._tracer)
+        monkeypatch.setattr(telemetry, "_tracer", counting)
+        exported.clear()
+        await llm.stub.Chat(chat_request(), metadata=(*auth(), ("traceparent", not_sampled)))
+        assert counting.started == [] and exported.get_finished_spans() == ()
+        traceparent = llm.vault.calls[-1].metadata["traceparent"]
+        assert traceparent.startswith("00-" + "ab" * 16 + "-") and traceparent.endswith("-00")
+        # Sampled: the vault's parent is the client span of the vault call.
+        await llm.stub.Chat(chat_request(), metadata=(*auth(), ("traceparent", TRACEPARENT)))
+        resolve_name = "realmultillm.vault.v1.VaultService/ResolveCredentials"
+        assert counting.started == [resolve_name, "chat gpt-4o-mini"]
+        resolve = by_name(exported.get_finished_spans())[resolve_name]
+        traceparent = llm.vault.calls[-1].metadata["traceparent"]
+        assert traceparent == f"00-{'ab' * 16}-{resolve.context.span_id:016x}-01"
+
+
+async def test_http_span_of_a_provider_call(exported: InMemorySpanExporter) -> None:
+    url = "https://user:pw@gen.example:8443/v1/models/m:streamGenerateContent?alt=sse&key=SECRET"
+    async with llm_harness(TRACING):
+        exported.clear()
+        with trace.get_tracer("test").start_as_current_span("parent") as parent:
+            telemetry.end_http_span(telemetry.http_span("POST", url), 429)
+            telemetry.end_http_span(telemetry.http_span("POST", url), None, TimeoutError())
+        unsampled = trace.NonRecordingSpan(
+            trace.SpanContext(parent.get_span_context().trace_id, 1, is_remote=True)
+        )
+        with trace.use_span(unsampled):
+            assert telemetry.http_span("POST", url) is None
+    refused, failed = [s for s in exported.get_finished_spans() if s.name == "POST"]
+    assert refused.parent is not None and refused.parent.span_id == parent.get_span_context().span_id
+    assert refused.kind == trace.SpanKind.CLIENT
+    assert dict(refused.attributes or {}) == {
+        "http.request.method": "POST",
+        "server.address": "gen.example",
+        "server.port": 8443,
+        "url.full": "https://gen.example:8443/v1/models/m:streamGenerateContent",
+        "http.response.status_code": 429,
+        "error.type": "429",
+    }
+    assert refused.status.status_code == trace.StatusCode.ERROR
+    assert (failed.attributes or {})["error.type"] == "TimeoutError"
+    assert "http.response.status_code" not in (failed.attributes or {})
+    telemetry.setup(TelemetrySettings())
+    assert telemetry.http_span("POST", url) is None  # tracing off
+
+
+def genai_calls() -> list[tuple[Call, grpc.StatusCode, str, float]]:
+    """Finished calls of every shape the GenAI metrics tell apart."""
+
+    def call(output_tokens: int, response_model: str = "gpt-4o-mini-2024-07-18") -> Call:
+        done = Call("Chat", "r", 0.0, False, provider="openai", model="gpt-4o-mini")
+        done.response_model, done.usage_seen, done.first_token_seconds = response_model, True, 0.25
+        done.input_tokens, done.output_tokens = 10, output_tokens
+        return done
+
+    return [
+        (call(5), grpc.StatusCode.OK, "", 1.25),
+        (call(7), grpc.StatusCode.OK, "", 0.75),
+        (call(1), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE", 2.0),
+        (Call("Chat", "r", 0.0, False, provider="google", model="g"), grpc.StatusCode.OK, "", 0.5),
+        (Call("ListModels", "r", 0.0, False, provider="openai"), grpc.StatusCode.OK, "", 0.1),
+    ]
+
+
+def sdk_points(data: Any) -> dict[tuple[str, tuple[tuple[str, Any], ...]], Any]:
+    return {
+        (metric.name, tuple(sorted((point.attributes or {}).items()))): point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    }
+
+
+def test_genai_metrics_of_each_call() -> None:
+    hooks = telemetry.GenAIHooks()
+    for call in genai_calls():
+        hooks.finished(*call)
+    metrics = hooks.produce(delta=False)
+    points = {
+        (metric.name, tuple(sorted(point.attributes.items()))): point
+        for metric in metrics
+        for point in metric.data.data_points
+    }
+    ok = (
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", "openai"),
+        ("gen_ai.request.model", "gpt-4o-mini"),
+        ("gen_ai.response.model", "gpt-4o-mini-2024-07-18"),
+    )
+    failed = tuple(sorted((*ok, ("error.type", "PROVIDER_UNAVAILABLE"))))
+    google = (
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", "gcp.gemini"),
+        ("gen_ai.request.model", "g"),
+    )
+    output = tuple(sorted((*ok, ("gen_ai.token.type", "output"))))
+    counts = {key: point.count for key, point in points.items()}
+    assert counts == {
+        ("gen_ai.client.operation.duration", ok): 2,
+        ("gen_ai.client.operation.duration", failed): 1,
+        ("gen_ai.client.operation.duration", google): 1,
+        ("gen_ai.client.token.usage", tuple(sorted((*ok, ("gen_ai.token.type", "input"))))): 2,
+        ("gen_ai.client.token.usage", output): 2,
+        ("gen_ai.client.token.usage", tuple(sorted((*failed, ("gen_ai.token.type", "input"))))): 1,
+        ("gen_ai.client.token.usage", tuple(sorted((*failed, ("gen_ai.token.type", "output"))))): 1,
+        ("gen_ai.server.time_to_first_token", ok): 2,
+        ("gen_ai.server.time_to_first_token", failed): 1,
+        ("gen_ai.server.time_per_output_token", ok): 2,  # one output token: no time per token
+    }
+    assert points[("gen_ai.client.operation.duration", ok)].sum == 2.0
+    assert points[("gen_ai.client.token.usage", output)].sum == 12
+    assert points[("gen_ai.server.time_per_output_token", ok)].sum == 0.25 + 1 / 12
+    assert {metric.data.aggregation_temporality.name for metric in metrics} == {"CUMULATIVE"}
+    # Deltas: what came since the last export, then nothing.
+    assert {m.name for m in hooks.produce(delta=True)} == {m.name for m in metrics}
+    assert hooks.produce(delta=True) == []
+
+
+def test_genai_metrics_are_what_the_sdk_would_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same calls recorded through the SDK's histograms, with the spec's buckets: the same
+    points, counts, sums, buckets, min and max."""
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+    views = [
+        View(instrument_name=n, aggregation=ExplicitBucketHistogramAggregation(b))
+        for n, b in GENAI_BUCKETS.items()
+    ]
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader], views=views).get_meter("llm_service")
+    instruments = [meter.create_histogram(name) for name in GENAI_BUCKETS]
+    hooks = telemetry.GenAIHooks()
+    ours_only = hooks._add
+
+    def both(metric: int, key: object, attributes: dict[str, Any], value: float) -> None:
+        instruments[metric].record(value, attributes)
+        ours_only(metric, key, attributes, value)
+
+    monkeypatch.setattr(hooks, "_add", both)
+    for call in genai_calls():
+        hooks.finished(*call)
+    ours = {
+        (metric.name, tuple(sorted(point.attributes.items()))): point
+        for metric in hooks.produce(delta=False)
+        for point in metric.data.data_points
+    }
+    sdk = sdk_points(reader.get_metrics_data())
+    assert set(ours) == set(sdk)
+    for key, point in sdk.items():
+        mine = ours[key]
+        assert (mine.count, mine.sum, list(mine.bucket_counts), mine.min, mine.max) == (
+            point.count,
+            point.sum,
+            list(point.bucket_counts),
+            point.min,
+            point.max,
+        ), key
+        assert tuple(mine.explicit_bounds) == tuple(point.explicit_bounds)
 
 
 async def test_usage_reporter_depth_and_drops_are_metrics() -> None:
