@@ -100,7 +100,8 @@ def test_the_exported_resource_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -
     assert len({resource, resource}) == 1  # the span exporter's grouping, without serialising
 
 
-def test_the_metric_reader_exports_what_producers_aggregated() -> None:
+def test_the_metric_reader_exports_what_producers_aggregated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(telemetry, "_producers", {})  # only this test's producer, whatever ran before
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         Gauge,

@@ -31,7 +31,7 @@ from llm_service.usage import UsageReporter
 from rmllm_common import errors
 from rmllm_common.logs import JsonFormatter
 from rmllm_common.observe import Call
-from rmllm_common.telemetry import GENAI_BUCKETS, TelemetrySettings
+from rmllm_common.telemetry import GENAI_BUCKETS, TelemetrySettings, set_metric_producer
 
 TRACEPARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
 # build_server turns recording on; only `serve` opens the listener.
@@ -163,6 +163,13 @@ async def test_every_outcome_is_counted() -> None:
         before, "rmllm_llm_vault_call_duration_seconds_count", method="ResolveCredentials", code="OK"
     )
     assert vault == 1
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_producer() -> Iterator[None]:
+    """A GenAIHooks made here registers the process's GenAI metric producer: unregister it after."""
+    yield
+    set_metric_producer("gen_ai", None)
 
 
 @pytest.fixture(scope="module")
