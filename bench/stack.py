@@ -162,13 +162,14 @@ class Stack:
         extra_env: Mapping[str, str] | None = None,
         source: Path = ROOT,
     ) -> Proc:
-        """An LLM service (rate limits off unless ``extra_env`` sets them): one process, or
+        """An LLM service (rate and stream limits off unless ``extra_env`` sets them): one process, or
         a ``--workers N`` supervisor and its N."""
         assert self.vault is not None
         env = {
             **self.common_env,
             "RMLLM_VAULT_ADDR": self.vault.address,
             "RMLLM_CHAT_RATE_PER_MINUTE": "0",
+            "RMLLM_MAX_CONCURRENT_STREAMS": "0",  # one bench user holds thousands of streams
             "RMLLM_CREDENTIAL_CACHE_SECONDS": f"{cache_seconds:g}",
             **(extra_env or {}),
         }

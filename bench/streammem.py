@@ -9,8 +9,16 @@ Each allocation still alive is charged by the frames that made it: to the client
 ``rmllm_common``), to ``aiohttp``, to ``grpc``'s Python layer, to ``asyncio``, or
 to the rest. Printed as one JSON object: bytes per stream per owner and the
 largest allocation sites. Memory that ``tracemalloc`` cannot see (gRPC's C core,
-the kernel's socket buffers) is not in these figures; the benchmark's RSS figure
-(``python -m bench``, phase 4) includes it.
+the kernel's socket buffers) is not in these figures; the RSS figure includes it.
+
+``--rss`` measures that figure on its own, quickly, the way ``python -m bench``
+phase 4 does: a vault process, a fresh LLM service process (the cache on) and the
+slow fake; the client here opens N StreamChats on ``max(1, min(64, N // 100))``
+channels, waits until every one has had its first delta, and reports (the LLM
+process's RSS with N open - its RSS before) / N. ``--config NAME:K=V,K=V`` (repeatable)
+adds environment to the LLM process (``MALLOC_ARENA_MAX=2``, ...), ``--source`` runs
+a configuration from another checkout (``NAME@/path:K=V``), and ``--rounds`` alternates
+them, each measurement in a process of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +29,11 @@ import gc
 import inspect
 import json
 import os
+import secrets
+import statistics
 import sys
+import tempfile
+import time
 import tracemalloc
 from collections import defaultdict
 from pathlib import Path
@@ -30,7 +42,8 @@ from typing import Any
 import grpc
 from realmultillm.llm.v1 import llm_pb2, llm_pb2_grpc
 
-from bench.stack import ROOT, raise_fd_limit, start
+from bench import procstat
+from bench.stack import ROOT, Stack, raise_fd_limit, start
 from llm_service.server import build_server
 from llm_service.settings import LLMSettings
 
@@ -83,6 +96,7 @@ async def measure(streams: int, fake_address: str, top: int) -> dict[str, Any]:
             "RMLLM_ALLOW_CUSTOM_BASE_URL": "1",
             "RMLLM_ALLOWED_ENDPOINT_NETWORKS": fake_address,
             "RMLLM_CHAT_RATE_PER_MINUTE": "0",
+            "RMLLM_MAX_CONCURRENT_STREAMS": "0",  # one user holds them all
             "RMLLM_CREDENTIAL_CACHE_SECONDS": "30",
         },
         listen="127.0.0.1:0",
@@ -137,12 +151,119 @@ async def measure(streams: int, fake_address: str, top: int) -> dict[str, Any]:
     }
 
 
+KB = 1024
+
+
+def parse_config(text: str) -> tuple[str, Path, dict[str, str]]:
+    """``NAME[@SOURCE][:K=V,K=V]``: a name, the checkout to run, the LLM process's extra environment."""
+    head, _, env_text = text.partition(":")
+    name, _, source = head.partition("@")
+    env = dict(item.split("=", 1) for item in env_text.split(",") if item)
+    return name, Path(source) if source else ROOT, env
+
+
+async def hold_streams(address: str, token: str, streams: int, pid: int) -> dict[str, float]:
+    """Open ``streams`` StreamChats at ``address``: the LLM's RSS before, and with them open."""
+    channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, min(64, streams // 100)))]
+    stubs = [llm_pb2_grpc.LLMServiceStub(channel) for channel in channels]
+    request = llm_pb2.StreamChatRequest(
+        provider="openrouter", messages=[llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content="Hi")]
+    )
+    metadata = (("authorization", f"Bearer {token}"),)
+    calls: list[Any] = []
+
+    async def one(index: int) -> None:
+        call = stubs[index % len(stubs)].StreamChat(request, metadata=metadata, timeout=900)
+        calls.append(call)
+        first: Any = await call.read()
+        assert first.WhichOneof("event") == "delta", first
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(len(stubs))))  # warm: every channel, the first resolve
+        for call in calls:
+            call.cancel()
+        calls.clear()
+        await asyncio.sleep(2.0)
+        before = procstat.rss_bytes(pid)
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(streams)))
+        opened_s = time.monotonic() - started
+        await asyncio.sleep(1.0)  # let the server settle (no stream ends: the fake is slow)
+        open_rss = procstat.rss_bytes(pid)
+    finally:
+        for call in calls:
+            call.cancel()
+        for channel in channels:
+            await channel.close()
+    return {
+        "rss_before_mb": before / KB / KB,
+        "rss_open_mb": open_rss / KB / KB,
+        "kb_per_stream": (open_rss - before) / KB / streams,
+        "open_s": opened_s,
+    }
+
+
+def measure_rss(streams: int, configs: list[str], rounds: int, say: Any) -> dict[str, Any]:
+    """Each configuration in a fresh LLM process per round, alternating; KB per stream (RSS)."""
+    parsed = [parse_config(c) for c in configs]
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in parsed}
+    with tempfile.TemporaryDirectory(prefix="rmllm-bench-streammem-") as tmp:
+        stack = Stack(Path(tmp))
+        try:
+            slow = stack.start_fake(
+                "slow-fake", "--default", "slow", "--slow-delay", "15", "--slow-pieces", "100"
+            )
+            stack.start_vault()
+            token = stack.create_user()
+            stack.put_key(
+                "openrouter", "sk-or-bench" + secrets.token_hex(16), f"http://{slow.address}/api/v1"
+            )
+            for round_no in range(rounds):
+                for name, source, env in parsed:
+                    llm = stack.start_llm(f"llm-{name}", cache_seconds=30, extra_env=env, source=source)
+                    try:
+                        row = asyncio.run(hold_streams(llm.address, token, streams, llm.pid))
+                    finally:
+                        stack.stop_proc(llm)
+                    rows[name].append(row)
+                    say(
+                        f"round {round_no} {name}: {row['kb_per_stream']:.1f} KB/stream "
+                        f"({row['rss_before_mb']:.1f} -> {row['rss_open_mb']:.1f} MB, "
+                        f"opened in {row['open_s']:.1f}s)"
+                    )
+        finally:
+            stack.stop()
+    return {
+        "streams": streams,
+        "rounds": rounds,
+        "kb_per_stream": {
+            name: statistics.median(r["kb_per_stream"] for r in runs) for name, runs in rows.items()
+        },
+        "runs": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.streammem", description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=500)
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--rss", action="store_true", help="RSS per stream of a real LLM service process")
+    parser.add_argument(
+        "--config", action="append", default=[], help="with --rss: NAME[@SOURCE][:K=V,K=V] (repeatable)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with --rss: alternations of the configurations"
+    )
     args = parser.parse_args(argv)
     raise_fd_limit()
+    if args.rss:
+        started = time.monotonic()
+
+        def say(message: str) -> None:
+            print(f"[streammem {time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+        print(json.dumps(measure_rss(args.streams, args.config or ["default"], args.rounds, say), indent=2))
+        return
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     fake = start(
         "fake-slow",

@@ -2,7 +2,8 @@
 
 ``ChatService.prepare`` validates the request, has the ``EndpointResolver`` find the
 caller's key, endpoint and adapter (bounded by the caller's deadline), takes a
-token from the caller's rate-limit bucket, and resolves the request's parameters
+token from the caller's rate-limit bucket (and, for StreamChat, one of the caller's
+concurrent-stream slots with it, in one step), and resolves the request's parameters
 against the caller's stored defaults and the registry's, once. ``ChatService.events``
 then yields the adapter's normalised events (text, reasoning and tool-call
 deltas, then one ``Finished``) with transient failures retried before the first event (see
@@ -22,7 +23,7 @@ from llm_service.adapters.base import ChatEvent, ChatParams
 from llm_service.deadline import Deadline
 from llm_service.endpoints import Account, EndpointResolver
 from llm_service.features import FeatureLimits
-from llm_service.ratelimit import NO_STREAM_LIMIT, Limiter, StreamLease, StreamSlots
+from llm_service.ratelimit import NO_LEASE, NO_STREAM_LIMIT, Limiter, StreamLease, StreamSlots
 from llm_service.retrying import RetryPolicy, stream_with_retries
 from llm_service.usage import UsageReporter
 from llm_service.validation import validate_chat
@@ -65,6 +66,7 @@ class PreparedChat:
 
     account: Account
     params: ChatParams
+    slot: StreamLease = NO_LEASE  # a StreamChat's concurrent-stream slot: release it when the stream ends
 
     @property
     def spec(self) -> ProviderSpec:
@@ -92,25 +94,41 @@ class ChatService:
         self._limiter = limiter
         self._policy = policy
 
-    async def prepare(self, request: Any, token: Secret, deadline: Deadline) -> PreparedChat:
-        """Validate, resolve the caller's key and settings, and take a rate-limit token."""
+    async def prepare(
+        self, request: Any, token: Secret, deadline: Deadline, *, stream: bool = False
+    ) -> PreparedChat:
+        """Validate, resolve the caller's key and settings, and take a rate-limit token.
+
+        With ``stream``, the rate token and one of the caller's concurrent-stream
+        slots are taken together (one round trip with Redis, ``StreamSlots.admit``);
+        the slot is in the answer, released here if the call fails before it is.
+        """
         chat = validate_chat(request, self._endpoints.registry, self._limits)
         accounting.note_target(chat.spec.id)
         telemetry.note_provider(chat.spec)
-        charged = await take_before_vault(self._limiter, self._endpoints, token)
-        account = await self._endpoints.stored(chat.spec, token, deadline)
-        stored = account.credentials
-        params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
-        accounting.note_target(chat.spec.id, params.model)
-        telemetry.note_prepared(chat.spec, params.model)
-        enforce(stored, chat.spec.id, params.model, self._usage)
-        if charged != account.user_id:
-            await self._limiter.take(account.user_id)
-        return PreparedChat(account, params)
+        charged = self._endpoints.known_user(token)  # charged before any vault call when known
+        slot = await self._admit(charged, stream) if charged is not None else NO_LEASE
+        try:
+            account = await self._endpoints.stored(chat.spec, token, deadline)
+            stored = account.credentials
+            params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
+            accounting.note_target(chat.spec.id, params.model)
+            telemetry.note_prepared(chat.spec, params.model)
+            enforce(stored, chat.spec.id, params.model, self._usage)
+            if charged != account.user_id:
+                await slot.release()
+                slot = NO_LEASE
+                slot = await self._admit(account.user_id, stream)
+        except BaseException:
+            await slot.release()
+            raise
+        return PreparedChat(account, params, slot)
 
-    async def stream_slot(self, prepared: PreparedChat) -> StreamLease:
-        """One of the caller's concurrent-stream slots; release it when the stream ends."""
-        return await self._streams.acquire(prepared.account.user_id)
+    async def _admit(self, user_id: str, stream: bool) -> StreamLease:
+        if stream:
+            return await self._streams.admit(user_id, self._limiter)
+        await self._limiter.take(user_id)
+        return NO_LEASE
 
     def events(self, prepared: PreparedChat, deadline: Deadline) -> AsyncGenerator[ChatEvent, None]:
         """The completion's events, retried before the first one (close it when done)."""

@@ -4,7 +4,9 @@ Each user (the vault's user id, so limits follow the person, not the token) has 
 bucket holding up to ``burst`` tokens, refilled at ``rate_per_minute``; a call takes
 one token or fails with RESOURCE_EXHAUSTED / RATE_LIMITED and a RetryInfo saying
 when the next token comes. A user may also hold at most ``max_streams`` StreamChat
-calls open at once. This is the embedded default: everything here is per process,
+calls open at once; a StreamChat takes its rate token and its slot together
+(``StreamSlots.admit``: the slot is checked first, so a stream refused for its slot
+costs no rate token). This is the embedded default: everything here is per process,
 so N workers or replicas allow N times the limits; with ``RMLLM_REDIS_URL`` the
 same limits are shared (``llm_service.redis_limits``). A bucket that has refilled
 completely carries no information, so full buckets are dropped when the table
@@ -41,6 +43,14 @@ class StreamSlots(Protocol):
     """A per-user limit on open streams."""
 
     async def acquire(self, user_id: str) -> StreamLease: ...
+
+    async def admit(self, user_id: str, limiter: Limiter) -> StreamLease:
+        """A stream's rate-limit token and its slot, together.
+
+        The slot is checked first: a stream refused for its slot takes no rate
+        token, and one refused for its rate holds no slot.
+        """
+        ...
 
 
 def rate_limited(name: str, per_minute: float, burst: float, wait: float) -> RateLimited:
@@ -153,6 +163,12 @@ class LocalStreamSlots:
             raise too_many_streams(self._max)
         self._open[user_id] = held + 1
         return _LocalLease(self, user_id)
+
+    async def admit(self, user_id: str, limiter: Limiter) -> StreamLease:
+        if self._max > 0 and self._open.get(user_id, 0) >= self._max:
+            raise too_many_streams(self._max)
+        await limiter.take(user_id)
+        return await self.acquire(user_id)
 
     def give_back(self, user_id: str) -> None:
         held = self._open.get(user_id, 0) - 1

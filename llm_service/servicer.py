@@ -164,8 +164,7 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
     ) -> AsyncIterator[llm_pb2.StreamChatResponse]:
         deadline = self._deadline(context)
         with recorded(self._usage, "StreamChat", True, deadline) as call:
-            prepared = await self._chat.prepare(request, current_token(), deadline)
-            slot = await self._chat.stream_slot(prepared)
+            prepared = await self._chat.prepare(request, current_token(), deadline, stream=True)
             try:
                 frames = StreamFrames(readends.attach())
                 async with aclosing(self._chat.events(prepared, deadline)) as events:
@@ -198,7 +197,7 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
                         raise
                 raise _truncated(prepared.spec.id)
             finally:
-                await slot.release()
+                await prepared.slot.release()
 
     async def TestKey(self, request: llm_pb2.TestKeyRequest, context: Context) -> llm_pb2.TestKeyResponse:
         deadline = self._deadline(context)

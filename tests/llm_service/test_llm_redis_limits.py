@@ -23,6 +23,7 @@ from testkit.redis import SHARED_URL, PrivateRedis, shared_prefix
 
 from llm_service import metrics
 from llm_service.adapters.base import TextDelta
+from llm_service.ratelimit import LocalStreamSlots, RateLimiter
 from llm_service.redis_limits import RedisRateLimiter, RedisStreamSlots, SharedStore
 from rmllm_common.errors import RateLimited, Unavailable
 
@@ -214,3 +215,82 @@ async def test_the_llm_service_shares_the_chat_limit_through_redis(prefix: str) 
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await llm.stub.Chat(chat_request(), metadata=auth())
             assert rich_error(caught.value).reason == "RATE_LIMITED"
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "in-process"])
+async def test_a_stream_takes_its_rate_token_and_slot_together(prefix: str, shared: bool) -> None:
+    """The slot is checked first: a stream refused for its slot takes no rate token,
+    and one refused for its rate holds no slot."""
+    one = store(prefix)
+    limiter: Any = RedisRateLimiter(one, "chat", "chat", 1, 2) if shared else RateLimiter("chat", 1, 2)
+    slots: Any = RedisStreamSlots(one, 1, lease_seconds=30) if shared else LocalStreamSlots(1)
+    try:
+        held = await slots.admit("u-1", limiter)  # token 1 of 2, the one slot
+        for _ in range(3):
+            with pytest.raises(RateLimited, match="too many open streams"):
+                await slots.admit("u-1", limiter)
+        await held.release()
+        held = await slots.admit("u-1", limiter)  # token 2: the refusals took none
+        await held.release()
+        with pytest.raises(RateLimited, match="too many chat requests") as caught:
+            await slots.admit("u-1", limiter)
+        assert caught.value.retry_after is not None and caught.value.retry_after > 1
+        other = RedisRateLimiter(one, "other", "other", 60, 5) if shared else RateLimiter("other", 60, 5)
+        lease = await slots.admit("u-1", other)  # the rate refusal held no slot
+        await lease.release()
+    finally:
+        if shared:
+            await slots.close()
+        await one.close()
+
+
+async def test_a_stream_admission_is_one_redis_round_trip(prefix: str) -> None:
+    shared = store(prefix)
+    limiter = RedisRateLimiter(shared, "chat", "chat", 60, 5)
+    slots = RedisStreamSlots(shared, 2, lease_seconds=30)
+    calls: list[bytes] = []
+    execute = shared.client.execute
+
+    async def counted(*args: Any) -> Any:
+        calls.append(args[0])
+        return await execute(*args)
+
+    shared.client.execute = counted
+    try:
+        lease = await slots.admit("u-1", limiter)
+        assert calls == [b"EVALSHA"]
+        await lease.release()
+    finally:
+        await slots.close()
+        await shared.close()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "in-process"])
+async def test_a_stream_refused_for_its_slot_costs_the_caller_no_rate_token(
+    prefix: str, shared: bool
+) -> None:
+    env = {"RMLLM_MAX_CONCURRENT_STREAMS": "1", "RMLLM_CHAT_RATE_PER_MINUTE": "1", "RMLLM_CHAT_BURST": "2"}
+    if shared:
+        env |= {"RMLLM_REDIS_URL": SHARED_URL, "RMLLM_REDIS_PREFIX": prefix}
+    async with llm_harness(env) as llm:
+        llm.adapter.scripts = [[TextDelta("a"), STALL]]
+        held = llm.stub.StreamChat(stream_request(), metadata=auth(ALICE))
+        assert (await held.read()).delta == "a"
+        for _ in range(2):
+            refused = llm.stub.StreamChat(stream_request(), metadata=auth(ALICE))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await refused.read()
+            assert rich_error(caught.value).metadata["limit"] == "concurrent_streams"
+        held.cancel()
+        await llm.until(lambda: llm.adapter.closed >= 1)
+        llm.adapter.scripts = [answer("done")]
+        deadline = time.monotonic() + 5
+        while True:  # the cancelled stream's slot comes back as the server notices the cancel
+            try:
+                replies = [m async for m in llm.stub.StreamChat(stream_request(), metadata=auth(ALICE))]
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert rich_error(exc).metadata.get("limit") == "concurrent_streams"
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        assert replies[-1].HasField("done")

@@ -45,12 +45,18 @@ def free_port() -> int:
 class PrivateRedis:
     """A ``redis-server`` on a free loopback port, stoppable and restartable."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (scripts/dev.py test installs it)"
         self._binary = binary
         self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._password = password
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
 
     @property
     def url(self) -> str:
@@ -68,11 +74,12 @@ class PrivateRedis:
                 "",
                 "--appendonly",
                 "no",
+                *(["--requirepass", self._password] if self._password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self._password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -1,0 +1,264 @@
+"""One pipelined Redis connection per process: the commands of one event-loop tick go out together.
+
+redis-py's asyncio client costs about 100 µs of CPU per command whatever the
+command (packing, the connection pool, an ``asyncio.timeout`` per call, a write
+and a read per command; docs/PERFORMANCE.md). The shared limits send one small
+script call per Chat, so that overhead was most of what Redis added. This client
+keeps one connection and pipelines on it:
+
+- a command is encoded (RESP) into the connection's write buffer and answered
+  through a future; the buffer is written once per loop tick, so the calls that
+  arrive together cost one ``send`` (auto-pipelining);
+- replies come back in order and are parsed by hiredis's compiled reader (the
+  ``redis[hiredis]`` dependency), each resolving the oldest waiting future;
+- one timer per connection, not one per call, enforces the reply timeout: a
+  reply later than ``timeout`` seconds fails the connection and every command
+  waiting on it, and the next command reconnects;
+- a caller that is cancelled only drops its reply (the connection stays in step).
+
+Errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``,
+``NoScriptError``), so callers treat both clients alike. URLs are parsed by
+redis-py (``redis://``, ``rediss://``, ``unix://``, with password, username and
+db). Scripts are called by SHA (``EVALSHA``), loaded with ``EVAL`` on
+``NOSCRIPT`` (a restarted or flushed Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Arg = str | bytes | int | float
+
+
+def encode(args: Sequence[Arg]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class _Pipe(asyncio.Protocol):
+    """The connection: a write buffer flushed once a tick, and the futures awaiting replies."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._reader = hiredis.Reader()
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._buffer: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self._watching = False
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if self.lost is not None:
+            future.set_exception(RedisConnectionError(f"connection to redis lost: {self.lost}"))
+            return future
+        if not self._buffer:
+            self._loop.call_soon(self._flush)
+        self._buffer.append(command)
+        self._waiting.append((future, self._loop.time()))
+        if not self._watching:
+            self._watching = True
+            self._loop.call_later(self._timeout, self._watch)
+        return future
+
+    def _flush(self) -> None:
+        if self._buffer and self._transport is not None and self.lost is None:
+            self._transport.write(b"".join(self._buffer))
+        self._buffer.clear()
+
+    def _watch(self) -> None:
+        """The reply timeout: the oldest waiting command must be answered within it."""
+        self._watching = False
+        if not self._waiting or self.lost is not None:
+            return
+        overdue = self._waiting[0][1] + self._timeout - self._loop.time()
+        if overdue <= 0:
+            self._fail(RedisTimeoutError(f"redis did not answer within {self._timeout}s"))
+            return
+        self._watching = True
+        self._loop.call_later(overdue, self._watch)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(RedisConnectionError(f"redis protocol error: {exc}"))
+                return
+            if reply is False:
+                return
+            if not self._waiting:
+                self._fail(RedisConnectionError("redis sent a reply nobody asked for"))
+                return
+            future, _sent = self._waiting.popleft()
+            if future.done():  # its caller was cancelled
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                message = str(reply)
+                error = NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+                future.set_exception(error)
+            else:
+                future.set_result(reply)
+
+    def _fail(self, error: BaseException) -> None:
+        if self.lost is None:
+            self.lost = error
+        if self._transport is not None:
+            self._transport.abort()
+        self._drop(error)
+
+    def _drop(self, error: BaseException) -> None:
+        self._buffer.clear()
+        while self._waiting:
+            future, _sent = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = self.lost or RedisConnectionError(f"connection to redis lost: {exc or 'closed'}")
+        self.lost = error
+        self._drop(error)
+
+    def close(self) -> None:
+        if self.lost is None:
+            self.lost = RedisConnectionError("the client was closed")
+        if self._transport is not None:
+            self._transport.close()
+        self._drop(self.lost)
+
+
+class Script:
+    """A Lua script called by its SHA, sent in full when Redis does not know it yet."""
+
+    __slots__ = ("_client", "body", "sha")
+
+    def __init__(self, client: PipelinedRedis, body: str) -> None:
+        self._client = client
+        self.body = body.encode()
+        self.sha = hashlib.sha1(self.body, usedforsecurity=False).hexdigest().encode()
+
+    async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        try:
+            return await self._client.execute(b"EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self._client.execute(b"EVAL", self.body, len(keys), *keys, *args)
+
+
+class PipelinedRedis:
+    """Commands on one auto-pipelined connection, reconnected on the next command after a failure."""
+
+    def __init__(self, url: str, *, timeout: float, connect_timeout: float | None = None) -> None:
+        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout or timeout
+        self._path: str | None = options.get("path")
+        self._host: str = options.get("host", "localhost")
+        self._port: int = int(options.get("port", 6379))
+        self._ssl: ssl.SSLContext | None = None
+        if options.get("connection_class") is SSLConnection:
+            self._ssl = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+            if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                self._ssl.check_hostname = False
+                self._ssl.verify_mode = ssl.CERT_NONE
+        elif options.get("connection_class") not in (None, UnixDomainSocketConnection):
+            raise ValueError("unsupported redis connection class")
+        self._hello: list[bytes] = []
+        if options.get("password"):
+            user = options.get("username")
+            auth = [b"AUTH", user, options["password"]] if user else [b"AUTH", options["password"]]
+            self._hello.append(encode(auth))
+        if int(options.get("db", 0) or 0):
+            self._hello.append(encode([b"SELECT", int(options["db"])]))
+        self._pipe: _Pipe | None = None
+        self._connecting: asyncio.Future[_Pipe] | None = None
+
+    def register_script(self, body: str) -> Script:
+        return Script(self, body)
+
+    async def execute(self, *args: Arg) -> Any:
+        """Send one command (in this tick's pipeline) and await its reply."""
+        pipe = self._pipe
+        if pipe is None or pipe.lost is not None:
+            pipe = await self._connected()
+        return await pipe.send(encode(args))
+
+    async def zrem(self, key: str, *members: Arg) -> Any:
+        return await self.execute(b"ZREM", key, *members)
+
+    async def _connected(self) -> _Pipe:
+        connecting = self._connecting
+        if connecting is None:  # one connection attempt, shared by the callers of this moment
+            connecting = self._connecting = asyncio.ensure_future(self._connect())
+            connecting.add_done_callback(self._connection_attempted)
+        return await asyncio.shield(connecting)
+
+    def _connection_attempted(self, attempt: asyncio.Future[_Pipe]) -> None:
+        if self._connecting is attempt:
+            self._connecting = None
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved here, whether or not a caller still waits for it
+
+    async def _connect(self) -> _Pipe:
+        loop = asyncio.get_running_loop()
+        timeout = self._timeout
+
+        def factory() -> _Pipe:
+            return _Pipe(loop, timeout)
+
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                if self._path is not None:
+                    _, pipe = await loop.create_unix_connection(factory, self._path)
+                else:
+                    _, pipe = await loop.create_connection(
+                        factory,
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._ssl else None,
+                    )
+                try:
+                    for command in self._hello:
+                        await pipe.send(command)
+                except BaseException:
+                    pipe.close()
+                    raise
+        except TimeoutError as exc:
+            raise RedisTimeoutError(f"connecting to redis timed out after {self._connect_timeout}s") from exc
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to redis: {exc}") from exc
+        self._pipe = pipe
+        return pipe
+
+    async def aclose(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
+            self._connecting = None
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
