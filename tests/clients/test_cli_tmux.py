@@ -63,6 +63,17 @@ class Terminal:
                 raise AssertionError(f"{text!r} x{count} never showed; the screen:\n{screen}")
             time.sleep(0.1)
 
+    def wait_for_prompt(self, after: str, timeout: float = 120) -> None:
+        """Until the last line is a fresh, empty prompt and the line above it holds ``after``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line.rstrip() for line in self.screen().rstrip().splitlines()]
+            if len(lines) >= 2 and lines[-1] == ">" and after in lines[-2]:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no fresh prompt after {after!r}; the screen:\n" + "\n".join(lines))
+            time.sleep(0.1)
+
     def close(self) -> None:
         subprocess.run([*self.base, "kill-server"], capture_output=True, check=False, timeout=30)
 
@@ -139,6 +150,8 @@ def test_ctrl_c_stops_an_answer_and_the_conversation_goes_on_until_exit(
     terminal.tmux("send-keys", "-t", "t", "-l", "never sent")
     terminal.wait_for("> never sent")
     terminal.key("C-c")
+    # Typed before the interrupt is handled, "/exit" could still land in the dropped line.
+    terminal.wait_for_prompt(after="never sent")
     terminal.type("/exit")
     terminal.wait_for("EXIT=0")
     # The cancelled turn is not part of the history; the dropped line was never sent.
