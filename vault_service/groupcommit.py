@@ -1,8 +1,9 @@
 """Group commit: one writer makes the writes of many concurrent calls durable in one transaction.
 
 The vault has one, fed with every resolve's write and every usage batch
-(``vault_service/writes.py``). A resolve's read (token → user → config, and the decryption) runs on the
-database threads like any read; what it must write (the use count and the audit
+(``vault_service/writes.py``). A resolve's read (token → user → config, and the
+decryption) runs through ``Database.read`` (on the event loop on SQLite, on the
+database threads on PostgreSQL); what it must write (the use count and the audit
 row) is handed to a ``GroupCommit`` and the caller waits until that write has
 committed: the key leaves the vault only after its audit row is durable, as
 before, so "no unaudited decrypt" still holds. The writer takes everything
@@ -11,6 +12,9 @@ on SQLite, one commit on PostgreSQL); whatever arrives while that commit is in
 flight forms the next batch. There is no timer: an idle vault commits a lone
 write at once, a busy one amortises the commit over the whole batch. If the
 transaction fails, every caller of that batch gets the failure and no key.
+``apply`` should write the batch in few statements (``configs.record_uses``: one
+UPDATE, multi-row INSERTs): each statement lets go of the GIL, and winning it
+back from a busy event loop costs both threads context switches.
 Reads never wait for the writer; only writes are serialised, as the database
 serialises them anyway (SQLite's single writer, the audit head's row lock).
 """
