@@ -171,15 +171,22 @@ async def hold_streams(address: str, token: str, streams: int, pid: int) -> dict
     )
     metadata = (("authorization", f"Bearer {token}"),)
     calls: list[Any] = []
+    failed: list[str] = []
 
     async def one(index: int) -> None:
         call = stubs[index % len(stubs)].StreamChat(request, metadata=metadata, timeout=900)
         calls.append(call)
-        first: Any = await call.read()
+        try:
+            first: Any = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            failed.append(exc.code().name)
+            return
         assert first.WhichOneof("event") == "delta", first
 
     try:
         await asyncio.gather(*(one(i) for i in range(len(stubs))))  # warm: every channel, the first resolve
+        if failed:
+            raise RuntimeError(f"the warm-up streams failed: {failed}")
         for call in calls:
             call.cancel()
         calls.clear()
@@ -195,11 +202,13 @@ async def hold_streams(address: str, token: str, streams: int, pid: int) -> dict
             call.cancel()
         for channel in channels:
             await channel.close()
+    opened = streams - len(failed)
     return {
         "rss_before_mb": before / KB / KB,
         "rss_open_mb": open_rss / KB / KB,
-        "kb_per_stream": (open_rss - before) / KB / streams,
+        "kb_per_stream": (open_rss - before) / KB / max(1, opened),
         "open_s": opened_s,
+        "failed": float(len(failed)),
     }
 
 
@@ -229,7 +238,7 @@ def measure_rss(streams: int, configs: list[str], rounds: int, say: Any) -> dict
                     say(
                         f"round {round_no} {name}: {row['kb_per_stream']:.1f} KB/stream "
                         f"({row['rss_before_mb']:.1f} -> {row['rss_open_mb']:.1f} MB, "
-                        f"opened in {row['open_s']:.1f}s)"
+                        f"opened in {row['open_s']:.1f}s, {row['failed']:.0f} failed)"
                     )
         finally:
             stack.stop()
