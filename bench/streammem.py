@@ -212,7 +212,9 @@ async def hold_streams(address: str, token: str, streams: int, pid: int) -> dict
     }
 
 
-def measure_rss(streams: int, configs: list[str], rounds: int, say: Any) -> dict[str, Any]:
+def measure_rss(
+    streams: int, configs: list[str], rounds: int, say: Any, *, delay: float = 15.0
+) -> dict[str, Any]:
     """Each configuration in a fresh LLM process per round, alternating; KB per stream (RSS)."""
     parsed = [parse_config(c) for c in configs]
     rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in parsed}
@@ -220,7 +222,7 @@ def measure_rss(streams: int, configs: list[str], rounds: int, say: Any) -> dict
         stack = Stack(Path(tmp))
         try:
             slow = stack.start_fake(
-                "slow-fake", "--default", "slow", "--slow-delay", "15", "--slow-pieces", "100"
+                "slow-fake", "--default", "slow", "--slow-delay", f"{delay:g}", "--slow-pieces", "100"
             )
             stack.start_vault()
             token = stack.create_user()
@@ -271,7 +273,12 @@ def main(argv: list[str] | None = None) -> None:
         def say(message: str) -> None:
             print(f"[streammem {time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-        print(json.dumps(measure_rss(args.streams, args.config or ["default"], args.rounds, say), indent=2))
+        print(
+            json.dumps(
+                measure_rss(args.streams, args.config or ["default"], args.rounds, say, delay=args.delay),
+                indent=2,
+            )
+        )
         return
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     fake = start(
