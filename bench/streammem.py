@@ -265,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="with --rss: alternations of the configurations"
     )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=15.0,
+        help="with --rss: seconds between the slow fake's events (default 15)",
+    )
     args = parser.parse_args(argv)
     raise_fd_limit()
     if args.rss:
