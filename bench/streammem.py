@@ -171,15 +171,22 @@ async def hold_streams(address: str, token: str, streams: int, pid: int) -> dict
     )
     metadata = (("authorization", f"Bearer {token}"),)
     calls: list[Any] = []
+    failed: list[str] = []
 
     async def one(index: int) -> None:
         call = stubs[index % len(stubs)].StreamChat(request, metadata=metadata, timeout=900)
         calls.append(call)
-        first: Any = await call.read()
+        try:
+            first: Any = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            failed.append(exc.code().name)
+            return
         assert first.WhichOneof("event") == "delta", first
 
     try:
         await asyncio.gather(*(one(i) for i in range(len(stubs))))  # warm: every channel, the first resolve
+        if failed:
+            raise RuntimeError(f"the warm-up streams failed: {failed}")
         for call in calls:
             call.cancel()
         calls.clear()
@@ -195,15 +202,19 @@ async def hold_streams(address: str, token: str, streams: int, pid: int) -> dict
             call.cancel()
         for channel in channels:
             await channel.close()
+    opened = streams - len(failed)
     return {
         "rss_before_mb": before / KB / KB,
         "rss_open_mb": open_rss / KB / KB,
-        "kb_per_stream": (open_rss - before) / KB / streams,
+        "kb_per_stream": (open_rss - before) / KB / max(1, opened),
         "open_s": opened_s,
+        "failed": float(len(failed)),
     }
 
 
-def measure_rss(streams: int, configs: list[str], rounds: int, say: Any) -> dict[str, Any]:
+def measure_rss(
+    streams: int, configs: list[str], rounds: int, say: Any, *, delay: float = 15.0
+) -> dict[str, Any]:
     """Each configuration in a fresh LLM process per round, alternating; KB per stream (RSS)."""
     parsed = [parse_config(c) for c in configs]
     rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in parsed}
@@ -211,7 +222,7 @@ def measure_rss(streams: int, configs: list[str], rounds: int, say: Any) -> dict
         stack = Stack(Path(tmp))
         try:
             slow = stack.start_fake(
-                "slow-fake", "--default", "slow", "--slow-delay", "15", "--slow-pieces", "100"
+                "slow-fake", "--default", "slow", "--slow-delay", f"{delay:g}", "--slow-pieces", "100"
             )
             stack.start_vault()
             token = stack.create_user()
@@ -229,7 +240,7 @@ def measure_rss(streams: int, configs: list[str], rounds: int, say: Any) -> dict
                     say(
                         f"round {round_no} {name}: {row['kb_per_stream']:.1f} KB/stream "
                         f"({row['rss_before_mb']:.1f} -> {row['rss_open_mb']:.1f} MB, "
-                        f"opened in {row['open_s']:.1f}s)"
+                        f"opened in {row['open_s']:.1f}s, {row['failed']:.0f} failed)"
                     )
         finally:
             stack.stop()
@@ -254,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="with --rss: alternations of the configurations"
     )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=15.0,
+        help="with --rss: seconds between the slow fake's events (default 15)",
+    )
     args = parser.parse_args(argv)
     raise_fd_limit()
     if args.rss:
@@ -262,7 +279,12 @@ def main(argv: list[str] | None = None) -> None:
         def say(message: str) -> None:
             print(f"[streammem {time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-        print(json.dumps(measure_rss(args.streams, args.config or ["default"], args.rounds, say), indent=2))
+        print(
+            json.dumps(
+                measure_rss(args.streams, args.config or ["default"], args.rounds, say, delay=args.delay),
+                indent=2,
+            )
+        )
         return
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     fake = start(

@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -189,29 +187,39 @@ def _outcome(error: BaseException | None, deadline: Deadline) -> tuple[str, str]
     return "INTERNAL", "INTERNAL"
 
 
-@contextmanager
-def recorded(
-    reporter: UsageReporter | None,
-    method: str,
-    stream: bool,
-    deadline: Deadline,
-    *,
-    needs_provider_call: bool = False,
-) -> Iterator[CallRecord]:
-    """Account the call run inside: one record submitted when it ends, whatever way."""
-    record = CallRecord(method, stream, time.time(), time.perf_counter())
-    _current.set(record)
-    error: BaseException | None = None
-    try:
-        yield record
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
+class recorded:  # used as a function: ``with recorded(...) as call``
+    """Account the call run inside: one record submitted when it ends, whatever way.
+
+    A class, not a generator context manager: it stays alive for the whole call, and a
+    slotted object is a few hundred bytes less per open stream than a suspended generator.
+    """
+
+    __slots__ = ("_deadline", "_needs_provider_call", "_record", "_reporter")
+
+    def __init__(
+        self,
+        reporter: UsageReporter | None,
+        method: str,
+        stream: bool,
+        deadline: Deadline,
+        *,
+        needs_provider_call: bool = False,
+    ) -> None:
+        self._reporter = reporter
+        self._deadline = deadline
+        self._needs_provider_call = needs_provider_call
+        self._record = CallRecord(method, stream, time.time(), time.perf_counter())
+
+    def __enter__(self) -> CallRecord:
+        _current.set(self._record)
+        return self._record
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
         _current.set(None)
+        record, reporter = self._record, self._reporter
         accountable = record.user_id and record.provider
-        if reporter is not None and accountable and (record.provider_called or not needs_provider_call):
-            record.status_code, record.reason = _outcome(error, deadline)
+        if reporter is not None and accountable and (record.provider_called or not self._needs_provider_call):
+            record.status_code, record.reason = _outcome(error, self._deadline)
             record.request_id = requestctx.request_id()
             record.ended = time.perf_counter()
             reporter.submit(record)

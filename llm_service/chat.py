@@ -117,7 +117,7 @@ class ChatService:
             enforce(stored, chat.spec.id, params.model, self._usage)
             if charged != account.user_id:
                 await slot.release()
-                slot = NO_LEASE
+                slot = NO_LEASE  # released: if the admission below fails, nothing is held
                 slot = await self._admit(account.user_id, stream)
         except BaseException:
             await slot.release()

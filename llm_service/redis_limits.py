@@ -301,6 +301,7 @@ class RedisStreamSlots:
     async def admit(self, user_id: str, limiter: Limiter) -> StreamLease:
         """The rate token and the slot in one script call, when the limit is in this store."""
         if not isinstance(limiter, RedisRateLimiter) or not limiter.shares(self._store):
+            # A limit kept elsewhere (never so in ``build_limits``): two steps, the rate first.
             await limiter.take(user_id)
             return await self.acquire(user_id)
         store = self._store

@@ -359,12 +359,25 @@ def transport_errors(spec: ProviderSpec, timeout: float | None, *, streaming: bo
         raise ProviderError(f"HTTP exchange with {name} failed: {type(e).__name__}", provider=spec.id) from e
 
 
-@contextmanager
-def unexpected_shapes(spec: ProviderSpec) -> Iterator[None]:
-    """Stream events whose JSON has the wrong shape (a string where an object belongs...)."""
-    try:
-        yield
-    except (AttributeError, TypeError, KeyError, ValueError, RecursionError) as e:
+class unexpected_shapes:  # used as a function: ``with unexpected_shapes(spec)``
+    """Stream events whose JSON has the wrong shape (a string where an object belongs...).
+
+    A class, not a generator context manager: it is held for the whole stream, and a
+    slotted object costs less memory per open stream than a suspended generator.
+    """
+
+    __slots__ = ("_spec",)
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        self._spec = spec
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, e: BaseException | None, tb: object) -> None:
+        if not isinstance(e, (AttributeError, TypeError, KeyError, ValueError, RecursionError)):
+            return
+        spec = self._spec
         # Either the provider changed its format or the adapter has a bug: either way an
         # operator must see it. The traceback names the code; the exception's own text is
         # left out, since it may quote the provider's data.

@@ -294,3 +294,26 @@ async def test_a_stream_refused_for_its_slot_costs_the_caller_no_rate_token(
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
         assert replies[-1].HasField("done")
+
+
+async def test_a_stream_admission_reads_the_limits_set_in_redis(prefix: str) -> None:
+    shared = store(prefix)
+    limiter = RedisRateLimiter(shared, "chat", "chat", 60, 2)
+    slots = RedisStreamSlots(shared, 0, lease_seconds=30)  # no stream limit in the settings
+    admin = redis.Redis.from_url(SHARED_URL)
+    try:
+        held = [await slots.admit("u-1", limiter) for _ in range(2)]  # no slot needed, the rate still counts
+        assert slots.held() == 0
+        with pytest.raises(RateLimited, match="too many chat requests"):
+            await slots.admit("u-1", limiter)
+        admin.hset(prefix + "limits", mapping={"max_concurrent_streams": 1, "chat_burst": 10})
+        held = [await slots.admit("u-1", limiter)]
+        assert slots.held() == 1
+        with pytest.raises(RateLimited, match="the limit is 1 at once"):
+            await slots.admit("u-1", limiter)
+        for lease in held:
+            await lease.release()
+    finally:
+        admin.close()
+        await slots.close()
+        await shared.close()
