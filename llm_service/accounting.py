@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +187,39 @@ def _outcome(error: BaseException | None, deadline: Deadline) -> tuple[str, str]
     return "INTERNAL", "INTERNAL"
 
 
-@contextmanager
+class Recording:
+    """``recorded``'s context manager: a class, so entering and leaving it cost two calls."""
+
+    __slots__ = ("_deadline", "_needs_provider_call", "_reporter", "record")
+
+    def __init__(
+        self,
+        reporter: UsageReporter | None,
+        method: str,
+        stream: bool,
+        deadline: Deadline,
+        needs_provider_call: bool,
+    ) -> None:
+        self._reporter = reporter
+        self._deadline = deadline
+        self._needs_provider_call = needs_provider_call
+        self.record = CallRecord(method, stream, time.time(), time.perf_counter())
+
+    def __enter__(self) -> CallRecord:
+        _current.set(self.record)
+        return self.record
+
+    def __exit__(self, _type: object, error: BaseException | None, _traceback: object) -> None:
+        _current.set(None)
+        record, reporter = self.record, self._reporter
+        accountable = record.user_id and record.provider
+        if reporter is not None and accountable and (record.provider_called or not self._needs_provider_call):
+            record.status_code, record.reason = _outcome(error, self._deadline)
+            record.request_id = requestctx.request_id()
+            record.ended = time.perf_counter()
+            reporter.submit(record)
+
+
 def recorded(
     reporter: UsageReporter | None,
     method: str,
@@ -197,21 +227,6 @@ def recorded(
     deadline: Deadline,
     *,
     needs_provider_call: bool = False,
-) -> Iterator[CallRecord]:
+) -> Recording:
     """Account the call run inside: one record submitted when it ends, whatever way."""
-    record = CallRecord(method, stream, time.time(), time.perf_counter())
-    _current.set(record)
-    error: BaseException | None = None
-    try:
-        yield record
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        _current.set(None)
-        accountable = record.user_id and record.provider
-        if reporter is not None and accountable and (record.provider_called or not needs_provider_call):
-            record.status_code, record.reason = _outcome(error, deadline)
-            record.request_id = requestctx.request_id()
-            record.ended = time.perf_counter()
-            reporter.submit(record)
+    return Recording(reporter, method, stream, deadline, needs_provider_call)

@@ -95,15 +95,18 @@ class ChatService:
     async def prepare(self, request: Any, token: Secret, deadline: Deadline) -> PreparedChat:
         """Validate, resolve the caller's key and settings, and take a rate-limit token."""
         chat = validate_chat(request, self._endpoints.registry, self._limits)
-        accounting.note_target(chat.spec.id)
-        telemetry.note_provider(chat.spec)
-        charged = await take_before_vault(self._limiter, self._endpoints, token)
-        account = await self._endpoints.stored(chat.spec, token, deadline)
+        spec = chat.spec
+        accounting.note_target(spec.id)
+        telemetry.note_provider(spec)
+        charged = self._endpoints.known_user(token)  # take_before_vault, inline
+        if charged is not None:
+            await self._limiter.take(charged)
+        account = await self._endpoints.stored(spec, token, deadline)
         stored = account.credentials
         params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
-        accounting.note_target(chat.spec.id, params.model)
-        telemetry.note_prepared(chat.spec, params.model)
-        enforce(stored, chat.spec.id, params.model, self._usage)
+        accounting.note_target(spec.id, params.model)
+        telemetry.note_prepared(spec, params.model)
+        enforce(stored, spec.id, params.model, self._usage)
         if charged != account.user_id:
             await self._limiter.take(account.user_id)
         return PreparedChat(account, params)

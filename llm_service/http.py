@@ -61,7 +61,11 @@ def limits_of(http: aiohttp.ClientSession) -> UpstreamLimits:
 def request_timeout(http: aiohttp.ClientSession, remaining: float | None) -> aiohttp.ClientTimeout:
     """One request's timeout: the caller's remaining time capped by the call bound, plus
     the connect and read-idle bounds (a per-request timeout replaces the session's)."""
-    limits = limits_of(http)
+    return timeout_within(limits_of(http), remaining)
+
+
+def timeout_within(limits: UpstreamLimits, remaining: float | None) -> aiohttp.ClientTimeout:
+    """``request_timeout`` for a session with ``limits``."""
     total = limits.max_call_seconds if remaining is None else min(remaining, limits.max_call_seconds)
     return aiohttp.ClientTimeout(
         total=total,
