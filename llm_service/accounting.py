@@ -167,7 +167,8 @@ def note_usage(usage: Any, model: str = "", reported: bool | None = None) -> Non
     cost = float(usage.cost_usd)
     record.cost_usd = cost if math.isfinite(cost) and cost > 0 else 0.0
     if model:  # the provider's own name for it: bounded, and printable for the ledger
-        record.model = "".join(c for c in model[:MAX_MODEL_CHARS] if c.isprintable())
+        model = model[:MAX_MODEL_CHARS]
+        record.model = model if model.isprintable() else "".join(c for c in model if c.isprintable())
 
 
 def _outcome(error: BaseException | None, deadline: Deadline) -> tuple[str, str]:
