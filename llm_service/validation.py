@@ -201,13 +201,16 @@ def validate_chat(request: Any, registry: Registry, limits: FeatureLimits | None
         bad.append(FieldViolation("model", "must not contain whitespace or control characters"))
     messages = _check_messages(request, bad, limits)
     temperature, max_tokens, top_p = _check_sampling(request, bad)
-    stop = tuple(request.stop)
+    stop = tuple(request.stop) if request.stop else ()
     if len(stop) > MAX_STOP:
         bad.append(FieldViolation("stop", f"at most {MAX_STOP} stop sequences, got {len(stop)}"))
     for index, sequence in enumerate(stop):
         if not 1 <= len(sequence) <= MAX_STOP_CHARS:
             bad.append(FieldViolation(f"stop[{index}]", f"must be 1 to {MAX_STOP_CHARS} characters"))
-    tools, tool_choice = check_tools(request, bad)
+    if request.tools or request.HasField("tool_choice"):
+        tools, tool_choice = check_tools(request, bad)
+    else:  # no tools declared or chosen: nothing to check
+        tools, tool_choice = (), None
     response_format = check_response_format(request, bad)
     reasoning = check_reasoning(request, bad)
     parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None
