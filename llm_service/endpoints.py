@@ -6,9 +6,10 @@ caller's stored chat defaults, and the provider calls bound to the wire-format
 adapter and the process's HTTP session. It asks the vault (bounded by the
 caller's deadline), answers keyless credentials for a provider that needs no key,
 and applies this server's custom-base-URL policy to a stored or an explicit
-(TestKey) endpoint override. Chat, TestKey and ListModels are given one resolver
-instead of each holding the registry, the vault, the adapter lookup, the HTTP
-session and the policy.
+(TestKey) endpoint override (the check of a stored one is remembered per provider
+and URL: it is pure, and the same few URLs come back on every call). Chat, TestKey
+and ListModels are given one resolver instead of each holding the registry, the
+vault, the adapter lookup, the HTTP session and the policy.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from rmllm_common.secret import Secret
 
 AdapterLookup = Callable[[ProviderSpec], Adapter]
 _NO_KEY = Secret("")
+MAX_CHECKED_URLS = 4096
 
 
 def stored_base_url(spec: ProviderSpec, credentials: Credentials, allow_custom: bool) -> str:
@@ -104,6 +106,9 @@ class EndpointResolver:
         self._adapters = adapters
         self._http = http
         self._allow_custom = allow_custom_base_url
+        # (provider, stored base URL) -> (its spec, the URL to call): the check is pure, and the
+        # same few stored URLs come back on every call.
+        self._checked: dict[tuple[str, str], tuple[ProviderSpec, str]] = {}
 
     def provider(self, name: str) -> ProviderSpec:
         """The registry entry for a provider id or alias (UNKNOWN_PROVIDER otherwise)."""
@@ -141,9 +146,19 @@ class EndpointResolver:
     ) -> Account:
         """The caller's stored key and endpoint (``base_url``, already checked, overrides it)."""
         credentials = await self.credentials(spec, token, deadline)
-        return self.account(
-            spec, credentials, base_url or stored_base_url(spec, credentials, self._allow_custom)
-        )
+        return self.account(spec, credentials, base_url or self._stored_base_url(spec, credentials))
+
+    def _stored_base_url(self, spec: ProviderSpec, credentials: Credentials) -> str:
+        """``stored_base_url``, remembered per provider and stored URL (a refusal is not)."""
+        key = (spec.id, credentials.base_url)
+        known = self._checked.get(key)
+        if known is not None and known[0] is spec:
+            return known[1]
+        base_url = stored_base_url(spec, credentials, self._allow_custom)
+        if len(self._checked) >= MAX_CHECKED_URLS:
+            self._checked.clear()
+        self._checked[key] = (spec, base_url)
+        return base_url
 
     async def explicit(
         self, spec: ProviderSpec, api_key: Secret, base_url: str, token: Secret, deadline: Deadline

@@ -33,6 +33,7 @@ KEEPALIVE_SECONDS = 30.0
 DNS_CACHE_SECONDS = 300
 KIB = 1024
 MIB = 1024 * 1024
+_TIMER_ROUNDING = 2.0  # aiohttp rounds a timeout of 5 s or more up to a whole second: a margin for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +62,23 @@ def limits_of(http: aiohttp.ClientSession) -> UpstreamLimits:
 def request_timeout(http: aiohttp.ClientSession, remaining: float | None) -> aiohttp.ClientTimeout:
     """One request's timeout: the caller's remaining time capped by the call bound, plus
     the connect and read-idle bounds (a per-request timeout replaces the session's)."""
-    limits = limits_of(http)
+    return timeout_within(limits_of(http), remaining)
+
+
+def timeout_within(limits: UpstreamLimits, remaining: float | None) -> aiohttp.ClientTimeout:
+    """``request_timeout`` for a session with ``limits``.
+
+    The read-idle bound is left out when the total bound always ends the exchange
+    first (a caller's deadline shorter than it, by more than aiohttp's rounding of
+    timers up to the next second): it could never fire, and aiohttp would move its
+    timer on every read of the body.
+    """
     total = limits.max_call_seconds if remaining is None else min(remaining, limits.max_call_seconds)
+    idle = limits.read_idle_timeout_seconds
     return aiohttp.ClientTimeout(
         total=total,
         sock_connect=limits.connect_timeout_seconds,
-        sock_read=limits.read_idle_timeout_seconds,
+        sock_read=idle if total + _TIMER_ROUNDING >= idle else None,
     )
 
 

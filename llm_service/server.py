@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -120,7 +121,7 @@ class LLMServerHandle(ServerHandle):
 
 def default_adapters(spec: ProviderSpec) -> Adapter:
     """The wire-format adapter for ``spec`` from ``llm_service.adapters.adapter_for``."""
-    module: Any = importlib.import_module("llm_service.adapters")
+    module: Any = sys.modules.get("llm_service.adapters") or importlib.import_module("llm_service.adapters")
     adapter: Adapter = module.adapter_for(spec)
     return adapter
 

@@ -47,27 +47,31 @@ def usage_of(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_
     """Token counts and their price (by the answering model, else the requested one),
     cache reads and writes at the registry's cache prices; ``usage_reported`` false
     when the provider sent no usage."""
+    result = llm_pb2.Usage()
+    fill_usage(result, spec, params, finished)
+    return result
+
+
+def fill_usage(result: llm_pb2.Usage, spec: ProviderSpec, params: ChatParams, finished: Finished) -> None:
+    """``usage_of`` written into ``result`` (the answer's own field: no copy), and noted."""
     usage = finished.usage
-    priced = finished.model if spec.model(finished.model) is not None else params.model
-    result = llm_pb2.Usage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        total_tokens=usage.total_tokens or usage.input_tokens + usage.output_tokens,
-        cost_usd=spec.cost(
-            priced,
+    priced = spec.model(finished.model) or spec.model(params.model)
+    result.input_tokens = usage.input_tokens
+    result.output_tokens = usage.output_tokens
+    result.total_tokens = usage.total_tokens or usage.input_tokens + usage.output_tokens
+    if priced is not None:
+        result.cost_usd = priced.cost(
             usage.input_tokens,
             usage.output_tokens,
             usage.cache_read_input_tokens,
             usage.cache_creation_input_tokens,
-        ),
-        cache_read_input_tokens=usage.cache_read_input_tokens,
-        cache_creation_input_tokens=usage.cache_creation_input_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        usage_reported=usage.reported,
-    )
+        )
+    result.cache_read_input_tokens = usage.cache_read_input_tokens
+    result.cache_creation_input_tokens = usage.cache_creation_input_tokens
+    result.reasoning_tokens = usage.reasoning_tokens
+    result.usage_reported = usage.reported
     accounting.note_usage(result, finished.model, usage.reported)
     telemetry.note_answer(finished, result)
-    return result
 
 
 def tool_calls_of(finished: Finished) -> list[llm_pb2.ToolCall]:
@@ -77,35 +81,37 @@ def tool_calls_of(finished: Finished) -> list[llm_pb2.ToolCall]:
 
 def done_message(spec: ProviderSpec, params: ChatParams, finished: Finished) -> llm_pb2.StreamChatResponse:
     """StreamChat's last message."""
-    return llm_pb2.StreamChatResponse(
-        done=llm_pb2.StreamChatDone(
-            finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
-            usage=usage_of(spec, params, finished),
-            model=finished.model or params.model,
-            provider=spec.id,
-            response_id=finished.response_id,
-            tool_calls=tool_calls_of(finished),
-            reasoning=finished.reasoning,
-            provider_state=finished.provider_state,
-        )
-    )
+    message = llm_pb2.StreamChatResponse()
+    done = message.done
+    done.finish_reason = finished.finish_reason.value  # type: ignore[assignment]
+    fill_usage(done.usage, spec, params, finished)
+    done.model = finished.model or params.model
+    done.provider = spec.id
+    done.response_id = finished.response_id
+    if finished.tool_calls:
+        done.tool_calls.extend(tool_calls_of(finished))
+    done.reasoning = finished.reasoning
+    done.provider_state = finished.provider_state
+    return message
 
 
 def chat_response(
     spec: ProviderSpec, params: ChatParams, content: str, finished: Finished
 ) -> llm_pb2.ChatResponse:
     """Chat's answer."""
-    return llm_pb2.ChatResponse(
+    response = llm_pb2.ChatResponse(
         content=content,
         finish_reason=finished.finish_reason.value,  # type: ignore[arg-type]
-        usage=usage_of(spec, params, finished),
         model=finished.model or params.model,
         provider=spec.id,
         response_id=finished.response_id,
-        tool_calls=tool_calls_of(finished),
         reasoning=finished.reasoning,
         provider_state=finished.provider_state,
     )
+    fill_usage(response.usage, spec, params, finished)
+    if finished.tool_calls:
+        response.tool_calls.extend(tool_calls_of(finished))
+    return response
 
 
 def _truncated(provider: str) -> UpstreamStreamTruncated:
@@ -141,7 +147,8 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
             prepared = await self._chat.prepare(request, current_token(), deadline)
             parts: list[str] = []
             size, limit = 0, self._max_answer_chars
-            async with aclosing(self._chat.events(prepared, deadline)) as events:
+            events = self._chat.events(prepared, deadline)
+            try:
                 async for event in events:
                     if type(event) is TextDelta:
                         if call.first_token is None:
@@ -155,8 +162,10 @@ class LLMServicer(llm_pb2_grpc.LLMServiceServicer):
                                 provider=prepared.spec.id,
                             )
                         parts.append(event.text)
-                    elif isinstance(event, Finished):
+                    elif type(event) is Finished:
                         return chat_response(prepared.spec, prepared.params, "".join(parts), event)
+            finally:
+                await events.aclose()
             raise _truncated(prepared.spec.id)
 
     async def StreamChat(

@@ -90,22 +90,43 @@ class SSEDecoder:
             self._buffer += chunk
             chunk = bytes(self._buffer)
             self._buffer = bytearray()
+        lines = self._split(chunk)
+        if len(self._buffer) > self._max_line:
+            self._overflow(f"a line longer than {self._max_line} bytes")
+        return self._lines(lines)
+
+    def _split(self, chunk: bytes) -> list[bytes]:
+        """The complete lines of ``chunk``, without their line ends; a partial last line is kept."""
+        if b"\r" not in chunk:  # LF only, the common case: split once, no line end to strip
+            lines = chunk.split(b"\n")
+            rest = lines.pop()  # what follows the last LF: a partial line, or b""
+            if rest:
+                self._buffer = bytearray(rest)
+            return lines
         lines = chunk.splitlines(keepends=True)
         if not lines[-1].endswith(_LINE_ENDS):
             self._buffer = bytearray(lines.pop())
         elif chunk[-1] == 0x0D:
             self._skip_lf = True
-        if len(self._buffer) > self._max_line:
-            self._overflow(f"a line longer than {self._max_line} bytes")
-        return self._lines(lines)
+        return [line.rstrip(b"\r\n") for line in lines]
 
     def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
+        """The events of complete lines (without their line ends); ``data:`` lines and
+        event ends, nearly every line of a stream, are handled inline."""
         events: list[SSEEvent] = []
         max_line = self._max_line
-        for raw in lines:
-            line = raw.rstrip(b"\r\n")
+        for line in lines:
             if len(line) > max_line:
                 self._overflow(f"a line longer than {max_line} bytes")
+            if self._started:
+                if line.startswith(b"data: "):  # "data: " is ASCII: the rest decodes on its own
+                    self._add_data(line[6:].decode("utf-8", "replace"))
+                    continue
+                if not line:
+                    event = self._dispatch()
+                    if event is not None:
+                        events.append(event)
+                    continue
             event = self._line(line.decode("utf-8", "replace"))
             if event is not None:
                 events.append(event)
@@ -162,7 +183,8 @@ class SSEDecoder:
     def _dispatch(self) -> SSEEvent | None:
         if not self._data and self._event is None and self._retry is None:
             return None
-        event = SSEEvent(data="\n".join(self._data), event=self._event, id=self._id, retry=self._retry)
+        data = self._data
+        event = SSEEvent(data[0] if len(data) == 1 else "\n".join(data), self._event, self._id, self._retry)
         self._event = None
         self._data = []
         self._data_size = 0

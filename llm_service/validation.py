@@ -15,7 +15,7 @@ base URL are checked by ``check_api_key`` and ``check_base_url``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from llm_service.adapters.base import (
@@ -77,11 +77,18 @@ class ChatInput:
         request needs (see ``llm_service.capabilities``).
         """
         request = self.request
-        params = replace(
-            request,
-            model=request.model or default_model or self.spec.default_model,
-            temperature=request.temperature if request.temperature is not None else temperature,
-            max_tokens=request.max_tokens or max_tokens or self.spec.default_max_tokens,
+        params = ChatParams(  # dataclasses.replace, spelled out: it costs more than the rest of this
+            request.model or default_model or self.spec.default_model,
+            request.messages,
+            request.temperature if request.temperature is not None else temperature,
+            request.max_tokens or max_tokens or self.spec.default_max_tokens,
+            request.top_p,
+            request.stop,
+            request.tools,
+            request.tool_choice,
+            request.parallel_tool_calls,
+            request.response_format,
+            request.reasoning,
         )
         check_capabilities(self.spec, params)
         return params
@@ -110,13 +117,32 @@ def _check_messages(request: Any, bad: list[FieldViolation], limits: FeatureLimi
     seen_calls: dict[str, str] = {}
     total = 0
     for index, message in enumerate(request.messages):
-        where = f"messages[{index}]"
         role = _ROLES.get(message.role)
+        content = message.content
+        if (
+            role is not None
+            and role != "tool"
+            and content
+            and not message.parts
+            and not message.tool_calls
+            and not message.tool_call_id
+            and not message.provider_state
+        ):  # text alone, nearly every message: only its size to check
+            size = _utf8_length(content)
+            total += size
+            if size > MAX_CONTENT_BYTES:
+                bad.append(
+                    FieldViolation(
+                        f"messages[{index}].content", f"at most {MAX_CONTENT_BYTES} bytes, got {size}"
+                    )
+                )
+            messages.append(Message(role, content))
+            continue
+        where = f"messages[{index}]"
         if role is None:
             bad.append(
                 FieldViolation(f"{where}.role", "must be ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
             )
-        content = message.content
         size = _utf8_length(content)
         for part in message.parts:
             if part.WhichOneof("part") == "text":
@@ -175,13 +201,16 @@ def validate_chat(request: Any, registry: Registry, limits: FeatureLimits | None
         bad.append(FieldViolation("model", "must not contain whitespace or control characters"))
     messages = _check_messages(request, bad, limits)
     temperature, max_tokens, top_p = _check_sampling(request, bad)
-    stop = tuple(request.stop)
+    stop = tuple(request.stop) if request.stop else ()
     if len(stop) > MAX_STOP:
         bad.append(FieldViolation("stop", f"at most {MAX_STOP} stop sequences, got {len(stop)}"))
     for index, sequence in enumerate(stop):
         if not 1 <= len(sequence) <= MAX_STOP_CHARS:
             bad.append(FieldViolation(f"stop[{index}]", f"must be 1 to {MAX_STOP_CHARS} characters"))
-    tools, tool_choice = check_tools(request, bad)
+    if request.tools or request.HasField("tool_choice"):
+        tools, tool_choice = check_tools(request, bad)
+    else:  # no tools declared or chosen: nothing to check
+        tools, tool_choice = (), None
     response_format = check_response_format(request, bad)
     reasoning = check_reasoning(request, bad)
     parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None

@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from rmllm_common import logs, telemetry
 from rmllm_common.server import ServerHandle
@@ -60,8 +60,12 @@ def run_serve(
     *,
     telemetry_settings: TelemetrySettings | None = None,
     service_name: str = "",
+    fast_loop: bool = False,
 ) -> int:
-    """Start this process's telemetry, build the server and serve until SIGTERM or SIGINT."""
+    """Start this process's telemetry, build the server and serve until SIGTERM or SIGINT.
+
+    ``fast_loop``: run on uvloop's event loop when it is installed (else asyncio's own).
+    """
 
     async def main() -> None:
         handle = await build(settings)
@@ -74,7 +78,7 @@ def run_serve(
         log.error("cannot serve metrics: %s", exc)
         return 1
     try:
-        asyncio.run(main())
+        run_loop(main(), fast_loop)
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
@@ -82,6 +86,19 @@ def run_serve(
         stop_telemetry()
         logs.flush()
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None], fast_loop: bool) -> None:
+    """``asyncio.run(main)``, on uvloop's loop when ``fast_loop`` and it is installed."""
+    if fast_loop:
+        try:
+            import uvloop  # noqa: PLC0415 - only the services that ask for it load it
+        except ImportError:  # a platform without uvloop's wheels: asyncio's loop serves as well
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 def supervise_workers(

@@ -18,8 +18,9 @@ then closes the upstream response immediately, with no inner generator left for
 the garbage collector to finalise.
 ``get_json`` is the GET used by probes and model listings (its body bounded by
 ``max_json_bytes``). JSON from a provider is parsed by ``parse_json``, which turns
-nesting too deep to parse into a ``ValueError``. All failures go through
-``adapters.errors``.
+nesting too deep to parse into a ``ValueError``; a stream event by ``load_event``,
+under the same rules, without ``json.loads``'s whitespace scans around the value
+when there is none. All failures go through ``adapters.errors``.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from llm_service import metrics, telemetry
 from llm_service.adapters.base import Endpoint
 from llm_service.adapters.errors import from_response, from_stream_error, parse_json, transport_errors
 from llm_service.adapters.readends import READ_END, current
-from llm_service.http import UpstreamLimits, limits_of, request_timeout
+from llm_service.http import UpstreamLimits, limits_of, request_timeout, timeout_within
 from llm_service.sse import SSEDecoder, SSEEvent, SSELimitExceeded
 from rmllm_common.errors import ProviderError, UpstreamResponseTooLarge
 
 _NONE: list[SSEEvent] = []  # shared, never changed: no events pending
 _STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+_JSON = json.JSONEncoder(ensure_ascii=False)  # what json.dumps(body, ensure_ascii=False) builds per call
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 class EventStream:
@@ -73,8 +76,8 @@ class EventStream:
         self._endpoint = endpoint
         self._url = url
         self._body = body
-        self._timeout = request_timeout(http, timeout)
         limits = self._limits = limits_of(http)
+        self._timeout = timeout_within(limits, timeout)
         self._decoder = SSEDecoder(max_line=limits.max_event_bytes, max_event=limits.max_event_bytes)
         self._pending = _NONE  # the events of the last read, ``_next`` the first not yet taken
         self._next = 0
@@ -90,29 +93,35 @@ class EventStream:
         headers = endpoint.headers()
         headers.update(_STREAM_HEADERS)
         span = telemetry.http_span("POST", self._url)
-        with transport_errors(spec, self._timeout.total):
-            try:
-                resp = await self._http.post(
-                    self._url,
-                    data=json.dumps(self._body, ensure_ascii=False).encode(),
-                    headers=headers,
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                )
-            except BaseException as exc:
-                if span is not None:
-                    telemetry.end_http_span(span, None, exc)
-                raise
+        try:
+            resp = await self._http.post(
+                self._url,
+                data=_JSON.encode(self._body).encode(),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except Exception as exc:  # translated only on failure: no context manager on the way
             if span is not None:
-                telemetry.end_http_span(span, resp.status)
-            self._resp = resp
-            metrics.provider_http_response(spec.id, resp.status)
+                telemetry.end_http_span(span, None, exc)
+            with transport_errors(spec, self._timeout.total):
+                raise exc
+            raise
+        except BaseException as exc:
+            if span is not None:
+                telemetry.end_http_span(span, None, exc)
+            raise
+        if span is not None:
+            telemetry.end_http_span(span, resp.status)
+        self._resp = resp
+        metrics.provider_http_response(spec.id, resp.status)
+        if resp.status >= 300 or resp.content_type == "application/json":
             try:
-                if resp.status >= 300:
+                with transport_errors(spec, self._timeout.total):
                     body = await read_capped(resp, self._limits.max_error_bytes)
-                    raise from_response(spec, resp.status, resp.headers, body, endpoint.api_key.reveal())
-                if resp.content_type == "application/json":  # an error (or a non-stream answer), not SSE
-                    body = await read_capped(resp, self._limits.max_error_bytes)
+                    if resp.status >= 300:
+                        raise from_response(spec, resp.status, resp.headers, body, endpoint.api_key.reveal())
+                    # JSON, not SSE: an error (or a non-stream answer)
                     raise _json_instead_of_stream(endpoint, body)
             except BaseException:
                 resp.close()
@@ -191,10 +200,15 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
 def load_event(endpoint: Endpoint, data: str) -> dict[str, Any]:
     """An event's JSON object; a malformed event is a ``ProviderError`` (the stream is unusable)."""
     try:
-        payload = parse_json(data)
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
+        payload, end = _raw_decode(data)  # json.loads without its whitespace scans: every event comes here
+        if end != len(data):  # whitespace after the value, or something that makes it malformed
+            payload = json.loads(data)
+    except (ValueError, RecursionError):
+        try:  # whitespace before the value is allowed, as json.loads allows it
+            payload = json.loads(data) if data[:1].isspace() else None
+        except (ValueError, RecursionError):
+            payload = None
+    if type(payload) is not dict:
         spec = endpoint.spec
         raise ProviderError(f"{spec.display_name} sent a malformed stream event", provider=spec.id)
     return payload

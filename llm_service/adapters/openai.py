@@ -279,19 +279,22 @@ class _Calls:
                 continue
             delta = choice.get("delta")
             if delta:
-                events.extend(self.delta_events(delta, reasoning_fields))
+                self.delta_events(delta, reasoning_fields, events)
             reason = choice.get("finish_reason")
             if reason:
                 self.finish = reason
         return events
 
-    def delta_events(self, delta: dict[str, Any], reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
-        """One choice delta's reasoning, text and tool-call events, in that order."""
-        events: list[ChatEvent] = []
+    def delta_events(
+        self, delta: dict[str, Any], reasoning_fields: tuple[str, ...], events: list[ChatEvent]
+    ) -> None:
+        """One choice delta's reasoning, text and tool-call events, in that order, added to ``events``."""
         for name in reasoning_fields:
-            piece = self.answer.add_reasoning(delta.get(name) or "")
-            if piece is not None:
-                events.append(piece)
+            text = delta.get(name)
+            if text:
+                piece = self.answer.add_reasoning(text)
+                if piece is not None:
+                    events.append(piece)
         text = delta.get("content")
         if text:
             events.append(TextDelta(text))
@@ -306,7 +309,6 @@ class _Calls:
         details = delta.get("reasoning_details")
         if isinstance(details, list):
             self.add_details(details)
-        return events
 
 
 class OpenAIAdapter(AccountCalls):

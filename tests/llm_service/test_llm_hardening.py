@@ -52,6 +52,10 @@ async def test_a_per_request_timeout_carries_every_bound() -> None:
         assert request_timeout(session, 5.0).total == 5.0
         assert request_timeout(session, 5000.0).total == 600
         assert session.timeout.total == 600 and session.timeout.sock_read == 60
+        # A deadline that ends the exchange before any silence could: no read-idle timer to
+        # move on every read. One that leaves room for the silence keeps it.
+        assert request_timeout(session, 30.0).sock_read is None
+        assert request_timeout(session, 58.5).sock_read == 60
 
 
 def _user(llm_vault: object, base_url: str) -> None:

@@ -71,9 +71,17 @@ def test_every_chat_params_field_is_filled_from_the_request() -> None:
         response_format=llm_pb2.ResponseFormat(type=llm_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
         reasoning=llm_pb2.ReasoningOptions(effort=llm_pb2.REASONING_EFFORT_LOW),
     )
-    sent = validate_chat(request, default_registry()).request
+    chat = validate_chat(request, default_registry())
+    sent = chat.request
     for field in dataclasses.fields(ChatParams):
         assert getattr(sent, field.name) not in (None, "", ()), field.name
+    # Resolving the caller's settings carries every field over (the request's own values win;
+    # a model the registry does not list, so that no capability check refuses the request).
+    unlisted_request = llm_pb2.ChatRequest()
+    unlisted_request.CopyFrom(request)
+    unlisted_request.model = "unlisted-model"
+    unlisted = validate_chat(unlisted_request, default_registry())
+    assert unlisted.params("other-model", 1.5, 77) == unlisted.request
 
 
 @pytest.mark.parametrize("provider", sorted(default_registry().providers))
