@@ -31,7 +31,7 @@ import contextlib
 import hashlib
 import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
@@ -65,8 +65,8 @@ class _Pipe(asyncio.Protocol):
         self.lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport: uvloop's (the LLM service's loop) does not subclass asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()

@@ -137,3 +137,18 @@ async def test_the_password_and_db_of_the_url_are_used() -> None:
     finally:
         await client.aclose()
         private.stop()
+
+
+def test_it_works_on_uvloops_event_loop_the_one_the_llm_service_runs(server: PrivateRedis) -> None:
+    uvloop = pytest.importorskip("uvloop")  # a dependency except on Windows
+
+    async def ping_and_script() -> tuple[Any, Any]:
+        client = PipelinedRedis(server.url, timeout=5)
+        try:
+            return await client.execute(b"PING"), await client.register_script("return 7")()
+        finally:
+            await client.aclose()
+
+    # uvloop's transports do not subclass asyncio.Transport: the pipe once refused them,
+    # and the LLM service (on uvloop) decided every limit without Redis, fail-open.
+    assert uvloop.run(ping_and_script()) == (b"PONG", 7)
