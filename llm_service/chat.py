@@ -14,6 +14,7 @@ policy and budgets (``limits``), counting this replica's unreported spend.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,8 +46,14 @@ async def take_before_vault(limiter: Limiter, endpoints: EndpointResolver, token
     return user_id
 
 
-def enforce(credentials: Credentials, provider: str, model: str, usage: UsageReporter | None) -> None:
-    """The caller's model policy and budgets, checked before the provider is called."""
+def enforce(
+    credentials: Credentials, provider: str, model: str, usage: UsageReporter | None, since: float
+) -> None:
+    """The caller's model policy and budgets, checked before the provider is called.
+
+    ``since``: when the call began asking for the credentials (``time.monotonic()``);
+    the vault's spend was read after it (``UsageReporter.pending``).
+    """
     limits = credentials.limits
     if not limits.budgets and not limits.user_policy and not limits.token_policy:
         return
@@ -55,7 +62,7 @@ def enforce(credentials: Credentials, provider: str, model: str, usage: UsageRep
         reporter = usage
 
         def pending(scope: str) -> float:
-            return reporter.pending(credentials.user_id, credentials.token_id, scope)
+            return reporter.pending(credentials.user_id, credentials.token_id, scope, since)
 
     limits.check(provider, model, pending)
 
@@ -109,12 +116,13 @@ class ChatService:
         charged = self._endpoints.known_user(token)  # charged before any vault call when known
         slot = await self._admit(charged, stream) if charged is not None else NO_LEASE
         try:
+            asked = time.monotonic()  # the vault's spend is read after this
             account = await self._endpoints.stored(chat.spec, token, deadline)
             stored = account.credentials
             params = chat.params(stored.default_model, stored.temperature, stored.max_tokens)
             accounting.note_target(chat.spec.id, params.model)
             telemetry.note_prepared(chat.spec, params.model)
-            enforce(stored, chat.spec.id, params.model, self._usage)
+            enforce(stored, chat.spec.id, params.model, self._usage, asked)
             if charged != account.user_id:
                 await slot.release()
                 slot = NO_LEASE  # released: if the admission below fails, nothing is held

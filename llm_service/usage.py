@@ -24,7 +24,14 @@ until the buffer is empty or ``close_timeout`` passes, and counts what is left
 The buffer's depth (after each delivery attempt) and every dropped record (by
 why) are Prometheus metrics (``llm_service.metrics``). It also keeps each user's
 and token's cost of records not yet acknowledged (``pending``), so budget checks
-can count this replica's own unreported spend.
+can count this replica's own unreported spend. A check compares that with the
+spend the vault read during the same call, and a batch may be committed in the
+vault just before that read but acknowledged here just after it: dropping its
+cost at the acknowledgement would count it nowhere, and let one call more
+through. So an acknowledged cost still counts for a check that started before
+the acknowledgement (``pending(..., since=the check's start)``): a budget check
+may count a just-reported call twice (and refuse one call early), never zero
+times.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[Sequence[Sequence[vault_pb2.UsageRecord]], float], Awaitable[vault_pb2.ReportUsageResponse]]
 OVERFLOW_LOG_SECONDS = 10.0
+# How long an acknowledged cost is kept for the checks that started before it: longer
+# than any vault round trip of a check (a resolve's own deadline is far shorter).
+ACKNOWLEDGED_KEPT_SECONDS = 60.0
 _NEVER_RETRIED = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED})
 
 
@@ -97,6 +107,9 @@ class UsageReporter:
         self._max_backoff = max_backoff
         self._buffer: deque[Reportable] = deque()
         self._pending: dict[str, float] = {}
+        # Per user ("u:") and token ("t:"): (monotonic time acknowledged, cost), oldest first.
+        self._acknowledged: dict[str, deque[tuple[float, float]]] = {}
+        self._acknowledged_order: deque[tuple[float, str]] = deque()  # for forgetting, oldest first
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -113,10 +126,17 @@ class UsageReporter:
         """Records waiting for the vault's acknowledgement."""
         return len(self._buffer)
 
-    def pending(self, user_id: str, token_id: str, scope: str) -> float:
-        """This replica's unacknowledged cost of a user (``scope`` "user") or a token."""
+    def pending(self, user_id: str, token_id: str, scope: str, since: float | None = None) -> float:
+        """This replica's unacknowledged cost of a user (``scope`` "user") or a token, plus,
+        with ``since`` (a ``time.monotonic()``), what was acknowledged after it."""
         key = "u:" + user_id if scope == "user" else "t:" + token_id
-        return self._pending.get(key, 0.0)
+        cost = self._pending.get(key, 0.0)
+        if since is not None:
+            for when, acknowledged in reversed(self._acknowledged.get(key, ())):
+                if when < since:
+                    break
+                cost += acknowledged
+        return cost
 
     def submit(self, record: Reportable) -> None:
         """Queue one call's record; never blocks (a full buffer drops it, counted and logged)."""
@@ -150,11 +170,24 @@ class UsageReporter:
             else:
                 self._pending[key] = value
 
-    def _acknowledge(self, count: int) -> None:
+    def _acknowledge(self, count: int, *, stored: bool = True) -> None:
+        """The oldest ``count`` records left the buffer: ``stored`` by the vault, or dropped."""
+        now = time.monotonic()
         for _ in range(count):
             record = self._buffer.popleft()
             if record.cost_usd:
                 self._add_pending(record, -record.cost_usd)
+                if stored:
+                    for key in ("u:" + record.user_id, "t:" + record.token_id):
+                        self._acknowledged.setdefault(key, deque()).append((now, record.cost_usd))
+                        self._acknowledged_order.append((now, key))
+        order, before = self._acknowledged_order, now - ACKNOWLEDGED_KEPT_SECONDS
+        while order and order[0][0] < before:
+            _, key = order.popleft()
+            entries = self._acknowledged[key]
+            entries.popleft()  # appended in the same order: its oldest is this one
+            if not entries:
+                del self._acknowledged[key]
 
     async def _run(self) -> None:
         backoff = self._interval
@@ -208,7 +241,7 @@ class UsageReporter:
                 # A record the vault cannot store (a bug), or a vault without the ledger:
                 # retrying would block every later record.
                 self.stats.rejected += count
-                self._acknowledge(count)
+                self._acknowledge(count, stored=False)
                 metrics.usage_records_dropped(count, "rejected")
                 log.error(
                     "the vault refused usage records; dropped them",

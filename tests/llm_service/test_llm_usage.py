@@ -337,3 +337,35 @@ async def test_cache_and_reasoning_tokens_and_unreported_usage_are_recorded() ->
         )
         assert first.usage_reported and first.cost_usd == pytest.approx(answer_usage.cost_usd)
         assert not second.usage_reported and second.input_tokens == second.output_tokens == 0
+
+
+async def test_a_cost_acknowledged_during_a_check_still_counts_for_that_check() -> None:
+    """The vault may read the spend before it commits a batch that is acknowledged here before
+    the check compares: the batch's cost must count for that check, else it counts nowhere."""
+    stored: list[str] = []
+    refuse = {"on": False}
+
+    async def send(batches: Any, timeout: float) -> vault_pb2.ReportUsageResponse:
+        if refuse["on"]:  # refused as invalid: dropped, never stored
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata()
+            )
+        stored.extend(record.request_id for batch in batches for record in batch)
+        return vault_pb2.ReportUsageResponse(accepted=sum(len(b) for b in batches))
+
+    reporter = UsageReporter(send, interval=0.01)
+    reporter.start()
+    before = time.monotonic()  # a check begins: it asks the vault for the spend
+    reporter.submit(finished_call("r-1", cost=0.25))
+    await until(lambda: reporter.buffered == 0)  # stored and acknowledged meanwhile
+    after = time.monotonic()
+    assert stored == ["r-1"]
+    assert reporter.pending("u", "t", "user", since=before) == pytest.approx(0.25)
+    assert reporter.pending("u", "t", "token", since=before) == pytest.approx(0.25)
+    assert reporter.pending("u", "t", "user", since=after) == 0.0  # a later check reads it in the vault
+    assert reporter.pending("u", "t", "user") == 0.0
+    refuse["on"] = True
+    reporter.submit(finished_call("r-2", cost=0.5))
+    await until(lambda: reporter.buffered == 0)
+    assert reporter.pending("u", "t", "user", since=after) == 0.0  # dropped, not stored: counts nowhere
+    await reporter.close(1.0)
