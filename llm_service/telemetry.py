@@ -147,6 +147,9 @@ def _spans_wanted() -> bool:
     recording, or there is none (then the sampler decides a new trace)."""
     if _tracer is None:
         return False
+    call = observe.current()
+    if call is not None and call.span is not None and not call.span.is_recording():
+        return False  # the call's server span is not sampled, so neither is anything under it
     parent = _trace.get_current_span()
     return bool(parent.is_recording() or not parent.get_span_context().is_valid)
 

@@ -32,6 +32,7 @@ _PID = os.getpid()
 TRACEPARENT = "traceparent"
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _OK = grpc.StatusCode.OK
+_SPAN_NAMES_KEPT = 256  # method paths whose span name and attributes are kept
 # Server spans mark only these codes as errors (OpenTelemetry RPC semantic conventions).
 _SERVER_ERRORS = frozenset(
     {
@@ -102,9 +103,19 @@ class Observer:
         self._hooks = hooks
         self._tracer: Any = None
         if tracing:
-            from opentelemetry import trace  # noqa: PLC0415 - only with tracing on
+            # Only with tracing on; bound once here, not imported at every call.
+            from opentelemetry import context, propagate, trace  # noqa: PLC0415
 
             self._tracer = trace.get_tracer("rmllm_common.observe")
+            self._attach = context.attach
+            self._detach = context.detach
+            self._extract = propagate.extract
+            self._in_context = trace.set_span_in_context
+            self._server = trace.SpanKind.SERVER
+            self._status = trace.Status
+            self._error = trace.StatusCode.ERROR
+        # Per method path: the span's name and attributes, built once (see ``_span_of``).
+        self._spans: dict[str, tuple[str, dict[str, str]]] = {}
 
     def begin(self, path: str, context: grpc.aio.ServicerContext[Any, Any], streaming: bool) -> Call:
         """Start the call of method ``path`` (``/package.Service/Method``)."""
@@ -135,20 +146,24 @@ class Observer:
         return call
 
     def _start_span(self, call: Call, path: str, carrier: dict[str, str] | None) -> None:
-        from opentelemetry import context as otel_context  # noqa: PLC0415
-        from opentelemetry import propagate, trace  # noqa: PLC0415
-
-        parent_context = propagate.extract(carrier) if carrier else None
-        service, _, method = path.strip("/").partition("/")
+        name, attributes = self._spans.get(path) or self._span_of(path)
         span = self._tracer.start_span(
-            path.strip("/"),
-            context=parent_context,
-            kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+            name,
+            context=self._extract(carrier) if carrier else None,
+            kind=self._server,
+            attributes=attributes,  # the SDK copies them into the span
         )
         call.span = span
         call.trace_id = format(span.get_span_context().trace_id, "032x")
-        call._otel_token = otel_context.attach(trace.set_span_in_context(span))
+        call._otel_token = self._attach(self._in_context(span))
+
+    def _span_of(self, path: str) -> tuple[str, dict[str, str]]:
+        name = path.strip("/")
+        service, _, method = name.partition("/")
+        found = (name, {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
+        if len(self._spans) < _SPAN_NAMES_KEPT:  # unknown methods' paths are the caller's to choose
+            self._spans[path] = found
+        return found
 
     def end(self, call: Call, code: grpc.StatusCode, reason: str) -> None:
         """Finish the call: metrics, span, and the call's log line."""
@@ -189,15 +204,14 @@ class Observer:
         logs.info_event(call_log, "call finished", entry)
 
     def _end_span(self, call: Call, code: grpc.StatusCode, reason: str) -> None:
-        from opentelemetry import context as otel_context  # noqa: PLC0415
-        from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
-
         span = call.span
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code in _SERVER_ERRORS:
-            span.set_attribute("error.type", reason or code.name)
-            span.set_status(Status(StatusCode.ERROR, reason or code.name))
-        span.end()
-        if call._otel_token is not None:
-            otel_context.detach(call._otel_token)
+        if span.is_recording():  # else (not sampled) every call below does nothing
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in _SERVER_ERRORS:
+                span.set_attribute("error.type", reason or code.name)
+                span.set_status(self._status(self._error, reason or code.name))
+            span.end()
+        token = call._otel_token
+        if token is not None:
             call._otel_token = None
+            self._detach(token)

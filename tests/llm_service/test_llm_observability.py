@@ -5,6 +5,7 @@ call's JSON log line, the Prometheus metrics each outcome records, and the GenAI
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -30,7 +32,8 @@ from llm_service.accounting import CallRecord
 from llm_service.usage import UsageReporter
 from rmllm_common import errors
 from rmllm_common.logs import JsonFormatter
-from rmllm_common.observe import Call
+from rmllm_common.observe import _SPAN_NAMES_KEPT as OBSERVE_SPAN_NAMES_KEPT
+from rmllm_common.observe import Call, Observer
 from rmllm_common.telemetry import GENAI_BUCKETS, TelemetrySettings, set_metric_producer
 
 TRACEPARENT = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
@@ -249,6 +252,53 @@ async def test_a_call_not_sampled_makes_no_spans_but_tells_the_vault(
         resolve = by_name(exported.get_finished_spans())[resolve_name]
         traceparent = llm.vault.calls[-1].metadata["traceparent"]
         assert traceparent == f"00-{'ab' * 16}-{resolve.context.span_id:016x}-01"
+
+
+class FakeServicerContext:
+    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self.metadata = tuple(metadata)
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str]]:
+        return self.metadata
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        pass
+
+
+def test_server_spans_restore_the_context_and_keep_few_method_names(exported: InMemorySpanExporter) -> None:
+    # In a context of its own, as gRPC runs each call: the current call is left set after it.
+    contextvars.copy_context().run(server_spans_restore_the_context_and_keep_few_method_names, exported)
+
+
+def server_spans_restore_the_context_and_keep_few_method_names(exported: InMemorySpanExporter) -> None:
+    observer = Observer("llm", tracing=True)
+    before = otel_context.get_current()
+    not_sampled = TRACEPARENT[:-2] + "00"
+    for traceparent in (TRACEPARENT, not_sampled):
+        exported.clear()
+        context: Any = FakeServicerContext([("traceparent", traceparent)])
+        call = observer.begin("/pkg.Svc/Method", context, False)
+        assert trace.get_current_span() is call.span and call.trace_id == "ab" * 16
+        observer.end(call, grpc.StatusCode.INTERNAL, "BOOM")
+        assert otel_context.get_current() is before  # detached, sampled or not
+        spans = exported.get_finished_spans()
+        if traceparent == TRACEPARENT:
+            (span,) = spans
+            assert span.name == "pkg.Svc/Method" and span.attributes == {
+                "rpc.system": "grpc",
+                "rpc.service": "pkg.Svc",
+                "rpc.method": "Method",
+                "rpc.grpc.status_code": 13,
+                "error.type": "BOOM",
+            }
+        else:
+            assert spans == ()
+    # Each method's span name and attributes are built once, for a bounded number of paths
+    # (a caller chooses the path of an unknown method).
+    no_metadata: Any = FakeServicerContext([])
+    for n in range(OBSERVE_SPAN_NAMES_KEPT + 50):
+        observer.end(observer.begin(f"/pkg.Svc/M{n}", no_metadata, False), grpc.StatusCode.OK, "")
+    assert len(observer._spans) == OBSERVE_SPAN_NAMES_KEPT
 
 
 async def test_http_span_of_a_provider_call(exported: InMemorySpanExporter) -> None:
