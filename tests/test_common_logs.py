@@ -39,10 +39,8 @@ class StalledStream(io.StringIO):
         return [json.loads(line) for line in self.getvalue().splitlines()]
 
 
-@pytest.fixture
-def stream() -> Iterator[StalledStream]:
-    """A stalled stream for ``logs.configure``; the previous logging set-up restored after."""
-    out = StalledStream()
+def restoring(out: StalledStream) -> Iterator[StalledStream]:
+    """``out`` for ``logs.configure``; the previous logging set-up restored after."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield out
@@ -51,6 +49,12 @@ def stream() -> Iterator[StalledStream]:
     logs._listener = None
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def stream() -> Iterator[StalledStream]:
+    """A stalled stream for ``logs.configure``."""
+    yield from restoring(StalledStream())
 
 
 def test_a_record_whose_argument_waits_on_a_lock_held_by_another_logger_does_not_deadlock(
@@ -184,19 +188,13 @@ class CountingStream(StalledStream):
 
 
 @pytest.fixture
-def counting() -> Iterator[CountingStream]:
-    out = CountingStream()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield out
-    out.gate.set()
-    logs._stop()
-    logs._listener = None
-    root.handlers[:] = handlers
-    root.setLevel(level)
+def counting() -> Iterator[StalledStream]:
+    """A stalled stream that counts its writes."""
+    yield from restoring(CountingStream())
 
 
-def test_lines_waiting_together_are_written_in_one_write(counting: CountingStream) -> None:
+def test_lines_waiting_together_are_written_in_one_write(counting: StalledStream) -> None:
+    assert isinstance(counting, CountingStream)
     logs.configure("info", stream=counting)
     log = logging.getLogger("batched")
     log.info("first")  # the writer takes it and waits in write() until the gate opens

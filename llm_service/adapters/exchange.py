@@ -101,15 +101,12 @@ class EventStream:
                 timeout=self._timeout,
                 allow_redirects=False,
             )
-        except Exception as exc:  # translated only on failure: no context manager on the way
-            if span is not None:
-                telemetry.end_http_span(span, None, exc)
-            with transport_errors(spec, self._timeout.total):
-                raise exc
-            raise
         except BaseException as exc:
             if span is not None:
                 telemetry.end_http_span(span, None, exc)
+            if isinstance(exc, Exception):  # translated only on failure: no context manager on the way
+                with transport_errors(spec, self._timeout.total):
+                    raise exc
             raise
         if span is not None:
             telemetry.end_http_span(span, resp.status)
