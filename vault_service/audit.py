@@ -30,12 +30,11 @@ GENESIS = "0" * 64
 _BATCH = 500
 _HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
 _HEAD_FOR_UPDATE = _HEAD + " FOR UPDATE"
-_INSERT = (
-    "INSERT INTO audit_events (seq, time, actor, action, provider, outcome, request_id, detail, "
-    "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 _ADVANCE = "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1"
-_INSERT_MANY = _INSERT.split(" VALUES ", 1)[0] + " VALUES "
+_INSERT_MANY = (
+    "INSERT INTO audit_events (seq, time, actor, action, provider, outcome, request_id, detail, "
+    "prev_hash, hash) VALUES "
+)
 _ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ROWS_PER_INSERT = 16  # at most 16 statement texts, well inside SQLite's statement cache
 
@@ -64,29 +63,7 @@ def chain_hash(prev_hash: str, seq: int, when: int, event: Event) -> str:
 
 def append(db: Database, event: Event) -> int:
     """Add ``event`` to the chain; call inside the operation's write transaction."""
-    started = time.perf_counter()
-    head_seq, head_hash = db.execute(_HEAD_FOR_UPDATE if db.is_postgres else _HEAD).fetchone()
-    seq = int(head_seq) + 1
-    when = time.time_ns() // 1000
-    digest = chain_hash(head_hash, seq, when, event)
-    db.execute(
-        _INSERT,
-        (
-            seq,
-            when,
-            event.actor,
-            event.action,
-            event.provider,
-            event.outcome,
-            event.request_id,
-            event.detail,
-            head_hash,
-            digest,
-        ),
-    )
-    db.execute(_ADVANCE, (seq, digest))
-    metrics.audit_append(time.perf_counter() - started)
-    return seq
+    return append_many(db, [event])
 
 
 def append_many(db: Database, events: Sequence[Event]) -> int:
