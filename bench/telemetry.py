@@ -241,6 +241,7 @@ def _otel_providers(mode: str, chats: int) -> None:
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBasedTraceIdRatio
 
     from rmllm_common import telemetry as common
+    from rmllm_common.sampling import PrimedIds
 
     class Encoding(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:
@@ -250,7 +251,7 @@ def _otel_providers(mode: str, chats: int) -> None:
     plain = Resource.create({"service.name": "rmllm-llm"})
     resource = common._resource_hashed_once(Resource)(plain.attributes, plain.schema_url)
     sampler = ALWAYS_ON if mode == "all" else ParentBasedTraceIdRatio(0.01)
-    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler, id_generator=PrimedIds())
     tracer_provider.add_span_processor(BatchSpanProcessor(Encoding(), max_queue_size=10 * chats * 4))
     trace.set_tracer_provider(tracer_provider)
     views = [

@@ -17,9 +17,11 @@ contents go on spans only with the opt-in variable.
 
 Cost: the span of the call being served (``observe``) carries the sampler's
 decision. Under a span that is not sampled, no child span is made at all (the
-vault still gets ``traceparent``, with the not-sampled flag), so with
+vault still gets ``traceparent``, with the not-sampled flag, formatted here from the
+call's span when the propagator is W3C's), so with
 ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` the other calls pay a context
-look-up, not three spans. Every built-in sampler decides a child like its parent
+look-up, not three spans; a new trace that is not sampled does not even go through
+the SDK's ``start_span`` (``rmllm_common.sampling``). Every built-in sampler decides a child like its parent
 (or, for ``traceidratio``, by the same trace id), so this drops nothing they would
 keep. Attributes known at the start are passed to ``start_span``; those known at
 the end go in one ``set_attributes``. A Chat's up to five GenAI metric values cost
@@ -57,13 +59,14 @@ _tracer: Any = None
 _trace: Any = None
 _otel_context: Any = None
 _propagate: Any = None
+_w3c_headers: Any = None  # rmllm_common.sampling.w3c_headers, with tracing on
 _capture_content = False
 _url_attributes: dict[str, dict[str, Any]] = {}
 
 
 def setup(settings: TelemetrySettings) -> Observer:
     """Turn on the metrics and tracing ``settings`` ask for; the server's call observer."""
-    global _tracer, _trace, _otel_context, _propagate, _capture_content  # noqa: PLW0603 - one tracer per process
+    global _tracer, _trace, _otel_context, _propagate, _w3c_headers, _capture_content  # noqa: PLW0603 - one tracer per process
     hooks: list[Hooks] = []
     if settings.prometheus:
         hooks.append(metrics.CallHooks(metrics.enable()))
@@ -76,8 +79,10 @@ def setup(settings: TelemetrySettings) -> Observer:
     if settings.traces:
         from opentelemetry import context, propagate, trace  # noqa: PLC0415
 
+        from rmllm_common.sampling import w3c_headers  # noqa: PLC0415 - loads the SDK
+
         _tracer = trace.get_tracer("llm_service")
-        _trace, _otel_context, _propagate = trace, context, propagate
+        _trace, _otel_context, _propagate, _w3c_headers = trace, context, propagate, w3c_headers
         _capture_content = settings.capture_content
     return Observer("llm", _combine(hooks), tracing=settings.traces)
 
@@ -323,6 +328,12 @@ class _TimedMethod:
                 self._span_name, kind=_trace.SpanKind.CLIENT, attributes=self._attributes
             )
             context = _trace.set_span_in_context(span)
+        elif (call := observe.current()) is not None and call.span is not None:
+            # Not sampled (and, a new trace's span, not attached): the call's own span context.
+            headers = _w3c_headers(call.span)
+            if headers is not None:
+                return None, (*metadata, *headers)
+            context = _trace.set_span_in_context(call.span)
         carrier: dict[str, str] = {}
         _propagate.inject(carrier, context=context)
         return span, (*metadata, *carrier.items()) if carrier else metadata

@@ -20,6 +20,7 @@ export, next to the SDK's own instruments (the SDK has no producer interface).
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -184,7 +185,12 @@ def _start_otel(settings: TelemetrySettings, service_name: str) -> list[Callable
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]  # noqa: PLC0415
                 OTLPSpanExporter,
             )
-        tracer_provider = TracerProvider(resource=resource)
+        from rmllm_common.sampling import PrimedIds  # noqa: PLC0415
+
+        # The SDK's random ids, primed by the not-sampled roots' fast path (rmllm_common.sampling),
+        # unless the operator chose a generator of their own.
+        ids = None if os.environ.get("OTEL_PYTHON_ID_GENERATOR") else PrimedIds()
+        tracer_provider = TracerProvider(resource=resource, id_generator=ids)
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(tracer_provider)
         stops.append(tracer_provider.shutdown)

@@ -360,3 +360,64 @@ def test_request_id_in_the_usage_record(observed: Observed) -> None:
             time.sleep(0.2)
     record = records[failed.request_id]
     assert (record.provider, record.reason) == ("openai", "PROVIDER_KEY_INVALID")
+
+
+def test_a_sampled_share_of_calls_makes_whole_traces_and_the_rest_tell_the_vault(tmp_path: Path) -> None:
+    # At a ratio, a new trace that is not sampled gets its span without the SDK
+    # (rmllm_common.sampling): the share sampled must be the ratio's, each sampled trace whole,
+    # and the vault must follow the LLM service's decision for the others (no trace of its own).
+    calls = 40
+    receiver = Receiver()
+    stack = Stack.start(
+        tmp_path,
+        RMLLM_CREDENTIAL_CACHE_SECONDS="0",  # every Chat asks the vault
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0.5",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_EXPORTER_OTLP_INSECURE="true",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        OTEL_METRICS_EXPORTER="none",
+    )
+    try:
+        token = stack.create_user("carol")
+        with Client(token, llm_target=stack.llm.address, vault_target=stack.vault.address) as client:
+            client.put_config("openai", KEYS["openai"], base_url=stack.base_url("openai"))
+            stack.enqueue(*[{"transcript": "openai_basic", "route": "chat"}] * calls)
+            for _ in range(calls):
+                client.chat("openai", "Hello")
+        deadline = time.monotonic() + 30
+        while True:  # the call log lines are written a moment later
+            chats = [e for e in stack.llm.events() if e.get("event") == "call" and e.get("method") == "Chat"]
+            resolves = [
+                e
+                for e in stack.vault.events()
+                if e.get("event") == "call" and e.get("method") == "ResolveCredentials"
+            ]
+            if len(chats) == len(resolves) == calls or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        # Every call has a trace id, sampled or not, and the vault's call carries the same one.
+        trace_ids = [str(e["trace_id"]) for e in chats]
+        assert len(set(trace_ids)) == calls
+        assert sorted(str(e["trace_id"]) for e in resolves) == sorted(trace_ids)
+        deadline = time.monotonic() + 30
+        while True:
+            servers = [s for s in receiver.spans if s.kind_name == "SPAN_KIND_SERVER"]
+            llm_servers = {s.trace_id for s in servers if s.name == "realmultillm.llm.v1.LLMService/Chat"}
+            vault_servers = {
+                s.trace_id
+                for s in servers
+                if s.name == "realmultillm.vault.v1.VaultService/ResolveCredentials"
+            }
+            if (llm_servers and llm_servers == vault_servers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        # About half sampled (five standard deviations of 40 calls either side: 4 to 36), each
+        # one whole: the LLM service's server span and the vault's, in the same trace; and no
+        # vault trace alone.
+        assert 4 <= len(llm_servers) <= 36, len(llm_servers)
+        assert llm_servers <= set(trace_ids)
+        assert vault_servers == llm_servers
+    finally:
+        stack.stop()
+        receiver.stop()
