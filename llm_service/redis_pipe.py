@@ -18,9 +18,12 @@ keeps one connection and pipelines on it:
 
 Errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``,
 ``NoScriptError``), so callers treat both clients alike. URLs are parsed by
-redis-py (``redis://``, ``rediss://``, ``unix://``, with password, username and
-db). Scripts are called by SHA (``EVALSHA``), loaded with ``EVAL`` on
-``NOSCRIPT`` (a restarted or flushed Redis).
+redis-py (``redis://``, ``rediss://``, ``unix:///path``, with password, username and
+db, in the URL or as query options), and a ``rediss://`` URL's ``ssl_*`` options
+mean what they mean to redis-py (``tls_context``); options the client would
+ignore (unknown ``ssl_*`` ones, ``ssl_*`` without ``rediss://``) are refused.
+Scripts are called by SHA (``EVALSHA``), loaded with ``EVAL`` on ``NOSCRIPT`` (a
+restarted or flushed Redis).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import contextlib
 import hashlib
 import ssl
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import hiredis
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
@@ -167,6 +170,56 @@ class Script:
             return await self._client.execute(b"EVAL", self.body, len(keys), *keys, *args)
 
 
+_CERT_REQS: Final = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_TLS_OPTIONS: Final = frozenset(
+    [
+        "ssl_cert_reqs",
+        "ssl_check_hostname",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_ca_data",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_ciphers",
+    ]
+)
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS of a ``rediss://`` URL, from the ``ssl_*`` options redis-py's ``SSLConnection`` reads.
+
+    As redis-py: the server is verified (``ssl_cert_reqs``: ``required``, ``optional``
+    or ``none``), and so is its host name unless ``ssl_check_hostname=false`` (redis-py's
+    default since 6); a client certificate is ``ssl_certfile`` and ``ssl_keyfile``
+    (``ssl_password`` unlocks the key); ``ssl_ciphers`` limits the ciphers. Unlike
+    redis-py, CAs given (``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_ca_data``) replace
+    the system's instead of adding to them. Any other ``ssl_*`` option is refused.
+    """
+    unknown = sorted(name for name in options if name.startswith("ssl_") and name not in _TLS_OPTIONS)
+    if unknown:
+        raise ValueError(f"unsupported redis URL options: {', '.join(unknown)}")
+    reqs = options.get("ssl_cert_reqs", "required")
+    if reqs not in _CERT_REQS:
+        raise ValueError("ssl_cert_reqs must be none, optional or required")
+    context = ssl.create_default_context(
+        cafile=options.get("ssl_ca_certs"),
+        capath=options.get("ssl_ca_path"),
+        cadata=options.get("ssl_ca_data"),
+    )
+    context.check_hostname = reqs != "none" and options.get("ssl_check_hostname", True)
+    context.verify_mode = _CERT_REQS[reqs]
+    if options.get("ssl_keyfile") and not options.get("ssl_certfile"):
+        raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(
+            options["ssl_certfile"], options.get("ssl_keyfile"), options.get("ssl_password")
+        )
+    if options.get("ssl_ciphers"):
+        context.set_ciphers(options["ssl_ciphers"])
+    return context
+
+
 class PipelinedRedis:
     """Commands on one auto-pipelined connection, reconnected on the next command after a failure."""
 
@@ -179,10 +232,11 @@ class PipelinedRedis:
         self._port: int = int(options.get("port", 6379))
         self._ssl: ssl.SSLContext | None = None
         if options.get("connection_class") is SSLConnection:
-            self._ssl = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
-            if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                self._ssl.check_hostname = False
-                self._ssl.verify_mode = ssl.CERT_NONE
+            self._ssl = tls_context(options)
+        elif any(name.startswith("ssl_") for name in options):
+            raise ValueError("the redis URL has ssl_* options but no TLS: use rediss://")
+        elif options.get("connection_class") is UnixDomainSocketConnection and not self._path:
+            raise ValueError("a unix:// redis URL needs the socket's path: unix:///run/redis.sock")
         elif options.get("connection_class") not in (None, UnixDomainSocketConnection):
             raise ValueError("unsupported redis connection class")
         self._hello: list[bytes] = []

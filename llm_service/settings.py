@@ -187,6 +187,16 @@ def _redis_url(env: Mapping[str, str]) -> Secret:
         raise SettingsError(
             "RMLLM_REDIS_URL must look like redis://[:password@]host:6379/0 (or rediss://, unix://)"
         )
+    if raw:
+        # The client reads the URL's options (and a rediss:// URL's certificates) without
+        # connecting: a wrong one stops the start here, with a line, not a traceback per worker.
+        # Imported only then: a process without Redis does not load redis-py.
+        from llm_service.redis_pipe import PipelinedRedis  # noqa: PLC0415
+
+        try:
+            PipelinedRedis(raw, timeout=1)
+        except (ValueError, OSError) as exc:  # OSError: a certificate file, ssl.SSLError
+            raise SettingsError(f"RMLLM_REDIS_URL: {exc}") from None
     return Secret(raw)
 
 

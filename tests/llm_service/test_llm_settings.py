@@ -102,6 +102,10 @@ def test_redis_settings() -> None:
     assert settings.max_concurrent_streams == 0
     for name, value, fragment in (
         ("RMLLM_REDIS_URL", "http://127.0.0.1:6379", "redis://"),
+        ("RMLLM_REDIS_URL", "redis://127.0.0.1:6379/0?ssl_ca_certs=/ca.pem", "use rediss://"),
+        ("RMLLM_REDIS_URL", "rediss://127.0.0.1:6380/0?ssl_cert_reqs=maybe", "ssl_cert_reqs must be"),
+        ("RMLLM_REDIS_URL", "rediss://127.0.0.1:6380/0?ssl_ca_certs=/no/such/ca.pem", "No such file"),
+        ("RMLLM_REDIS_URL", "unix://", "socket's path"),
         ("RMLLM_REDIS_FAILURE_MODE", "maybe", "open, closed"),
         ("RMLLM_REDIS_PREFIX", "has space", "at most 64"),
         ("RMLLM_CREDENTIAL_CACHE_SECONDS", "61", "0 to 60"),

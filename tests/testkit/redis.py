@@ -3,7 +3,8 @@
 ``shared_prefix()`` yields a fresh prefix and deletes every key under it afterwards,
 so tests never see each other's limits. ``PrivateRedis`` runs a ``redis-server`` of
 its own on a free loopback port (no persistence) that a fault test can stop and
-start again on the same port.
+start again on the same port; ``redis_server(...)`` runs one with arguments of the
+test's choosing (a Unix socket, TLS) until the test ends.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import redis
 
@@ -95,3 +97,32 @@ class PrivateRedis:
             self._proc.terminate()
             self._proc.wait(10)
             self._proc = None
+
+
+@contextmanager
+def redis_server(*args: str, listening: Path | int) -> Iterator[None]:
+    """A private ``redis-server`` with these arguments and no persistence, from when it
+    accepts connections on ``listening`` (a Unix socket's path, or a loopback port)."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed (scripts/dev.py test installs it)"
+    proc = subprocess.Popen(
+        [binary, "--save", "", "--appendonly", "no", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            family = socket.AF_UNIX if isinstance(listening, Path) else socket.AF_INET
+            address = str(listening) if isinstance(listening, Path) else ("127.0.0.1", listening)
+            with socket.socket(family) as probe:
+                if probe.connect_ex(address) == 0:
+                    break
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"redis-server exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+                )
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
