@@ -39,7 +39,6 @@ def serve(settings: LLMSettings) -> int:
         build_server,
         telemetry_settings=settings.telemetry,
         service_name="rmllm-llm",
-        fast_loop=True,
     )
 
 

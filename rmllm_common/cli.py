@@ -60,12 +60,9 @@ def run_serve(
     *,
     telemetry_settings: TelemetrySettings | None = None,
     service_name: str = "",
-    fast_loop: bool = False,
 ) -> int:
-    """Start this process's telemetry, build the server and serve until SIGTERM or SIGINT.
-
-    ``fast_loop``: run on uvloop's event loop when it is installed (else asyncio's own).
-    """
+    """Start this process's telemetry, build the server and serve until SIGTERM or SIGINT,
+    on uvloop's event loop when it is installed (``run_loop``)."""
 
     async def main() -> None:
         handle = await build(settings)
@@ -78,7 +75,7 @@ def run_serve(
         log.error("cannot serve metrics: %s", exc)
         return 1
     try:
-        run_loop(main(), fast_loop)
+        run_loop(main())
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
@@ -88,17 +85,15 @@ def run_serve(
     return 0
 
 
-def run_loop(main: Coroutine[Any, Any, None], fast_loop: bool) -> None:
-    """``asyncio.run(main)``, on uvloop's loop when ``fast_loop`` and it is installed."""
-    if fast_loop:
-        try:
-            import uvloop  # noqa: PLC0415 - only the services that ask for it load it
-        except ImportError:  # a platform without uvloop's wheels: asyncio's loop serves as well
-            pass
-        else:
-            uvloop.run(main)
-            return
-    asyncio.run(main)
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)`` on uvloop's loop: less CPU per call than asyncio's own in both
+    services (docs/PERFORMANCE.md). Where uvloop has no wheels (Windows), asyncio's loop."""
+    try:
+        import uvloop  # noqa: PLC0415 - the services' processes only
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def supervise_workers(

@@ -416,7 +416,8 @@ async def run_until_signal(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    log.info("serving", extra={"service": service, "address": address, "event": "start"})
+    loop_kind = type(loop).__module__.partition(".")[0]  # "uvloop", or "asyncio" where it has no wheels
+    log.info("serving", extra={"service": service, "address": address, "event": "start", "loop": loop_kind})
     await stop.wait()
     log.info("shutting down", extra={"service": service, "grace_seconds": grace_seconds, "event": "stop"})
     await health.enter_graceful_shutdown()

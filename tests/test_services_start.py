@@ -99,6 +99,7 @@ def test_start_log_line_names_the_address(service: tuple[procs.Service, str]) ->
     assert start["address"] == running.address
     assert start["service"] == name
     assert start["level"] == "info"
+    assert start["loop"] == "uvloop"  # both services, for less CPU per call (a dependency but on Windows)
 
 
 @pytest.mark.parametrize("kind", ["llm", "vault"])

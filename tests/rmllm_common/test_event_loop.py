@@ -1,37 +1,36 @@
-"""The event loop a service runs on: the LLM service asks for uvloop's (less CPU per call)."""
+"""The event loop the services run on: uvloop's (less CPU per call), where it is installed.
+
+(That both services' processes really run on it: tests/test_services_start.py, from
+their start log line.)"""
 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+import builtins
 from typing import Any
 
 import pytest
 
-import llm_service.cli
 from rmllm_common import cli
 
 
-def test_fast_loop_runs_on_uvloop_and_the_default_on_asyncio() -> None:
+def test_the_services_loop_is_uvloops_and_asyncios_where_uvloop_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     seen: list[str] = []
 
     async def main() -> None:
         seen.append(type(asyncio.get_running_loop()).__module__)
 
-    cli.run_loop(main(), fast_loop=True)
-    cli.run_loop(main(), fast_loop=False)
+    cli.run_loop(main())
+    real_import = builtins.__import__
+
+    def no_uvloop(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "uvloop":
+            raise ImportError("no uvloop wheel here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvloop)
+    cli.run_loop(main())
     assert seen[0].startswith("uvloop")
     assert seen[1].startswith("asyncio")
-
-
-def test_the_llm_service_serves_on_the_fast_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[bool] = []
-
-    def run_serve(*args: Any, fast_loop: bool = False, **kwargs: Any) -> int:
-        asked.append(fast_loop)
-        return 0
-
-    monkeypatch.setattr(llm_service.cli, "run_serve", run_serve)
-    settings = SimpleNamespace(listen="127.0.0.1:0", grace_seconds=1.0, telemetry=None)
-    assert llm_service.cli.serve(settings) == 0  # type: ignore[arg-type]
-    assert asked == [True]
