@@ -34,7 +34,7 @@ from bench.runner import Session, Target
 from bench.stack import ROOT, raise_fd_limit
 
 CONCURRENCY = 16
-ROUNDS = 6
+ROUNDS = 10  # this noisy: a round's CPU per Chat varies by 10 % on a shared machine
 
 
 def run_telemetry(plan: Plan, say: Callable[[str], None], baseline: Path | None = None) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def run_telemetry(plan: Plan, say: Callable[[str], None], baseline: Path | None 
             for target in targets:
                 session.measure(target, "chat", CONCURRENCY, requests=plan.warmup_requests, seconds=10.0)
             for round_no in range(ROUNDS):
-                for target in targets:
+                for target in targets if round_no % 2 == 0 else targets[::-1]:  # order evens out
                     row = session.measure(target, "chat", CONCURRENCY)
                     row["config"] = target.name
                     row["round"] = round_no
@@ -95,12 +95,26 @@ def run_telemetry(plan: Plan, say: Callable[[str], None], baseline: Path | None 
         "rounds": ROUNDS,
         "llm_cpu_ms_per_chat": medians,
         "increase_over_off_pct": {name: 100 * (value / base - 1) for name, value in medians.items()},
+        "paired_increase_over_off_pct": paired_increase(rows),
         "spans_received": len(receiver.spans),
         "primitive_costs_us": primitive_costs(),
         "otel_chat_costs_us": otel_chat_costs(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return {"runs": rows, "summary": summary}
+
+
+def paired_increase(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per configuration, the median over rounds of its CPU per Chat over "off"'s in the same
+    round, in %: drift on a shared machine (which moves whole rounds) cancels out."""
+    by_round: dict[int, dict[str, float]] = {}
+    for row in rows:
+        by_round.setdefault(row["round"], {})[row["config"]] = row["cpu_llm_ms"]
+    ratios: dict[str, list[float]] = {}
+    for cpu in by_round.values():
+        for name, value in cpu.items():
+            ratios.setdefault(name, []).append(value / cpu["off"])
+    return {name: 100 * (statistics.median(values) - 1) for name, values in ratios.items()}
 
 
 def _vault(target: Target) -> dict[str, list[int]]:
