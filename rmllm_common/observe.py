@@ -102,15 +102,15 @@ class Observer:
         self.service = service
         self._hooks = hooks
         self._tracer: Any = None
-        self._roots: Any = None  # rmllm_common.sampling.Roots, where it applies
+        self._unsampled: Any = None  # rmllm_common.sampling.Unsampled, where it applies
         if tracing:
             # Only with tracing on; bound once here, not imported at every call.
             from opentelemetry import context, propagate, trace  # noqa: PLC0415
 
-            from rmllm_common.sampling import Roots  # noqa: PLC0415 - loads the SDK
+            from rmllm_common.sampling import Unsampled  # noqa: PLC0415 - loads the SDK
 
             self._tracer = trace.get_tracer("rmllm_common.observe")
-            self._roots = Roots.of(self._tracer)
+            self._unsampled = Unsampled.of(self._tracer)
             self._attach = context.attach
             self._detach = context.detach
             self._extract = propagate.extract
@@ -150,11 +150,17 @@ class Observer:
         return call
 
     def _start_span(self, call: Call, path: str, carrier: dict[str, str] | None) -> None:
-        if carrier is None and self._roots is not None:
-            # A new trace: when it is not sampled, its span is made without the SDK and not
-            # attached (nothing under a span that is not sampled looks for it; the vault
-            # client propagates it from ``call.span``).
-            unsampled = self._roots.start()
+        fast = self._unsampled
+        if fast is not None:
+            # Not sampled, decided without the SDK: the span is not attached either (nothing
+            # under a span that is not sampled looks for it; the vault client propagates it
+            # from ``call.span``).
+            if carrier is None:
+                unsampled = fast.root()
+            elif len(carrier) == 1 and TRACEPARENT in carrier:
+                unsampled = fast.under(carrier[TRACEPARENT])
+            else:
+                unsampled = None
             if unsampled is not None:
                 call.span = unsampled
                 call.trace_id = format(unsampled.get_span_context().trace_id, "032x")

@@ -278,7 +278,11 @@ def server_spans_restore_the_context_and_keep_few_method_names(exported: InMemor
         exported.clear()
         context: Any = FakeServicerContext([("traceparent", traceparent)])
         call = observer.begin("/pkg.Svc/Method", context, False)
-        assert trace.get_current_span() is call.span and call.trace_id == "ab" * 16
+        assert call.span is not None and call.trace_id == "ab" * 16
+        if traceparent == TRACEPARENT:
+            assert trace.get_current_span() is call.span
+        else:  # not sampled: made without the SDK (rmllm_common.sampling) and not attached
+            assert not call.span.is_recording() and otel_context.get_current() is before
         observer.end(call, grpc.StatusCode.INTERNAL, "BOOM")
         assert otel_context.get_current() is before  # detached, sampled or not
         spans = exported.get_finished_spans()

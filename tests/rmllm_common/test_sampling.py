@@ -34,7 +34,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from rmllm_common.observe import Observer
-from rmllm_common.sampling import PrimedIds, Roots, w3c_headers
+from rmllm_common.sampling import PrimedIds, Unsampled, w3c_headers
 
 CALLS = 4000
 
@@ -49,11 +49,11 @@ def tracer_of(sampler: Sampler, ids: Any = None) -> tuple[Any, InMemorySpanExpor
 @pytest.mark.parametrize("rate", [0.0, 0.01, 0.25, 1.0])
 def test_roots_sample_the_configured_share_and_decide_as_the_sdk(rate: float) -> None:
     tracer, exporter = tracer_of(ParentBasedTraceIdRatio(rate))
-    roots = Roots.of(tracer)
-    assert roots is not None
+    unsampled = Unsampled.of(tracer)
+    assert unsampled is not None
     sampled_ids = []
     for _ in range(CALLS):
-        span = roots.start()
+        span = unsampled.root()
         if span is None:  # sampled: the SDK makes the span, with the trace id that was drawn
             drawn = tracer.id_generator.primed
             real = tracer.start_span("call")
@@ -73,16 +73,76 @@ def test_roots_sample_the_configured_share_and_decide_as_the_sdk(rate: float) ->
     assert abs(len(sampled_ids) / CALLS - rate) <= spread
 
 
-def test_roots_apply_only_where_the_trace_id_alone_decides() -> None:
+def test_new_traces_are_decided_here_only_where_the_trace_id_alone_decides() -> None:
     class Custom(TraceIdRatioBased):
         pass
 
-    assert Roots.of(tracer_of(TraceIdRatioBased(0.5))[0]) is not None
-    assert Roots.of(tracer_of(ParentBased(TraceIdRatioBased(0.5)))[0]) is not None
-    for sampler in (ALWAYS_ON, ALWAYS_OFF, DEFAULT_ON, Custom(0.5), ParentBased(Custom(0.5))):
-        assert Roots.of(tracer_of(sampler)[0]) is None, sampler
-    assert Roots.of(tracer_of(TraceIdRatioBased(0.5), ids=RandomIdGenerator())[0]) is None
-    assert Roots.of(trace.NoOpTracer()) is None
+    def decides_new_traces(sampler: Sampler, ids: Any = None) -> bool:
+        tracer = tracer_of(sampler, ids)[0]
+        unsampled = Unsampled.of(tracer)
+        if unsampled is None:
+            return False
+        spans = [unsampled.root() for _ in range(50)]
+        assert getattr(tracer.id_generator, "primed", 0) == 0  # at a ratio of 0, nothing is sampled
+        return any(span is not None for span in spans)
+
+    assert decides_new_traces(TraceIdRatioBased(0.0))
+    assert decides_new_traces(ParentBased(TraceIdRatioBased(0.0)))
+    for sampler in (ALWAYS_ON, ALWAYS_OFF, DEFAULT_ON, Custom(0.0), ParentBased(Custom(0.0))):
+        assert not decides_new_traces(sampler), sampler
+    assert not decides_new_traces(TraceIdRatioBased(0.0), ids=RandomIdGenerator())
+    assert Unsampled.of(trace.NoOpTracer()) is None
+    # Neither new traces nor callers' traces: nothing to decide here.
+    follows_no_one = ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
+    for sampler in (ALWAYS_ON, ALWAYS_OFF, Custom(0.5), follows_no_one):
+        assert Unsampled.of(tracer_of(sampler)[0]) is None, sampler
+
+
+traceparents = st.builds(
+    "{}-{}-{}-{}{}".format,
+    st.sampled_from(["00", "01", "ff", "0g"]),
+    st.one_of(st.just("0" * 32), st.integers(1, 2**128 - 1).map("{:032x}".format)),
+    st.one_of(st.just("0" * 16), st.integers(1, 2**64 - 1).map("{:016x}".format)),
+    st.integers(0, 255).map("{:02x}".format),
+    st.sampled_from(["", "", "", "-extra", " ", "\t"]),
+)
+
+
+@given(traceparents, st.sampled_from([DEFAULT_ON, ParentBasedTraceIdRatio(0.5)]))
+def test_a_callers_trace_not_sampled_gets_the_span_the_sdk_would_make(
+    traceparent: str, sampler: Sampler
+) -> None:
+    tracer = tracer_of(sampler)[0]
+    unsampled = Unsampled.of(tracer)
+    assert unsampled is not None
+    ours = unsampled.under(traceparent)
+    theirs = tracer.start_span("call", context=propagate.extract({"traceparent": traceparent}))
+    flags = int(traceparent[-2:], 16) if len(traceparent) == 55 else -1
+    plain = traceparent[:3] == "00-" and len(traceparent) == 55 and "0" * 16 not in traceparent[36:52]
+    plain = plain and traceparent[3:35] != "0" * 32
+    if ours is None:
+        # Left to the SDK: sampled, or a header not read here.
+        assert not plain or flags & TraceFlags.SAMPLED
+        return
+    assert plain and not flags & TraceFlags.SAMPLED  # a plain header, not sampled: always decided here
+    assert not theirs.is_recording()
+    mine, sdk = ours.get_span_context(), theirs.get_span_context()
+    assert (mine.trace_id, mine.trace_flags, mine.trace_state, mine.is_remote) == (
+        sdk.trace_id,
+        sdk.trace_flags,
+        sdk.trace_state,
+        sdk.is_remote,
+    )
+    assert mine.span_id != 0 and mine.span_id != int(traceparent[36:52], 16)
+
+
+def test_callers_traces_are_read_here_only_with_the_w3c_propagator(global_textmap: None) -> None:
+    unsampled = Unsampled.of(tracer_of(DEFAULT_ON)[0])
+    assert unsampled is not None
+    header = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-02"
+    assert unsampled.under(header) is not None
+    propagate.set_global_textmap(B3Like())  # the SDK would not read traceparent at all
+    assert unsampled.under(header) is None
 
 
 class B3Like(TextMapPropagator):
@@ -164,7 +224,7 @@ def test_an_observed_call_that_is_not_sampled_is_not_attached_and_one_sampled_is
 def observed_calls() -> None:
     tracer, exporter = tracer_of(ParentBasedTraceIdRatio(0.5))
     observer = Observer("llm", tracing=True)
-    observer._tracer, observer._roots = tracer, Roots.of(tracer)  # a provider of this test's own
+    observer._tracer, observer._unsampled = tracer, Unsampled.of(tracer)  # a provider of this test's own
     before = otel_context.get_current()
     traced = []
     servicer_context: Any = ServicerContext()
