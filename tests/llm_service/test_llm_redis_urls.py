@@ -248,25 +248,22 @@ async def test_a_server_requiring_client_certificates_gets_the_urls(tls: Tls) ->
 async def test_tls_to_a_plain_port_and_plain_to_a_tls_port_fail_within_the_timeouts(
     tls: Tls,
 ) -> None:
-    plain = PrivateRedis()
-    plain.start()
-    try:
-        client = PipelinedRedis(tls.url(plain.port, ssl_ca_certs=str(tls.ca)), timeout=0.5)
+    async def fails_in_time(url: str) -> None:
+        client = PipelinedRedis(url, timeout=0.5)
         try:
             async with asyncio.timeout(3):
                 with pytest.raises((RedisConnectionError, RedisTimeoutError)):
                     await client.execute(b"PING")
         finally:
             await client.aclose()
+
+    plain = PrivateRedis()
+    plain.start()
+    try:
+        await fails_in_time(tls.url(plain.port, ssl_ca_certs=str(tls.ca)))
     finally:
         plain.stop()
-    client = PipelinedRedis(f"redis://127.0.0.1:{tls.port}/0", timeout=0.5)
-    try:
-        async with asyncio.timeout(3):
-            with pytest.raises((RedisConnectionError, RedisTimeoutError)):
-                await client.execute(b"PING")
-    finally:
-        await client.aclose()
+    await fails_in_time(f"redis://127.0.0.1:{tls.port}/0")
 
 
 def test_tls_works_and_fails_alike_on_uvloop(tls: Tls) -> None:
