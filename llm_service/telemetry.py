@@ -20,10 +20,10 @@ decision. Under a span that is not sampled, no child span is made at all (the
 vault still gets ``traceparent``, with the not-sampled flag, formatted here from the
 call's span when the propagator is W3C's), so with
 ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` the other calls pay a context
-look-up, not three spans; a new trace that is not sampled does not even go through
-the SDK's ``start_span`` (``rmllm_common.sampling``). Every built-in sampler decides a child like its parent
-(or, for ``traceidratio``, by the same trace id), so this drops nothing they would
-keep. Attributes known at the start are passed to ``start_span``; those known at
+look-up, not three spans; and the call's own span, when not sampled, is made without
+the SDK's ``start_span`` (``rmllm_common.sampling``). Every built-in sampler decides a
+child like its parent (or, for ``traceidratio``, by the same trace id), so this drops
+nothing they would keep. Attributes known at the start are passed to ``start_span``; those known at
 the end go in one ``set_attributes``. A Chat's up to five GenAI metric values cost
 one lock and five bucket look-ups (the SDK's instruments: ~7 µs each).
 """
