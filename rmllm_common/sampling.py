@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 from typing import Any
 
 from opentelemetry import propagate
@@ -50,15 +51,27 @@ _PLAIN_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})
 
 
 class PrimedIds(RandomIdGenerator):
-    """The SDK's random ids, except that the next trace id can be chosen beforehand."""
+    """The SDK's random ids, except that the next trace id can be chosen beforehand (per
+    thread: a span started on another thread meanwhile does not take it)."""
 
     def __init__(self) -> None:
-        self.primed = 0
+        self._local = threading.local()
+
+    @property
+    def primed(self) -> int:
+        """The trace id the next ``generate_trace_id`` of this thread returns (0: a random one)."""
+        return int(getattr(self._local, "trace_id", 0))
+
+    @primed.setter
+    def primed(self, trace_id: int) -> None:
+        self._local.trace_id = trace_id
 
     def generate_trace_id(self) -> int:
-        if self.primed:
-            trace_id, self.primed = self.primed, 0
-            return trace_id
+        local = self._local
+        trace_id = getattr(local, "trace_id", 0)
+        if trace_id:
+            local.trace_id = 0
+            return int(trace_id)
         return super().generate_trace_id()
 
 

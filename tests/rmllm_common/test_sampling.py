@@ -4,6 +4,7 @@ decisions, span contexts and propagated headers as the SDK's own path."""
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,6 +72,18 @@ def test_roots_sample_the_configured_share_and_decide_as_the_sdk(rate: float) ->
     assert [span.context.trace_id for span in exporter.get_finished_spans()] == sampled_ids
     spread = 5 * (rate * (1 - rate) / CALLS) ** 0.5
     assert abs(len(sampled_ids) / CALLS - rate) <= spread
+
+
+def test_a_primed_trace_id_is_its_threads_alone() -> None:
+    ids = PrimedIds()
+    ids.primed = 0xABC
+    other: list[int] = []
+    thread = threading.Thread(target=lambda: other.append(ids.generate_trace_id()))
+    thread.start()
+    thread.join()
+    assert other[0] != 0xABC  # another thread's span gets a random id
+    assert ids.generate_trace_id() == 0xABC and ids.primed == 0  # this thread's next one, once
+    assert ids.generate_trace_id() != 0xABC
 
 
 def test_new_traces_are_decided_here_only_where_the_trace_id_alone_decides() -> None:
