@@ -3,7 +3,7 @@ a fresh process per sampling setting (no figures are checked: they depend on the
 
 from __future__ import annotations
 
-from bench.telemetry import otel_chat_costs, paired_increase
+from bench.telemetry import otel_chat_costs, paired_increase, primitive_costs
 
 
 def test_otel_chat_costs_run_for_every_setting() -> None:
@@ -24,3 +24,9 @@ def test_paired_increase_compares_each_round_with_its_own_off_run() -> None:
     increase = paired_increase(rows)
     assert increase["off"] == 0
     assert abs(increase["on"] - 5.0) < 1e-9  # the median of +10 %, +5 %, +2 %
+
+
+def test_primitive_costs_run_in_a_process_of_their_own() -> None:
+    costs = primitive_costs(repeat=50)
+    assert {"observed_call_off", "observed_call_prometheus", "otel_span_not_sampled"} <= set(costs)
+    assert all(value > 0 for value in costs.values())
