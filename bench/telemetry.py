@@ -124,8 +124,15 @@ def _vault(target: Target) -> dict[str, list[int]]:
 def primitive_costs(repeat: int = 20_000) -> dict[str, float]:
     """Microseconds of CPU per operation the telemetry hooks perform, measured in a fresh
     process (its logging set up as a service's, ``_primitive_costs``)."""
+    costs: dict[str, float] = _in_fresh_process(f"_primitive_costs({repeat})")
+    return costs
+
+
+def _in_fresh_process(call: str) -> Any:
+    """The JSON that ``bench.telemetry``'s ``call`` prints last, run in a new Python process
+    without the caller's ``OTEL_*`` settings."""
     out = subprocess.run(
-        [sys.executable, "-c", f"from bench.telemetry import _primitive_costs; _primitive_costs({repeat})"],
+        [sys.executable, "-c", f"import bench.telemetry as this; this.{call}"],
         cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
         capture_output=True,
@@ -133,8 +140,7 @@ def primitive_costs(repeat: int = 20_000) -> dict[str, float]:
         check=True,
         timeout=600,
     )
-    costs: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return costs
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _primitive_costs(repeat: int) -> None:
@@ -241,16 +247,7 @@ def otel_chat_costs(chats: int = 5000) -> dict[str, float]:
     provider is set once per process); "off" is the same Chat with nothing set."""
     costs = {}
     for mode in ("off", "all", "1pct"):
-        out = subprocess.run(
-            [sys.executable, "-c", f"from bench.telemetry import _otel_chat; _otel_chat({mode!r}, {chats})"],
-            cwd=ROOT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-        )
-        costs[mode] = float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_chat"])
+        costs[mode] = float(_in_fresh_process(f"_otel_chat({mode!r}, {chats})")["us_per_chat"])
     return costs
 
 
