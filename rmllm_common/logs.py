@@ -53,26 +53,29 @@ def _secret_name(name: str) -> bool:
     return any(s in lowered for s in _SECRET_NAMES) and not lowered.endswith(("_id", "_hint", "_file"))
 
 
-_SECRET_VERDICTS: dict[str, bool] = {}  # field name -> whether its value is masked
+_COPY, _SKIP, _REDACT = 0, 1, 2
+_VERDICTS: dict[str, int] = {}  # field name -> what a log entry does with it (one look-up a field)
+
+
+def _verdict(name: str) -> int:
+    if name in _STANDARD or name.startswith("_"):
+        return _SKIP
+    return _REDACT if _secret_name(name) else _COPY
 
 
 def _put_fields(entry: dict[str, Any], fields: dict[str, Any]) -> None:
     """Copy the caller's fields into a log entry: secrets masked, non-scalars as their str."""
-    verdicts = _SECRET_VERDICTS
+    verdicts = _VERDICTS
     for name, value in fields.items():
-        if name in _STANDARD or name.startswith("_"):
-            continue
-        secret = verdicts.get(name)
-        if secret is None:
-            secret = _secret_name(name)
+        verdict = verdicts.get(name)
+        if verdict is None:
+            verdict = _verdict(name)
             if len(verdicts) < 10_000:  # field names come from the code: a bounded set in practice
-                verdicts[name] = secret
-        if secret:
+                verdicts[name] = verdict
+        if verdict == _COPY:
+            entry[name] = value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+        elif verdict == _REDACT:
             entry[name] = "[redacted]"
-        elif value is None or isinstance(value, (str, int, float, bool)):
-            entry[name] = value
-        else:
-            entry[name] = str(value)
 
 
 _stamp_second = -1
