@@ -13,6 +13,7 @@ answer text (they are reasoning, in the registry's ``reasoning_fields``); a
 CONTENT_FILTER; an
 ``{"error": ...}`` event ends the stream with the mapped error. Usage is the
 provider's usage chunk (``prompt_tokens_details.cached_tokens`` as cache reads,
+OpenRouter's ``prompt_tokens_details.cache_write_tokens`` as cache writes,
 ``completion_tokens_details.reasoning_tokens`` as reasoning); a stream without
 one reports ``usage_reported=false``. A body that ends without ``[DONE]`` is
 ``UpstreamStreamTruncated``.
@@ -193,19 +194,24 @@ def build_body(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
 
 def _usage(raw: dict[str, Any]) -> Usage:
     """The usage chunk's counts; output includes reasoning tokens even where
-    ``completion_tokens`` leaves them out (xAI), as the provider's total shows."""
+    ``completion_tokens`` leaves them out (xAI), as the provider's total shows.
+    ``prompt_tokens`` already holds the cache reads (``cached_tokens``) and, on
+    OpenRouter, the cache writes (``cache_write_tokens``)."""
     prompt = int(raw.get("prompt_tokens") or 0)
     completion = int(raw.get("completion_tokens") or 0)
     total = int(raw.get("total_tokens") or 0)
     if total > prompt + completion:
         completion = total - prompt
-    cached = int((raw.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    cached = int(prompt_details.get("cached_tokens") or 0)
+    written = int(prompt_details.get("cache_write_tokens") or 0)
     reasoning = int((raw.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
     return Usage(
         prompt,
         completion,
         total or prompt + completion,
         cache_read_input_tokens=cached,
+        cache_creation_input_tokens=written,
         reasoning_tokens=reasoning,
     )
 
