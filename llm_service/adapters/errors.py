@@ -10,6 +10,8 @@ ErrorInfo metadata ``cause=dns`` and ``host`` for a name that does not resolve) 
 ``ProviderError``).
 Classification reads status codes, error codes and wording, never provider names:
 bad-key 400s (Gemini ``API_KEY_INVALID``, xAI "Incorrect API key") are key errors,
+a 403 carrying moderation metadata (``reasons`` / ``flagged_input``: OpenRouter's
+"your input was flagged") is a refused request, not a refused key,
 quota wording (``insufficient_quota``, HTTP 402, "credit balance", a per-day quota)
 is quota exhaustion, other 429s are rate limits with the delay from Retry-After or
 Gemini's ``RetryInfo``. A 3xx is a provider error (redirects are never followed).
@@ -228,6 +230,16 @@ def _is_quota(error: Mapping[str, Any], message: str) -> bool:
     return False
 
 
+def _moderation_reasons(error: Mapping[str, Any]) -> str | None:
+    """The reasons of a moderation refusal (``metadata.reasons`` / ``flagged_input``,
+    OpenRouter's 403), joined; None when the error is not one."""
+    metadata = error.get("metadata")
+    if not isinstance(metadata, dict) or not ("reasons" in metadata or "flagged_input" in metadata):
+        return None
+    reasons = metadata.get("reasons")
+    return ", ".join(str(r) for r in reasons[:10]) if isinstance(reasons, list) else ""
+
+
 def classify(
     spec: ProviderSpec,
     status: int,
@@ -243,14 +255,23 @@ def classify(
     message = redact(_describe(error, body), secret).strip().rstrip(".")
     where = "mid-stream" if mid_stream else f"HTTP {status}"
     wait = retry_after(headers or {})
-    quota_status = status in (402, 429) or (status in (400, 403) and _QUOTA.search(message))
+    # A 403 with moderation metadata refused the input: not the key, not the credit.
+    flagged = _moderation_reasons(error) if status == 403 else None
+    if flagged is not None:
+        status = 400
+        message += (f" (flagged: {redact(flagged, secret)})" if flagged else "") + (
+            ". Change the input or choose another model"
+        )
+    quota_status = status in (402, 429) or (
+        status in (400, 403) and flagged is None and _QUOTA.search(message)
+    )
     if quota_status and (status == 402 or _is_quota(error, message)):
         return ProviderQuotaExhausted(
             f"{name} says the account has no quota or credit left ({where}): {message}. "
             "Add credit or raise the limit with the provider; retrying will not help.",
             provider=pid,
         )
-    if status in (401, 403) or (status == 400 and _is_bad_key(error, message)):
+    if status in (401, 403) or (status == 400 and flagged is None and _is_bad_key(error, message)):
         return ProviderKeyInvalid(
             f"{name} rejected the key ({where}): {message}. Check it with `rmllm test-key {pid}` "
             f"and store a working one with `rmllm keys set {pid}`.",

@@ -24,6 +24,7 @@ KINDS = (
     "server_error",
     "unavailable",
     "overloaded",
+    "flagged",
 )
 
 Reply = tuple[int, dict[str, str], Any]
@@ -176,6 +177,25 @@ def _openai_family(provider: str, kind: str, key: str) -> Reply:
             503,
             {},
             {"error": {"message": "No endpoints found that can handle the request.", "code": 503}},
+        )
+        # openrouter.ai/docs/errors: "403: Your chosen model requires moderation and your
+        # input was flagged", with ModerationErrorMetadata (reasons, flagged_input, ...).
+        table["flagged"] = (
+            403,
+            {},
+            {
+                "error": {
+                    "code": 403,
+                    "message": "meta-llama/llama-3.3-70b-instruct requires moderation on Groq. "
+                    'Your input was flagged for "violence". No credits were charged.',
+                    "metadata": {
+                        "reasons": ["violence"],
+                        "flagged_input": "Again, in French....",
+                        "provider_name": "Groq",
+                        "model_slug": "meta-llama/llama-3.3-70b-instruct",
+                    },
+                }
+            },
         )
     elif provider == "grok":
         table["bad_key"] = (

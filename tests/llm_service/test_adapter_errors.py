@@ -57,6 +57,7 @@ TABLE: dict[tuple[str, str], tuple[type[errors.RmllmError], float | str | None]]
     ("openrouter", "rate_limited"): (RATE, "date"),
     ("openrouter", "quota"): (QUOTA, None),
     ("openrouter", "unavailable"): (DOWN, None),
+    ("openrouter", "flagged"): (BAD, None),  # moderation refused the input: not the key
     ("github", "bad_key"): (KEY, None),
     ("github", "rate_limited"): (RATE, 42.0),
     ("github", "server_error"): (DOWN, None),
@@ -181,6 +182,7 @@ def test_stream_errors_by_type_or_code() -> None:
         ({"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}, BAD),
         ({"error": {"code": 502, "message": "Provider returned error"}}, DOWN),
         ({"error": {"code": "insufficient_quota", "message": "no money"}}, QUOTA),
+        ({"error": {"code": 403, "message": "flagged", "metadata": {"reasons": ["hate"]}}}, BAD),
         ({"error": {"message": "something odd"}}, errors.ProviderError),
     ]
     for payload, cls in cases:
