@@ -13,8 +13,10 @@ bad-key 400s (Gemini ``API_KEY_INVALID``, xAI "Incorrect API key") are key error
 a 403 carrying moderation metadata (``reasons`` / ``flagged_input``: OpenRouter's
 "your input was flagged") is a refused request, not a refused key,
 quota wording (``insufficient_quota``, HTTP 402, "credit balance", a per-day quota)
-is quota exhaustion, other 429s are rate limits with the delay from Retry-After or
-Gemini's ``RetryInfo``. A 3xx is a provider error (redirects are never followed).
+is quota exhaustion, other 429s are rate limits with the delay from Retry-After,
+Gemini's ``RetryInfo``, or (OpenAI, whose 429s often lack Retry-After) the
+"Please try again in 174ms" of the message or the ``x-ratelimit-reset-*`` header
+of a used-up limit. A 3xx is a provider error (redirects are never followed).
 Every provider message is sanitised and redacted (``redact``) before it reaches an
 error: control characters and runs of whitespace become one space, the text is cut
 to 300 characters, and the key, anything starting like it, any run of 8 or more
@@ -70,6 +72,12 @@ _QUOTA = re.compile(
     re.IGNORECASE,
 )
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+# OpenAI's durations ("174ms", "18.642s", "6m0s", "1h2m3.5s"): in x-ratelimit-reset-*
+# and in a 429's "Please try again in ..." text.
+_GO_DURATION = r"(?:\d+(?:\.\d+)?ms|(?:\d+h)?(?:\d+m(?!s))?\d+(?:\.\d+)?s|(?:\d+h)?\d+m(?!s)|\d+h)"
+_DURATION_PARTS = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TRY_AGAIN = re.compile(r"try again in (" + _GO_DURATION + r")\b", re.IGNORECASE)
 # Error "types" some formats send instead of (or besides) an HTTP status, mid-stream
 # above all: Anthropic's error.type, OpenAI's error.type/code, Gemini's error.status.
 _TYPE_STATUS = {
@@ -213,6 +221,29 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+def _seconds(duration: str) -> float | None:
+    """Seconds of an OpenAI duration ("174ms", "6m0s"); None when it is not one."""
+    duration = duration.strip()
+    if not re.fullmatch(_GO_DURATION, duration):
+        return None
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PARTS.findall(duration))
+
+
+def _stated_wait(headers: Mapping[str, str], text: str) -> float | None:
+    """A 429's wait when it sends no Retry-After: the "try again in 174ms" of its text,
+    else the longest ``x-ratelimit-reset-*`` of a limit whose remaining count is 0."""
+    match = _TRY_AGAIN.search(text)
+    if match:
+        return _seconds(match.group(1))
+    waits = [
+        _seconds(headers.get(f"x-ratelimit-reset-{limit}") or "")
+        for limit in ("requests", "tokens")
+        if (headers.get(f"x-ratelimit-remaining-{limit}") or "").strip() == "0"
+    ]
+    known = [w for w in waits if w is not None]
+    return max(known) if known else None
+
+
 def _is_bad_key(error: Mapping[str, Any], message: str) -> bool:
     reasons = {str(d.get("reason", "")) for d in _details(error)}
     if reasons & {"API_KEY_INVALID", "API_KEY_EXPIRED"}:
@@ -278,7 +309,10 @@ def classify(
             provider=pid,
         )
     if status == 429:
-        wait = wait if wait is not None else _retry_info(error)
+        if wait is None:
+            wait = _retry_info(error)
+        if wait is None:
+            wait = _stated_wait(headers or {}, _describe(error, body)[:_MAX_SCANNED])
         return ProviderRateLimited(
             f"{name} is rate limiting this key ({where}): {message}.",
             provider=pid,

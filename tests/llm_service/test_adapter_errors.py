@@ -150,6 +150,54 @@ async def test_other_statuses(
     assert type(out.error) is cls
 
 
+_TPM = (
+    "Rate limit reached for gpt-4o-mini in organization org-k2x9q4mz8rtd on tokens per min (TPM): "
+    "Limit 200000, Used 199872, Requested 1337. Please try again in {}. "
+    "Visit https://platform.openai.com/account/rate-limits to learn more."
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "headers", "wait"),
+    [
+        (_TPM.format("174ms"), {}, 0.174),
+        (_TPM.format("18.642s"), {}, 18.642),
+        (_TPM.format("6m0s"), {}, 360.0),
+        (_TPM.format("1h2m3.5s"), {}, 3723.5),
+        (  # no hint in the text: the reset of the limit that is used up
+            "Rate limit reached for requests",
+            {
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "1m30s",
+                "x-ratelimit-remaining-tokens": "149000",
+                "x-ratelimit-reset-tokens": "12ms",
+            },
+            90.0,
+        ),
+        (_TPM.format("20s"), {"retry-after": "3"}, 3.0),  # Retry-After first, as the SDK reads it
+        ("Rate limit reached for requests", {"x-ratelimit-reset-requests": "1s"}, None),  # not used up
+    ],
+)
+async def test_openai_429_without_retry_after_takes_the_wait_it_states(
+    fake: FakeProvider,
+    http: aiohttp.ClientSession,
+    message: str,
+    headers: dict[str, str],
+    wait: float | None,
+) -> None:
+    """OpenAI's 429 often has no Retry-After: "Please try again in 174ms" and the
+    x-ratelimit-reset-* headers (platform.openai.com/docs/guides/rate-limits) say how long."""
+    body = {"error": {"message": message, "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}
+    fake.enqueue(Scenario.json(body, status=429, headers=headers))
+    ep = endpoint(fake, "openai")
+    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params("openai"), 10))
+    assert isinstance(out.error, RATE)
+    if wait is None:
+        assert out.error.retry_after is None
+    else:
+        assert out.error.retry_after == pytest.approx(wait)
+
+
 def test_retry_after_forms() -> None:
     assert retry_after({"Retry-After": "5"}) == 5.0
     assert retry_after({"retry-after": "1.5"}) == 1.5
