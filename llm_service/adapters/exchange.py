@@ -3,10 +3,12 @@
 ``EventStream`` is an async context manager and iterator: entering it sends the
 request (bounded by ``http.request_timeout``: the caller's remaining time capped by
 the server's call bound, plus the connect and read-idle bounds) and turns a non-2xx
-answer into a domain error, reading at most ``max_error_bytes`` of its body (with
-tracing on, the request's HTTP client span covers the time to the answer's status,
-see ``telemetry.http_span``);
-iterating it yields ``SSEEvent``\\ s decoded incrementally from whatever the
+answer, or a JSON one, into a domain error, reading at most ``max_error_bytes`` of its
+body (with tracing on, the request's HTTP client span covers the time to the
+answer's status, see ``telemetry.http_span``); with ``json_answer`` (a format whose
+whole, non-streamed answer has the shape of its events), a 200 JSON object that is
+no error is instead held, read up to ``max_json_bytes``, as the stream's one event,
+named ``JSON_ANSWER``; iterating it yields ``SSEEvent``\\ s decoded incrementally from whatever the
 network delivers, within the session's ``UpstreamLimits`` (bytes, events, line and
 event length: past one, the connection is closed and ``UpstreamResponseTooLarge``
 raised); leaving it releases the response, which closes the connection at once
@@ -39,6 +41,8 @@ from llm_service.sse import SSEDecoder, SSEEvent, SSELimitExceeded
 from rmllm_common.errors import ProviderError, UpstreamResponseTooLarge
 
 _NONE: list[SSEEvent] = []  # shared, never changed: no events pending
+JSON_ANSWER = "rmllm-json-answer"
+"""The event name of a whole JSON answer held by an ``EventStream(json_answer=True)``."""
 _STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 _JSON = json.JSONEncoder(ensure_ascii=False)  # what json.dumps(body, ensure_ascii=False) builds per call
 _raw_decode = json.JSONDecoder().raw_decode
@@ -55,6 +59,7 @@ class EventStream:
         "_events",
         "_gauge",
         "_http",
+        "_json_answer",
         "_limits",
         "_next",
         "_pending",
@@ -71,8 +76,11 @@ class EventStream:
         url: str,
         body: dict[str, Any],
         timeout: float | None,
+        *,
+        json_answer: bool = False,
     ) -> None:
         self._http = http
+        self._json_answer = json_answer
         self._endpoint = endpoint
         self._url = url
         self._body = body
@@ -115,15 +123,35 @@ class EventStream:
         if resp.status >= 300 or resp.content_type == "application/json":
             try:
                 with transport_errors(spec, self._timeout.total):
-                    body = await read_capped(resp, self._limits.max_error_bytes)
-                    if resp.status >= 300:
-                        raise from_response(spec, resp.status, resp.headers, body, endpoint.api_key.reveal())
-                    # JSON, not SSE: an error (or a non-stream answer)
-                    raise _json_instead_of_stream(endpoint, body)
+                    await self._json_body(resp)
             except BaseException:
                 resp.close()
                 raise
         return self
+
+    async def _json_body(self, resp: aiohttp.ClientResponse) -> None:
+        """A non-2xx or JSON answer instead of a stream: raise its error, or (``json_answer``)
+        hold a JSON object that is no error as the one event, named ``JSON_ANSWER``."""
+        endpoint = self._endpoint
+        spec = endpoint.spec
+        limits = self._limits
+        if resp.status >= 300:
+            body = await read_capped(resp, limits.max_error_bytes)
+            raise from_response(spec, resp.status, resp.headers, body, endpoint.api_key.reveal())
+        if self._json_answer:  # a whole answer may be long: bounded like any JSON answer
+            body = await read_capped(resp, limits.max_json_bytes + 1)
+            if len(body) > limits.max_json_bytes:
+                raise self._too_large(f"more than {limits.max_json_bytes} bytes")
+        else:
+            body = await read_capped(resp, limits.max_error_bytes)
+        try:
+            payload = parse_json(body)
+        except ValueError:
+            payload = None
+        if self._json_answer and isinstance(payload, dict) and not payload.get("error"):
+            self._pending, self._next = [SSEEvent(body.decode("utf-8", "replace"), JSON_ANSWER)], 0
+            return
+        raise _json_instead_of_stream(endpoint, payload)
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._resp is not None:
@@ -211,12 +239,9 @@ def load_event(endpoint: Endpoint, data: str) -> dict[str, Any]:
     return payload
 
 
-def _json_instead_of_stream(endpoint: Endpoint, body: bytes) -> Exception:
+def _json_instead_of_stream(endpoint: Endpoint, payload: Any) -> Exception:
+    """The error of a JSON body answered instead of a stream (``payload``: parsed, or None)."""
     spec = endpoint.spec
-    try:
-        payload = parse_json(body)
-    except ValueError:
-        payload = None
     if isinstance(payload, dict) and payload.get("error"):
         return from_stream_error(spec, payload, endpoint.api_key.reveal())
     return ProviderError(

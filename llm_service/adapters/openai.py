@@ -16,7 +16,9 @@ provider's usage chunk (``prompt_tokens_details.cached_tokens`` as cache reads,
 OpenRouter's ``prompt_tokens_details.cache_write_tokens`` as cache writes,
 ``completion_tokens_details.reasoning_tokens`` as reasoning); a stream without
 one reports ``usage_reported=false``. A body that ends without ``[DONE]`` is
-``UpstreamStreamTruncated``.
+``UpstreamStreamTruncated``. A server that ignores ``stream`` and answers one
+whole ``chat.completion`` (``choices[].message``, tool calls without ``index``)
+gives the same events, its message read as one delta.
 
 Requests carry messages with image/file parts (images as ``image_url``, PDFs as
 ``file`` data URLs), assistant ``tool_calls`` and ``tool`` messages, ``tools`` as
@@ -55,9 +57,9 @@ from llm_service.adapters.base import (
     Usage,
 )
 from llm_service.adapters.errors import from_stream_error, unexpected_shapes
-from llm_service.adapters.exchange import EventStream, load_event
+from llm_service.adapters.exchange import JSON_ANSWER, EventStream, load_event
 from llm_service.adapters.readends import FLUSH, READ_END
-from rmllm_common.errors import UpstreamStreamTruncated
+from rmllm_common.errors import ProviderError, UpstreamStreamTruncated
 
 FINISH_REASONS = {
     "stop": FinishReason.STOP,
@@ -216,6 +218,16 @@ def _usage(raw: dict[str, Any]) -> Usage:
     )
 
 
+def _message_as_delta(message: dict[str, Any] | None) -> dict[str, Any]:
+    """A whole answer's ``message`` as one delta: its tool calls (which carry no
+    ``index``) numbered in their order."""
+    delta = dict(message or {})
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        delta["tool_calls"] = [{**c, "index": i} if isinstance(c, dict) else c for i, c in enumerate(calls)]
+    return delta
+
+
 class _Calls:
     """Maps the provider's tool-call indices to calls of the answer, and gathers the
     ``reasoning_details`` pieces (by type and index: text, summary and data concatenate)."""
@@ -277,6 +289,17 @@ class _Calls:
             self.usage = _usage(raw_usage)
         return events
 
+    def take_whole(self, endpoint: Endpoint, data: str, reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
+        """The events of a whole ``chat.completion`` answered instead of a stream."""
+        answer = load_event(endpoint, data)
+        choices = answer.get("choices")
+        if not isinstance(choices, list) or not any(isinstance(c, dict) and "message" in c for c in choices):
+            spec = endpoint.spec
+            raise ProviderError(
+                f"{spec.display_name} answered with JSON instead of an event stream", provider=spec.id
+            )
+        return self.take(endpoint, data, reasoning_fields)
+
     def choice_events(self, chunk: dict[str, Any], reasoning_fields: tuple[str, ...]) -> list[ChatEvent]:
         """The events of a chunk's first choice (the answer), noting its finish reason."""
         events: list[ChatEvent] = []
@@ -284,6 +307,8 @@ class _Calls:
             if choice.get("index", 0):  # only the first choice is the answer
                 continue
             delta = choice.get("delta")
+            if delta is None and "message" in choice:  # a whole answer's choice
+                delta = _message_as_delta(choice["message"])
             if delta:
                 self.delta_events(delta, reasoning_fields, events)
             reason = choice.get("finish_reason")
@@ -334,7 +359,8 @@ class OpenAIAdapter(AccountCalls):
         calls = _Calls(answer, params.model)
         reasoning_fields = spec.reasoning_fields
         with unexpected_shapes(spec):
-            async with EventStream(http, endpoint, url, build_body(endpoint, params), timeout) as events:
+            body = build_body(endpoint, params)
+            async with EventStream(http, endpoint, url, body, timeout, json_answer=True) as events:
                 async for event in events:
                     if event is READ_END:
                         yield FLUSH
@@ -344,6 +370,10 @@ class OpenAIAdapter(AccountCalls):
                         break
                     if not data:
                         continue
+                    if event.event == JSON_ANSWER:  # the whole answer, not streamed: complete
+                        for piece in calls.take_whole(endpoint, data, reasoning_fields):
+                            yield piece
+                        break
                     for piece in calls.take(endpoint, data, reasoning_fields):  # the chunk dies in there
                         yield piece
                 else:

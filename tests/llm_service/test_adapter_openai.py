@@ -234,3 +234,128 @@ async def test_an_event_of_unexpected_shape_is_logged_as_an_adapter_bug(
     logged = record.getMessage()
     assert "openai.py" in logged and "stream_chat" in logged  # the traceback names the adapter code
     assert "SHAPE-MARKER" not in logged and KEYS["openai"] not in logged
+
+
+# A non-streamed chat.completion (the OpenAI API reference's shape), as an
+# OpenAI-compatible server that ignores ``stream: true`` answers: content null
+# beside tool calls without ``index``, a second choice, usage with details.
+WHOLE_ANSWER = {
+    "id": "chatcmpl-CJ5aK2pQ9rT4vW7xY1zB3nM6",
+    "object": "chat.completion",
+    "created": 1764591000,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "annotations": [],
+                "tool_calls": [
+                    {
+                        "id": "call_Hq2Lm8Xv4Rt7Np1Ws9Kd3Yb",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    },
+                    {
+                        "id": "call_Zc5Vb1Nm7Qw3Er9Ty2Ui6Op",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Tokyo"}'},
+                    },
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+        },
+        {
+            "index": 1,
+            "message": {"role": "assistant", "content": "not the answer", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        },
+    ],
+    "usage": {
+        "prompt_tokens": 1117,
+        "completion_tokens": 46,
+        "total_tokens": 1163,
+        "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    },
+    "service_tier": "default",
+    "system_fingerprint": "fp_560af6e559",
+}
+
+
+@pytest.mark.parametrize("provider", ["openai", "github", "llama"])
+async def test_a_whole_json_answer_instead_of_a_stream_is_the_same_answer(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str
+) -> None:
+    out = await run(fake, http, provider, Scenario.json(WHOLE_ANSWER))
+    assert out.error is None, out.error
+    assert out.finished is not None
+    assert out.text == ""
+    assert out.finished.finish_reason is FinishReason.TOOL_CALLS
+    assert [(c.id, c.name, c.arguments) for c in out.finished.tool_calls] == [
+        ("call_Hq2Lm8Xv4Rt7Np1Ws9Kd3Yb", "get_weather", '{"city": "Paris"}'),
+        ("call_Zc5Vb1Nm7Qw3Er9Ty2Ui6Op", "get_weather", '{"city": "Tokyo"}'),
+    ]
+    assert out.assembled() == [(c.id, c.name, c.arguments) for c in out.finished.tool_calls]
+    assert out.finished.usage == Usage(1117, 46, 1163, cache_read_input_tokens=1024)
+    assert (out.finished.model, out.finished.response_id) == (WHOLE_ANSWER["model"], WHOLE_ANSWER["id"])
+
+
+async def test_a_whole_json_answer_with_text_refusal_and_reasoning(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    answer = {
+        "id": "b1c2d3e4-5f60-4a7b-8c9d-0e1f2a3b4c5d",
+        "object": "chat.completion",
+        "created": 1764591100,
+        "model": "grok-3-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Bonjour !", "reasoning_content": "French."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 15, "completion_tokens": 3, "total_tokens": 60},
+    }
+    ep = endpoint(fake, "grok")
+    fake.enqueue(Scenario.json(answer))
+    chat = params("grok", reasoning=Reasoning(include=True))
+    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, chat, 10))
+    assert out.error is None and out.finished is not None
+    assert (out.text, out.finished.reasoning) == ("Bonjour !", "French.")
+    assert out.finished.usage == Usage(15, 45, 60)
+
+    refused = {
+        "id": "chatcmpl-r",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    out = await run(fake, http, "openai", Scenario.json(refused))
+    assert out.text == "I can't help with that."
+    assert out.finished is not None and out.finished.finish_reason is FinishReason.CONTENT_FILTER
+    assert out.finished.usage == Usage(reported=False)
+
+
+async def test_a_json_body_that_is_no_answer_is_still_a_provider_error(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    out = await run(fake, http, "openai", Scenario.json({"object": "list", "data": []}))
+    assert isinstance(out.error, errors.ProviderError)
+    assert out.error.reason == "PROVIDER_ERROR"
