@@ -11,9 +11,10 @@ a placeholder and never part of the arguments; ``thinking`` and
 argument fragment, possibly empty, ``thinking_delta`` reasoning,
 ``signature_delta`` the thinking block's signature), ``message_delta``
 (``stop_reason``, and ``usage.output_tokens`` as the final total, not an
-increment), ``message_stop`` (the end marker), ``ping`` anywhere, and ``error``
-(e.g. ``overloaded_error``), which ends the stream with the mapped error even
-after text went out. A body that ends without ``message_stop`` is
+increment; input and cache counts, when it carries them, are totals too, and one
+it leaves out or sends as null keeps message_start's), ``message_stop`` (the end
+marker), ``ping`` anywhere, and ``error`` (e.g. ``overloaded_error``), which
+ends the stream with the mapped error even after text went out. A body that ends without ``message_stop`` is
 ``UpstreamStreamTruncated``. Input tokens are input + cache writes + cache reads.
 
 Requests: images and PDFs as ``base64`` (or ``url``) source blocks; assistant
@@ -223,14 +224,25 @@ class _Reading:
     reported: bool = False
 
     def usage(self, raw: dict[str, Any]) -> None:
-        """A ``usage`` object of message_start or message_delta (counts are running totals)."""
-        if "input_tokens" in raw:
-            self.input_tokens = int(raw["input_tokens"] or 0)
-            self.cache_read = int(raw.get("cache_read_input_tokens") or 0)
-            self.cache_write = int(raw.get("cache_creation_input_tokens") or 0)
+        """A ``usage`` object of message_start or message_delta (counts are running totals).
+
+        Each count is taken only when present and not null (``MessageDeltaUsage`` makes
+        all but ``output_tokens`` optional): a delta that leaves one out keeps the
+        earlier value, as the SDK's accumulator does.
+        """
+        value = raw.get("input_tokens")
+        if value is not None:
+            self.input_tokens = int(value)
             self.reported = True
-        if "output_tokens" in raw:
-            self.output_tokens = int(raw["output_tokens"] or 0)
+        value = raw.get("cache_read_input_tokens")
+        if value is not None:
+            self.cache_read = int(value)
+        value = raw.get("cache_creation_input_tokens")
+        if value is not None:
+            self.cache_write = int(value)
+        value = raw.get("output_tokens")
+        if value is not None:
+            self.output_tokens = int(value)
             self.reported = True
 
     def start(self, index: int, block: dict[str, Any]) -> ChatEvent | None:
