@@ -8,7 +8,9 @@ resolved parameters always carry one. Stream events: ``message_start`` (id, mode
 a placeholder and never part of the arguments; ``thinking`` and
 ``redacted_thinking`` blocks are kept for ``provider_state``),
 ``content_block_delta`` (``text_delta`` is answer text, ``input_json_delta`` an
-argument fragment, possibly empty, ``thinking_delta`` reasoning,
+argument fragment, possibly empty (a tool without parameters gets only an empty
+one: its arguments are then ``{}``, sent at ``content_block_stop``),
+``thinking_delta`` reasoning,
 ``signature_delta`` the thinking block's signature), ``message_delta``
 (``stop_reason``, and ``usage.output_tokens`` as the final total, not an
 increment; input and cache counts, when it carries them, are totals too, and one
@@ -216,6 +218,7 @@ class _Reading:
     json_tool: str = ""  # the forced structured-output tool's name, if any
     json_blocks: set[int] = field(default_factory=set)
     thinking: dict[int, dict[str, Any]] = field(default_factory=dict)
+    no_input_yet: set[int] = field(default_factory=set)  # tool_use blocks without an argument fragment
     stop_reason: str = ""
     input_tokens: int = 0
     cache_read: int = 0
@@ -252,6 +255,7 @@ class _Reading:
                 self.json_blocks.add(index)
                 return None
             # the start block's ``input: {}`` is a placeholder: the arguments come as deltas
+            self.no_input_yet.add(index)
             return self.answer.start_call(index, block.get("id") or "", block.get("name") or "")
         if kind == "thinking":
             self.thinking[index] = {"type": "thinking", "thinking": "", "signature": ""}
@@ -269,6 +273,8 @@ class _Reading:
             fragment = delta.get("partial_json") or ""
             if index in self.json_blocks:
                 return TextDelta(fragment) if fragment else None
+            if fragment:
+                self.no_input_yet.discard(index)
             return self.answer.add_arguments(index, fragment) if self.answer.has_call(index) else None
         if kind == "thinking_delta":
             text = delta.get("thinking") or ""
@@ -277,6 +283,14 @@ class _Reading:
             return self.answer.add_reasoning(text)
         if kind == "signature_delta" and index in self.thinking:
             self.thinking[index]["signature"] += delta.get("signature") or ""
+        return None
+
+    def stop(self, index: int) -> ChatEvent | None:
+        """A block's end: a call to a tool without parameters streamed no fragment
+        (only an empty one), and its input is then ``{}``, as in the start block."""
+        if index in self.no_input_yet:
+            self.no_input_yet.discard(index)
+            return self.answer.add_arguments(index, "{}")
         return None
 
     def finished(self, model: str, response_id: str) -> Finished:
@@ -342,6 +356,8 @@ class AnthropicAdapter(AccountCalls):
                         out = reading.start(
                             int(payload.get("index") or 0), payload.get("content_block") or {}
                         )
+                    elif kind == "content_block_stop":
+                        out = reading.stop(int(payload.get("index") or 0))
                     elif kind == "message_delta":
                         reading.stop_reason = (payload.get("delta") or {}).get(
                             "stop_reason"
