@@ -8,12 +8,15 @@ resolved parameters always carry one. Stream events: ``message_start`` (id, mode
 a placeholder and never part of the arguments; ``thinking`` and
 ``redacted_thinking`` blocks are kept for ``provider_state``),
 ``content_block_delta`` (``text_delta`` is answer text, ``input_json_delta`` an
-argument fragment, possibly empty, ``thinking_delta`` reasoning,
+argument fragment, possibly empty (a tool without parameters gets only an empty
+one: its arguments are then ``{}``, sent at ``content_block_stop``),
+``thinking_delta`` reasoning,
 ``signature_delta`` the thinking block's signature), ``message_delta``
 (``stop_reason``, and ``usage.output_tokens`` as the final total, not an
-increment), ``message_stop`` (the end marker), ``ping`` anywhere, and ``error``
-(e.g. ``overloaded_error``), which ends the stream with the mapped error even
-after text went out. A body that ends without ``message_stop`` is
+increment; input and cache counts, when it carries them, are totals too, and one
+it leaves out or sends as null keeps message_start's), ``message_stop`` (the end
+marker), ``ping`` anywhere, and ``error`` (e.g. ``overloaded_error``), which
+ends the stream with the mapped error even after text went out. A body that ends without ``message_stop`` is
 ``UpstreamStreamTruncated``. Input tokens are input + cache writes + cache reads.
 
 Requests: images and PDFs as ``base64`` (or ``url``) source blocks; assistant
@@ -215,6 +218,7 @@ class _Reading:
     json_tool: str = ""  # the forced structured-output tool's name, if any
     json_blocks: set[int] = field(default_factory=set)
     thinking: dict[int, dict[str, Any]] = field(default_factory=dict)
+    no_input_yet: set[int] = field(default_factory=set)  # tool_use blocks without an argument fragment
     stop_reason: str = ""
     input_tokens: int = 0
     cache_read: int = 0
@@ -223,14 +227,25 @@ class _Reading:
     reported: bool = False
 
     def usage(self, raw: dict[str, Any]) -> None:
-        """A ``usage`` object of message_start or message_delta (counts are running totals)."""
-        if "input_tokens" in raw:
-            self.input_tokens = int(raw["input_tokens"] or 0)
-            self.cache_read = int(raw.get("cache_read_input_tokens") or 0)
-            self.cache_write = int(raw.get("cache_creation_input_tokens") or 0)
+        """A ``usage`` object of message_start or message_delta (counts are running totals).
+
+        Each count is taken only when present and not null (``MessageDeltaUsage`` makes
+        all but ``output_tokens`` optional): a delta that leaves one out keeps the
+        earlier value, as the SDK's accumulator does.
+        """
+        value = raw.get("input_tokens")
+        if value is not None:
+            self.input_tokens = int(value)
             self.reported = True
-        if "output_tokens" in raw:
-            self.output_tokens = int(raw["output_tokens"] or 0)
+        value = raw.get("cache_read_input_tokens")
+        if value is not None:
+            self.cache_read = int(value)
+        value = raw.get("cache_creation_input_tokens")
+        if value is not None:
+            self.cache_write = int(value)
+        value = raw.get("output_tokens")
+        if value is not None:
+            self.output_tokens = int(value)
             self.reported = True
 
     def start(self, index: int, block: dict[str, Any]) -> ChatEvent | None:
@@ -240,6 +255,7 @@ class _Reading:
                 self.json_blocks.add(index)
                 return None
             # the start block's ``input: {}`` is a placeholder: the arguments come as deltas
+            self.no_input_yet.add(index)
             return self.answer.start_call(index, block.get("id") or "", block.get("name") or "")
         if kind == "thinking":
             self.thinking[index] = {"type": "thinking", "thinking": "", "signature": ""}
@@ -257,6 +273,8 @@ class _Reading:
             fragment = delta.get("partial_json") or ""
             if index in self.json_blocks:
                 return TextDelta(fragment) if fragment else None
+            if fragment:
+                self.no_input_yet.discard(index)
             return self.answer.add_arguments(index, fragment) if self.answer.has_call(index) else None
         if kind == "thinking_delta":
             text = delta.get("thinking") or ""
@@ -265,6 +283,14 @@ class _Reading:
             return self.answer.add_reasoning(text)
         if kind == "signature_delta" and index in self.thinking:
             self.thinking[index]["signature"] += delta.get("signature") or ""
+        return None
+
+    def stop(self, index: int) -> ChatEvent | None:
+        """A block's end: a call to a tool without parameters streamed no fragment
+        (only an empty one), and its input is then ``{}``, as in the start block."""
+        if index in self.no_input_yet:
+            self.no_input_yet.discard(index)
+            return self.answer.add_arguments(index, "{}")
         return None
 
     def finished(self, model: str, response_id: str) -> Finished:
@@ -330,6 +356,8 @@ class AnthropicAdapter(AccountCalls):
                         out = reading.start(
                             int(payload.get("index") or 0), payload.get("content_block") or {}
                         )
+                    elif kind == "content_block_stop":
+                        out = reading.stop(int(payload.get("index") or 0))
                     elif kind == "message_delta":
                         reading.stop_reason = (payload.get("delta") or {}).get(
                             "stop_reason"

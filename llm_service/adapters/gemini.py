@@ -8,7 +8,8 @@ marker: the stream is complete when a chunk carried a ``finishReason`` (or
 ``promptFeedback.blockReason``) and the body then ended cleanly; a body that ends
 before that is ``UpstreamStreamTruncated``. ``usageMetadata`` is cumulative, so the
 last one wins: ``promptTokenCount`` (which includes ``cachedContentTokenCount``,
-the cache reads) is the input, candidates + ``thoughtsTokenCount`` the output;
+the cache reads) + ``toolUsePromptTokenCount`` is the input, candidates +
+``thoughtsTokenCount`` the output;
 parts marked ``thought`` are reasoning, not answer text; a final chunk may carry
 no ``parts`` at all.
 
@@ -68,6 +69,8 @@ FINISH_REASONS = {
     "PROHIBITED_CONTENT": FinishReason.CONTENT_FILTER,
     "SPII": FinishReason.CONTENT_FILTER,
     "IMAGE_SAFETY": FinishReason.CONTENT_FILTER,
+    "IMAGE_PROHIBITED_CONTENT": FinishReason.CONTENT_FILTER,
+    "IMAGE_RECITATION": FinishReason.CONTENT_FILTER,
     "MALFORMED_FUNCTION_CALL": FinishReason.OTHER,
 }
 
@@ -220,7 +223,9 @@ def build_body(endpoint: Endpoint, params: ChatParams) -> dict[str, Any]:
 
 
 def _usage(raw: dict[str, Any]) -> Usage:
-    prompt = int(raw.get("promptTokenCount") or 0)
+    # the tool-use prompt (what a server-side tool such as Google Search fed back to
+    # the model) is input billed on top of promptTokenCount, and inside totalTokenCount
+    prompt = int(raw.get("promptTokenCount") or 0) + int(raw.get("toolUsePromptTokenCount") or 0)
     thoughts = int(raw.get("thoughtsTokenCount") or 0)
     output = int(raw.get("candidatesTokenCount") or 0) + thoughts
     return Usage(

@@ -138,3 +138,39 @@ async def test_stop_reason_mapping(
     assert out.finished.finish_reason is finish
     # cached input tokens are input tokens too
     assert out.finished.usage == Usage(105, 9, 114, cache_read_input_tokens=100)
+
+
+@pytest.mark.parametrize(
+    "delta_usage",
+    [
+        b'{"output_tokens":120}',
+        b'{"input_tokens":50,"output_tokens":120}',
+        b'{"input_tokens":null,"cache_creation_input_tokens":null,"cache_read_input_tokens":null,'
+        b'"output_tokens":120}',
+        b'{"input_tokens":50,"cache_creation_input_tokens":2000,"cache_read_input_tokens":1000,'
+        b'"output_tokens":120,"server_tool_use":{"web_search_requests":1}}',
+    ],
+    ids=["output-only", "input-without-cache", "nulls", "all"],
+)
+async def test_message_delta_usage_updates_only_the_counts_it_carries(
+    fake: FakeProvider, http: aiohttp.ClientSession, delta_usage: bytes
+) -> None:
+    """MessageDeltaUsage: every count is optional (null or absent: unchanged), each one cumulative.
+
+    The SDK's accumulator (``lib/streaming/_messages.py``) updates input, cache-write and
+    cache-read each only when not None, so a delta without the cache counts keeps
+    message_start's.
+    """
+    body = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_3","model":"claude-x",'
+        b'"usage":{"input_tokens":50,"cache_creation_input_tokens":2000,"cache_read_input_tokens":1000,'
+        b'"output_tokens":2}}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+        b'"stop_sequence":null},"usage":' + delta_usage + b"}\n\n"
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    out = await run(fake, http, Scenario(body=body, headers=SSE))
+    assert out.finished is not None
+    assert out.finished.usage == Usage(
+        3050, 120, 3170, cache_read_input_tokens=1000, cache_creation_input_tokens=2000
+    )

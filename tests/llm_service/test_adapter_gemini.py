@@ -133,7 +133,11 @@ async def test_finish_reason_then_a_cut_event_is_truncated(
         ("BLOCKLIST", FinishReason.CONTENT_FILTER),
         ("PROHIBITED_CONTENT", FinishReason.CONTENT_FILTER),
         ("SPII", FinishReason.CONTENT_FILTER),
+        ("IMAGE_SAFETY", FinishReason.CONTENT_FILTER),
+        ("IMAGE_PROHIBITED_CONTENT", FinishReason.CONTENT_FILTER),
+        ("IMAGE_RECITATION", FinishReason.CONTENT_FILTER),
         ("LANGUAGE", FinishReason.OTHER),
+        ("UNEXPECTED_TOOL_CALL", FinishReason.OTHER),
         ("MALFORMED_FUNCTION_CALL", FinishReason.OTHER),
     ],
 )
