@@ -107,7 +107,8 @@ class UsageReporter:
         self._max_backoff = max_backoff
         self._buffer: deque[Reportable] = deque()
         self._pending: dict[str, float] = {}
-        # Per user ("u:") and token ("t:"): (monotonic time acknowledged, cost), oldest first.
+        # Per user ("u:") and token ("t:"): (monotonic time acknowledged, the cost acknowledged
+        # then), oldest first: one entry per acknowledgement, whatever the records it took.
         self._acknowledged: dict[str, deque[tuple[float, float]]] = {}
         self._acknowledged_order: deque[tuple[float, str]] = deque()  # for forgetting, oldest first
         self._wake = asyncio.Event()
@@ -125,6 +126,12 @@ class UsageReporter:
     def buffered(self) -> int:
         """Records waiting for the vault's acknowledgement."""
         return len(self._buffer)
+
+    @property
+    def remembered(self) -> int:
+        """Acknowledged costs kept for the checks in flight (``pending``'s ``since``): one per
+        user and token an acknowledgement covered, forgotten after ``ACKNOWLEDGED_KEPT_SECONDS``."""
+        return len(self._acknowledged_order)
 
     def pending(self, user_id: str, token_id: str, scope: str, since: float | None = None) -> float:
         """This replica's unacknowledged cost of a user (``scope`` "user") or a token, plus,
@@ -173,14 +180,17 @@ class UsageReporter:
     def _acknowledge(self, count: int, *, stored: bool = True) -> None:
         """The oldest ``count`` records left the buffer: ``stored`` by the vault, or dropped."""
         now = time.monotonic()
+        acknowledged: dict[str, float] = {}  # one entry per user and token, not per record
         for _ in range(count):
             record = self._buffer.popleft()
             if record.cost_usd:
                 self._add_pending(record, -record.cost_usd)
                 if stored:
                     for key in ("u:" + record.user_id, "t:" + record.token_id):
-                        self._acknowledged.setdefault(key, deque()).append((now, record.cost_usd))
-                        self._acknowledged_order.append((now, key))
+                        acknowledged[key] = acknowledged.get(key, 0.0) + record.cost_usd
+        for key, cost in acknowledged.items():
+            self._acknowledged.setdefault(key, deque()).append((now, cost))
+            self._acknowledged_order.append((now, key))
         order, before = self._acknowledged_order, now - ACKNOWLEDGED_KEPT_SECONDS
         while order and order[0][0] < before:
             _, key = order.popleft()

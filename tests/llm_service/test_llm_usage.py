@@ -339,6 +339,26 @@ async def test_cache_and_reasoning_tokens_and_unreported_usage_are_recorded() ->
         assert not second.usage_reported and second.input_tokens == second.output_tokens == 0
 
 
+async def test_an_acknowledgement_keeps_one_cost_per_user_and_token_not_one_per_record() -> None:
+    """What is kept for the checks in flight grows with the acknowledgements, not the calls:
+    at 500 calls a second it held two entries per call for a minute (the soak's RSS growth)."""
+
+    async def send(batches: Any, timeout: float) -> vault_pb2.ReportUsageResponse:
+        return vault_pb2.ReportUsageResponse(accepted=sum(len(b) for b in batches))
+
+    reporter = UsageReporter(send, interval=60.0, batch_size=300)  # the 300 go in one acknowledgement
+    reporter.start()
+    before = time.monotonic()
+    for n in range(300):
+        reporter.submit(finished_call(f"r-{n}", cost=0.001))
+    await until(lambda: reporter.buffered == 0)
+    assert reporter.remembered == 2  # user "u" and token "t"
+    assert reporter.pending("u", "t", "user", since=before) == pytest.approx(0.3)
+    assert reporter.pending("u", "t", "token", since=before) == pytest.approx(0.3)
+    assert reporter.pending("u", "t", "user", since=time.monotonic()) == 0.0
+    await reporter.close(1.0)
+
+
 async def test_a_cost_acknowledged_during_a_check_still_counts_for_that_check() -> None:
     """The vault may read the spend before it commits a batch that is acknowledged here before
     the check compares: the batch's cost must count for that check, else it counts nowhere."""
