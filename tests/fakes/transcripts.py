@@ -48,6 +48,7 @@ class Transcript:
     request: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     base_path: str | None = None  # None: the registry's base path for the provider
+    body_format: str = "sse"  # "sse" or "ndjson": the body file's suffix
 
     def end_offset(self, wire_format: str) -> int:
         """The offset where the format's end of stream starts (cut before it: truncated)."""
@@ -82,10 +83,16 @@ def load(name: str) -> Transcript:
         request=meta.get("request", ""),
         params=meta.get("params", {}),
         base_path=meta.get("base_path"),
+        body_format=body.suffix[1:],
     )
 
 
-def names(provider: str | None = None) -> list[str]:
-    """Every transcript name (of one provider, if given), sorted."""
+def names(provider: str | None = None, *, body_format: str | None = None) -> list[str]:
+    """Every transcript name (of one provider, with one body format, if given), sorted."""
     found = sorted(p.stem for p in DIRECTORY.glob("*.json"))
-    return [n for n in found if provider is None or load(n).provider == provider]
+    return [
+        n
+        for n in found
+        if (provider is None or load(n).provider == provider)
+        and (body_format is None or load(n).body_format == body_format)
+    ]
