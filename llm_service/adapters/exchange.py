@@ -8,10 +8,12 @@ body (with tracing on, the request's HTTP client span covers the time to the
 answer's status, see ``telemetry.http_span``); with ``json_answer`` (a format whose
 whole, non-streamed answer has the shape of its events), a 200 JSON object that is
 no error is instead held, read up to ``max_json_bytes``, as the stream's one event,
-named ``JSON_ANSWER``; iterating it yields ``SSEEvent``\\ s decoded incrementally from whatever the
-network delivers (with ``ndjson``, by ``ndjson.NDJSONDecoder``: one event per line of a
-newline-delimited JSON body, Ollama's native stream; the last line may lack its LF),
-within the session's ``UpstreamLimits`` (bytes, events, line and
+named ``JSON_ANSWER`` (with ``ndjson``, a JSON body that is not one value is read as
+the lines it holds, a stream labelled ``application/json``); iterating it yields
+``SSEEvent``\\ s decoded incrementally from whatever the network delivers (with
+``ndjson``, by ``ndjson.NDJSONDecoder``: one event per line of a newline-delimited
+JSON body, Ollama's native stream; the last line may lack its LF), within the
+session's ``UpstreamLimits`` (bytes, events, line and
 event length: past one, the connection is closed and ``UpstreamResponseTooLarge``
 raised); leaving it releases the response, which closes the connection at once
 unless the body was read to the end. When a StreamChat coalesces deltas, a used-up
@@ -159,6 +161,15 @@ class EventStream:
             payload = None
         if self._json_answer and isinstance(payload, dict) and not payload.get("error"):
             self._pending, self._next = [SSEEvent(body.decode("utf-8", "replace"), JSON_ANSWER)], 0
+            return
+        if payload is None and isinstance(self._decoder, NDJSONDecoder):  # lines labelled application/json
+            self._bytes += len(body)
+            try:
+                events = self._decoder.feed(body)
+            except SSELimitExceeded as e:
+                raise self._too_large(str(e)) from None
+            self._events += len(events)
+            self._pending, self._next = events or _NONE, 0
             return
         raise _json_instead_of_stream(endpoint, payload)
 

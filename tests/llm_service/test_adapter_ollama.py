@@ -379,6 +379,17 @@ async def test_a_whole_json_answer_is_the_same_answer(
     assert out.finished is not None and out.finished.usage == Usage(26, 6, 32)
 
 
+async def test_lines_labelled_application_json_are_still_lines(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    body = transcripts.load("ollama_native_basic").body
+    out = await run(
+        fake, http, Scenario(body=body, headers={"Content-Type": "application/json"}, chunks=(3,))
+    )
+    assert out.error is None and out.text == "Why did the llama cross the road?"
+    assert out.finished is not None and out.finished.usage == Usage(31, 9, 40)
+
+
 async def test_a_last_line_without_its_lf_ends_the_answer(
     fake: FakeProvider, http: aiohttp.ClientSession
 ) -> None:
