@@ -35,7 +35,8 @@ from rmllm_common.errors import FailedPrecondition, FieldViolation, KeyNotConfig
 from rmllm_common.registry import ProviderSpec, Registry
 from rmllm_common.secret import Secret
 
-AdapterLookup = Callable[[ProviderSpec], Adapter]
+AdapterLookup = Callable[[ProviderSpec, str], Adapter]
+"""The adapter for a provider at a base URL (``llm_service.adapters.adapter_for``)."""
 _NO_KEY = Secret("")
 MAX_CHECKED_URLS = 4096
 
@@ -115,9 +116,12 @@ class EndpointResolver:
         return self.registry.resolve(name)
 
     def account(self, spec: ProviderSpec, credentials: Credentials, base_url: str) -> Account:
-        """``credentials`` bound to an endpoint at ``base_url`` (already checked) and the adapter."""
+        """``credentials`` bound to an endpoint at ``base_url`` (already checked) and the adapter
+        that speaks the provider's wire format there (chosen here, once, for Chat, TestKey and
+        ListModels alike)."""
         endpoint = Endpoint(spec, base_url, credentials.api_key)
-        return Account(credentials.user_id, endpoint, credentials, self._adapters(spec), self._http)
+        adapter = self._adapters(spec, base_url)
+        return Account(credentials.user_id, endpoint, credentials, adapter, self._http)
 
     def known_user(self, token: Secret) -> str | None:
         """The user a token was seen to belong to by this process, if any (no vault call)."""

@@ -119,10 +119,10 @@ class LLMServerHandle(ServerHandle):
     vault: VaultClient | None = None
 
 
-def default_adapters(spec: ProviderSpec) -> Adapter:
-    """The wire-format adapter for ``spec`` from ``llm_service.adapters.adapter_for``."""
+def default_adapters(spec: ProviderSpec, base_url: str) -> Adapter:
+    """The wire-format adapter for ``spec`` at ``base_url`` from ``llm_service.adapters.adapter_for``."""
     module: Any = sys.modules.get("llm_service.adapters") or importlib.import_module("llm_service.adapters")
-    adapter: Adapter = module.adapter_for(spec)
+    adapter: Adapter = module.adapter_for(spec, base_url)
     return adapter
 
 

@@ -137,6 +137,11 @@ class SSEDecoder:
         self.flush()
         raise SSELimitExceeded(what)
 
+    def end(self) -> list[SSEEvent]:
+        """A clean end of input completes no event: one not closed by an empty line is
+        discarded, as the spec requires (``flush`` says whether there was one)."""
+        return []
+
     def flush(self) -> bool:
         """End of input: discard any unfinished event and reset; True if one was cut short."""
         cut = bool(self._buffer) or bool(self._data) or self._event is not None

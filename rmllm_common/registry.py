@@ -2,9 +2,10 @@
 
 Both services use it: the vault to canonicalise provider names, check key formats
 and apply the custom-base-URL policy; the LLM service to pick the adapter (by
-``wire_format``), build endpoints and headers, price usage and serve
-``ListProviders``. Code branches on these fields (capabilities), never on a
-provider's name.
+``wire_format``, or ``native_format`` at a base URL that is not the
+OpenAI-compatible ``/v1`` one: ``ProviderSpec.wire_format_at``), build endpoints
+and headers, price usage and serve ``ListProviders``. Code branches on these
+fields (capabilities), never on a provider's name.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from urllib.parse import urlsplit
 
 from rmllm_common.errors import FieldViolation, UnknownProvider
 
-WireFormat = Literal["openai", "anthropic", "gemini"]
+WireFormat = Literal["openai", "anthropic", "gemini", "ollama"]
 ReasoningRequest = Literal["reasoning_effort", "reasoning_object", "none"]
 JsonSchemaMode = Literal["native", "tool"]
 CAPABILITIES = ("tools", "parallel_tools", "vision", "pdf", "json_schema", "reasoning")
 _REASONING_REQUESTS = ("reasoning_effort", "reasoning_object", "none")
 _EFFORTS = ("low", "medium", "high")
 AuthStyle = Literal["bearer", "x-api-key", "x-goog-api-key", "none"]
-_WIRE_FORMATS = ("openai", "anthropic", "gemini")
+_WIRE_FORMATS = ("openai", "anthropic", "gemini", "ollama")
 _AUTH_STYLES = ("bearer", "x-api-key", "x-goog-api-key", "none")
 # Wire formats whose API refuses a request without max_tokens.
 _NEEDS_MAX_TOKENS = ("anthropic",)
@@ -113,7 +114,21 @@ class ProviderSpec:
     reasoning_fields: tuple[str, ...] = ()  # openai format: stream delta fields holding reasoning text
     image_urls: bool = True  # whether the provider fetches http(s) image URLs itself
     parallel_tool_switch: bool = True  # whether parallel tool calls can be turned off
+    native_format: WireFormat | None = None  # spoken at a base URL whose path does not end in /v1
     _by_model: dict[str, ModelSpec] = field(default_factory=dict, compare=False, repr=False)
+
+    def wire_format_at(self, base_url: str) -> WireFormat:
+        """The wire format to speak at ``base_url`` (the spec's own when empty).
+
+        A provider that declares a ``native_format`` (Ollama: ``"ollama"``) speaks its
+        ``wire_format`` only where the base URL's path, trailing ``/`` stripped, ends
+        in ``/v1`` (the OpenAI-compatible API); anywhere else (``http://host:11434``,
+        ``.../api``) it speaks the native format.
+        """
+        if self.native_format is None:
+            return self.wire_format
+        path = urlsplit(base_url or self.base_url).path.rstrip("/")
+        return self.wire_format if path.endswith("/v1") else self.native_format
 
     def model(self, model_id: str) -> ModelSpec | None:
         """The registry's entry for a model id, if it has one."""
@@ -199,6 +214,9 @@ def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
     reasoning_request = raw.get("reasoning_request", "reasoning_effort")
     if reasoning_request not in _REASONING_REQUESTS:
         raise ValueError(f"{where}: reasoning_request must be one of {_REASONING_REQUESTS}")
+    native = raw.get("native_format")
+    if native is not None and (native not in _WIRE_FORMATS or native == wire):
+        raise ValueError(f"{where}: native_format must be another of {_WIRE_FORMATS}")
     return ProviderSpec(
         id=pid,
         display_name=raw["display_name"],
@@ -225,6 +243,7 @@ def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
         reasoning_fields=tuple(raw.get("reasoning_fields", [])),
         image_urls=bool(raw.get("image_urls", True)),
         parallel_tool_switch=bool(raw.get("parallel_tool_switch", True)),
+        native_format=native,
     )
 
 

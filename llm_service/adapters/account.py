@@ -1,14 +1,16 @@
 """The account-level calls every wire format shares: probing a key, listing models.
 
-``AccountCalls`` is the base of the three adapters. ``probe_key`` runs the
+``AccountCalls`` is the base of the adapters. ``probe_key`` runs the
 registry's probe (``spec.probe``: method, path, relative to the base URL or its
-origin) and turns the answer into a ``ProbeResult`` through the same error table
+origin; a format with its own fixed probe overrides ``probe_url``) and turns the
+answer into a ``ProbeResult`` through the same error table
 as chat (``adapters.errors``), so a 401 here and a 401 mid-chat mean the same
 thing. A 200 whose body says the key is blocked or disabled (``*_blocked`` /
 ``*_disabled`` flags) or out of credit (``limit_remaining`` of 0) is not "valid".
-``list_models`` reads ``spec.models_path`` and understands both listing shapes:
+``list_models`` reads ``spec.models_path`` (or the format's ``models_url``) and
+understands both listing shapes:
 ``data[]`` (OpenAI-compatible and Anthropic: ``id``, ``display_name``/``name``,
-``context_length``) and ``models[]`` (Gemini: ``name`` without ``models/``,
+``context_length``) and ``models[]`` (Gemini, and Ollama's ``/api/tags``: ``name`` without ``models/``,
 ``displayName``, ``inputTokenLimit``, following ``nextPageToken`` for at most 20
 pages; more than 10,000 models is ``UpstreamResponseTooLarge``).
 """
@@ -62,6 +64,15 @@ def _out_of_credit(payload: Any) -> bool:
 class AccountCalls:
     """``probe_key`` and ``list_models`` for any wire format."""
 
+    def probe_url(self, endpoint: Endpoint) -> str:
+        """Where TestKey's probe goes: the registry's ``probe`` against the endpoint."""
+        return endpoint.spec.probe.url(endpoint.base_url)
+
+    def models_url(self, endpoint: Endpoint) -> str:
+        """Where the live model listing is ("" when the registry has no ``models_path``)."""
+        path = endpoint.spec.models_path
+        return endpoint.base_url.rstrip("/") + path if path else ""
+
     async def probe_key(
         self, http: aiohttp.ClientSession, endpoint: Endpoint, timeout: float | None
     ) -> ProbeResult:
@@ -69,7 +80,7 @@ class AccountCalls:
         spec = endpoint.spec
         probe = spec.probe
         try:
-            payload = await get_json(http, endpoint, probe.method, probe.url(endpoint.base_url), timeout)
+            payload = await get_json(http, endpoint, probe.method, self.probe_url(endpoint), timeout)
         except RmllmError as e:
             outcome = next((o for cls, o in _OUTCOMES if isinstance(e, cls)), ProbeOutcome.UNKNOWN)
             return ProbeResult(outcome, e.message)
@@ -91,11 +102,11 @@ class AccountCalls:
     async def list_models(
         self, http: aiohttp.ClientSession, endpoint: Endpoint, timeout: float | None
     ) -> list[ListedModel]:
-        """The models the provider lists for this key; [] when the registry has no ``models_path``."""
+        """The models the provider lists for this key; [] when there is no listing (``models_url``)."""
         spec = endpoint.spec
-        if not spec.models_path:
+        url = self.models_url(endpoint)
+        if not url:
             return []
-        url = endpoint.base_url.rstrip("/") + spec.models_path
         models: list[ListedModel] = []
         params: dict[str, str] | None = None
         for _ in range(_MAX_PAGES):

@@ -8,8 +8,12 @@ body (with tracing on, the request's HTTP client span covers the time to the
 answer's status, see ``telemetry.http_span``); with ``json_answer`` (a format whose
 whole, non-streamed answer has the shape of its events), a 200 JSON object that is
 no error is instead held, read up to ``max_json_bytes``, as the stream's one event,
-named ``JSON_ANSWER``; iterating it yields ``SSEEvent``\\ s decoded incrementally from whatever the
-network delivers, within the session's ``UpstreamLimits`` (bytes, events, line and
+named ``JSON_ANSWER`` (with ``ndjson``, a JSON body that is not one value is read as
+the lines it holds, a stream labelled ``application/json``); iterating it yields
+``SSEEvent``\\ s decoded incrementally from whatever the network delivers (with
+``ndjson``, by ``ndjson.NDJSONDecoder``: one event per line of a newline-delimited
+JSON body, Ollama's native stream; the last line may lack its LF), within the
+session's ``UpstreamLimits`` (bytes, events, line and
 event length: past one, the connection is closed and ``UpstreamResponseTooLarge``
 raised); leaving it releases the response, which closes the connection at once
 unless the body was read to the end. When a StreamChat coalesces deltas, a used-up
@@ -37,6 +41,7 @@ from llm_service.adapters.base import Endpoint
 from llm_service.adapters.errors import from_response, from_stream_error, parse_json, transport_errors
 from llm_service.adapters.readends import READ_END, current
 from llm_service.http import UpstreamLimits, limits_of, request_timeout, timeout_within
+from llm_service.ndjson import NDJSONDecoder
 from llm_service.sse import SSEDecoder, SSEEvent, SSELimitExceeded
 from rmllm_common.errors import ProviderError, UpstreamResponseTooLarge
 
@@ -44,6 +49,7 @@ _NONE: list[SSEEvent] = []  # shared, never changed: no events pending
 JSON_ANSWER = "rmllm-json-answer"
 """The event name of a whole JSON answer held by an ``EventStream(json_answer=True)``."""
 _STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+_NDJSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/x-ndjson"}
 _JSON = json.JSONEncoder(ensure_ascii=False)  # what json.dumps(body, ensure_ascii=False) builds per call
 _raw_decode = json.JSONDecoder().raw_decode
 
@@ -78,6 +84,7 @@ class EventStream:
         timeout: float | None,
         *,
         json_answer: bool = False,
+        ndjson: bool = False,
     ) -> None:
         self._http = http
         self._json_answer = json_answer
@@ -86,7 +93,11 @@ class EventStream:
         self._body = body
         limits = self._limits = limits_of(http)
         self._timeout = timeout_within(limits, timeout)
-        self._decoder = SSEDecoder(max_line=limits.max_event_bytes, max_event=limits.max_event_bytes)
+        self._decoder: SSEDecoder | NDJSONDecoder = (
+            NDJSONDecoder(max_line=limits.max_event_bytes)
+            if ndjson
+            else SSEDecoder(max_line=limits.max_event_bytes, max_event=limits.max_event_bytes)
+        )
         self._pending = _NONE  # the events of the last read, ``_next`` the first not yet taken
         self._next = 0
         self._resp: aiohttp.ClientResponse | None = None
@@ -99,7 +110,7 @@ class EventStream:
         endpoint = self._endpoint
         spec = endpoint.spec
         headers = endpoint.headers()
-        headers.update(_STREAM_HEADERS)
+        headers.update(_NDJSON_HEADERS if isinstance(self._decoder, NDJSONDecoder) else _STREAM_HEADERS)
         span = telemetry.http_span("POST", self._url)
         try:
             resp = await self._http.post(
@@ -151,6 +162,15 @@ class EventStream:
         if self._json_answer and isinstance(payload, dict) and not payload.get("error"):
             self._pending, self._next = [SSEEvent(body.decode("utf-8", "replace"), JSON_ANSWER)], 0
             return
+        if payload is None and isinstance(self._decoder, NDJSONDecoder):  # lines labelled application/json
+            self._bytes += len(body)
+            try:
+                events = self._decoder.feed(body)
+            except SSELimitExceeded as e:
+                raise self._too_large(str(e)) from None
+            self._events += len(events)
+            self._pending, self._next = events or _NONE, 0
+            return
         raise _json_instead_of_stream(endpoint, payload)
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -180,8 +200,7 @@ class EventStream:
                     raise exc
                 raise
             if not chunk:
-                self.cut = self._decoder.flush()
-                raise StopAsyncIteration
+                return self._end()
             limits = self._limits
             self._bytes += len(chunk)
             if self._bytes > limits.max_response_bytes:
@@ -197,6 +216,16 @@ class EventStream:
                 if len(events) > 1:
                     self._pending, self._next = events, 1  # the decoder's fresh list, taken over
                 return events[0]
+
+    def _end(self) -> SSEEvent:
+        """The body ended cleanly: the event its end completes (NDJSON: a last line without
+        its LF; the next read ends again, with nothing held), else the end of iteration."""
+        events = self._decoder.end()
+        if not events:
+            self.cut = self._decoder.flush()
+            raise StopAsyncIteration
+        self._events += 1
+        return events[0]
 
     def _too_large(self, what: str) -> UpstreamResponseTooLarge:
         """Close the upstream connection, drop what was buffered, and say which limit was passed."""

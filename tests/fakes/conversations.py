@@ -48,7 +48,8 @@ PLACE_SCHEMA: dict[str, Any] = {
 RESULTS = ('{"temp_c": 24, "sky": "clear"}', "rain, 12°C")
 
 
-def _reasoning(raw: dict[str, Any] | None) -> Reasoning | None:
+def reasoning_of(raw: dict[str, Any] | None) -> Reasoning | None:
+    """A transcript's ``params.reasoning`` (``effort``, ``budget_tokens``, ``include``) as ``Reasoning``."""
     return (
         Reasoning(raw.get("effort"), int(raw.get("budget_tokens", 0)), bool(raw.get("include")))
         if raw
@@ -61,7 +62,7 @@ def build(name: str, provider: str, changes: dict[str, Any] | None = None) -> Ch
     changes = dict(changes or {})
     spec = default_registry().providers[provider]
     model = changes.pop("model", spec.default_model)
-    reasoning = _reasoning(changes.pop("reasoning", None))
+    reasoning = reasoning_of(changes.pop("reasoning", None))
     if changes:
         raise ValueError(f"unknown params {sorted(changes)}")
     system = Message("system", "You are a concise assistant.")

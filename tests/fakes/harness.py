@@ -2,8 +2,9 @@
 
 ``KEYS`` holds a fake key per provider in that provider's real format (long
 enough for redaction tests to be meaningful); ``endpoint(fake, provider)`` points
-the registry's spec at the fake; ``collect`` drains an adapter stream into its
-text, its deltas and its ``Finished`` (or the error that ended it).
+the registry's spec at the fake (at its real base path, or at ``path``);
+``collect`` drains an adapter stream into its text, its deltas and its
+``Finished`` (or the error that ended it).
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ KEYS = {
 PROVIDERS = tuple(sorted(default_registry().providers))
 
 
-def endpoint(fake: FakeProvider, provider: str, key: str | None = None) -> Endpoint:
-    """The registry's spec for ``provider``, its base URL moved onto the fake."""
+def endpoint(
+    fake: FakeProvider, provider: str, key: str | None = None, *, path: str | None = None
+) -> Endpoint:
+    """The registry's spec for ``provider``, its base URL moved onto the fake (``path``: at
+    that path of the fake's origin instead of the registry's base path, "" for the origin)."""
     spec = default_registry().providers[provider]
-    return Endpoint(
-        spec=spec, base_url=fake.base_url(provider), api_key=Secret(KEYS[provider] if key is None else key)
-    )
+    base_url = fake.base_url(provider) if path is None else fake.origin + path
+    return Endpoint(spec=spec, base_url=base_url, api_key=Secret(KEYS[provider] if key is None else key))
 
 
 def params(provider: str, **changes: object) -> ChatParams:

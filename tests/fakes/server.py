@@ -3,7 +3,8 @@
 ``FakeProvider`` serves, on one loopback port, the paths of every registry
 provider: ``POST .../chat/completions`` (``/v1``, ``/api/v1``, ``/inference``),
 ``POST /v1/messages``, ``POST /v1beta/models/{m}:streamGenerateContent?alt=sse``
-and ``:generateContent``, and the probe/listing GETs (``/v1/models``,
+and ``:generateContent``, Ollama's native ``POST .../api/chat`` (NDJSON, streamed
+unless ``"stream": false``), and the probe/listing GETs (``/v1/models``,
 ``/api/v1/key``, ``/v1/api-key``, ``/catalog/models``, ``/api/tags``,
 ``/v1beta/models``). Each request takes the first queued ``Scenario`` whose
 ``route`` fits, else the default scenario, else a synthetic answer in the
@@ -32,6 +33,7 @@ from fakes.scenario import Scenario
 from rmllm_common.registry import default_registry
 
 _SSE = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+_NDJSON = {"Content-Type": "application/x-ndjson"}  # what Ollama's streamResponse sets
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -87,12 +89,18 @@ def wire_format_of(path: str) -> str | None:
         return "anthropic"
     if ":streamGenerateContent" in path or ":generateContent" in path:
         return "gemini"
+    if path.endswith("/api/chat"):
+        return "ollama"
     return None
 
 
 def provider_of(path: str, headers: dict[str, str]) -> str:
     """The registry provider a request is for: by base path, then auth header and key prefix."""
     specs = list(default_registry().providers.values())
+    wire = wire_format_of(path)
+    for spec in specs:  # a native path (Ollama's /api/chat) belongs to the provider declaring it
+        if wire is not None and spec.native_format == wire:
+            return spec.id
     for spec in specs:
         if spec.probe.relative_to == "origin" and path == spec.probe.path:
             return spec.id
@@ -121,7 +129,7 @@ class FakeProvider:
         self.default: Scenario | None = None
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self._fast: dict[tuple[str, str, bool], tuple[bytes, bool]] = {}
+        self._fast: dict[tuple[str, str, bool], tuple[bytes, dict[str, str]]] = {}
 
     async def __aenter__(self) -> FakeProvider:
         await self.start()
@@ -236,9 +244,9 @@ class FakeProvider:
         cache_key = (request.path_qs, model, bool(payload.get("stream")))
         cached = self._fast.get(cache_key)
         if cached is None:
-            segments, stream = _synthetic(request, model, payload, synth.DEFAULT_PIECES, None)
-            self._fast[cache_key] = cached = (b"".join(segments), stream)
-        return web.Response(body=cached[0], headers=_SSE if cached[1] else _JSON)
+            segments, content = _synthetic(request, model, payload, synth.DEFAULT_PIECES, None)
+            self._fast[cache_key] = cached = (b"".join(segments), content)
+        return web.Response(body=cached[0], headers=cached[1])
 
     async def _respond(
         self, request: web.Request, record: RecordedRequest, scenario: Scenario | None
@@ -263,8 +271,8 @@ class FakeProvider:
             segments = [json.dumps(body).encode()]
         else:
             model = _model_of(record.path, record.json)
-            segments, stream = _synthetic(request, model, record.json, scenario.pieces, scenario.fail_after)
-            headers = {**(_SSE if stream else _JSON), **headers}
+            segments, content = _synthetic(request, model, record.json, scenario.pieces, scenario.fail_after)
+            headers = {**content, **headers}
         segments = _deliver(segments, scenario)
         if not (scenario.delay or scenario.cut() is not None or scenario.chunks):
             record.outcome = "answered"
@@ -319,20 +327,24 @@ def _model_of(path: str, payload: Any) -> str:
 def _wants_stream(wire: str, request: web.Request, payload: Any) -> bool:
     if wire == "gemini":
         return ":streamGenerateContent" in request.path and request.query.get("alt") == "sse"
+    if wire == "ollama":  # Ollama streams unless told "stream": false
+        return not (isinstance(payload, dict) and payload.get("stream") is False)
     return bool(isinstance(payload, dict) and payload.get("stream"))
 
 
 def _synthetic(
     request: web.Request, model: str, payload: Any, pieces: tuple[str, ...], fail_after: int | None
-) -> tuple[list[bytes], bool]:
-    """A synthetic answer in the request's wire format, and whether it is an event stream."""
+) -> tuple[list[bytes], dict[str, str]]:
+    """A synthetic answer in the request's wire format, and its Content-Type header."""
     wire = wire_format_of(request.path) or "openai"
     if _wants_stream(wire, request, payload):
-        return synth.stream_events(wire, model, payload, pieces, fail_after), True
+        return synth.stream_events(
+            wire, model, payload, pieces, fail_after
+        ), _NDJSON if wire == "ollama" else _SSE
     body: Any = synth.unary_body(wire, model, payload, pieces)
     if ":streamGenerateContent" in request.path:  # Gemini's stream without alt=sse: a JSON array
         body = [body]
-    return [json.dumps(body).encode()], False
+    return [json.dumps(body).encode()], _JSON
 
 
 def _deliver(segments: list[bytes], scenario: Scenario) -> list[bytes]:

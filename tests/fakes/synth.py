@@ -147,7 +147,47 @@ def _gemini(model: str, pieces: tuple[str, ...], inp: int, fail_after: int | Non
     return out
 
 
-_STREAMS = {"openai": _openai, "anthropic": _anthropic, "gemini": _gemini}
+_OLLAMA_CREATED = "2025-05-08T14:22:00.123456Z"
+
+
+def _ollama_done(model: str, text: str, inp: int, out: int) -> dict[str, Any]:
+    """Ollama's last line (``api.ChatResponse`` with ``done`` and its ``Metrics``)."""
+    return {
+        "model": model,
+        "created_at": _OLLAMA_CREATED,
+        "message": {"role": "assistant", "content": text},
+        "done_reason": "stop",
+        "done": True,
+        "total_duration": 912345678,
+        "load_duration": 12345678,
+        "prompt_eval_count": inp,
+        "prompt_eval_duration": 45678901,
+        "eval_count": out,
+        "eval_duration": 765432109,
+    }
+
+
+def _ollama(model: str, pieces: tuple[str, ...], inp: int, fail_after: int | None) -> list[bytes]:
+    """Ollama's native /api/chat stream: one JSON object per line."""
+    out: list[bytes] = []
+    for i, piece in enumerate(pieces):
+        if fail_after is not None and i == fail_after:
+            return [
+                *out,
+                _dumps({"error": "an error was encountered while running the model: unexpected EOF"}) + b"\n",
+            ]
+        line = {
+            "model": model,
+            "created_at": _OLLAMA_CREATED,
+            "message": {"role": "assistant", "content": piece},
+            "done": False,
+        }
+        out.append(_dumps(line) + b"\n")
+    out.append(_dumps(_ollama_done(model, "", inp, len(pieces))) + b"\n")
+    return out
+
+
+_STREAMS = {"openai": _openai, "anthropic": _anthropic, "gemini": _gemini, "ollama": _ollama}
 
 
 def stream_events(
@@ -157,7 +197,7 @@ def stream_events(
     pieces: tuple[str, ...] = DEFAULT_PIECES,
     fail_after: int | None = None,
 ) -> list[bytes]:
-    """A streamed answer, one bytes object per SSE event."""
+    """A streamed answer, one bytes object per SSE event (per line for Ollama's NDJSON)."""
     return _STREAMS[wire_format](model, pieces, input_tokens(request), fail_after)
 
 
@@ -177,6 +217,8 @@ def unary_body(
             ],
             "usage": {"prompt_tokens": inp, "completion_tokens": n, "total_tokens": inp + n},
         }
+    if wire_format == "ollama":
+        return _ollama_done(model, text, inp, n)
     if wire_format == "anthropic":
         return {
             "id": "msg_fake0001",

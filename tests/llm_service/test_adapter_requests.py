@@ -6,7 +6,8 @@ second turn (the answer sent back with its ``provider_state``, then one tool
 result per call) must be exactly its ``second_body``: OpenAI ``tool`` messages,
 Anthropic thinking blocks with their signature and ``tool_result`` blocks in one
 user turn, Gemini ``functionResponse`` parts with the ``thoughtSignature`` back on
-the first parallel call only. A hypothesis property replays the tool-call
+the first parallel call only, Ollama ``tool`` messages naming the tool
+(``tool_name``) with arguments sent back as objects. A hypothesis property replays the tool-call
 transcripts in arbitrary splits: the assembled arguments never change.
 """
 
@@ -29,7 +30,12 @@ from llm_service.adapters.base import Message
 REQUESTS = transcripts.DIRECTORY / "requests"
 WITH_REQUEST = [n for n in transcripts.names() if transcripts.load(n).request]
 TOOL_TRANSCRIPTS = [n for n in WITH_REQUEST if transcripts.load(n).expect.get("tool_calls")]
-ANSWER_FOR = {"openai": "openai_basic", "anthropic": "anthropic_basic", "gemini": "gemini_basic"}
+ANSWER_FOR = {
+    "openai": "openai_basic",
+    "anthropic": "anthropic_basic",
+    "gemini": "gemini_basic",
+    "ollama": "ollama_native_basic",
+}
 
 
 def expected(name: str) -> dict[str, Any]:
@@ -40,10 +46,13 @@ def expected(name: str) -> dict[str, Any]:
 def test_every_wire_format_has_tool_and_structured_transcripts() -> None:
     from rmllm_common.registry import default_registry
 
-    formats = {
-        default_registry().providers[transcripts.load(n).provider].wire_format for n in TOOL_TRANSCRIPTS
-    }
-    assert formats == {"openai", "anthropic", "gemini"}
+    formats = set()
+    for name in TOOL_TRANSCRIPTS:
+        transcript = transcripts.load(name)
+        spec = default_registry().providers[transcript.provider]
+        base_url = spec.base_url if transcript.base_path is None else "http://fake" + transcript.base_path
+        formats.add(spec.wire_format_at(base_url))
+    assert formats == {"openai", "anthropic", "gemini", "ollama"}
     structured = {
         transcripts.load(n).provider for n in WITH_REQUEST if transcripts.load(n).request == "structured"
     }
@@ -55,8 +64,8 @@ async def test_request_body_and_second_turn_are_exact(
     fake: FakeProvider, http: aiohttp.ClientSession, name: str
 ) -> None:
     transcript = transcripts.load(name)
-    ep = endpoint(fake, transcript.provider)
-    adapter = adapter_for(ep.spec)
+    ep = endpoint(fake, transcript.provider, path=transcript.base_path)
+    adapter = adapter_for(ep.spec, ep.base_url)
     first = conversations.build(transcript.request, transcript.provider, transcript.params)
     fake.enqueue(Scenario.transcript(name))
 
@@ -70,7 +79,7 @@ async def test_request_body_and_second_turn_are_exact(
         return
     assert out.finished is not None
     second = conversations.second_turn(first, out.text, out.finished)
-    fake.enqueue(Scenario.transcript(ANSWER_FOR[ep.spec.wire_format]))
+    fake.enqueue(Scenario.transcript(ANSWER_FOR[ep.spec.wire_format_at(ep.base_url)]))
     again = await collect(adapter.stream_chat(http, ep, second, 10))
     assert again.error is None, again.error
     assert fake.requests[-1].json == want["second_body"]
@@ -143,11 +152,11 @@ async def test_assembled_arguments_are_the_same_in_every_split(
     fake: FakeProvider, http: aiohttp.ClientSession, name: str, sizes: list[int]
 ) -> None:
     transcript = transcripts.load(name)
-    ep = endpoint(fake, transcript.provider)
+    ep = endpoint(fake, transcript.provider, path=transcript.base_path)
     fake.enqueue(Scenario.transcript(name, chunks=tuple(sizes)))
     params = conversations.build(transcript.request, transcript.provider, transcript.params)
 
-    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params, 10))
+    out = await collect(adapter_for(ep.spec, ep.base_url).stream_chat(http, ep, params, 10))
 
     assert out.error is None, out.error
     assert out.finished is not None

@@ -6,7 +6,10 @@ text, finish reason, usage (OpenTelemetry semantics: cached tokens inside input,
 reasoning inside output), model and id, and where the transcript says so its
 tool calls (each call's deltas concatenating to exactly its arguments), reasoning,
 provider state and price (or its error after its text) each time. A transcript
-with a ``request`` is sent its named conversation (``fakes.conversations``).
+with a ``request`` is sent its named conversation (``fakes.conversations``), one
+with only ``params`` the small default chat with those changes; one with a
+``base_path`` is called there (Ollama's native transcripts: the bare origin or
+``/api``, where the adapter for the base URL is the native one).
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ def request_params(transcript: transcripts.Transcript) -> ChatParams:
     """What to send for a transcript: its named conversation, else the small default chat."""
     if transcript.request:
         return conversations.build(transcript.request, transcript.provider, transcript.params)
-    return params(transcript.provider)
+    changes = dict(transcript.params)
+    if "reasoning" in changes:
+        changes["reasoning"] = conversations.reasoning_of(changes["reasoning"])
+    return params(transcript.provider, **changes)
 
 
 def expected_usage(raw: list[int] | dict[str, int | bool]) -> Usage:
@@ -50,11 +56,11 @@ async def test_transcript_gives_its_result_in_every_split(
     fake: FakeProvider, http: aiohttp.ClientSession, name: str, split: str
 ) -> None:
     transcript = transcripts.load(name)
-    ep = endpoint(fake, transcript.provider)
+    ep = endpoint(fake, transcript.provider, path=transcript.base_path)
     fake.enqueue(Scenario.transcript(name, chunks=SPLITS[split]))
     sent = request_params(transcript)
 
-    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, sent, 10))
+    out = await collect(adapter_for(ep.spec, ep.base_url).stream_chat(http, ep, sent, 10))
 
     if transcript.expect_error:
         assert out.finished is None
@@ -97,11 +103,13 @@ async def test_a_stream_cut_before_its_end_is_truncated_never_a_success(
 ) -> None:
     """``end_at``: the body ends cleanly without the end; ``truncate_at``: the connection drops."""
     transcript = transcripts.load(name)
-    ep = endpoint(fake, transcript.provider)
-    cut = transcript.end_offset(ep.spec.wire_format)
+    ep = endpoint(fake, transcript.provider, path=transcript.base_path)
+    cut = transcript.end_offset(ep.spec.wire_format_at(ep.base_url))
     fake.enqueue(Scenario.transcript(name, chunks=(7,), **{how: cut}))
 
-    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, request_params(transcript), 10))
+    out = await collect(
+        adapter_for(ep.spec, ep.base_url).stream_chat(http, ep, request_params(transcript), 10)
+    )
 
     assert out.finished is None
     assert isinstance(out.error, errors.UpstreamStreamTruncated), out.error

@@ -183,7 +183,7 @@ async def llm_harness(
     build.setdefault("sleep", recording_sleep)
     scripted = adapter
     handle = await build_server(
-        settings, adapters=None if real_adapters else (lambda spec: scripted), **build
+        settings, adapters=None if real_adapters else (lambda spec, base_url: scripted), **build
     )
     await handle.server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}")

@@ -46,7 +46,7 @@ async def main() -> None:
         listen="127.0.0.1:0",
     )
     adapter = SlowAdapter()
-    handle = await build_server(settings, adapters=lambda spec: adapter)
+    handle = await build_server(settings, adapters=lambda spec, base_url: adapter)
     await handle.serve(f"127.0.0.1:{handle.port}", settings.grace_seconds)
     await vault.stop()
 
