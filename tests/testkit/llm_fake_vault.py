@@ -198,6 +198,9 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
         return self.address
 
     async def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving: end the watch streams first, as the real vault drains them, so that
+        none is cancelled by the stop (which grpc logs as an error in the server's process)."""
+        for queue in self.watchers:
+            queue.put_nowait(None)
         if self._server is not None:
-            await self._server.stop(None)
+            await self._server.stop(1.0 if self.watchers else None)
