@@ -127,23 +127,24 @@ def _assistant_body(message: Message) -> dict[str, Any]:
 
 
 def _tools(params: ChatParams, body: dict[str, Any]) -> None:
-    if params.tools:
-        functions = []
-        for tool in params.tools:
-            function: dict[str, Any] = {"name": tool.name}
-            if tool.description:
-                function["description"] = tool.description
-            function["parameters"] = tool.schema()
-            if tool.strict:
-                function["strict"] = True
-            functions.append({"type": "function", "function": function})
-        body["tools"] = functions
+    if not params.tools:
+        return  # OpenAI refuses tool_choice and parallel_tool_calls without tools (400)
+    functions = []
+    for tool in params.tools:
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            function["description"] = tool.description
+        function["parameters"] = tool.schema()
+        if tool.strict:
+            function["strict"] = True
+        functions.append({"type": "function", "function": function})
+    body["tools"] = functions
     choice = params.tool_choice
     if choice is not None:
         body["tool_choice"] = (
             {"type": "function", "function": {"name": choice.name}} if choice.name else choice.mode
         )
-    if params.parallel_tool_calls is not None and params.tools:
+    if params.parallel_tool_calls is not None:
         body["parallel_tool_calls"] = params.parallel_tool_calls
 
 

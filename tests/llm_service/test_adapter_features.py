@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,8 +23,19 @@ from realmultillm.llm.v1 import llm_pb2
 from testkit.llm_harness import LLMHarness, auth
 
 from llm_service.adapters import adapter_for
-from llm_service.adapters.base import ChatParams, FinishReason, Message, ResponseFormat, ToolCall
+from llm_service.adapters.base import (
+    ChatParams,
+    Endpoint,
+    FinishReason,
+    Message,
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    ToolSpec,
+)
 from rmllm_common.registry import default_registry, load_registry
+from rmllm_common.secret import Secret
 
 SSE = {"Content-Type": "text/event-stream"}
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -339,3 +351,23 @@ async def test_openai_call_without_an_id_gets_a_stable_one(
         ids.append(out.finished.tool_calls[0].id)
     assert ids[0] == ids[1] and ids[0].startswith("call_")
     assert out.tool_deltas[0].id == ids[0]
+
+
+def _body(provider: str, params: ChatParams) -> dict[str, Any]:
+    from llm_service.adapters import anthropic, gemini, openai
+
+    spec = default_registry().providers[provider]
+    build = {"openai": openai.build_body, "anthropic": anthropic.build_body, "gemini": gemini.build_body}
+    return build[spec.wire_format](Endpoint(spec, spec.base_url, Secret("k")), params)
+
+
+@pytest.mark.parametrize("provider", ["openai", "openrouter", "github", "grok"])
+@pytest.mark.parametrize("mode", ["auto", "none"])
+def test_openai_format_sends_no_tool_choice_without_tools(provider: str, mode: ToolChoiceMode) -> None:
+    """OpenAI answers 400 "Invalid value for 'tool_choice': 'tool_choice' is only allowed
+    when 'tools' are specified"; without tools, AUTO and NONE both mean no call."""
+    params = ChatParams("m", (Message("user", "hi"),), tool_choice=ToolChoice(mode=mode))
+    assert "tool_choice" not in _body(provider, params)
+    with_tools = dataclasses.replace(params, tools=(ToolSpec("f"),))
+    assert _body(provider, with_tools)["tool_choice"] == mode
+
