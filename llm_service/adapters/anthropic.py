@@ -172,7 +172,8 @@ def _tools(params: ChatParams, json_tool: dict[str, Any] | None, body: dict[str,
             choice = {"type": {"auto": "auto", "none": "none", "required": "any"}[tc.mode or "auto"]}
     if params.parallel_tool_calls is False and params.tools:
         choice = choice or {"type": "auto"}
-        choice["disable_parallel_tool_use"] = True
+        if choice["type"] != "none":  # ToolChoiceNone has no such field: no call, nothing parallel
+            choice["disable_parallel_tool_use"] = True
     if tools:
         body["tools"] = tools
     if choice is not None:

@@ -371,3 +371,18 @@ def test_openai_format_sends_no_tool_choice_without_tools(provider: str, mode: T
     with_tools = dataclasses.replace(params, tools=(ToolSpec("f"),))
     assert _body(provider, with_tools)["tool_choice"] == mode
 
+
+def test_anthropic_none_choice_carries_no_parallel_switch() -> None:
+    """``ToolChoiceNone`` has only ``type`` (anthropic-sdk-python ``tool_choice_none_param.py``);
+    with no call allowed there is nothing parallel to turn off."""
+    params = ChatParams(
+        "claude-sonnet-4-5",
+        (Message("user", "hi"),),
+        max_tokens=64,
+        tools=(ToolSpec("f"),),
+        tool_choice=ToolChoice(mode="none"),
+        parallel_tool_calls=False,
+    )
+    assert _body("anthropic", params)["tool_choice"] == {"type": "none"}
+    auto = dataclasses.replace(params, tool_choice=ToolChoice(mode="auto"))
+    assert _body("anthropic", auto)["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
