@@ -15,6 +15,7 @@ base URL are checked by ``check_api_key`` and ``check_base_url``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from llm_service.adapters.base import (
     Message,
     Role,
 )
-from llm_service.capabilities import check_capabilities
+from llm_service.capabilities import check_capabilities, refused_params
 from llm_service.features import (
     FeatureLimits,
     check_message_extras,
@@ -73,8 +74,9 @@ class ChatInput:
     ) -> ChatParams:
         """Request fields win over the caller's settings, which win over the registry's defaults.
 
-        Raises ``CapabilityUnsupported`` when the chosen model lacks a feature the
-        request needs (see ``llm_service.capabilities``).
+        A stored temperature is not applied where the request cannot carry one
+        (``capabilities.refused_params``). Raises ``CapabilityUnsupported`` when the
+        chosen model lacks a feature the request needs (see ``llm_service.capabilities``).
         """
         request = self.request
         params = ChatParams(  # dataclasses.replace, spelled out: it costs more than the rest of this
@@ -90,6 +92,12 @@ class ChatInput:
             request.response_format,
             request.reasoning,
         )
+        if (  # a stored temperature is a default, not a request: not applied where refused
+            request.temperature is None
+            and params.temperature is not None
+            and "temperature" in refused_params(self.spec, params)
+        ):
+            params = dataclasses.replace(params, temperature=None)
         check_capabilities(self.spec, params)
         return params
 

@@ -24,6 +24,7 @@ WireFormat = Literal["openai", "anthropic", "gemini", "ollama"]
 ReasoningRequest = Literal["reasoning_effort", "reasoning_object", "none"]
 JsonSchemaMode = Literal["native", "tool"]
 CAPABILITIES = ("tools", "parallel_tools", "vision", "pdf", "json_schema", "reasoning")
+SAMPLING_PARAMS = ("temperature", "top_p", "stop")  # what a model's unsupported_params may name
 _REASONING_REQUESTS = ("reasoning_effort", "reasoning_object", "none")
 _EFFORTS = ("low", "medium", "high")
 AuthStyle = Literal["bearer", "x-api-key", "x-goog-api-key", "none"]
@@ -50,6 +51,7 @@ class ModelSpec:
     cache_write_price: float | None = None  # USD per 1M input tokens written to the cache; None: input_price
     reasoning_efforts: tuple[str, ...] = _EFFORTS  # the efforts the model takes
     json_schema_mode: JsonSchemaMode = "native"  # anthropic: native output_config, or a forced tool
+    unsupported_params: frozenset[str] = frozenset()  # request fields the model's API refuses
 
     def cost(
         self, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
@@ -264,6 +266,9 @@ def _parse_model(where: str, m: dict[str, Any]) -> ModelSpec:
     mode = m.get("json_schema_mode", "native")
     if mode not in ("native", "tool"):
         raise ValueError(f"{where} model {m['id']}: json_schema_mode must be native or tool")
+    unsupported = frozenset(m.get("unsupported_params", ()))
+    if unsupported - set(SAMPLING_PARAMS):
+        raise ValueError(f"{where} model {m['id']}: unsupported_params must be among {SAMPLING_PARAMS}")
     return ModelSpec(
         id=m["id"],
         display_name=m.get("display_name", m["id"]),
@@ -275,6 +280,7 @@ def _parse_model(where: str, m: dict[str, Any]) -> ModelSpec:
         cache_write_price=_optional_price(m, "cache_write_price"),
         reasoning_efforts=efforts,
         json_schema_mode=mode,
+        unsupported_params=unsupported,
     )
 
 

@@ -279,6 +279,7 @@ def test_cost_prices_cache_reads_and_writes() -> None:
         ('capabilities = ["tools", "telepathy"]', "unknown capabilities"),
         ('reasoning_efforts = ["extreme"]', "reasoning_efforts"),
         ('json_schema_mode = "magic"', "json_schema_mode"),
+        ('unsupported_params = ["seed"]', "unsupported_params"),
     ],
 )
 def test_bad_capability_data_is_refused_at_load(tmp_path: Path, row: str, says: str) -> None:

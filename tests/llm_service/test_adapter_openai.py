@@ -28,12 +28,17 @@ PATHS = {
 }
 
 
+SAMPLING_MODEL = {"grok": "grok-3"}
+
+
 @pytest.mark.parametrize("provider", OPENAI_FORMAT)
 async def test_request_path_auth_and_body(
     fake: FakeProvider, http: aiohttp.ClientSession, provider: str
 ) -> None:
     ep = endpoint(fake, provider)
-    chat = params(provider, temperature=0.2, top_p=0.9, max_tokens=64, stop=("\n\n", "END"))
+    # xAI's reasoning models (the default grok-3-mini) refuse stop: a model that takes it
+    model = SAMPLING_MODEL.get(provider, ep.spec.default_model)
+    chat = params(provider, model=model, temperature=0.2, top_p=0.9, max_tokens=64, stop=("\n\n", "END"))
 
     out = await collect(adapter_for(ep.spec).stream_chat(http, ep, chat, 10))
 
@@ -47,7 +52,7 @@ async def test_request_path_auth_and_body(
     assert record.headers["content-type"] == "application/json"
     assert record.headers["accept"] == "text/event-stream"
     body = record.json
-    assert body["model"] == ep.spec.default_model
+    assert body["model"] == model
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [

@@ -277,6 +277,7 @@ async def test_bad_feature_input(
     assert llm.adapter.calls == []
 
 
+THINK = llm_pb2.ReasoningOptions(effort=llm_pb2.REASONING_EFFORT_LOW)
 REFUSALS: list[tuple[str, str, dict[str, Any], str]] = [
     ("google", "gemini-2.5-flash", {"tools": [WEATHER], "parallel_tool_calls": False}, "parallel_tool_calls"),
     (
@@ -343,6 +344,48 @@ REFUSALS: list[tuple[str, str, dict[str, Any], str]] = [
         "llava-unlisted",
         {"messages": [_msg(parts=[_image(url="https://example.com/a.png")])]},
         "messages[0].parts[0].image.url",
+    ),
+    # OpenAI: "Unsupported parameter: 'stop' is not supported with this model" (o4-mini)
+    ("openai", "o4-mini", {"stop": ["END"]}, "stop"),
+    ("openai", "o4-mini", {"temperature": 0.2}, "temperature"),
+    ("openai", "o4-mini", {"top_p": 0.5}, "top_p"),
+    # docs.x.ai guides/reasoning: stop "not supported by reasoning models ... would result in an error"
+    ("grok", "grok-3-mini", {"stop": ["END"]}, "stop"),
+    ("grok", "grok-4", {"stop": ["END"]}, "stop"),
+    # Anthropic extended thinking: no temperature, top_p only 0.95..1, no forced tool use,
+    # budget_tokens at least 1024 (build-with-claude/extended-thinking)
+    ("anthropic", "claude-sonnet-4-5", {"temperature": 0.2, "reasoning": THINK}, "temperature"),
+    ("anthropic", "claude-sonnet-4-5", {"top_p": 0.5, "reasoning": THINK}, "top_p"),
+    (
+        "anthropic",
+        "claude-sonnet-4-5",
+        {"tools": [WEATHER], "tool_choice": llm_pb2.ToolChoice(name="get_weather"), "reasoning": THINK},
+        "tool_choice",
+    ),
+    (
+        "anthropic",
+        "claude-sonnet-4-5",
+        {
+            "tools": [WEATHER],
+            "tool_choice": llm_pb2.ToolChoice(mode=llm_pb2.TOOL_CHOICE_MODE_REQUIRED),
+            "reasoning": THINK,
+        },
+        "tool_choice",
+    ),
+    (
+        "anthropic",
+        "claude-sonnet-4-5",
+        {
+            "response_format": llm_pb2.ResponseFormat(type=llm_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
+            "reasoning": THINK,
+        },
+        "response_format",
+    ),
+    (
+        "anthropic",
+        "claude-sonnet-4-5",
+        {"reasoning": llm_pb2.ReasoningOptions(budget_tokens=512)},
+        "reasoning.budget_tokens",
     ),
 ]
 

@@ -125,3 +125,28 @@ probe = { path = "/models" }
         load_registry(path)
     path.write_text(path.read_text() + "default_max_tokens = 1024\n")
     assert load_registry(path).providers["claude2"].default_max_tokens == 1024
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "reasoning"),
+    [
+        ("openai", "o4-mini", None),  # "Unsupported parameter: 'temperature' ..." on o-series
+        ("anthropic", "claude-sonnet-4-5", llm_pb2.ReasoningOptions(effort=llm_pb2.REASONING_EFFORT_LOW)),
+    ],
+)
+def test_a_stored_temperature_is_not_applied_where_the_request_cannot_take_one(
+    provider: str, model: str, reasoning: Any
+) -> None:
+    """The caller's stored temperature is a default: a model that refuses any temperature
+    (o4-mini; Claude with extended thinking) gets none rather than a 400 on every request."""
+    request = llm_pb2.ChatRequest(
+        provider=provider,
+        model=model,
+        messages=[llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content="hi")],
+        reasoning=reasoning,
+    )
+    assert validate_chat(request, default_registry()).params(temperature=0.7).temperature is None
+    plain = llm_pb2.ChatRequest(
+        provider=provider, model="gpt-4o" if provider == "openai" else model, messages=request.messages
+    )
+    assert validate_chat(plain, default_registry()).params(temperature=0.7).temperature == 0.7
