@@ -11,8 +11,12 @@ thing. A 200 whose body says the key is blocked or disabled (``*_blocked`` /
 understands both listing shapes:
 ``data[]`` (OpenAI-compatible and Anthropic: ``id``, ``display_name``/``name``,
 ``context_length``) and ``models[]`` (Gemini, and Ollama's ``/api/tags``: ``name`` without ``models/``,
-``displayName``, ``inputTokenLimit``, following ``nextPageToken`` for at most 20
-pages; more than 10,000 models is ``UpstreamResponseTooLarge``).
+``displayName``, ``inputTokenLimit``; only entries whose ``supportedGenerationMethods``,
+when given, include ``generateContent``: Gemini also lists embedding, Imagen, Veo and
+AQA models, which Chat cannot use). It follows Gemini's ``nextPageToken``
+(``pageToken``) and Anthropic's ``has_more`` (``after_id`` = ``last_id``; the
+registry's ``models_path`` asks Anthropic for ``limit=1000`` a page, not its default
+20) for at most 20 pages; more than 10,000 models is ``UpstreamResponseTooLarge``.
 """
 
 from __future__ import annotations
@@ -117,11 +121,34 @@ class AccountCalls:
                     f"{spec.display_name} listed more than {MAX_LISTED_MODELS} models",
                     provider=spec.id,
                 )
-            token = payload.get("nextPageToken") if isinstance(payload, dict) else None
-            if not token:
+            params = _next_page(payload)
+            if params is None:
                 break
-            params = {"pageToken": str(token)}
         return models
+
+
+def _next_page(payload: Any) -> dict[str, str] | None:
+    """The query of the listing's next page: Gemini's ``nextPageToken`` as ``pageToken``,
+    Anthropic's ``has_more`` with ``last_id`` as ``after_id``; None on the last page."""
+    if not isinstance(payload, dict):
+        return None
+    token = payload.get("nextPageToken")
+    if token:
+        return {"pageToken": str(token)}
+    last_id = payload.get("last_id")
+    if payload.get("has_more") is True and isinstance(last_id, str) and last_id:
+        return {"after_id": last_id}
+    return None
+
+
+def _generates_content(item: dict[str, Any]) -> bool:
+    """Whether a ``models[]`` entry can chat: Gemini lists embedding, Imagen, Veo and AQA
+    models too, whose ``supportedGenerationMethods`` lack ``generateContent``; an entry
+    without the field (Ollama's ``/api/tags``) is kept."""
+    methods = item.get("supportedGenerationMethods")
+    if not isinstance(methods, list):
+        return True
+    return "generateContent" in methods or "streamGenerateContent" in methods
 
 
 def parse_listing(payload: Any) -> list[ListedModel]:
@@ -135,7 +162,7 @@ def parse_listing(payload: Any) -> list[ListedModel]:
             window = item.get("context_length") or item.get("context_window") or 0
             out.append(ListedModel(item["id"], str(name), int(window) if isinstance(window, int) else 0))
     for item in payload.get("models") or []:
-        if isinstance(item, dict) and isinstance(item.get("name"), str):
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and _generates_content(item):
             model_id = item["name"].removeprefix("models/")
             window = item.get("inputTokenLimit") or 0
             out.append(

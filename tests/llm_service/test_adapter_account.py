@@ -172,3 +172,131 @@ async def test_list_models_non_json_is_a_provider_error(
     ep = endpoint(fake, "openai")
     with pytest.raises(errors.ProviderError):
         await adapter_for(ep.spec).list_models(http, ep, 5)
+
+
+def _anthropic_model(model_id: str, name: str) -> dict[str, str]:
+    return {"type": "model", "id": model_id, "display_name": name, "created_at": "2025-05-22T00:00:00Z"}
+
+
+async def test_list_models_anthropic_asks_for_whole_pages_and_follows_has_more(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    """Anthropic's GET /v1/models answers 20 models a page unless ``limit`` (up to 1000)
+    says otherwise, and says ``has_more`` with ``last_id`` for the ``after_id`` of the next page."""
+    first = [
+        _anthropic_model("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
+        _anthropic_model("claude-opus-4-1-20250805", "Claude Opus 4.1"),
+    ]
+    second = [_anthropic_model("claude-3-haiku-20240307", "Claude Haiku 3")]
+    fake.enqueue(
+        Scenario.json(
+            {"data": first, "has_more": True, "first_id": first[0]["id"], "last_id": first[-1]["id"]},
+            route="get",
+        ),
+        Scenario.json(
+            {"data": second, "has_more": False, "first_id": second[0]["id"], "last_id": second[0]["id"]},
+            route="get",
+        ),
+    )
+    ep = endpoint(fake, "anthropic")
+    models = await adapter_for(ep.spec).list_models(http, ep, 5)
+
+    assert [m.id for m in models] == [m["id"] for m in first + second]
+    assert models[0].display_name == "Claude Sonnet 4.5"
+    assert [r.query for r in fake.requests] == [
+        {"limit": "1000"},
+        {"limit": "1000", "after_id": "claude-opus-4-1-20250805"},
+    ]
+    assert all(r.path == "/v1/models" for r in fake.requests)
+
+
+async def test_list_models_anthropic_empty_page(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    fake.enqueue(
+        Scenario.json({"data": [], "has_more": False, "first_id": None, "last_id": None}, route="get")
+    )
+    ep = endpoint(fake, "anthropic")
+    assert await adapter_for(ep.spec).list_models(http, ep, 5) == []
+    assert len(fake.requests) == 1
+
+
+# Google's GET /v1beta/models lists every model the key can see: embedding, Imagen,
+# Veo and AQA models too, which generateContent (and so Chat) refuses.
+_GEMINI_LISTING = {
+    "models": [
+        {
+            "name": "models/gemini-2.5-flash",
+            "baseModelId": "gemini-2.5-flash",
+            "version": "001",
+            "displayName": "Gemini 2.5 Flash",
+            "description": "Stable version of Gemini 2.5 Flash, our mid-size multimodal model that "
+            "supports up to 1 million tokens, released in June of 2025.",
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": [
+                "generateContent",
+                "countTokens",
+                "createCachedContent",
+                "batchGenerateContent",
+            ],
+            "temperature": 1,
+            "topP": 0.95,
+            "topK": 64,
+            "maxTemperature": 2,
+            "thinking": True,
+        },
+        {
+            "name": "models/gemini-embedding-001",
+            "version": "001",
+            "displayName": "Gemini Embedding 001",
+            "description": "Obtain a distributed representation of a text.",
+            "inputTokenLimit": 2048,
+            "outputTokenLimit": 1,
+            "supportedGenerationMethods": [
+                "embedContent",
+                "countTextTokens",
+                "countTokens",
+                "asyncBatchEmbedContent",
+            ],
+        },
+        {
+            "name": "models/imagen-4.0-generate-001",
+            "version": "001",
+            "displayName": "Imagen 4",
+            "description": "Vertex served Imagen 4.0 model",
+            "inputTokenLimit": 480,
+            "outputTokenLimit": 8192,
+            "supportedGenerationMethods": ["predict"],
+        },
+        {
+            "name": "models/veo-3.0-generate-001",
+            "version": "3.0",
+            "displayName": "Veo 3",
+            "description": "Veo 3",
+            "inputTokenLimit": 480,
+            "outputTokenLimit": 8192,
+            "supportedGenerationMethods": ["predictLongRunning"],
+        },
+        {
+            "name": "models/aqa",
+            "version": "001",
+            "displayName": "Model that performs Attributed Question Answering.",
+            "inputTokenLimit": 7168,
+            "outputTokenLimit": 1024,
+            "supportedGenerationMethods": ["generateAnswer"],
+        },
+        # No supportedGenerationMethods at all (an optional field): kept, nothing says it cannot chat.
+        {"name": "models/gemini-2.5-pro", "displayName": "Gemini 2.5 Pro", "inputTokenLimit": 1048576},
+    ]
+}
+
+
+async def test_list_models_gemini_lists_only_generate_content_models(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    fake.enqueue(Scenario.json(_GEMINI_LISTING, route="get"))
+    ep = endpoint(fake, "google")
+    models = await adapter_for(ep.spec).list_models(http, ep, 5)
+    assert models == [
+        ListedModel("gemini-2.5-flash", "Gemini 2.5 Flash", 1048576),
+        ListedModel("gemini-2.5-pro", "Gemini 2.5 Pro", 1048576),
+    ]
