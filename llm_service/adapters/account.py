@@ -6,7 +6,9 @@ origin; a format with its own fixed probe overrides ``probe_url``) and turns the
 answer into a ``ProbeResult`` through the same error table
 as chat (``adapters.errors``), so a 401 here and a 401 mid-chat mean the same
 thing. A 200 whose body says the key is blocked or disabled (``*_blocked`` /
-``*_disabled`` flags) or out of credit (``limit_remaining`` of 0) is not "valid".
+``*_disabled`` flags, xAI's ``/api-key``), is a management key that cannot chat
+(OpenRouter's ``is_management_key`` / ``is_provisioning_key``) or is out of credit
+(``limit_remaining`` of 0) is not "valid".
 ``list_models`` reads ``spec.models_path`` (or the format's ``models_url``) and
 understands both listing shapes:
 ``data[]`` (OpenAI-compatible and Anthropic: ``id``, ``display_name``/``name``,
@@ -59,6 +61,15 @@ def _flagged(payload: Any) -> str:
     return ""
 
 
+def _management_key(payload: Any) -> bool:
+    """OpenRouter's ``data.is_management_key`` (formerly ``is_provisioning_key``): a key
+    for managing keys, which cannot call the completion endpoints."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    return isinstance(data, dict) and (
+        data.get("is_management_key") is True or data.get("is_provisioning_key") is True
+    )
+
+
 def _out_of_credit(payload: Any) -> bool:
     data = payload.get("data") if isinstance(payload, dict) else None
     remaining = data.get("limit_remaining") if isinstance(data, dict) else None
@@ -93,6 +104,12 @@ class AccountCalls:
             return ProbeResult(
                 ProbeOutcome.INVALID_KEY,
                 f"{spec.display_name} knows the key but reports it as {flag.replace('_', ' ')}.",
+            )
+        if _management_key(payload):
+            return ProbeResult(
+                ProbeOutcome.INVALID_KEY,
+                f"{spec.display_name} knows the key, but it is a management key, which can only "
+                "manage keys and cannot chat; store an API key for inference instead.",
             )
         if _out_of_credit(payload):
             return ProbeResult(

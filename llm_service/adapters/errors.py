@@ -10,6 +10,8 @@ ErrorInfo metadata ``cause=dns`` and ``host`` for a name that does not resolve) 
 ``ProviderError``).
 Classification reads status codes, error codes and wording, never provider names:
 bad-key 400s (Gemini ``API_KEY_INVALID``, xAI "Incorrect API key") are key errors,
+a refusal of the caller's location (OpenAI's 403 ``unsupported_country_region_territory``,
+Gemini's 400 "User location is not supported") is ``FailedPrecondition``, not a key error,
 a 403 carrying moderation metadata (``reasons`` / ``flagged_input``: OpenRouter's
 "your input was flagged") is a refused request, not a refused key,
 quota wording (``insufficient_quota``, HTTP 402, "credit balance", a per-day quota)
@@ -43,6 +45,7 @@ import aiohttp
 
 from rmllm_common.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidRequest,
     ProviderError,
     ProviderKeyInvalid,
@@ -69,6 +72,13 @@ _BAD_KEY = re.compile(
 _QUOTA = re.compile(
     r"insufficient[_ ]quota|credit balance|insufficient credits|(no|any) credits|billing_hard_limit"
     r"|limit: 0\b",
+    re.IGNORECASE,
+)
+# Refusals of where the request comes from, not of the key: OpenAI's 403
+# unsupported_country_region_territory ("Country, region, or territory not supported"),
+# Gemini's 400 FAILED_PRECONDITION "User location is not supported for the API use.".
+_REGION = re.compile(
+    r"unsupported_country|country, region,? or territory not supported|location is not supported",
     re.IGNORECASE,
 )
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
@@ -271,7 +281,7 @@ def _moderation_reasons(error: Mapping[str, Any]) -> str | None:
     return ", ".join(str(r) for r in reasons[:10]) if isinstance(reasons, list) else ""
 
 
-def classify(
+def classify(  # noqa: PLR0911 - one classification table, read top to bottom
     spec: ProviderSpec,
     status: int,
     error: Mapping[str, Any],
@@ -292,6 +302,13 @@ def classify(
         status = 400
         message += (f" (flagged: {redact(flagged, secret)})" if flagged else "") + (
             ". Change the input or choose another model"
+        )
+    if status in (400, 403) and flagged is None and _REGION.search(" ".join([*_codes(error), message])):
+        return FailedPrecondition(
+            f"{name} does not serve the country or region this server's requests come from "
+            f"({where}): {message}. The key was not checked; run the LLM service from a location "
+            "the provider supports.",
+            provider=pid,
         )
     quota_status = status in (402, 429) or (
         status in (400, 403) and flagged is None and _QUOTA.search(message)

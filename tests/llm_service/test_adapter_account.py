@@ -63,9 +63,53 @@ async def test_probe_outcomes(
 
     result = await adapter_for(ep.spec).probe_key(http, ep, 5)
 
-    assert result.outcome is OUTCOMES[kind]
+    # The OpenAI family's canned 403 is OpenAI's region block, which says nothing of the key.
+    region_block = kind == "forbidden" and ep.spec.wire_format == "openai"
+    assert result.outcome is (ProbeOutcome.UNKNOWN if region_block else OUTCOMES[kind])
     assert ep.api_key.reveal() not in result.message
     assert ep.spec.display_name in result.message
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "body"),
+    [
+        (
+            "openai",
+            403,
+            {
+                "error": {
+                    "code": "unsupported_country_region_territory",
+                    "message": "Country, region, or territory not supported",
+                    "param": None,
+                    "type": "request_forbidden",
+                }
+            },
+        ),
+        (
+            "google",
+            400,
+            {
+                "error": {
+                    "code": 400,
+                    "message": "User location is not supported for the API use.",
+                    "status": "FAILED_PRECONDITION",
+                }
+            },
+        ),
+    ],
+)
+async def test_probe_from_an_unsupported_region_is_no_verdict_on_the_key(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str, status: int, body: dict[str, object]
+) -> None:
+    """OpenAI's 403 ``unsupported_country_region_territory`` and Gemini's 400
+    ``FAILED_PRECONDITION`` "User location is not supported" refuse where the request
+    comes from; the key may well be good, so TestKey must not call it invalid."""
+    fake.enqueue(Scenario.json(body, status=status, route="get"))
+    ep = endpoint(fake, provider)
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+    assert result.outcome is ProbeOutcome.UNKNOWN
+    assert "not supported" in result.message
+    assert "key was not checked" in result.message
 
 
 async def test_probe_unreachable_when_nothing_listens(http: aiohttp.ClientSession) -> None:
@@ -105,6 +149,40 @@ async def test_probe_sees_a_blocked_key_in_a_200(fake: FakeProvider, http: aioht
     result = await adapter_for(ep.spec).probe_key(http, ep, 5)
     assert result.outcome is ProbeOutcome.INVALID_KEY
     assert "api key blocked" in result.message
+
+
+@pytest.mark.parametrize("flag", ["is_management_key", "is_provisioning_key"])
+async def test_probe_sees_an_openrouter_management_key_in_a_200(
+    fake: FakeProvider, http: aiohttp.ClientSession, flag: str
+) -> None:
+    """OpenRouter's GET /key answers 200 for a management (formerly provisioning) key,
+    which "cannot be used to make API calls to OpenRouter's completion endpoints"."""
+    data = {
+        "label": "sk-or-v1-3f9...c21",
+        "limit": None,
+        "usage": 0,
+        "usage_daily": 0,
+        "usage_weekly": 0,
+        "usage_monthly": 0,
+        "byok_usage": 0,
+        "is_free_tier": False,
+        "is_management_key": False,
+        "is_provisioning_key": False,
+        "limit_remaining": None,
+        "limit_reset": None,
+        "include_byok_in_limit": False,
+        "rate_limit": {
+            "requests": -1,
+            "interval": "10s",
+            "note": "This field is deprecated and safe to ignore.",
+        },
+    }
+    data[flag] = True
+    fake.enqueue(Scenario.json({"data": data}, route="get"))
+    ep = endpoint(fake, "openrouter")
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+    assert result.outcome is ProbeOutcome.INVALID_KEY
+    assert "management key" in result.message
 
 
 async def test_probe_sees_no_credit_left_in_a_200(fake: FakeProvider, http: aiohttp.ClientSession) -> None:

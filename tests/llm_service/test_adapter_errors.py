@@ -29,7 +29,7 @@ BAD = errors.InvalidRequest
 # (provider, kind) -> (error class, retry_after); "date" = from an HTTP-date Retry-After (about 30 s).
 TABLE: dict[tuple[str, str], tuple[type[errors.RmllmError], float | str | None]] = {
     ("openai", "bad_key"): (KEY, None),
-    ("openai", "forbidden"): (KEY, None),
+    ("openai", "forbidden"): (errors.FailedPrecondition, None),  # region block: not the key
     ("openai", "rate_limited"): (RATE, 20.0),
     ("openai", "quota"): (QUOTA, None),
     ("openai", "bad_request"): (BAD, None),
@@ -262,3 +262,41 @@ async def test_events_of_an_unexpected_shape_are_a_provider_error(
     out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params(provider), 10))
     assert type(out.error) is errors.ProviderError, out.error
     assert out.error.provider == provider
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "error"),
+    [
+        (
+            "openai",
+            403,
+            {
+                "code": "unsupported_country_region_territory",
+                "message": "Country, region, or territory not supported",
+                "param": None,
+                "type": "request_forbidden",
+            },
+        ),
+        (
+            "google",
+            400,
+            {
+                "code": 400,
+                "message": "User location is not supported for the API use.",
+                "status": "FAILED_PRECONDITION",
+            },
+        ),
+    ],
+)
+async def test_a_refused_location_is_not_a_refused_key(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str, status: int, error: dict[str, object]
+) -> None:
+    """The provider refuses where the request comes from: FAILED_PRECONDITION, never
+    PROVIDER_KEY_INVALID (which would send the user off to replace a working key)."""
+    fake.enqueue(Scenario.json({"error": error}, status=status))
+    ep = endpoint(fake, provider)
+    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params(provider), 10))
+    assert type(out.error) is errors.FailedPrecondition, out.error
+    assert out.error.reason == "FAILED_PRECONDITION"
+    assert out.error.metadata == {"provider": provider}
+    assert "key was not checked" in out.error.message
