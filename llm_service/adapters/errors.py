@@ -14,7 +14,8 @@ a refusal of the caller's location (OpenAI's 403 ``unsupported_country_region_te
 Gemini's 400 "User location is not supported") is ``FailedPrecondition``, not a key error,
 a 403 carrying moderation metadata (``reasons`` / ``flagged_input``: OpenRouter's
 "your input was flagged") is a refused request, not a refused key,
-quota wording (``insufficient_quota``, HTTP 402, "credit balance", a per-day quota)
+quota wording (``insufficient_quota``, OpenAI's 429 ``billing_not_active`` "Your account
+is not active", HTTP 402, "credit balance", a per-day quota)
 is quota exhaustion, other 429s are rate limits with the delay from Retry-After,
 Gemini's ``RetryInfo``, or (OpenAI, whose 429s often lack Retry-After) the
 "Please try again in 174ms" of the message or the ``x-ratelimit-reset-*`` header
@@ -71,7 +72,7 @@ _BAD_KEY = re.compile(
 )
 _QUOTA = re.compile(
     r"insufficient[_ ]quota|credit balance|insufficient credits|(no|any) credits|billing_hard_limit"
-    r"|limit: 0\b",
+    r"|billing_not_active|account is not active|limit: 0\b",
     re.IGNORECASE,
 )
 # Refusals of where the request comes from, not of the key: OpenAI's 403
@@ -262,7 +263,8 @@ def _is_bad_key(error: Mapping[str, Any], message: str) -> bool:
 
 
 def _is_quota(error: Mapping[str, Any], message: str) -> bool:
-    if "insufficient_quota" in _codes(error) or _QUOTA.search(message):
+    codes = _codes(error)
+    if "insufficient_quota" in codes or "billing_not_active" in codes or _QUOTA.search(message):
         return True
     for detail in _details(error):
         for violation in detail.get("violations") or []:

@@ -378,3 +378,22 @@ async def test_list_models_gemini_lists_only_generate_content_models(
         ListedModel("gemini-2.5-flash", "Gemini 2.5 Flash", 1048576),
         ListedModel("gemini-2.5-pro", "Gemini 2.5 Pro", 1048576),
     ]
+
+
+async def test_probe_of_an_openai_account_without_active_billing_is_quota_exhausted(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    """OpenAI answers 429 ``billing_not_active`` for an account without active billing:
+    no wait fixes that, so it is no rate limit."""
+    body = {
+        "error": {
+            "message": "Your account is not active, please check your billing details on our website.",
+            "type": "billing_not_active",
+            "param": None,
+            "code": "billing_not_active",
+        }
+    }
+    fake.enqueue(Scenario.json(body, status=429, route="get"))
+    ep = endpoint(fake, "openai")
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+    assert result.outcome is ProbeOutcome.QUOTA_EXHAUSTED

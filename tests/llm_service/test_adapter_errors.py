@@ -300,3 +300,24 @@ async def test_a_refused_location_is_not_a_refused_key(
     assert out.error.reason == "FAILED_PRECONDITION"
     assert out.error.metadata == {"provider": provider}
     assert "key was not checked" in out.error.message
+
+
+@pytest.mark.parametrize("code", ["billing_not_active", None])
+async def test_an_openai_account_without_active_billing_is_out_of_quota(
+    fake: FakeProvider, http: aiohttp.ClientSession, code: str | None
+) -> None:
+    """OpenAI's 429 ``billing_not_active`` (``code`` null in older answers) will not pass
+    with time: PROVIDER_QUOTA_EXHAUSTED, not PROVIDER_RATE_LIMITED."""
+    body = {
+        "error": {
+            "message": "Your account is not active, please check your billing details on our website.",
+            "type": "billing_not_active",
+            "param": None,
+            "code": code,
+        }
+    }
+    fake.enqueue(Scenario.json(body, status=429))
+    ep = endpoint(fake, "openai")
+    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params("openai"), 10))
+    assert type(out.error) is errors.ProviderQuotaExhausted, out.error
+    assert out.error.retry_after is None
