@@ -10,8 +10,10 @@ ErrorInfo metadata ``cause=dns`` and ``host`` for a name that does not resolve) 
 ``ProviderError``).
 Classification reads status codes, error codes and wording, never provider names:
 bad-key 400s (Gemini ``API_KEY_INVALID``, xAI "Incorrect API key") are key errors,
-a refusal of the caller's location (OpenAI's 403 ``unsupported_country_region_territory``,
-Gemini's 400 "User location is not supported") is ``FailedPrecondition``, not a key error,
+a refusal of the caller's location says so and that the key was not checked (OpenAI's
+403 ``unsupported_country_region_territory`` keeps the contract's 403 reason,
+PROVIDER_KEY_INVALID; Gemini's 400 "User location is not supported" is
+``FailedPrecondition``),
 a 403 carrying moderation metadata (``reasons`` / ``flagged_input``: OpenRouter's
 "your input was flagged") is a refused request, not a refused key,
 quota wording (``insufficient_quota``, OpenAI's 429 ``billing_not_active`` "Your account
@@ -306,12 +308,16 @@ def classify(  # noqa: PLR0911 - one classification table, read top to bottom
             ". Change the input or choose another model"
         )
     if status in (400, 403) and flagged is None and _REGION.search(" ".join([*_codes(error), message])):
-        return FailedPrecondition(
+        refusal = (
             f"{name} does not serve the country or region this server's requests come from "
             f"({where}): {message}. The key was not checked; run the LLM service from a location "
-            "the provider supports.",
-            provider=pid,
+            "the provider supports"
         )
+        # A 403 keeps the contract's reason for 401/403 (PROVIDER_KEY_INVALID: the provider
+        # will not take this key from here); the message says why.
+        if status == 403:
+            return ProviderKeyInvalid(refusal + ".", provider=pid)
+        return FailedPrecondition(refusal + ".", provider=pid)
     quota_status = status in (402, 429) or (
         status in (400, 403) and flagged is None and _QUOTA.search(message)
     )

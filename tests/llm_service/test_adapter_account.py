@@ -63,9 +63,7 @@ async def test_probe_outcomes(
 
     result = await adapter_for(ep.spec).probe_key(http, ep, 5)
 
-    # The OpenAI family's canned 403 is OpenAI's region block, which says nothing of the key.
-    region_block = kind == "forbidden" and ep.spec.wire_format == "openai"
-    assert result.outcome is (ProbeOutcome.UNKNOWN if region_block else OUTCOMES[kind])
+    assert result.outcome is OUTCOMES[kind]
     assert ep.api_key.reveal() not in result.message
     assert ep.spec.display_name in result.message
 
@@ -98,16 +96,17 @@ async def test_probe_outcomes(
         ),
     ],
 )
-async def test_probe_from_an_unsupported_region_is_no_verdict_on_the_key(
+async def test_probe_from_an_unsupported_region_says_the_key_was_not_checked(
     fake: FakeProvider, http: aiohttp.ClientSession, provider: str, status: int, body: dict[str, object]
 ) -> None:
     """OpenAI's 403 ``unsupported_country_region_territory`` and Gemini's 400
     ``FAILED_PRECONDITION`` "User location is not supported" refuse where the request
-    comes from; the key may well be good, so TestKey must not call it invalid."""
+    comes from; the key may well be good, and TestKey's message says it was not checked."""
     fake.enqueue(Scenario.json(body, status=status, route="get"))
     ep = endpoint(fake, provider)
     result = await adapter_for(ep.spec).probe_key(http, ep, 5)
-    assert result.outcome is ProbeOutcome.UNKNOWN
+    # OpenAI's is a 403: the contract's "rejected the key"; the message tells why.
+    assert result.outcome is (ProbeOutcome.INVALID_KEY if status == 403 else ProbeOutcome.UNKNOWN)
     assert "not supported" in result.message
     assert "key was not checked" in result.message
 
