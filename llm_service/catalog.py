@@ -4,7 +4,8 @@ The registry is static for the life of the process, so ``ListProviders``'s
 response and each provider's registry model list are built once, at start.
 ``ListModels`` asks the provider live (with the caller's stored key) when the
 registry gives it a ``models_path`` and the caller has a key (or needs none); the
-live ids are enriched with the registry's context windows and prices. A live
+live ids are enriched with the registry's context windows and prices (an Ollama
+``name:latest`` with those of the registry's untagged ``name``). A live
 listing draws on the per-user budget it shares with TestKey (both are calls on the
 user's provider account). Without a listing, without a key, past that budget, or
 when the live call fails (logged), the answer is the registry's list with
@@ -67,6 +68,8 @@ def merge_listed(spec: ProviderSpec, listed: list[ListedModel]) -> list[llm_pb2.
         if not item.id or item.id in merged:
             continue
         known = spec.model(item.id)
+        if known is None and item.id.endswith(":latest"):  # Ollama: a name without a tag is :latest
+            known = spec.model(item.id.removesuffix(":latest"))
         merged[item.id] = llm_pb2.ModelInfo(
             id=item.id,
             display_name=item.display_name or (known.display_name if known else item.id),

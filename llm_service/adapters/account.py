@@ -6,13 +6,19 @@ origin; a format with its own fixed probe overrides ``probe_url``) and turns the
 answer into a ``ProbeResult`` through the same error table
 as chat (``adapters.errors``), so a 401 here and a 401 mid-chat mean the same
 thing. A 200 whose body says the key is blocked or disabled (``*_blocked`` /
-``*_disabled`` flags) or out of credit (``limit_remaining`` of 0) is not "valid".
+``*_disabled`` flags, xAI's ``/api-key``), is a management key that cannot chat
+(OpenRouter's ``is_management_key`` / ``is_provisioning_key``) or is out of credit
+(``limit_remaining`` of 0) is not "valid".
 ``list_models`` reads ``spec.models_path`` (or the format's ``models_url``) and
 understands both listing shapes:
 ``data[]`` (OpenAI-compatible and Anthropic: ``id``, ``display_name``/``name``,
 ``context_length``) and ``models[]`` (Gemini, and Ollama's ``/api/tags``: ``name`` without ``models/``,
-``displayName``, ``inputTokenLimit``, following ``nextPageToken`` for at most 20
-pages; more than 10,000 models is ``UpstreamResponseTooLarge``).
+``displayName``, ``inputTokenLimit``; only entries whose ``supportedGenerationMethods``,
+when given, include ``generateContent``: Gemini also lists embedding, Imagen, Veo and
+AQA models, which Chat cannot use). It follows Gemini's ``nextPageToken``
+(``pageToken``) and Anthropic's ``has_more`` (``after_id`` = ``last_id``; the
+registry's ``models_path`` asks Anthropic for ``limit=1000`` a page, not its default
+20) for at most 20 pages; more than 10,000 models is ``UpstreamResponseTooLarge``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,15 @@ def _flagged(payload: Any) -> str:
     return ""
 
 
+def _management_key(payload: Any) -> bool:
+    """OpenRouter's ``data.is_management_key`` (formerly ``is_provisioning_key``): a key
+    for managing keys, which cannot call the completion endpoints."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    return isinstance(data, dict) and (
+        data.get("is_management_key") is True or data.get("is_provisioning_key") is True
+    )
+
+
 def _out_of_credit(payload: Any) -> bool:
     data = payload.get("data") if isinstance(payload, dict) else None
     remaining = data.get("limit_remaining") if isinstance(data, dict) else None
@@ -90,6 +105,12 @@ class AccountCalls:
                 ProbeOutcome.INVALID_KEY,
                 f"{spec.display_name} knows the key but reports it as {flag.replace('_', ' ')}.",
             )
+        if _management_key(payload):
+            return ProbeResult(
+                ProbeOutcome.INVALID_KEY,
+                f"{spec.display_name} knows the key, but it is a management key, which can only "
+                "manage keys and cannot chat; store an API key for inference instead.",
+            )
         if _out_of_credit(payload):
             return ProbeResult(
                 ProbeOutcome.QUOTA_EXHAUSTED,
@@ -117,11 +138,34 @@ class AccountCalls:
                     f"{spec.display_name} listed more than {MAX_LISTED_MODELS} models",
                     provider=spec.id,
                 )
-            token = payload.get("nextPageToken") if isinstance(payload, dict) else None
-            if not token:
+            params = _next_page(payload)
+            if params is None:
                 break
-            params = {"pageToken": str(token)}
         return models
+
+
+def _next_page(payload: Any) -> dict[str, str] | None:
+    """The query of the listing's next page: Gemini's ``nextPageToken`` as ``pageToken``,
+    Anthropic's ``has_more`` with ``last_id`` as ``after_id``; None on the last page."""
+    if not isinstance(payload, dict):
+        return None
+    token = payload.get("nextPageToken")
+    if token:
+        return {"pageToken": str(token)}
+    last_id = payload.get("last_id")
+    if payload.get("has_more") is True and isinstance(last_id, str) and last_id:
+        return {"after_id": last_id}
+    return None
+
+
+def _generates_content(item: dict[str, Any]) -> bool:
+    """Whether a ``models[]`` entry can chat: Gemini lists embedding, Imagen, Veo and AQA
+    models too, whose ``supportedGenerationMethods`` lack ``generateContent``; an entry
+    without the field (Ollama's ``/api/tags``) is kept."""
+    methods = item.get("supportedGenerationMethods")
+    if not isinstance(methods, list):
+        return True
+    return "generateContent" in methods or "streamGenerateContent" in methods
 
 
 def parse_listing(payload: Any) -> list[ListedModel]:
@@ -135,7 +179,7 @@ def parse_listing(payload: Any) -> list[ListedModel]:
             window = item.get("context_length") or item.get("context_window") or 0
             out.append(ListedModel(item["id"], str(name), int(window) if isinstance(window, int) else 0))
     for item in payload.get("models") or []:
-        if isinstance(item, dict) and isinstance(item.get("name"), str):
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and _generates_content(item):
             model_id = item["name"].removeprefix("models/")
             window = item.get("inputTokenLimit") or 0
             out.append(

@@ -10,9 +10,14 @@ ErrorInfo metadata ``cause=dns`` and ``host`` for a name that does not resolve) 
 ``ProviderError``).
 Classification reads status codes, error codes and wording, never provider names:
 bad-key 400s (Gemini ``API_KEY_INVALID``, xAI "Incorrect API key") are key errors,
+a refusal of the caller's location says so and that the key was not checked (OpenAI's
+403 ``unsupported_country_region_territory`` keeps the contract's 403 reason,
+PROVIDER_KEY_INVALID; Gemini's 400 "User location is not supported" is
+``FailedPrecondition``),
 a 403 carrying moderation metadata (``reasons`` / ``flagged_input``: OpenRouter's
 "your input was flagged") is a refused request, not a refused key,
-quota wording (``insufficient_quota``, HTTP 402, "credit balance", a per-day quota)
+quota wording (``insufficient_quota``, OpenAI's 429 ``billing_not_active`` "Your account
+is not active", HTTP 402, "credit balance", a per-day quota)
 is quota exhaustion, other 429s are rate limits with the delay from Retry-After,
 Gemini's ``RetryInfo``, or (OpenAI, whose 429s often lack Retry-After) the
 "Please try again in 174ms" of the message or the ``x-ratelimit-reset-*`` header
@@ -43,6 +48,7 @@ import aiohttp
 
 from rmllm_common.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidRequest,
     ProviderError,
     ProviderKeyInvalid,
@@ -68,7 +74,14 @@ _BAD_KEY = re.compile(
 )
 _QUOTA = re.compile(
     r"insufficient[_ ]quota|credit balance|insufficient credits|(no|any) credits|billing_hard_limit"
-    r"|limit: 0\b",
+    r"|billing_not_active|account is not active|limit: 0\b",
+    re.IGNORECASE,
+)
+# Refusals of where the request comes from, not of the key: OpenAI's 403
+# unsupported_country_region_territory ("Country, region, or territory not supported"),
+# Gemini's 400 FAILED_PRECONDITION "User location is not supported for the API use.".
+_REGION = re.compile(
+    r"unsupported_country|country, region,? or territory not supported|location is not supported",
     re.IGNORECASE,
 )
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
@@ -252,7 +265,8 @@ def _is_bad_key(error: Mapping[str, Any], message: str) -> bool:
 
 
 def _is_quota(error: Mapping[str, Any], message: str) -> bool:
-    if "insufficient_quota" in _codes(error) or _QUOTA.search(message):
+    codes = _codes(error)
+    if "insufficient_quota" in codes or "billing_not_active" in codes or _QUOTA.search(message):
         return True
     for detail in _details(error):
         for violation in detail.get("violations") or []:
@@ -271,7 +285,7 @@ def _moderation_reasons(error: Mapping[str, Any]) -> str | None:
     return ", ".join(str(r) for r in reasons[:10]) if isinstance(reasons, list) else ""
 
 
-def classify(
+def classify(  # noqa: PLR0911 - one classification table, read top to bottom
     spec: ProviderSpec,
     status: int,
     error: Mapping[str, Any],
@@ -293,6 +307,17 @@ def classify(
         message += (f" (flagged: {redact(flagged, secret)})" if flagged else "") + (
             ". Change the input or choose another model"
         )
+    if status in (400, 403) and flagged is None and _REGION.search(" ".join([*_codes(error), message])):
+        refusal = (
+            f"{name} does not serve the country or region this server's requests come from "
+            f"({where}): {message}. The key was not checked; run the LLM service from a location "
+            "the provider supports"
+        )
+        # A 403 keeps the contract's reason for 401/403 (PROVIDER_KEY_INVALID: the provider
+        # will not take this key from here); the message says why.
+        if status == 403:
+            return ProviderKeyInvalid(refusal + ".", provider=pid)
+        return FailedPrecondition(refusal + ".", provider=pid)
     quota_status = status in (402, 429) or (
         status in (400, 403) and flagged is None and _QUOTA.search(message)
     )

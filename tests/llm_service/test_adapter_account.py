@@ -68,6 +68,49 @@ async def test_probe_outcomes(
     assert ep.spec.display_name in result.message
 
 
+@pytest.mark.parametrize(
+    ("provider", "status", "body"),
+    [
+        (
+            "openai",
+            403,
+            {
+                "error": {
+                    "code": "unsupported_country_region_territory",
+                    "message": "Country, region, or territory not supported",
+                    "param": None,
+                    "type": "request_forbidden",
+                }
+            },
+        ),
+        (
+            "google",
+            400,
+            {
+                "error": {
+                    "code": 400,
+                    "message": "User location is not supported for the API use.",
+                    "status": "FAILED_PRECONDITION",
+                }
+            },
+        ),
+    ],
+)
+async def test_probe_from_an_unsupported_region_says_the_key_was_not_checked(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str, status: int, body: dict[str, object]
+) -> None:
+    """OpenAI's 403 ``unsupported_country_region_territory`` and Gemini's 400
+    ``FAILED_PRECONDITION`` "User location is not supported" refuse where the request
+    comes from; the key may well be good, and TestKey's message says it was not checked."""
+    fake.enqueue(Scenario.json(body, status=status, route="get"))
+    ep = endpoint(fake, provider)
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+    # OpenAI's is a 403: the contract's "rejected the key"; the message tells why.
+    assert result.outcome is (ProbeOutcome.INVALID_KEY if status == 403 else ProbeOutcome.UNKNOWN)
+    assert "not supported" in result.message
+    assert "key was not checked" in result.message
+
+
 async def test_probe_unreachable_when_nothing_listens(http: aiohttp.ClientSession) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -105,6 +148,40 @@ async def test_probe_sees_a_blocked_key_in_a_200(fake: FakeProvider, http: aioht
     result = await adapter_for(ep.spec).probe_key(http, ep, 5)
     assert result.outcome is ProbeOutcome.INVALID_KEY
     assert "api key blocked" in result.message
+
+
+@pytest.mark.parametrize("flag", ["is_management_key", "is_provisioning_key"])
+async def test_probe_sees_an_openrouter_management_key_in_a_200(
+    fake: FakeProvider, http: aiohttp.ClientSession, flag: str
+) -> None:
+    """OpenRouter's GET /key answers 200 for a management (formerly provisioning) key,
+    which "cannot be used to make API calls to OpenRouter's completion endpoints"."""
+    data = {
+        "label": "sk-or-v1-3f9...c21",
+        "limit": None,
+        "usage": 0,
+        "usage_daily": 0,
+        "usage_weekly": 0,
+        "usage_monthly": 0,
+        "byok_usage": 0,
+        "is_free_tier": False,
+        "is_management_key": False,
+        "is_provisioning_key": False,
+        "limit_remaining": None,
+        "limit_reset": None,
+        "include_byok_in_limit": False,
+        "rate_limit": {
+            "requests": -1,
+            "interval": "10s",
+            "note": "This field is deprecated and safe to ignore.",
+        },
+    }
+    data[flag] = True
+    fake.enqueue(Scenario.json({"data": data}, route="get"))
+    ep = endpoint(fake, "openrouter")
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+    assert result.outcome is ProbeOutcome.INVALID_KEY
+    assert "management key" in result.message
 
 
 async def test_probe_sees_no_credit_left_in_a_200(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
@@ -172,3 +249,150 @@ async def test_list_models_non_json_is_a_provider_error(
     ep = endpoint(fake, "openai")
     with pytest.raises(errors.ProviderError):
         await adapter_for(ep.spec).list_models(http, ep, 5)
+
+
+def _anthropic_model(model_id: str, name: str) -> dict[str, str]:
+    return {"type": "model", "id": model_id, "display_name": name, "created_at": "2025-05-22T00:00:00Z"}
+
+
+async def test_list_models_anthropic_asks_for_whole_pages_and_follows_has_more(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    """Anthropic's GET /v1/models answers 20 models a page unless ``limit`` (up to 1000)
+    says otherwise, and says ``has_more`` with ``last_id`` for the ``after_id`` of the next page."""
+    first = [
+        _anthropic_model("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
+        _anthropic_model("claude-opus-4-1-20250805", "Claude Opus 4.1"),
+    ]
+    second = [_anthropic_model("claude-3-haiku-20240307", "Claude Haiku 3")]
+    fake.enqueue(
+        Scenario.json(
+            {"data": first, "has_more": True, "first_id": first[0]["id"], "last_id": first[-1]["id"]},
+            route="get",
+        ),
+        Scenario.json(
+            {"data": second, "has_more": False, "first_id": second[0]["id"], "last_id": second[0]["id"]},
+            route="get",
+        ),
+    )
+    ep = endpoint(fake, "anthropic")
+    models = await adapter_for(ep.spec).list_models(http, ep, 5)
+
+    assert [m.id for m in models] == [m["id"] for m in first + second]
+    assert models[0].display_name == "Claude Sonnet 4.5"
+    assert [r.query for r in fake.requests] == [
+        {"limit": "1000"},
+        {"limit": "1000", "after_id": "claude-opus-4-1-20250805"},
+    ]
+    assert all(r.path == "/v1/models" for r in fake.requests)
+
+
+async def test_list_models_anthropic_empty_page(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
+    fake.enqueue(
+        Scenario.json({"data": [], "has_more": False, "first_id": None, "last_id": None}, route="get")
+    )
+    ep = endpoint(fake, "anthropic")
+    assert await adapter_for(ep.spec).list_models(http, ep, 5) == []
+    assert len(fake.requests) == 1
+
+
+# Google's GET /v1beta/models lists every model the key can see: embedding, Imagen,
+# Veo and AQA models too, which generateContent (and so Chat) refuses.
+_GEMINI_LISTING = {
+    "models": [
+        {
+            "name": "models/gemini-2.5-flash",
+            "baseModelId": "gemini-2.5-flash",
+            "version": "001",
+            "displayName": "Gemini 2.5 Flash",
+            "description": "Stable version of Gemini 2.5 Flash, our mid-size multimodal model that "
+            "supports up to 1 million tokens, released in June of 2025.",
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": [
+                "generateContent",
+                "countTokens",
+                "createCachedContent",
+                "batchGenerateContent",
+            ],
+            "temperature": 1,
+            "topP": 0.95,
+            "topK": 64,
+            "maxTemperature": 2,
+            "thinking": True,
+        },
+        {
+            "name": "models/gemini-embedding-001",
+            "version": "001",
+            "displayName": "Gemini Embedding 001",
+            "description": "Obtain a distributed representation of a text.",
+            "inputTokenLimit": 2048,
+            "outputTokenLimit": 1,
+            "supportedGenerationMethods": [
+                "embedContent",
+                "countTextTokens",
+                "countTokens",
+                "asyncBatchEmbedContent",
+            ],
+        },
+        {
+            "name": "models/imagen-4.0-generate-001",
+            "version": "001",
+            "displayName": "Imagen 4",
+            "description": "Vertex served Imagen 4.0 model",
+            "inputTokenLimit": 480,
+            "outputTokenLimit": 8192,
+            "supportedGenerationMethods": ["predict"],
+        },
+        {
+            "name": "models/veo-3.0-generate-001",
+            "version": "3.0",
+            "displayName": "Veo 3",
+            "description": "Veo 3",
+            "inputTokenLimit": 480,
+            "outputTokenLimit": 8192,
+            "supportedGenerationMethods": ["predictLongRunning"],
+        },
+        {
+            "name": "models/aqa",
+            "version": "001",
+            "displayName": "Model that performs Attributed Question Answering.",
+            "inputTokenLimit": 7168,
+            "outputTokenLimit": 1024,
+            "supportedGenerationMethods": ["generateAnswer"],
+        },
+        # No supportedGenerationMethods at all (an optional field): kept, nothing says it cannot chat.
+        {"name": "models/gemini-2.5-pro", "displayName": "Gemini 2.5 Pro", "inputTokenLimit": 1048576},
+    ]
+}
+
+
+async def test_list_models_gemini_lists_only_generate_content_models(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    fake.enqueue(Scenario.json(_GEMINI_LISTING, route="get"))
+    ep = endpoint(fake, "google")
+    models = await adapter_for(ep.spec).list_models(http, ep, 5)
+    assert models == [
+        ListedModel("gemini-2.5-flash", "Gemini 2.5 Flash", 1048576),
+        ListedModel("gemini-2.5-pro", "Gemini 2.5 Pro", 1048576),
+    ]
+
+
+async def test_probe_of_an_openai_account_without_active_billing_is_quota_exhausted(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    """OpenAI answers 429 ``billing_not_active`` for an account without active billing:
+    no wait fixes that, so it is no rate limit."""
+    body = {
+        "error": {
+            "message": "Your account is not active, please check your billing details on our website.",
+            "type": "billing_not_active",
+            "param": None,
+            "code": "billing_not_active",
+        }
+    }
+    fake.enqueue(Scenario.json(body, status=429, route="get"))
+    ep = endpoint(fake, "openai")
+    result = await adapter_for(ep.spec).probe_key(http, ep, 5)
+    assert result.outcome is ProbeOutcome.QUOTA_EXHAUSTED

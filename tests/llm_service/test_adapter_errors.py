@@ -29,7 +29,7 @@ BAD = errors.InvalidRequest
 # (provider, kind) -> (error class, retry_after); "date" = from an HTTP-date Retry-After (about 30 s).
 TABLE: dict[tuple[str, str], tuple[type[errors.RmllmError], float | str | None]] = {
     ("openai", "bad_key"): (KEY, None),
-    ("openai", "forbidden"): (KEY, None),
+    ("openai", "forbidden"): (KEY, None),  # OpenAI's region block: a 403, so the contract's key reason
     ("openai", "rate_limited"): (RATE, 20.0),
     ("openai", "quota"): (QUOTA, None),
     ("openai", "bad_request"): (BAD, None),
@@ -95,7 +95,7 @@ async def test_error_table(fake: FakeProvider, http: aiohttp.ClientSession, prov
     key = ep.api_key.reveal()
     assert key not in error.message and key[:10] not in error.message
     assert ep.spec.display_name in error.message
-    if cls is KEY:
+    if cls is KEY and (provider, kind) != ("openai", "forbidden"):  # a region block: no key advice
         assert f"rmllm test-key {provider}" in error.message
 
 
@@ -262,3 +262,64 @@ async def test_events_of_an_unexpected_shape_are_a_provider_error(
     out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params(provider), 10))
     assert type(out.error) is errors.ProviderError, out.error
     assert out.error.provider == provider
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "error"),
+    [
+        (
+            "openai",
+            403,
+            {
+                "code": "unsupported_country_region_territory",
+                "message": "Country, region, or territory not supported",
+                "param": None,
+                "type": "request_forbidden",
+            },
+        ),
+        (
+            "google",
+            400,
+            {
+                "code": 400,
+                "message": "User location is not supported for the API use.",
+                "status": "FAILED_PRECONDITION",
+            },
+        ),
+    ],
+)
+async def test_a_refused_location_says_so_and_that_the_key_was_not_checked(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str, status: int, error: dict[str, object]
+) -> None:
+    """The provider refuses where the request comes from: FAILED_PRECONDITION either way,
+    and the message says so, not "replace the key" (a working key may be refused here)."""
+    fake.enqueue(Scenario.json({"error": error}, status=status))
+    ep = endpoint(fake, provider)
+    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params(provider), 10))
+    # A 403 keeps the contract's reason for 401/403; the 400 is a failed precondition.
+    expected = errors.ProviderKeyInvalid if status == 403 else errors.FailedPrecondition
+    assert type(out.error) is expected, out.error
+    assert out.error.reason == ("PROVIDER_KEY_INVALID" if status == 403 else "FAILED_PRECONDITION")
+    assert out.error.metadata == {"provider": provider}
+    assert "key was not checked" in out.error.message
+
+
+@pytest.mark.parametrize("code", ["billing_not_active", None])
+async def test_an_openai_account_without_active_billing_is_out_of_quota(
+    fake: FakeProvider, http: aiohttp.ClientSession, code: str | None
+) -> None:
+    """OpenAI's 429 ``billing_not_active`` (``code`` null in older answers) will not pass
+    with time: PROVIDER_QUOTA_EXHAUSTED, not PROVIDER_RATE_LIMITED."""
+    body = {
+        "error": {
+            "message": "Your account is not active, please check your billing details on our website.",
+            "type": "billing_not_active",
+            "param": None,
+            "code": code,
+        }
+    }
+    fake.enqueue(Scenario.json(body, status=429))
+    ep = endpoint(fake, "openai")
+    out = await collect(adapter_for(ep.spec).stream_chat(http, ep, params("openai"), 10))
+    assert type(out.error) is errors.ProviderQuotaExhausted, out.error
+    assert out.error.retry_after is None

@@ -102,3 +102,18 @@ async def test_live_listings_share_the_testkey_budget_then_fall_back() -> None:
     assert first.live and not third.live  # the budget of 2 went to a listing and a probe
     assert len(llm.adapter.model_calls) == 1
     assert [m.id for m in third.models] == sorted(m.id for m in default_registry().resolve("openai").models)
+
+
+async def test_list_models_knows_ollamas_latest_tag(llm: LLMHarness) -> None:
+    """Ollama lists a pulled model with its tag (``/api/tags`` and ``/v1/models`` both say
+    ``llama3.2:latest``); the registry's ``llama3.2`` is the same model, so its display name
+    and context window still apply. The listed id is kept as Ollama gave it."""
+    llm.adapter.models = [ListedModel("llama3.2:latest"), ListedModel("qwen2.5:7b")]
+    reply = await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="llama"), metadata=auth())
+    assert reply.live
+    by_id = {m.id: m for m in reply.models}
+    assert (by_id["llama3.2:latest"].display_name, by_id["llama3.2:latest"].context_window) == (
+        "Llama 3.2 3B",
+        131072,
+    )
+    assert by_id["qwen2.5:7b"].context_window == 32768
