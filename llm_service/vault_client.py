@@ -14,10 +14,16 @@ Resolved credentials are cached (``credential_cache``) for at most
 stream to the vault is in sync; each resolve tells the vault how long its answer
 may be kept (the lease the vault audits). Credentials that carry a spend budget
 are not cached: a budget is checked against the vault's latest spend.
+While the cache is on, concurrent misses of one (token, provider) share one resolve:
+the first asks the vault, the others wait for its answer (within their own deadline)
+and take it as they would a cache entry; when it fails, or carries a budget, each
+asks the vault itself. A burst of thousands of calls from one caller after a cold
+start or an invalidation costs the vault one resolve, not thousands.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -30,7 +36,7 @@ from google.rpc import error_details_pb2, status_pb2
 from realmultillm.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from llm_service import accounting, metrics, telemetry
-from llm_service.credential_cache import CredentialCache, Credentials, InvalidationWatcher
+from llm_service.credential_cache import CacheKey, CredentialCache, Credentials, InvalidationWatcher
 from llm_service.deadline import Deadline
 from llm_service.limits import NO_LIMITS, CallerLimits, from_reply
 from rmllm_common import errors, requestctx
@@ -99,6 +105,9 @@ class VaultClient:
         self.cache = CredentialCache(cache_seconds, clock=clock)
         self.watcher = InvalidationWatcher(self._stub, (self._authorization,), self.cache)
         self._warned_credential = False
+        # Resolves in flight while the cache is on: what each answers (None: ask the vault
+        # yourself) and the cache generation it started at.
+        self._flights: dict[CacheKey, tuple[asyncio.Future[Credentials | None], int]] = {}
 
     def start(self) -> None:
         """Open the watch stream that lets the cache work (needs the running loop)."""
@@ -134,6 +143,48 @@ class VaultClient:
             return hit
         if cache.ttl > 0:
             metrics.credential_cache(hit=False)
+        if not cache.enabled:
+            return await self._resolve(user_token, provider, deadline, cache_key)
+        in_flight = self._flights.get(cache_key)
+        # Joined only when nothing was dropped since it started: an answer older than a
+        # revocation this process has seen is never handed out.
+        if in_flight is not None and in_flight[1] == cache.generation:
+            shared = await self._share(in_flight[0], deadline)
+            if shared is not None:
+                accounting.note_caller(shared.user_id, shared.token_id)
+                return shared
+            return await self._resolve(user_token, provider, deadline, cache_key)
+        flight = (asyncio.get_running_loop().create_future(), cache.generation)
+        self._flights[cache_key] = flight
+        answer: Credentials | None = None
+        try:
+            answer = await self._resolve(user_token, provider, deadline, cache_key)
+            return answer
+        finally:
+            # Shared only when it would have been cached (a budget's spend must be each call's own).
+            flight[0].set_result(answer if answer is not None and not answer.limits.budgets else None)
+            if self._flights.get(cache_key) is flight:
+                del self._flights[cache_key]
+
+    async def _share(
+        self, flight: asyncio.Future[Credentials | None], deadline: Deadline
+    ) -> Credentials | None:
+        """The answer of the resolve in flight, waited for within the caller's own bounds."""
+        timeout, caller_bound, _ = self._call_options(deadline)
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), timeout)
+        except TimeoutError:
+            if caller_bound:
+                raise errors.DeadlineExceeded("the caller's deadline passed while asking the vault") from None
+            raise errors.VaultUnavailable(
+                f"the vault did not answer within {timeout:g}s; try again later", retry_after=1.0
+            ) from None
+
+    async def _resolve(
+        self, user_token: Secret, provider: str, deadline: Deadline, cache_key: CacheKey
+    ) -> Credentials:
+        """Ask the vault (and cache the answer when it may be)."""
+        cache = self.cache
         generation = cache.generation
         timeout, caller_bound, metadata = self._call_options(deadline)
         request = vault_pb2.ResolveCredentialsRequest(

@@ -172,6 +172,82 @@ async def test_a_resolve_in_flight_during_a_change_is_not_cached() -> None:
         assert len(cache) == 1
 
 
+async def held_resolves(llm: LLMHarness, count: int) -> None:
+    """Wait until ``count`` resolves are held at the vault's gate, and a moment for any
+    other call in flight to reach the vault too (so that sharing is what keeps it away)."""
+    await llm.until(lambda: llm.vault.methods().count("ResolveCredentials") >= count)
+    await asyncio.sleep(0.3)
+
+
+async def test_concurrent_misses_share_one_resolve() -> None:
+    """A burst from one caller with nothing cached (a cold start, an invalidation) costs
+    the vault one resolve; every call gets the answer."""
+    async with llm_harness(CACHED) as llm:
+        await synced(llm)
+        gate = llm.vault.gate = asyncio.Event()
+        calls = [asyncio.ensure_future(chat(llm)) for _ in range(20)]
+        await held_resolves(llm, 1)
+        gate.set()
+        await asyncio.gather(*calls)
+        assert llm.vault.methods() == ["ResolveCredentials"]
+        # Another provider, or another token, is its own resolve.
+        llm.vault.keys[("u-bob", "openai")] = StoredKey("sk-bob-key-0123456789")
+        await asyncio.gather(chat(llm, provider="anthropic"), chat(llm, BOB))
+        assert llm.vault.methods() == ["ResolveCredentials"] * 3
+
+
+async def test_a_shared_resolve_that_fails_leaves_each_caller_to_ask_for_itself() -> None:
+    """The first caller's own deadline passes while the vault holds its resolve: the
+    callers waiting on it are not failed with it, each asks the vault itself."""
+    async with llm_harness(CACHED) as llm:
+        await synced(llm)
+        gate = llm.vault.gate = asyncio.Event()
+        first = asyncio.ensure_future(
+            llm.stub.Chat(chat_request(), metadata=auth(), timeout=0.5)  # type: ignore[arg-type]
+        )
+        await llm.until(lambda: len(llm.vault.calls) == 1)
+        others = [asyncio.ensure_future(chat(llm)) for _ in range(3)]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await first
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await held_resolves(llm, 4)
+        gate.set()
+        await asyncio.gather(*others)
+        assert llm.vault.methods() == ["ResolveCredentials"] * 4
+
+
+async def test_a_resolve_is_not_shared_across_a_change_or_when_it_carries_a_budget() -> None:
+    async with llm_harness(CACHED) as llm:
+        await synced(llm)
+        gate = llm.vault.gate = asyncio.Event()
+        before = [asyncio.ensure_future(chat(llm))]
+        await llm.until(lambda: len(llm.vault.calls) == 1)
+        # A change this process has seen: a call after it does not take the answer in flight.
+        generation = llm.cache.generation
+        llm.vault.invalidate(vault_pb2.INVALIDATION_KIND_CONFIG_CHANGED, "u-alice", provider="openai")
+        await llm.until(lambda: llm.cache.generation != generation)
+        after = [asyncio.ensure_future(chat(llm)) for _ in range(2)]
+        await held_resolves(llm, 2)
+        gate.set()
+        await asyncio.gather(*before, *after)
+        assert llm.vault.methods() == ["ResolveCredentials"] * 2  # the two later calls share theirs
+        # Credentials with a budget: each call reads the vault's latest spend itself.
+        llm.vault.limits["u-bob"] = {
+            "budgets": [
+                vault_pb2.BudgetStatus(
+                    scope=vault_pb2.LIMIT_SCOPE_USER, period=vault_pb2.BUDGET_PERIOD_DAILY, limit_usd=100.0
+                )
+            ]
+        }
+        llm.vault.keys[("u-bob", "openai")] = StoredKey("sk-bob-key-0123456789")
+        gate.clear()
+        budgeted = [asyncio.ensure_future(chat(llm, BOB)) for _ in range(3)]
+        await held_resolves(llm, 3)  # the first; the others wait for it, then ask themselves
+        gate.set()
+        await asyncio.gather(*budgeted)
+        assert llm.vault.methods() == ["ResolveCredentials"] * 5
+
+
 async def test_cache_is_bounded_in_entries_and_bytes() -> None:
     cache = credential_cache.CredentialCache(30, max_entries=2, max_bytes=10_000)
     cache.set_synced(True)

@@ -7,7 +7,8 @@ vault it refuses callers without the service credential (PERMISSION_DENIED /
 SERVICE_CREDENTIAL_REQUIRED), answers unknown tokens with UNAUTHENTICATED /
 TOKEN_INVALID and missing keys with FAILED_PRECONDITION / KEY_NOT_CONFIGURED, all as
 rich statuses. It records each call (method, token, provider, metadata), and can be
-told to fail the next calls with any error or to stall, to test the LLM service's
+told to fail the next calls with any error, to stall, or to hold every call until a
+gate opens, to test the LLM service's
 translation and deadlines. ReportUsage keeps the usage records it is sent
 (idempotent on the request id, like the real vault); ``limits`` adds budgets and
 model policies (the response fields) to a user's answers.
@@ -68,6 +69,7 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
     limits: dict[str, dict[str, Any]] = field(default_factory=dict)
     fail_with: errors.RmllmError | None = None
     stall: bool = False
+    gate: asyncio.Event | None = None  # when set: every call waits for it to open
     address: str = ""
     # WatchInvalidations: off answers UNIMPLEMENTED (an older vault: no cache).
     serve_watch: bool = True
@@ -82,6 +84,8 @@ class FakeVault(vault_pb2_grpc.VaultServiceServicer):
         self.calls.append(VaultCall(method, token, provider, metadata, context.time_remaining(), request_id))
         if self.stall:
             await asyncio.sleep(3600)
+        if self.gate is not None:
+            await self.gate.wait()
         if metadata.get("authorization") != f"Bearer {self.service_token}":
             await abort_with(context, errors.PermissionDenied("this RPC needs the service credential"))
         if self.fail_with is not None:
