@@ -202,9 +202,7 @@ async def test_a_shared_resolve_that_fails_leaves_each_caller_to_ask_for_itself(
     async with llm_harness(CACHED) as llm:
         await synced(llm)
         gate = llm.vault.gate = asyncio.Event()
-        first = asyncio.ensure_future(
-            llm.stub.Chat(chat_request(), metadata=auth(), timeout=0.5)  # type: ignore[arg-type]
-        )
+        first = asyncio.ensure_future(llm.stub.Chat(chat_request(), metadata=auth(), timeout=0.5))
         await llm.until(lambda: len(llm.vault.calls) == 1)
         others = [asyncio.ensure_future(chat(llm)) for _ in range(3)]
         with pytest.raises(grpc.aio.AioRpcError) as caught:
