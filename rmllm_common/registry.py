@@ -75,20 +75,29 @@ class ModelSpec:
         return self.capabilities is None or capability in self.capabilities
 
 
+RelativeTo = Literal["base", "origin"]
+_RELATIVE_TO = ("base", "origin")
+
+
+def url_at(base_url: str, path: str, relative_to: RelativeTo) -> str:
+    """``path`` appended to ``base_url``, or to its origin (scheme and host) alone."""
+    if relative_to == "origin":
+        parts = urlsplit(base_url)
+        return f"{parts.scheme}://{parts.netloc}{path}"
+    return base_url.rstrip("/") + path
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
     """TestKey's request: ``method`` ``path``, relative to base_url or its origin."""
 
     method: str
     path: str
-    relative_to: Literal["base", "origin"]
+    relative_to: RelativeTo
 
     def url(self, base_url: str) -> str:
         """The probe's full URL for an endpoint."""
-        if self.relative_to == "origin":
-            parts = urlsplit(base_url)
-            return f"{parts.scheme}://{parts.netloc}{self.path}"
-        return base_url.rstrip("/") + self.path
+        return url_at(base_url, self.path, self.relative_to)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +116,9 @@ class ProviderSpec:
     default_model: str
     features: frozenset[str]
     probe: ProbeSpec
-    models_path: str
+    models_path: str  # the live listing's path ("" = none), relative to models_relative_to
     models: tuple[ModelSpec, ...]
+    models_relative_to: RelativeTo = "base"  # "origin": GitHub's /catalog/models beside /inference
     headers: tuple[tuple[str, str], ...] = ()
     max_tokens_field: str = "max_tokens"
     default_max_tokens: int | None = None
@@ -131,6 +141,10 @@ class ProviderSpec:
             return self.wire_format
         path = urlsplit(base_url or self.base_url).path.rstrip("/")
         return self.wire_format if path.endswith("/v1") else self.native_format
+
+    def models_url(self, base_url: str) -> str:
+        """The live model listing's URL at ``base_url`` ("" when there is no ``models_path``)."""
+        return url_at(base_url, self.models_path, self.models_relative_to) if self.models_path else ""
 
     def model(self, model_id: str) -> ModelSpec | None:
         """The registry's entry for a model id, if it has one."""
@@ -216,6 +230,10 @@ def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
     reasoning_request = raw.get("reasoning_request", "reasoning_effort")
     if reasoning_request not in _REASONING_REQUESTS:
         raise ValueError(f"{where}: reasoning_request must be one of {_REASONING_REQUESTS}")
+    probe_relative_to = probe.get("relative_to", "base")
+    models_relative_to = raw.get("models_relative_to", "base")
+    if probe_relative_to not in _RELATIVE_TO or models_relative_to not in _RELATIVE_TO:
+        raise ValueError(f"{where}: probe.relative_to and models_relative_to must be one of {_RELATIVE_TO}")
     native = raw.get("native_format")
     if native is not None and (native not in _WIRE_FORMATS or native == wire):
         raise ValueError(f"{where}: native_format must be another of {_WIRE_FORMATS}")
@@ -234,10 +252,11 @@ def _parse(pid: str, raw: dict[str, Any]) -> ProviderSpec:
         probe=ProbeSpec(
             method=probe.get("method", "GET"),
             path=probe["path"],
-            relative_to=probe.get("relative_to", "base"),
+            relative_to=probe_relative_to,
         ),
         models_path=raw.get("models_path", ""),
         models=models,
+        models_relative_to=models_relative_to,
         headers=tuple(sorted(raw.get("headers", {}).items())),
         max_tokens_field=raw.get("max_tokens_field", "max_tokens"),
         default_max_tokens=int(default_max) if default_max is not None else None,

@@ -9,13 +9,17 @@ thing. A 200 whose body says the key is blocked or disabled (``*_blocked`` /
 ``*_disabled`` flags, xAI's ``/api-key``), is a management key that cannot chat
 (OpenRouter's ``is_management_key`` / ``is_provisioning_key``) or is out of credit
 (``limit_remaining`` of 0) is not "valid".
-``list_models`` reads ``spec.models_path`` (or the format's ``models_url``) and
-understands both listing shapes:
+``list_models`` reads ``spec.models_path`` at the base URL or its origin
+(``spec.models_relative_to``; or the format's ``models_url``) and understands three
+listing shapes:
 ``data[]`` (OpenAI-compatible and Anthropic: ``id``, ``display_name``/``name``,
-``context_length``) and ``models[]`` (Gemini, and Ollama's ``/api/tags``: ``name`` without ``models/``,
+``context_length``), ``models[]`` (Gemini, and Ollama's ``/api/tags``: ``name`` without ``models/``,
 ``displayName``, ``inputTokenLimit``; only entries whose ``supportedGenerationMethods``,
 when given, include ``generateContent``: Gemini also lists embedding, Imagen, Veo and
-AQA models, which Chat cannot use). It follows Gemini's ``nextPageToken``
+AQA models, which Chat cannot use) and a top-level array (GitHub Models'
+``/catalog/models``: ``id``, ``name``, ``limits.max_input_tokens``; only entries whose
+``supported_output_modalities``, when given, include ``text``: the catalog lists
+embedding models too). It follows Gemini's ``nextPageToken``
 (``pageToken``) and Anthropic's ``has_more`` (``after_id`` = ``last_id``; the
 registry's ``models_path`` asks Anthropic for ``limit=1000`` a page, not its default
 20) for at most 20 pages; more than 10,000 models is ``UpstreamResponseTooLarge``.
@@ -84,9 +88,9 @@ class AccountCalls:
         return endpoint.spec.probe.url(endpoint.base_url)
 
     def models_url(self, endpoint: Endpoint) -> str:
-        """Where the live model listing is ("" when the registry has no ``models_path``)."""
-        path = endpoint.spec.models_path
-        return endpoint.base_url.rstrip("/") + path if path else ""
+        """Where the live model listing is: the registry's ``models_path`` at the base URL
+        or its origin (``models_relative_to``); "" when the registry has no ``models_path``."""
+        return endpoint.spec.models_url(endpoint.base_url)
 
     async def probe_key(
         self, http: aiohttp.ClientSession, endpoint: Endpoint, timeout: float | None
@@ -168,8 +172,33 @@ def _generates_content(item: dict[str, Any]) -> bool:
     return "generateContent" in methods or "streamGenerateContent" in methods
 
 
+def _outputs_text(item: dict[str, Any]) -> bool:
+    """Whether a catalog entry can chat: GitHub's catalog lists embedding models too,
+    whose ``supported_output_modalities`` are ``["embeddings"]``; an entry without the
+    field is kept, nothing says it cannot chat."""
+    outputs = item.get("supported_output_modalities")
+    return not isinstance(outputs, list) or "text" in outputs
+
+
+def _catalog_entry(item: dict[str, Any]) -> ListedModel:
+    """A GitHub catalog entry: ``id``, ``name``, ``limits.max_input_tokens``."""
+    limits = item.get("limits")
+    window = limits.get("max_input_tokens") if isinstance(limits, dict) else None
+    name = item.get("name")
+    return ListedModel(
+        item["id"], name if isinstance(name, str) else "", window if type(window) is int and window > 0 else 0
+    )
+
+
 def parse_listing(payload: Any) -> list[ListedModel]:
-    """Models from one listing page, in either shape (``data[]`` or ``models[]``)."""
+    """Models from one listing page, in any of the three shapes: ``data[]``, ``models[]``,
+    or a top-level array (GitHub's catalog: chat-capable entries only)."""
+    if isinstance(payload, list):
+        return [
+            _catalog_entry(item)
+            for item in payload
+            if isinstance(item, dict) and isinstance(item.get("id"), str) and _outputs_text(item)
+        ]
     if not isinstance(payload, dict):
         return []
     out: list[ListedModel] = []

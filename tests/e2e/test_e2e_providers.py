@@ -17,6 +17,7 @@ from testkit import grpcurl
 from testkit.stack import Stack
 
 from clients import Client
+from rmllm_common.registry import default_registry
 
 TRANSCRIPTS = {
     "openai": "openai_basic",
@@ -157,6 +158,19 @@ def test_ollama_native_list_models_and_test_key_read_api_tags(stack: Stack, olla
         tested = c.test_key("llama")
         assert tested.valid, tested.message
         assert [r["path"] for r in stack.requests()] == ["/api/tags", "/api/tags"]
+
+
+def test_github_list_models_reads_the_catalog_at_the_origin(stack: Stack, client: Client) -> None:
+    """GitHub Models' catalog is ``GET {origin}/catalog/models`` (beside ``/inference``):
+    the chat models, live; the fake's catalog also lists an embedding model, left out."""
+    stack.reset_fake()
+    listed = client.models("github")
+    registry = default_registry().providers["github"]
+    assert listed.live
+    assert [m.id for m in listed.models] == sorted(m.id for m in registry.models)
+    windows = {m.id: m.context_window for m in registry.models}
+    assert {m.id: m.context_window for m in listed.models} == windows
+    assert [r["path"] for r in stack.requests()] == ["/catalog/models"]
 
 
 def _json_objects(text: str) -> Iterator[str]:

@@ -4,7 +4,10 @@
 GitHub's ``/catalog/models``, Ollama's ``/api/tags`` and every ``/models``
 listing (OpenAI-style ``data[]``, Anthropic's ``data[]`` with ``display_name``,
 Gemini's ``models[]`` two per page with ``nextPageToken``), built from the
-registry's model list.
+registry's model list. GitHub's catalog is a top-level JSON array of entries shaped
+as docs.github.com's "REST API endpoints for models catalog" shows them
+(``github_catalog_entry``), with one embedding model among the chat models, as the
+real catalog lists; ``GITHUB_CATALOG_DOC`` is a catalog around the docs' own example.
 """
 
 from __future__ import annotations
@@ -13,6 +16,71 @@ from typing import Any
 
 from fakes.provider_errors import Reply
 from rmllm_common.registry import default_registry
+
+# docs.github.com, "REST API endpoints for models catalog", List all models: the
+# example answer of GET https://models.github.ai/catalog/models, verbatim.
+GITHUB_DOCS_EXAMPLE: dict[str, Any] = {
+    "id": "openai/gpt-4.1",
+    "name": "OpenAI GPT-4.1",
+    "publisher": "OpenAI",
+    "registry": "azure-openai",
+    "summary": "gpt-4.1 outperforms gpt-4o across the board, with major gains in coding, "
+    "instruction following, and long-context understanding",
+    "html_url": "https://github.com/marketplace/models/azure-openai/gpt-4-1",
+    "version": "2025-04-14",
+    "capabilities": ["streaming", "tool-calling"],
+    "limits": {"max_input_tokens": 1048576, "max_output_tokens": 32768},
+    "rate_limit_tier": "high",
+    "supported_input_modalities": ["text", "image", "audio"],
+    "supported_output_modalities": ["text"],
+    "tags": ["multipurpose", "multilingual", "multimodal"],
+}
+# An embedding model as the catalog lists it: its output is "embeddings", not text,
+# so chat completions cannot use it.
+GITHUB_EMBEDDING_ENTRY: dict[str, Any] = {
+    "id": "openai/text-embedding-3-small",
+    "name": "OpenAI Text Embedding 3 (small)",
+    "publisher": "OpenAI",
+    "registry": "azure-openai",
+    "summary": "Text-embedding-3 series models are the latest and most capable embedding model from OpenAI.",
+    "html_url": "https://github.com/marketplace/models/azure-openai/text-embedding-3-small",
+    "version": "1",
+    "capabilities": [],
+    "limits": {"max_input_tokens": 8191, "max_output_tokens": None},
+    "rate_limit_tier": "embeddings",
+    "supported_input_modalities": ["text"],
+    "supported_output_modalities": ["embeddings"],
+    "tags": ["rag", "multilingual"],
+}
+
+
+def github_catalog_entry(model_id: str, name: str, max_input_tokens: int) -> dict[str, Any]:
+    """A chat model's entry in GitHub's catalog, in the docs' shape."""
+    publisher, _, slug = model_id.partition("/")
+    return {
+        "id": model_id,
+        "name": name,
+        "publisher": publisher,
+        "registry": "azureml",
+        "summary": f"{name}.",
+        "html_url": f"https://github.com/marketplace/models/azureml/{slug}",
+        "version": "1",
+        "capabilities": ["streaming"],
+        "limits": {"max_input_tokens": max_input_tokens, "max_output_tokens": 4096},
+        "rate_limit_tier": "low",
+        "supported_input_modalities": ["text"],
+        "supported_output_modalities": ["text"],
+        "tags": ["multilingual"],
+    }
+
+
+# The docs' example (a model the registry knows), a chat model the registry does not
+# know, and an embedding model.
+GITHUB_CATALOG_DOC: list[dict[str, Any]] = [
+    GITHUB_DOCS_EXAMPLE,
+    GITHUB_EMBEDDING_ENTRY,
+    github_catalog_entry("microsoft/phi-4-mini-instruct", "Phi-4-mini-instruct", 128000),
+]
 
 
 def _listing(provider: str, page_token: str) -> Any:
@@ -95,24 +163,11 @@ def get_reply(path: str, provider: str, page_token: str = "") -> Reply:
             },
         )
     if path.endswith("/catalog/models"):
-        return (
-            200,
-            {},
-            [
-                {
-                    "id": m.id,
-                    "name": m.display_name,
-                    "publisher": m.id.split("/")[0],
-                    "registry": "azure-openai",
-                    "rate_limit_tier": "low",
-                    "supported_input_modalities": ["text"],
-                    "supported_output_modalities": ["text"],
-                    "capabilities": ["streaming"],
-                    "limits": {"max_input_tokens": m.context_window, "max_output_tokens": 4096},
-                }
-                for m in default_registry().providers["github"].models
-            ],
-        )
+        chat = [
+            github_catalog_entry(m.id, m.display_name, m.context_window)
+            for m in default_registry().providers["github"].models
+        ]
+        return 200, {}, [*chat, GITHUB_EMBEDDING_ENTRY]
     if path.endswith("/api/tags"):
         return (
             200,

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
 from fakes import FakeProvider, Scenario
+from fakes.account_replies import GITHUB_CATALOG_DOC
 from fakes.harness import KEYS, PROVIDERS, endpoint
 from fakes.provider_errors import has_error
 
 from llm_service.adapters import adapter_for
 from llm_service.adapters.base import Endpoint, ListedModel, ProbeOutcome
 from rmllm_common import errors
-from rmllm_common.registry import default_registry
+from rmllm_common.registry import default_registry, load_registry
 from rmllm_common.secret import Secret
 
 PROBE_PATHS = {
@@ -229,9 +232,51 @@ async def test_list_models_gemini_follows_pages(fake: FakeProvider, http: aiohtt
 async def test_list_models_without_a_models_path_asks_nobody(
     fake: FakeProvider, http: aiohttp.ClientSession
 ) -> None:
-    ep = endpoint(fake, "github")
+    ep = endpoint(fake, "openai")
+    ep = replace(ep, spec=replace(ep.spec, models_path=""))
     assert await adapter_for(ep.spec).list_models(http, ep, 5) == []
     assert fake.requests == []
+
+
+async def test_list_models_github_reads_the_catalog_at_the_origin(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    """GitHub Models lists at ``GET https://models.github.ai/catalog/models`` (the
+    inference base URL's origin, not under ``/inference``), answering a top-level JSON
+    array; an entry whose ``supported_output_modalities`` lack "text" (an embedding
+    model) cannot chat and is left out. ``limits.max_input_tokens`` is the context window."""
+    fake.enqueue(Scenario.json(GITHUB_CATALOG_DOC, route="get"))
+    ep = endpoint(fake, "github")
+    models = await adapter_for(ep.spec).list_models(http, ep, 5)
+
+    assert models == [
+        ListedModel("openai/gpt-4.1", "OpenAI GPT-4.1", 1048576),
+        ListedModel("microsoft/phi-4-mini-instruct", "Phi-4-mini-instruct", 128000),
+    ]
+    record = fake.requests[-1]
+    assert (record.method, record.path, record.query) == ("GET", "/catalog/models", {})
+    assert record.api_key == KEYS["github"]
+    assert len(fake.requests) == 1  # one array, no pages
+
+
+async def test_list_models_github_default_catalog_drops_the_embedding_model(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    ep = endpoint(fake, "github")
+    models = await adapter_for(ep.spec).list_models(http, ep, 5)
+    assert [m.id for m in models] == [m.id for m in ep.spec.models]
+    assert [m.context_window for m in models] == [m.context_window for m in ep.spec.models]
+
+
+async def test_list_models_github_bad_token_is_key_invalid(
+    fake: FakeProvider, http: aiohttp.ClientSession
+) -> None:
+    fake.enqueue(Scenario.canned("github", "bad_key", route="get"))
+    ep = endpoint(fake, "github")
+    with pytest.raises(errors.ProviderKeyInvalid) as caught:
+        await adapter_for(ep.spec).list_models(http, ep, 5)
+    assert caught.value.provider == "github"
+    assert KEYS["github"] not in caught.value.message
 
 
 async def test_list_models_raises_the_mapped_error(fake: FakeProvider, http: aiohttp.ClientSession) -> None:
@@ -396,3 +441,31 @@ async def test_probe_of_an_openai_account_without_active_billing_is_quota_exhaus
     ep = endpoint(fake, "openai")
     result = await adapter_for(ep.spec).probe_key(http, ep, 5)
     assert result.outcome is ProbeOutcome.QUOTA_EXHAUSTED
+
+
+def test_models_url_is_relative_to_the_base_or_its_origin() -> None:
+    rows = default_registry().providers
+    assert rows["github"].models_url("https://models.github.ai/inference") == (
+        "https://models.github.ai/catalog/models"
+    )
+    assert rows["openai"].models_url("https://api.openai.com/v1/") == "https://api.openai.com/v1/models"
+    assert replace(rows["openai"], models_path="").models_url("https://api.openai.com/v1") == ""
+
+
+def test_a_listing_relative_to_anything_else_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "providers.toml"
+    path.write_text(
+        """
+[providers.x]
+display_name = "X"
+wire_format = "openai"
+base_url = "https://x.example/v1"
+auth = "bearer"
+default_model = "m"
+probe = { method = "GET", path = "/models" }
+models_path = "/models"
+models_relative_to = "host"
+"""
+    )
+    with pytest.raises(ValueError, match="models_relative_to must be one of"):
+        load_registry(path)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
 import grpc
 import pytest
+from fakes import FakeProvider, Scenario
+from fakes.account_replies import GITHUB_CATALOG_DOC
+from fakes.harness import KEYS
 from realmultillm.llm.v1 import llm_pb2
+from testkit.llm_fake_vault import StoredKey
 from testkit.llm_harness import ALICE_OPENAI_KEY, LLMHarness, auth, llm_harness, rich_error, user_token
 
 from llm_service.adapters.base import ListedModel
 from rmllm_common import errors
-from rmllm_common.registry import default_registry
+from rmllm_common.registry import Registry, default_registry
 
 
 async def test_list_providers_is_the_registry(llm: LLMHarness) -> None:
@@ -72,12 +80,67 @@ async def test_list_models_without_a_key_is_the_registry(llm: LLMHarness) -> Non
     assert llm.adapter.model_calls == []
 
 
-async def test_list_models_for_a_provider_without_listing(llm: LLMHarness) -> None:
-    reply = await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="github"), metadata=auth())
+async def test_list_models_for_a_provider_without_listing() -> None:
+    """A registry row without ``models_path`` answers the registry's list and asks nobody,
+    even with a stored key. (Every built-in provider now lists: GitHub Models from its
+    catalog, below; so the row here is OpenAI's with its listing taken away.)"""
+    rows = default_registry().providers
+    registry = Registry([replace(s, models_path="") if s.id == "openai" else s for s in rows.values()])
+    async with llm_harness(registry=registry) as llm:
+        reply = await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="openai"), metadata=auth())
     assert not reply.live
-    assert len(reply.models) == 4
+    assert [m.id for m in reply.models] == sorted(m.id for m in rows["openai"].models)
     assert llm.vault.methods() == ["AuthenticateToken"]
     assert llm.adapter.model_calls == []
+
+
+@asynccontextmanager
+async def github_gateway() -> AsyncIterator[tuple[LLMHarness, FakeProvider]]:
+    """Real adapters against the fake provider; alice stores a GitHub token pointed at it."""
+    async with FakeProvider() as fake:
+        env = {
+            "RMLLM_ALLOWED_ENDPOINT_NETWORKS": f"127.0.0.1:{fake.port}",
+            "RMLLM_ALLOW_CUSTOM_BASE_URL": "1",
+        }
+        async with llm_harness(env, real_adapters=True) as llm:
+            stored = StoredKey(KEYS["github"], base_url=fake.base_url("github"))
+            llm.vault.keys[("u-alice", "github")] = stored
+            yield llm, fake
+
+
+async def test_list_models_github_lives_from_the_catalog() -> None:
+    """GitHub Models' catalog (``GET {origin}/catalog/models``, a JSON array): the chat
+    models, merged with the registry's details; the embedding model is left out."""
+    async with github_gateway() as (llm, fake):
+        fake.enqueue(Scenario.json(GITHUB_CATALOG_DOC, route="get"))
+        reply = await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="github"), metadata=auth())
+    assert reply.live
+    assert reply.provider == "github"
+    assert [m.id for m in reply.models] == ["microsoft/phi-4-mini-instruct", "openai/gpt-4.1"]
+    new, known = reply.models
+    assert (new.display_name, new.context_window) == ("Phi-4-mini-instruct", 128000)
+    assert list(new.capabilities) == []
+    registry_row = default_registry().providers["github"].model("openai/gpt-4.1")
+    assert registry_row is not None and registry_row.capabilities
+    assert (known.display_name, known.context_window) == ("OpenAI GPT-4.1", 1048576)
+    assert list(known.capabilities) == sorted(registry_row.capabilities)
+    [record] = fake.requests
+    assert (record.method, record.path, record.api_key) == ("GET", "/catalog/models", KEYS["github"])
+
+
+async def test_list_models_github_rejected_token_falls_back_to_the_registry() -> None:
+    """A 401 from the catalog is PROVIDER_KEY_INVALID (TestKey says so); ListModels, as
+    for every provider, then answers the registry's list with ``live=false``."""
+    async with github_gateway() as (llm, fake):
+        fake.enqueue(Scenario.canned("github", "bad_key", route="get"))
+        reply = await llm.stub.ListModels(llm_pb2.ListModelsRequest(provider="github"), metadata=auth())
+        fake.enqueue(Scenario.canned("github", "bad_key", route="get"))
+        tested = await llm.stub.TestKey(llm_pb2.TestKeyRequest(provider="github"), metadata=auth())
+    assert not reply.live
+    assert [m.id for m in reply.models] == sorted(m.id for m in default_registry().providers["github"].models)
+    assert not tested.valid
+    assert tested.reason == llm_pb2.TEST_KEY_REASON_INVALID_KEY
+    assert [r.path for r in fake.requests] == ["/catalog/models", "/catalog/models"]
 
 
 async def test_list_models_errors(llm: LLMHarness) -> None:
