@@ -10,7 +10,8 @@ no text; a later ``finish_reason: null`` never erases an earlier reason
 (OpenRouter sends its usage chunk after the finish chunk); reasoning deltas are not
 answer text (they are reasoning, in the registry's ``reasoning_fields``); a
 ``refusal`` delta (structured outputs) is delivered as text with finish
-CONTENT_FILTER; an
+CONTENT_FILTER; a ``stop`` finish after tool calls (OpenAI's answer to a forced
+named tool choice, Ollama's /v1 before ollama/ollama#7963) is TOOL_CALLS; an
 ``{"error": ...}`` event ends the stream with the mapped error. Usage is the
 provider's usage chunk (``prompt_tokens_details.cached_tokens`` as cache reads,
 OpenRouter's ``prompt_tokens_details.cache_write_tokens`` as cache writes,
@@ -384,8 +385,12 @@ class OpenAIAdapter(AccountCalls):
                         provider=spec.id,
                     )
         reason = FINISH_REASONS.get(calls.finish, FinishReason.OTHER)
+        if calls.refused:
+            reason = FinishReason.CONTENT_FILTER
+        elif reason is FinishReason.STOP and answer.call_count:
+            reason = FinishReason.TOOL_CALLS  # "stop" after a forced named call (OpenAI), or any (old Ollama)
         yield Finished(
-            FinishReason.CONTENT_FILTER if calls.refused else reason,
+            reason,
             calls.usage,
             calls.model,
             calls.response_id,

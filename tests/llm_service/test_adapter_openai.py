@@ -223,6 +223,42 @@ async def test_only_the_first_choice_is_the_answer(fake: FakeProvider, http: aio
     assert out.finished is not None and out.finished.finish_reason is FinishReason.STOP
 
 
+# OpenAI answers a forced named tool choice with ``finish_reason: "stop"`` (streamed
+# or not), and Ollama's /v1 did the same after any tool call before ollama/ollama#7963.
+FORCED_CALL = b"".join(
+    b"data: " + chunk + b"\n\n"
+    for chunk in (
+        b'{"id":"chatcmpl-F1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18",'
+        b'"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,'
+        b'"id":"call_F1","type":"function","function":{"name":"get_weather","arguments":""}}],'
+        b'"refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}',
+        b'{"id":"chatcmpl-F1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18",'
+        b'"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"city\\":'
+        b'\\"Paris\\"}"}}]},"logprobs":null,"finish_reason":null}],"usage":null}',
+        b'{"id":"chatcmpl-F1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18",'
+        b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null}',
+        b'{"id":"chatcmpl-F1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18",'
+        b'"choices":[],"usage":{"prompt_tokens":60,"completion_tokens":9,"total_tokens":69}}',
+        b"[DONE]",
+    )
+)
+
+
+@pytest.mark.parametrize("provider", OPENAI_FORMAT)
+async def test_tool_calls_with_finish_reason_stop_finish_as_tool_calls(
+    fake: FakeProvider, http: aiohttp.ClientSession, provider: str
+) -> None:
+    """FINISH_REASON_TOOL_CALLS means the model asked to call a tool (llm.proto), as the
+    Gemini and Ollama adapters already say when their provider reports STOP after calls."""
+    scenario = Scenario(body=FORCED_CALL, headers={"Content-Type": "text/event-stream"})
+    out = await run(fake, http, provider, scenario)
+    assert out.error is None and out.finished is not None
+    assert [(c.id, c.name, c.arguments) for c in out.finished.tool_calls] == [
+        ("call_F1", "get_weather", '{"city":"Paris"}')
+    ]
+    assert out.finished.finish_reason is FinishReason.TOOL_CALLS
+
+
 async def test_an_event_of_unexpected_shape_is_logged_as_an_adapter_bug(
     fake: FakeProvider, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
