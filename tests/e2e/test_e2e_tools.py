@@ -205,3 +205,77 @@ def _json_objects(text: str) -> Iterator[str]:
         _, end = decoder.raw_decode(text, index)
         yield text[index:end]
         index = end
+
+
+# One streaming tool-call transcript per wire format (Ollama's native /api/chat
+# included: its base URL is the bare origin), through grpcurl.
+STREAMED_CALLS = (
+    "openai_parallel_tools",
+    "openrouter_reasoning_details",
+    "anthropic_parallel_tools",
+    "gemini_parallel_tools",
+    "ollama_native_tools",
+)
+
+
+@pytest.mark.parametrize("name", STREAMED_CALLS)
+def test_streamed_tool_calls_print_as_the_proto_json_mapping(stack: Stack, name: str) -> None:
+    """What grpcurl prints: camelCase names, enums by name, int64 as strings; each call's
+    first ``toolCallDelta`` (and only it) with its id and name, its fragments
+    concatenating to exactly ``done.toolCalls``' arguments; one ``done``, last."""
+    recorded = transcripts.load(name)
+    want = recorded.expect
+    user = stack.create_user(f"e2e-json-{name.replace('_', '-')}")
+    path = recorded.base_path
+    base = stack.base_url(recorded.provider) if path is None else stack.fake_origin + path
+    with Client(user, llm_target=stack.llm.address, vault_target=stack.vault.address) as c:
+        c.put_config(recorded.provider, KEYS[recorded.provider], base_url=base)
+    request: dict[str, Any] = {
+        "provider": recorded.provider,
+        "model": recorded.params.get("model", default_registry().providers[recorded.provider].default_model),
+        "messages": [{"role": "ROLE_USER", "content": QUESTION}],
+        "tools": [
+            {"name": WEATHER.name, "description": WEATHER.description, "parameters": WEATHER.parameters}
+        ],
+    }
+    if "reasoning" in recorded.params:
+        request["reasoning"] = {"effort": "REASONING_EFFORT_LOW", "includeReasoning": True}
+    stack.enqueue({"transcript": name, "chunks": [1, 3, 11]})
+    events = _stream(stack, user, request)
+
+    kinds = {"delta", "reasoningDelta", "toolCallDelta"}
+    assert all(len(e) == 1 and next(iter(e)) in kinds for e in events[:-1]), events
+    assert list(events[-1]) == ["done"]
+    calls: list[dict[str, str]] = []
+    for event in events[:-1]:
+        delta = event.get("toolCallDelta")
+        if delta is None:
+            continue
+        assert set(delta) <= {"index", "id", "name", "argumentsDelta"}
+        index = delta.get("index", 0)  # proto3 JSON leaves a zero out
+        if index == len(calls):
+            assert delta["id"] and delta["name"], delta
+            calls.append({"id": delta["id"], "name": delta["name"], "arguments": ""})
+        else:
+            assert index < len(calls) and "id" not in delta and "name" not in delta, delta
+        calls[index]["arguments"] += delta.get("argumentsDelta", "")
+    done = events[-1]["done"]
+    assert done["finishReason"] == f"FINISH_REASON_{want['finish_reason']}"
+    assert [(c["id"], c["name"], c.get("arguments", "")) for c in done["toolCalls"]] == [
+        tuple(c) for c in want["tool_calls"]
+    ]
+    assert calls == done["toolCalls"]
+    usage = done["usage"]
+    counts = (
+        want["usage"]
+        if isinstance(want["usage"], dict)
+        else dict(zip(("input_tokens", "output_tokens", "total_tokens"), want["usage"], strict=True))
+    )
+    for field, value in counts.items():
+        camel = "".join(p if i == 0 else p.title() for i, p in enumerate(field.split("_")))
+        assert usage[camel] == str(value)  # int64 is a JSON string
+    assert usage["usageReported"] is True
+    assert done["provider"] == recorded.provider and done["model"] == want["model"]
+    assert done.get("responseId", "") == want["response_id"]
+    assert "".join(e.get("delta", "") for e in events) == want["text"]
+    assert "".join(e.get("reasoningDelta", "") for e in events) == want.get("reasoning", "")
