@@ -295,7 +295,12 @@ class _Reading:
         return None
 
     def finished(self, model: str, response_id: str) -> Finished:
-        reason = STOP_REASONS.get(self.stop_reason, FinishReason.OTHER)
+        # No stop_reason at all is "not reported" (UNSPECIFIED); one we do not know is OTHER.
+        reason = (
+            STOP_REASONS.get(self.stop_reason, FinishReason.OTHER)
+            if self.stop_reason
+            else FinishReason.UNSPECIFIED
+        )
         if self.json_blocks and self.stop_reason == "tool_use":
             reason = FinishReason.STOP  # the forced JSON tool is the answer, not a call
         total_input = self.input_tokens + self.cache_read + self.cache_write

@@ -384,7 +384,10 @@ class OpenAIAdapter(AccountCalls):
                         + (" in the middle of an event" if events.cut else ""),
                         provider=spec.id,
                     )
-        reason = FINISH_REASONS.get(calls.finish, FinishReason.OTHER)
+        # No finish_reason at all is "not reported" (UNSPECIFIED); one we do not know is OTHER.
+        reason = (
+            FINISH_REASONS.get(calls.finish, FinishReason.OTHER) if calls.finish else FinishReason.UNSPECIFIED
+        )
         if calls.refused:
             reason = FinishReason.CONTENT_FILTER
         elif reason is FinishReason.STOP and answer.call_count:

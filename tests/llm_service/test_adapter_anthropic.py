@@ -141,6 +141,27 @@ async def test_stop_reason_mapping(
 
 
 @pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [(b"null", FinishReason.UNSPECIFIED), (b'"a_reason_from_the_future"', FinishReason.OTHER)],
+)
+async def test_a_stop_reason_never_reported_is_unspecified_an_unknown_one_other(
+    fake: FakeProvider, http: aiohttp.ClientSession, stop_reason: bytes, finish: FinishReason
+) -> None:
+    """llm.proto: FINISH_REASON_UNSPECIFIED is "not reported", OTHER "any other reason the
+    provider gave"."""
+    body = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_3","model":"claude-x",'
+        b'"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+        + stop_reason
+        + b'},"usage":{"output_tokens":9}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    out = await run(fake, http, Scenario(body=body, headers=SSE))
+    assert out.finished is not None
+    assert out.finished.finish_reason is finish
+
+
+@pytest.mark.parametrize(
     "delta_usage",
     [
         b'{"output_tokens":120}',

@@ -259,6 +259,39 @@ async def test_tool_calls_with_finish_reason_stop_finish_as_tool_calls(
     assert out.finished.finish_reason is FinishReason.TOOL_CALLS
 
 
+def _answer_finishing(reason: bytes) -> bytes:
+    """A streamed text answer whose last choice chunk carries ``finish_reason: <reason>``."""
+    return b"".join(
+        b"data: " + chunk + b"\n\n"
+        for chunk in (
+            b'{"id":"chatcmpl-U1","object":"chat.completion.chunk","created":1,"model":"m",'
+            b'"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}',
+            b'{"id":"chatcmpl-U1","object":"chat.completion.chunk","created":1,"model":"m",'
+            b'"choices":[{"index":0,"delta":{},"finish_reason":' + reason + b"}]}",
+            b"[DONE]",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        (b"null", FinishReason.UNSPECIFIED),
+        (b'"eos_token"', FinishReason.OTHER),
+        (b'"stop"', FinishReason.STOP),
+    ],
+)
+async def test_a_finish_reason_never_reported_is_unspecified_an_unknown_one_other(
+    fake: FakeProvider, http: aiohttp.ClientSession, reason: bytes, expected: FinishReason
+) -> None:
+    """llm.proto: FINISH_REASON_UNSPECIFIED is "not reported", OTHER "any other reason the
+    provider gave"; a complete stream (``[DONE]``) that never named one is the first."""
+    scenario = Scenario(body=_answer_finishing(reason), headers={"Content-Type": "text/event-stream"})
+    out = await run(fake, http, "openai", scenario)
+    assert out.error is None and out.finished is not None
+    assert out.finished.finish_reason is expected
+
+
 async def test_an_event_of_unexpected_shape_is_logged_as_an_adapter_bug(
     fake: FakeProvider, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
