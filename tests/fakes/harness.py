@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from fakes import conversations
 from fakes.server import FakeProvider
+from fakes.transcripts import Transcript
 from llm_service.adapters.base import (
     ChatEvent,
     ChatParams,
@@ -65,6 +67,16 @@ def params(provider: str, **changes: object) -> ChatParams:
     fields.update(changes)
     # Resolved as the service resolves a request, so the registry's defaults apply.
     return ChatInput(spec, ChatParams(**fields)).params()  # type: ignore[arg-type]
+
+
+def transcript_params(transcript: Transcript) -> ChatParams:
+    """What to send for a transcript: its named conversation, else the small default chat."""
+    if transcript.request:
+        return conversations.build(transcript.request, transcript.provider, transcript.params)
+    changes = dict(transcript.params)
+    if "reasoning" in changes:
+        changes["reasoning"] = conversations.reasoning_of(changes["reasoning"])
+    return params(transcript.provider, **changes)
 
 
 @dataclass

@@ -18,11 +18,11 @@ import random
 
 import aiohttp
 import pytest
-from fakes import FakeProvider, Scenario, conversations, transcripts
-from fakes.harness import PROVIDERS, collect, endpoint, params
+from fakes import FakeProvider, Scenario, transcripts
+from fakes.harness import PROVIDERS, collect, endpoint, transcript_params
 
 from llm_service.adapters import adapter_for
-from llm_service.adapters.base import ChatParams, FinishReason, Usage
+from llm_service.adapters.base import FinishReason, Usage
 from rmllm_common import errors
 
 SPLITS: dict[str, tuple[int, ...]] = {
@@ -34,16 +34,6 @@ SPLITS: dict[str, tuple[int, ...]] = {
 
 def test_every_registry_provider_has_a_transcript() -> None:
     assert {transcripts.load(n).provider for n in transcripts.names()} == set(PROVIDERS)
-
-
-def request_params(transcript: transcripts.Transcript) -> ChatParams:
-    """What to send for a transcript: its named conversation, else the small default chat."""
-    if transcript.request:
-        return conversations.build(transcript.request, transcript.provider, transcript.params)
-    changes = dict(transcript.params)
-    if "reasoning" in changes:
-        changes["reasoning"] = conversations.reasoning_of(changes["reasoning"])
-    return params(transcript.provider, **changes)
 
 
 def expected_usage(raw: list[int] | dict[str, int | bool]) -> Usage:
@@ -58,7 +48,7 @@ async def test_transcript_gives_its_result_in_every_split(
     transcript = transcripts.load(name)
     ep = endpoint(fake, transcript.provider, path=transcript.base_path)
     fake.enqueue(Scenario.transcript(name, chunks=SPLITS[split]))
-    sent = request_params(transcript)
+    sent = transcript_params(transcript)
 
     out = await collect(adapter_for(ep.spec, ep.base_url).stream_chat(http, ep, sent, 10))
 
@@ -108,7 +98,7 @@ async def test_a_stream_cut_before_its_end_is_truncated_never_a_success(
     fake.enqueue(Scenario.transcript(name, chunks=(7,), **{how: cut}))
 
     out = await collect(
-        adapter_for(ep.spec, ep.base_url).stream_chat(http, ep, request_params(transcript), 10)
+        adapter_for(ep.spec, ep.base_url).stream_chat(http, ep, transcript_params(transcript), 10)
     )
 
     assert out.finished is None

@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 import pytest
-from fakes import FakeProvider, Scenario, conversations, transcripts
-from fakes.harness import KEYS, params
+from fakes import FakeProvider, Scenario, transcripts
+from fakes.harness import KEYS, transcript_params
 from google.protobuf import struct_pb2
 from realmultillm.llm.v1 import llm_pb2
 from testkit.llm_fake_vault import StoredKey
@@ -95,15 +95,6 @@ def proto_fields(sent: ChatParams, provider: str) -> dict[str, Any]:
             include_reasoning=sent.reasoning.include,
         )
     return fields
-
-
-def sent_params(transcript: transcripts.Transcript) -> ChatParams:
-    if transcript.request:
-        return conversations.build(transcript.request, transcript.provider, transcript.params)
-    changes = dict(transcript.params)
-    if "reasoning" in changes:
-        changes["reasoning"] = conversations.reasoning_of(changes["reasoning"])
-    return params(transcript.provider, **changes)
 
 
 @asynccontextmanager
@@ -191,7 +182,7 @@ BAD = [n for n in transcripts.names() if transcripts.load(n).expect_error]
 async def test_chat_and_stream_chat_answer_exactly_what_the_transcript_says(name: str) -> None:
     transcript = transcripts.load(name)
     expect = transcript.expect
-    fields = proto_fields(sent_params(transcript), transcript.provider)
+    fields = proto_fields(transcript_params(transcript), transcript.provider)
     provider = default_registry().providers[transcript.provider].id
     async with gateway(transcript) as (llm, fake):
         fake.enqueue(Scenario.transcript(name))
@@ -241,7 +232,7 @@ async def test_chat_and_stream_chat_answer_exactly_what_the_transcript_says(name
 @pytest.mark.parametrize("name", BAD)
 async def test_an_in_band_provider_error_ends_both_calls_with_its_status(name: str) -> None:
     transcript = transcripts.load(name)
-    fields = proto_fields(sent_params(transcript), transcript.provider)
+    fields = proto_fields(transcript_params(transcript), transcript.provider)
     async with gateway(transcript) as (llm, fake):
         fake.enqueue(Scenario.transcript(name))
         with pytest.raises(grpc.aio.AioRpcError) as unary:
@@ -278,7 +269,7 @@ async def test_a_cut_stream_is_upstream_stream_truncated_in_both_calls(name: str
     async with gateway(transcript) as (llm, fake):
         base = llm.vault.keys[("u-alice", transcript.provider)].base_url
         cut = transcript.end_offset(spec.wire_format_at(base))
-        fields = proto_fields(sent_params(transcript), transcript.provider)
+        fields = proto_fields(transcript_params(transcript), transcript.provider)
         fake.enqueue(Scenario.transcript(name, chunks=(7,), **{how: cut}))
         with pytest.raises(grpc.aio.AioRpcError) as unary:
             await llm.stub.Chat(llm_pb2.ChatRequest(**fields), metadata=auth(), timeout=30)
